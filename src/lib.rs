@@ -1,0 +1,61 @@
+//! # nango-sync
+//!
+//! An embedded sync engine that keeps an application's local database equal to
+//! [Nango](https://nango.dev)'s records cache: crash-safe, deduplicated and fast.
+//!
+//! Nango syncs data from third-party APIs into its records cache and tells the
+//! application by webhook when something changed. The application then has to page
+//! through `GET /records` with a cursor and store what it gets, remembering the cursor
+//! per stream. nango-sync does that job once and correctly:
+//!
+//! - the [`Engine`] pages through the records API with the stored cursor, with retries,
+//!   backoff and a bounded fetch/commit pipeline;
+//! - every page is merged by the [merge rule](merge) (stale versions ignored, pruned
+//!   payloads and `{id}`-only deletes never wipe data you hold) and committed **together
+//!   with its cursor** in one transaction, so a crash never loses or duplicates data;
+//! - the storage backend is chosen with a cargo feature behind one [`RecordSink`] trait;
+//! - the application reads its data back through the same store ([`RecordSink::get`],
+//!   [`RecordSink::list`]).
+//!
+//! ```no_run
+//! use nango_sync::{Engine, NangoClient, SecretKey, StreamKey, SyncOptions};
+//!
+//! # async fn example() -> Result<(), nango_sync::Error> {
+//! let client = NangoClient::builder()
+//!     .secret_key(SecretKey::new(std::env::var("NANGO_SECRET_KEY").unwrap()))
+//!     .build()?;
+//! let sink = nango_sync::sink::open("sqlite://app.db").await?;
+//! let engine = Engine::new(client, sink);
+//! let stream = StreamKey::new("github", "acme-prod", "Ticket");
+//! let report = engine.sync(&stream, &SyncOptions::default()).await?;
+//! println!("{} added, {} updated, {} deleted", report.counts.added, report.counts.updated, report.counts.deleted);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Cargo features
+//!
+#![doc = include_str!("../features.md")]
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod engine;
+mod error;
+pub mod merge;
+pub mod page;
+pub mod record;
+mod secret;
+pub mod sink;
+pub mod time;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use client::{NangoClient, NangoClientBuilder, RecordsQuery, RetryConfig};
+pub use engine::{Engine, RunReport, SyncOptions};
+pub use error::{Error, Result};
+pub use merge::{Counts, Outcome};
+pub use page::Page;
+pub use record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
+pub use secret::SecretKey;
+pub use sink::{Commit, CommitOutcome, DynRecordSink, RecordSink, SharedSink};
+pub use time::Timestamp;

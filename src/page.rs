@@ -1,0 +1,370 @@
+//! Parsing a `GET /records` answer into a [`Page`] without building a JSON tree.
+//!
+//! Each record's fields are kept as raw JSON text; only `id` and `_nango_metadata` are
+//! parsed. The payload written to the store is the record object without
+//! `_nango_metadata`, with every value byte-for-byte as Nango sent it.
+
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::record::{Cursor, LastAction, Metadata, RawJson, Record};
+use crate::time::Timestamp;
+
+/// One page of records and the cursor to read the next one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The records, in stream order.
+    pub records: Vec<Record>,
+    /// The cursor of the next page; `None` on the last page (the only end marker:
+    /// a page may be short, or empty, while more records follow).
+    pub next_cursor: Option<Cursor>,
+}
+
+impl Page {
+    /// Parse a response body of `GET /records`.
+    ///
+    /// The error message names the record (its index, and its id when it was read) and
+    /// what was wrong with it.
+    pub fn parse(body: &[u8]) -> Result<Page, String> {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let page = PageSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
+        de.end().map_err(|e| format!("trailing data after the page: {e}"))?;
+        Ok(page)
+    }
+
+    /// The cursor a store should hold after committing this page: `next_cursor`, or on
+    /// the last page the last record's cursor; `None` for an empty last page (the
+    /// stream's cursor then stays where it was).
+    pub fn end_cursor(&self) -> Option<&Cursor> {
+        self.next_cursor.as_ref().or_else(|| self.records.last().map(|r| &r.meta.cursor))
+    }
+
+    /// Whether this is the last page.
+    pub fn is_last(&self) -> bool {
+        self.next_cursor.is_none()
+    }
+}
+
+struct PageSeed;
+
+impl<'de> DeserializeSeed<'de> for PageSeed {
+    type Value = Page;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PageSeed {
+    type Value = Page;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object {\"next_cursor\": ..., \"records\": [...]}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Page, A::Error> {
+        let mut next_cursor: Option<Option<Cursor>> = None;
+        let mut records: Option<Vec<Record>> = None;
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.0.as_ref() {
+                "next_cursor" => {
+                    let c: Option<Key<'de>> = map.next_value()?;
+                    next_cursor = Some(c.map(|k| Cursor(k.0.into_owned())));
+                }
+                "records" => records = Some(map.next_value_seed(RecordsSeed)?),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let records = records.ok_or_else(|| de::Error::missing_field("records"))?;
+        let next_cursor = next_cursor.ok_or_else(|| de::Error::missing_field("next_cursor"))?;
+        if matches!(&next_cursor, Some(c) if c.0.is_empty()) {
+            return Err(de::Error::custom("next_cursor is an empty string"));
+        }
+        Ok(Page { records, next_cursor })
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+struct RecordsSeed;
+
+impl<'de> DeserializeSeed<'de> for RecordsSeed {
+    type Value = Vec<Record>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Record>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsSeed {
+    type Value = Vec<Record>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of records")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(10_000));
+        while let Some(r) = seq.next_element_seed(RecordSeed { index: out.len() })? {
+            out.push(r);
+        }
+        Ok(out)
+    }
+}
+
+struct RecordSeed {
+    index: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed {
+    type Value = Record;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+/// The `id` field: a string, or a number rendered as its JSON text.
+struct IdValue(String);
+
+impl<'de> Deserialize<'de> for IdValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw: &RawValue = Deserialize::deserialize(d)?;
+        let text = raw.get();
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let s: Key<'_> = serde_json::from_str(text).map_err(de::Error::custom)?;
+                Ok(IdValue(s.0.into_owned()))
+            }
+            Some(b'-' | b'0'..=b'9') => Ok(IdValue(text.to_owned())),
+            _ => Err(de::Error::custom(format!("id must be a string or a number, not {}", snippet(text)))),
+        }
+    }
+}
+
+fn snippet(text: &str) -> String {
+    let s: String = text.chars().take(60).collect();
+    if s.len() < text.len() { format!("{s}...") } else { s }
+}
+
+impl<'de> Visitor<'de> for RecordSeed {
+    type Value = Record;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {} to be a JSON object", self.index)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
+        let ctx = |id: &Option<String>, what: &dyn fmt::Display| -> String {
+            match id {
+                Some(id) => format!("record {} (id {id:?}): {what}", self.index),
+                None => format!("record {}: {what}", self.index),
+            }
+        };
+        let mut id: Option<String> = None;
+        let mut meta: Option<Metadata> = None;
+        let mut payload = String::with_capacity(256);
+        payload.push('{');
+        let mut fields = 0usize;
+        while let Some(key) = map.next_key::<Key<'de>>().map_err(|e| de::Error::custom(ctx(&id, &e)))? {
+            match key.0.as_ref() {
+                "_nango_metadata" => {
+                    let m: MetaDe<'de> = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}"))))?;
+                    meta = Some(m.into_metadata().map_err(|e| de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}"))))?);
+                }
+                "id" => {
+                    if id.is_some() {
+                        return Err(de::Error::custom(ctx(&id, &"duplicate id field")));
+                    }
+                    let v: IdValue = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    if v.0.is_empty() {
+                        return Err(de::Error::custom(ctx(&None, &"id is an empty string")));
+                    }
+                    if fields > 0 {
+                        payload.push(',');
+                    }
+                    payload.push_str("\"id\":");
+                    write_json_str(&mut payload, &v.0);
+                    fields += 1;
+                    id = Some(v.0);
+                }
+                other => {
+                    let raw: &'de RawValue = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    if fields > 0 {
+                        payload.push(',');
+                    }
+                    match &key.0 {
+                        // Borrowed: the key had no escape sequence, so its text needs none.
+                        Cow::Borrowed(k) => {
+                            payload.push('"');
+                            payload.push_str(k);
+                            payload.push('"');
+                        }
+                        Cow::Owned(_) => write_json_str(&mut payload, other),
+                    }
+                    payload.push(':');
+                    payload.push_str(raw.get());
+                    fields += 1;
+                }
+            }
+        }
+        payload.push('}');
+        let id = id.ok_or_else(|| de::Error::custom(ctx(&None, &"missing id")))?;
+        let meta = meta.ok_or_else(|| de::Error::custom(ctx(&Some(id.clone()), &"missing _nango_metadata")))?;
+        Ok(Record { id, payload: RawJson::from_trusted(payload), payload_is_bare: fields == 1, meta })
+    }
+}
+
+fn write_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping; writing into a String cannot fail.
+    let escaped = serde_json::to_string(s).unwrap_or_default();
+    let _ = out.write_str(&escaped);
+}
+
+#[derive(Deserialize)]
+struct MetaDe<'a> {
+    #[serde(borrow)]
+    first_seen_at: Cow<'a, str>,
+    #[serde(borrow)]
+    last_modified_at: Cow<'a, str>,
+    #[serde(borrow)]
+    last_action: Cow<'a, str>,
+    #[serde(borrow, default)]
+    deleted_at: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pruned_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cursor: Cow<'a, str>,
+}
+
+impl MetaDe<'_> {
+    fn into_metadata(self) -> Result<Metadata, String> {
+        let ts = |name: &str, k: &str| Timestamp::parse(k).map_err(|e| format!("{name}: {e}"));
+        let last_action = LastAction::parse(&self.last_action)
+            .ok_or_else(|| format!("unknown last_action {:?}", snippet(&self.last_action)))?;
+        if self.cursor.is_empty() {
+            return Err("cursor is an empty string".into());
+        }
+        Ok(Metadata {
+            first_seen_at: ts("first_seen_at", &self.first_seen_at)?,
+            last_modified_at: ts("last_modified_at", &self.last_modified_at)?,
+            last_action,
+            deleted_at: self.deleted_at.as_ref().map(|k| ts("deleted_at", k)).transpose()?,
+            pruned_at: self.pruned_at.as_ref().map(|k| ts("pruned_at", k)).transpose()?,
+            cursor: Cursor(self.cursor.into_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const META: &str = r#"{"first_seen_at":"2026-11-26T19:47:22.72838+00:00","last_modified_at":"2026-11-26T19:47:22.72838+00:00","last_action":"ADDED","deleted_at":null,"pruned_at":null,"cursor":"Y3Vy"}"#;
+
+    fn body(records: &[&str], next: Option<&str>) -> String {
+        let next = next.map(|c| format!("\"{c}\"")).unwrap_or("null".into());
+        format!(r#"{{"next_cursor":{next},"records":[{}]}}"#, records.join(","))
+    }
+
+    #[test]
+    fn keeps_values_verbatim_and_drops_metadata_from_the_payload() {
+        let r = format!(
+            r#"{{"id":"tk-001","title":"Caf\u00e9 \"menu\"","n":1.50,"nested":{{"a":[1, 2]}},"_nango_metadata":{META}}}"#
+        );
+        let page = Page::parse(body(&[&r], Some("bmV4dA==")).as_bytes()).unwrap();
+        assert_eq!(page.next_cursor, Some(Cursor("bmV4dA==".into())));
+        let rec = &page.records[0];
+        assert_eq!(rec.id, "tk-001");
+        assert_eq!(rec.payload.as_str(), r#"{"id":"tk-001","title":"Caf\u00e9 \"menu\"","n":1.50,"nested":{"a":[1, 2]}}"#);
+        assert!(!rec.payload_is_bare);
+        assert_eq!(rec.meta.last_action, LastAction::Added);
+        assert_eq!(rec.meta.cursor.as_str(), "Y3Vy");
+        assert_eq!(rec.meta.last_modified_at, Timestamp::parse("2026-11-26T19:47:22.72838Z").unwrap());
+    }
+
+    #[test]
+    fn bare_payloads_and_numeric_ids() {
+        let a = format!(r#"{{"id":"x","_nango_metadata":{META}}}"#);
+        let b = format!(r#"{{"id":1005,"t":true,"_nango_metadata":{META}}}"#);
+        let c = format!(r#"{{"_nango_metadata":{META},"id":"y"}}"#);
+        let page = Page::parse(body(&[&a, &b, &c], None).as_bytes()).unwrap();
+        assert!(page.records[0].payload_is_bare);
+        assert_eq!(page.records[1].id, "1005");
+        assert_eq!(page.records[1].payload.as_str(), r#"{"id":"1005","t":true}"#);
+        assert!(page.records[2].payload_is_bare);
+        assert_eq!(page.records[2].payload.as_str(), r#"{"id":"y"}"#);
+        assert_eq!(page.end_cursor(), Some(&Cursor("Y3Vy".into())));
+    }
+
+    #[test]
+    fn escaped_keys_are_re_escaped() {
+        let r = format!(r#"{{"id":"x","a\"b\u00e9":1,"_nango_metadata":{META}}}"#);
+        let page = Page::parse(body(&[&r], None).as_bytes()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(page.records[0].payload.as_str()).unwrap();
+        assert_eq!(v["a\"bé"], 1);
+    }
+
+    #[test]
+    fn empty_page() {
+        let page = Page::parse(br#"{"next_cursor":null,"records":[]}"#).unwrap();
+        assert!(page.records.is_empty() && page.is_last() && page.end_cursor().is_none());
+        let page = Page::parse(br#"{"records":[],"next_cursor":"abc","extra":1}"#).unwrap();
+        assert_eq!(page.end_cursor(), Some(&Cursor("abc".into())));
+    }
+
+    #[test]
+    fn errors_name_the_record_and_the_problem() {
+        let cases: Vec<(String, &str)> = vec![
+            (body(&[&format!(r#"{{"title":"x","_nango_metadata":{META}}}"#)], None), "record 0: missing id"),
+            (body(&[r#"{"id":"a"}"#], None), "record 0 (id \"a\"): missing _nango_metadata"),
+            (body(&[r#"[1,2]"#], None), "record 0 to be a JSON object"),
+            (body(&[r#""str""#], None), "record 0 to be a JSON object"),
+            (
+                body(&[&format!(r#"{{"id":"ok","_nango_metadata":{META}}}"#), &format!(r#"{{"id":{{}},"_nango_metadata":{META}}}"#)], None),
+                "record 1: id must be a string or a number",
+            ),
+            (
+                body(&[&format!(r#"{{"id":"a","_nango_metadata":{}}}"#, META.replace("ADDED", "MOVED"))], None),
+                "record 0 (id \"a\"): _nango_metadata: unknown last_action \"MOVED\"",
+            ),
+            (
+                body(&[&format!(r#"{{"id":"a","_nango_metadata":{}}}"#, META.replace("22.72838+00:00\",\"last_action", "xx\",\"last_action"))], None),
+                "last_modified_at: invalid timestamp",
+            ),
+            (r#"{"next_cursor":null}"#.to_string(), "missing field `records`"),
+            (r#"{"records":[]}"#.to_string(), "missing field `next_cursor`"),
+            (r#"{"next_cursor":null,"records":[{"id":"a","#.to_string(), "EOF"),
+            ("<html><body>Nango</body></html>".to_string(), "expected value"),
+            (r#"{"next_cursor":null,"records":[]} x"#.to_string(), "trailing"),
+        ];
+        for (input, expected) in cases {
+            let err = Page::parse(input.as_bytes()).unwrap_err();
+            assert!(err.contains(expected), "{input}\n  gave {err}\n  expected {expected}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Stores: where records and stream state live, behind one [`RecordSink`] trait.
+//!
+//! A store takes one [`Commit`] value (a page's records, the stream's new cursor and the
+//! cursor it expects to replace) and writes all of it or nothing. No transaction handle
+//! crosses the trait, and no database transaction is held open across an HTTP request.
+//!
+//! | URL | store | cargo feature |
+//! |---|---|---|
+//! | `memory://` | [`MemoryStore`], the reference implementation | always |
+//! | `sqlite://PATH` | `SqliteStore` | `sqlite` (default) |
+//! | `sled://DIR` | `SledStore` | `sled` |
+//! | `postgres://...` | `PostgresStore` | `postgres` |
+//!
+//! [`open`] knows every scheme in every build, and says which feature to enable when a
+//! backend was not compiled in.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::merge::Counts;
+use crate::record::{Cursor, Record, StoredRecord, StreamKey};
+use crate::time::Timestamp;
+
+mod memory;
+pub use memory::MemoryStore;
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+/// The persistent state of one stream, read at the start of a run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    /// The cursor of the last committed page; `None` before the first commit.
+    pub cursor: Option<Cursor>,
+    /// The generation of the last completed full re-read (0: none yet).
+    pub generation: u64,
+    /// The generation of a full re-read in progress, if one is.
+    pub full_read: Option<u64>,
+}
+
+/// Marks a commit as part of a full re-read with sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FullRead {
+    /// The generation the re-read stamps on every record it sees.
+    pub generation: u64,
+    /// This is the last commit of the re-read: after merging its records, every live
+    /// record of the stream not seen by the re-read is marked deleted (it was deleted
+    /// upstream without an event), and the stream's generation becomes `generation`.
+    pub complete: bool,
+}
+
+/// One atomic write: a page's records merged, the stream's new cursor, and the counts.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    /// The stream.
+    pub stream: StreamKey,
+    /// The cursor the store must hold for the commit to apply (the one the previous
+    /// commit of this run wrote). A mismatch means another writer moved the stream and
+    /// the commit is rejected with [`Error::CursorConflict`].
+    pub expected_cursor: Option<Cursor>,
+    /// The cursor after this commit (the same as `expected_cursor` for an empty page).
+    pub cursor: Option<Cursor>,
+    /// The records, in stream order.
+    pub records: Vec<Record>,
+    /// Set when this commit belongs to a full re-read.
+    pub full_read: Option<FullRead>,
+    /// The time recorded as `deleted_at` of records a completing full re-read sweeps.
+    pub now: Timestamp,
+}
+
+impl Commit {
+    /// A commit of `records` moving the stream from `expected_cursor` to `cursor`.
+    pub fn new(stream: StreamKey, expected_cursor: Option<Cursor>, cursor: Option<Cursor>, records: Vec<Record>) -> Self {
+        Commit { stream, expected_cursor, cursor, records, full_read: None, now: Timestamp::now() }
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// The store's sequence number of this commit.
+    pub seq: u64,
+    /// Outcome counts of the merged records (sweep deletions included in `deleted`).
+    pub counts: Counts,
+    /// How many records a completing full re-read marked deleted.
+    pub swept: u64,
+}
+
+/// How to list a stream's records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only records whose id sorts after this one (code-point order), for paging.
+    pub after_id: Option<String>,
+    /// At most this many records.
+    pub limit: usize,
+    /// Include tombstones (deleted records).
+    pub include_deleted: bool,
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        ListQuery { after_id: None, limit: 1000, include_deleted: false }
+    }
+}
+
+impl ListQuery {
+    /// The first `limit` records.
+    pub fn first(limit: usize) -> Self {
+        ListQuery { limit, ..Self::default() }
+    }
+
+    /// Include deleted records.
+    pub fn with_deleted(mut self) -> Self {
+        self.include_deleted = true;
+        self
+    }
+
+    /// Continue after `id`.
+    pub fn after(mut self, id: impl Into<String>) -> Self {
+        self.after_id = Some(id.into());
+        self
+    }
+}
+
+/// A summary of one sync run, kept as the stream's last run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// When the run started.
+    pub started_at: Timestamp,
+    /// When the run ended.
+    pub finished_at: Timestamp,
+    /// Pages committed.
+    pub pages: u64,
+    /// Outcome counts.
+    pub counts: Counts,
+    /// Whether it was a full re-read.
+    pub full: bool,
+    /// The error that ended the run, if any.
+    pub error: Option<String>,
+}
+
+/// What `status` shows for one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamStatus {
+    /// The stream.
+    pub stream: StreamKey,
+    /// Its state.
+    pub state: StreamState,
+    /// Outcome counts over the stream's whole life.
+    pub totals: Counts,
+    /// Live records held.
+    pub live_records: u64,
+    /// Tombstones held.
+    pub deleted_records: u64,
+    /// The last run.
+    pub last_run: Option<RunSummary>,
+    /// The last error Nango reported for the stream's sync (from a failure webhook).
+    pub upstream_error: Option<String>,
+}
+
+/// A step inside a commit where a test can make the store fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FaultPoint {
+    /// After the page's records were written, before the cursor is written.
+    AfterRecords = 1,
+    /// After the cursor was written, before the transaction commits.
+    BeforeCommit = 2,
+}
+
+/// Failure injection between the steps of a commit, for tests of atomicity.
+///
+/// Every store checks it at each [`FaultPoint`]; an armed point fails the next commit
+/// that reaches it, once. Disarmed, a check is one atomic load.
+#[derive(Debug, Default)]
+pub struct FaultInjector {
+    armed: AtomicU8,
+}
+
+impl FaultInjector {
+    /// Make the next commit that reaches `point` fail.
+    pub fn arm(&self, point: FaultPoint) {
+        self.armed.store(point as u8, Ordering::SeqCst);
+    }
+
+    /// Fail here if this point is armed (and disarm it).
+    pub fn check(&self, backend: &'static str, point: FaultPoint) -> Result<()> {
+        if self.armed.load(Ordering::Relaxed) == point as u8
+            && self.armed.compare_exchange(point as u8, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+        {
+            return Err(Error::store(
+                backend,
+                "commit",
+                false,
+                format!("injected failure at {point:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A store of records and stream state.
+///
+/// Methods return `impl Future + Send`; [`DynRecordSink`] is the object-safe twin that
+/// every `RecordSink` implements, so an application can choose a backend at run time
+/// and hold a [`SharedSink`].
+pub trait RecordSink: Send + Sync + 'static {
+    /// The backend's name: `memory`, `sqlite`, `sled` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// The stream's state (default state for a stream never committed).
+    fn stream_state(&self, stream: &StreamKey) -> impl Future<Output = Result<StreamState>> + Send;
+
+    /// Write a commit atomically: merge its records with the [merge rule](crate::merge),
+    /// set the stream's cursor and counters, and, for the last commit of a full re-read,
+    /// sweep. All of it or nothing.
+    fn commit(&self, commit: Commit) -> impl Future<Output = Result<CommitOutcome>> + Send;
+
+    /// Keep `run` as the stream's last run.
+    fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> impl Future<Output = Result<()>> + Send;
+
+    /// Keep (or clear) the last error Nango reported for the stream.
+    fn set_upstream_error(
+        &self,
+        stream: &StreamKey,
+        error: Option<&str>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// One record by id (tombstones included).
+    fn get(&self, stream: &StreamKey, id: &str) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
+
+    /// A stream's records in id order (code-point order), a page at a time.
+    fn list(&self, stream: &StreamKey, query: &ListQuery) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+
+    /// Every stream the store knows, with its status.
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
+
+    /// The failure injector of this store (tests only).
+    fn faults(&self) -> &FaultInjector;
+}
+
+/// A boxed future, for [`DynRecordSink`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe twin of [`RecordSink`], implemented for every `RecordSink`.
+#[allow(missing_docs)]
+pub trait DynRecordSink: Send + Sync + 'static {
+    fn backend(&self) -> &'static str;
+    fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
+    fn record_run<'a>(&'a self, stream: &'a StreamKey, run: &'a RunSummary) -> BoxFuture<'a, Result<()>>;
+    fn set_upstream_error<'a>(&'a self, stream: &'a StreamKey, error: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
+    fn get<'a>(&'a self, stream: &'a StreamKey, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRecord>>>;
+    fn list<'a>(&'a self, stream: &'a StreamKey, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
+    fn faults(&self) -> &FaultInjector;
+}
+
+impl<T: RecordSink> DynRecordSink for T {
+    fn backend(&self) -> &'static str {
+        RecordSink::backend(self)
+    }
+    fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>> {
+        Box::pin(RecordSink::stream_state(self, stream))
+    }
+    fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>> {
+        Box::pin(RecordSink::commit(self, commit))
+    }
+    fn record_run<'a>(&'a self, stream: &'a StreamKey, run: &'a RunSummary) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::record_run(self, stream, run))
+    }
+    fn set_upstream_error<'a>(&'a self, stream: &'a StreamKey, error: Option<&'a str>) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::set_upstream_error(self, stream, error))
+    }
+    fn get<'a>(&'a self, stream: &'a StreamKey, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRecord>>> {
+        Box::pin(RecordSink::get(self, stream, id))
+    }
+    fn list<'a>(&'a self, stream: &'a StreamKey, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
+        Box::pin(RecordSink::list(self, stream, query))
+    }
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
+        Box::pin(RecordSink::streams(self))
+    }
+    fn faults(&self) -> &FaultInjector {
+        RecordSink::faults(self)
+    }
+}
+
+/// A store chosen at run time.
+pub type SharedSink = Arc<dyn DynRecordSink>;
+
+/// Every record of a stream, in id order, read page by page.
+pub async fn read_all(sink: &dyn DynRecordSink, stream: &StreamKey, include_deleted: bool) -> Result<Vec<StoredRecord>> {
+    let mut out = Vec::new();
+    let mut query = ListQuery { after_id: None, limit: 5000, include_deleted };
+    loop {
+        let batch = sink.list(stream, &query).await?;
+        let done = batch.len() < query.limit;
+        if let Some(last) = batch.last() {
+            query.after_id = Some(last.id.clone());
+        }
+        out.extend(batch);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// Which backend a sink URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkUrl {
+    /// `memory://`
+    Memory,
+    /// `sqlite://PATH`
+    Sqlite(std::path::PathBuf),
+    /// `sled://DIR`
+    Sled(std::path::PathBuf),
+    /// `postgres://...` or `postgresql://...` (the whole URL)
+    Postgres(String),
+}
+
+impl SinkUrl {
+    /// Parse a sink URL. Every scheme is known in every build; whether its backend is
+    /// compiled in is checked by [`open`].
+    pub fn parse(url: &str) -> Result<SinkUrl> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::invalid("sink URL", format!("{url:?} has no scheme; use sqlite://PATH, sled://DIR or postgres://..."))
+        })?;
+        let path = |kind: &str| -> Result<std::path::PathBuf> {
+            if rest.is_empty() {
+                return Err(Error::invalid("sink URL", format!("{url:?}: the {kind} path is empty")));
+            }
+            Ok(std::path::PathBuf::from(rest))
+        };
+        match scheme {
+            "memory" => Ok(SinkUrl::Memory),
+            "sqlite" => Ok(SinkUrl::Sqlite(path("sqlite")?)),
+            "sled" => Ok(SinkUrl::Sled(path("sled")?)),
+            "postgres" | "postgresql" => Ok(SinkUrl::Postgres(url.to_string())),
+            other => Err(Error::invalid(
+                "sink URL",
+                format!("unknown scheme {other:?} in {url:?}; use sqlite://PATH, sled://DIR, postgres://... or memory://"),
+            )),
+        }
+    }
+}
+
+/// Open the store a URL names (`sqlite://PATH`, `sled://DIR`, `postgres://...`,
+/// `memory://`), creating it when it does not exist.
+pub async fn open(url: &str) -> Result<SharedSink> {
+    match SinkUrl::parse(url)? {
+        SinkUrl::Memory => Ok(Arc::new(MemoryStore::new())),
+        #[cfg(feature = "sqlite")]
+        SinkUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        #[cfg(not(feature = "sqlite"))]
+        SinkUrl::Sqlite(_) => Err(Error::FeatureDisabled { scheme: "sqlite".into(), feature: "sqlite" }),
+        #[cfg(feature = "sled")]
+        SinkUrl::Sled(path) => Ok(Arc::new(sled::SledStore::open(path).await?)),
+        #[cfg(not(feature = "sled"))]
+        SinkUrl::Sled(_) => Err(Error::FeatureDisabled { scheme: "sled".into(), feature: "sled" }),
+        #[cfg(feature = "postgres")]
+        SinkUrl::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::connect(&url).await?)),
+        #[cfg(not(feature = "postgres"))]
+        SinkUrl::Postgres(_) => Err(Error::FeatureDisabled { scheme: "postgres".into(), feature: "postgres" }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_urls() {
+        assert_eq!(SinkUrl::parse("sqlite://demo.db").unwrap(), SinkUrl::Sqlite("demo.db".into()));
+        assert_eq!(SinkUrl::parse("sqlite:///tmp/x.db").unwrap(), SinkUrl::Sqlite("/tmp/x.db".into()));
+        assert_eq!(SinkUrl::parse("sled:///tmp/d").unwrap(), SinkUrl::Sled("/tmp/d".into()));
+        assert_eq!(
+            SinkUrl::parse("postgresql://u@h/db").unwrap(),
+            SinkUrl::Postgres("postgresql://u@h/db".into())
+        );
+        assert_eq!(SinkUrl::parse("memory://").unwrap(), SinkUrl::Memory);
+        for bad in ["demo.db", "mysql://x", "sqlite://", "sled://"] {
+            assert!(SinkUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[cfg(not(feature = "sled"))]
+    #[tokio::test]
+    async fn missing_backend_names_its_feature() {
+        let err = open("sled:///tmp/nope").await.err().unwrap();
+        assert!(err.to_string().contains("`sled` cargo feature"), "{err}");
+    }
+
+    #[cfg(not(feature = "postgres"))]
+    #[tokio::test]
+    async fn missing_postgres_names_its_feature() {
+        let err = open("postgres://localhost/db").await.err().unwrap();
+        assert!(err.to_string().contains("`postgres` cargo feature"), "{err}");
+    }
+}
