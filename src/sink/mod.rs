@@ -34,6 +34,15 @@ pub mod sqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
+#[cfg(feature = "sled")]
+pub mod sled;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+#[cfg(feature = "testkit")]
+pub mod conformance;
+
 /// The persistent state of one stream, read at the start of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamState {

@@ -1,0 +1,1 @@
+//! Test kit: a fake Nango server for tests and local development.
