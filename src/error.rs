@@ -35,7 +35,9 @@ pub enum Error {
 
     /// The response was not JSON (for example an HTML page from a self-hosted web UI at
     /// a wrong URL).
-    #[error("{request}: expected a JSON answer but got status {status} with content type {content_type:?}: {snippet:?} (is the host URL right?)")]
+    #[error(
+        "{request}: expected a JSON answer but got status {status} with content type {content_type:?}: {snippet:?} (is the host URL right?)"
+    )]
     NotJson {
         /// What was requested.
         request: String,
@@ -96,7 +98,9 @@ pub enum Error {
 
     /// A commit expected the stream to be at one cursor but the store holds another:
     /// another writer moved the stream.
-    #[error("cursor conflict on stream {stream}: expected {expected:?}, the store holds {actual:?}")]
+    #[error(
+        "cursor conflict on stream {stream}: expected {expected:?}, the store holds {actual:?}"
+    )]
     CursorConflict {
         /// The stream.
         stream: String,
@@ -116,7 +120,9 @@ pub enum Error {
     },
 
     /// A sink URL names a backend that was not compiled in.
-    #[error("the {scheme}:// sink needs the `{feature}` cargo feature of nango-sync, which is not enabled in this build")]
+    #[error(
+        "the {scheme}:// sink needs the `{feature}` cargo feature of nango-sync, which is not enabled in this build"
+    )]
     FeatureDisabled {
         /// The URL scheme.
         scheme: String,
@@ -215,7 +221,10 @@ impl Error {
 
     /// Build an [`Error::Invalid`].
     pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> Self {
-        Error::Invalid { what, detail: detail.into() }
+        Error::Invalid {
+            what,
+            detail: detail.into(),
+        }
     }
 
     /// Build an [`Error::Store`].
@@ -225,7 +234,12 @@ impl Error {
         retryable: bool,
         source: impl Into<BoxError>,
     ) -> Self {
-        Error::Store { backend, operation: operation.into(), retryable, source: source.into() }
+        Error::Store {
+            backend,
+            operation: operation.into(),
+            retryable,
+            source: source.into(),
+        }
     }
 }
 
@@ -245,9 +259,17 @@ mod tests {
 
     #[test]
     fn retryable_statuses() {
-        for (status, retryable) in
-            [(500, true), (502, true), (503, true), (408, true), (429, true), (400, false), (401, false), (403, false), (404, false)]
-        {
+        for (status, retryable) in [
+            (500, true),
+            (502, true),
+            (503, true),
+            (408, true),
+            (429, true),
+            (400, false),
+            (401, false),
+            (403, false),
+            (404, false),
+        ] {
             assert_eq!(nango(status).is_retryable(), retryable, "status {status}");
         }
     }
@@ -256,7 +278,11 @@ mod tests {
     fn wrapped_errors_keep_status_and_code() {
         let e = Error::Stream {
             stream: "s".into(),
-            source: Box::new(Error::RetriesExhausted { attempts: 3, elapsed_ms: 1, last: Box::new(nango(503)) }),
+            source: Box::new(Error::RetriesExhausted {
+                attempts: 3,
+                elapsed_ms: 1,
+                last: Box::new(nango(503)),
+            }),
         };
         assert_eq!(e.status(), Some(503));
         assert_eq!(e.nango_code(), Some("x"));

@@ -116,7 +116,11 @@ pub struct StoredVersionBuf {
 impl StoredVersionBuf {
     /// Borrow as a [`StoredVersion`].
     pub fn as_version(&self) -> StoredVersion<'_> {
-        StoredVersion { last_modified_at: self.last_modified_at, cursor: &self.cursor, deleted: self.deleted }
+        StoredVersion {
+            last_modified_at: self.last_modified_at,
+            cursor: &self.cursor,
+            deleted: self.deleted,
+        }
     }
 }
 
@@ -156,8 +160,15 @@ impl Decision {
 pub fn merge(incoming: &Record, stored: Option<StoredVersion<'_>>) -> Decision {
     let deleted = incoming.is_deleted();
     let Some(s) = stored else {
-        let outcome = if deleted { Outcome::Deleted } else { Outcome::Added };
-        return Decision::Write { outcome, payload: PayloadChoice::Incoming };
+        let outcome = if deleted {
+            Outcome::Deleted
+        } else {
+            Outcome::Added
+        };
+        return Decision::Write {
+            outcome,
+            payload: PayloadChoice::Incoming,
+        };
     };
     let lma = incoming.meta.last_modified_at;
     if lma < s.last_modified_at {
@@ -167,7 +178,11 @@ pub fn merge(incoming: &Record, stored: Option<StoredVersion<'_>>) -> Decision {
         return Decision::Skip(Outcome::Unchanged);
     }
     let keep_stored = incoming.meta.pruned_at.is_some() || (deleted && incoming.payload_is_bare);
-    let payload = if keep_stored { PayloadChoice::Stored } else { PayloadChoice::Incoming };
+    let payload = if keep_stored {
+        PayloadChoice::Stored
+    } else {
+        PayloadChoice::Incoming
+    };
     let outcome = if deleted {
         Outcome::Deleted
     } else if s.deleted {
@@ -230,12 +245,21 @@ where
         write: Option<usize>,
         first: usize,
     }
-    let mut plan = PagePlan { writes: Vec::with_capacity(records.len()), ..PagePlan::default() };
+    let mut plan = PagePlan {
+        writes: Vec::with_capacity(records.len()),
+        ..PagePlan::default()
+    };
     let mut slots: Vec<Slot> = Vec::with_capacity(records.len());
     let mut by_id: HashMap<&str, usize> = HashMap::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
         let slot_ix = *by_id.entry(r.id.as_str()).or_insert_with(|| {
-            slots.push(Slot { stored: lookup(&r.id), current: None, payload: PayloadSource::Stored, write: None, first: i });
+            slots.push(Slot {
+                stored: lookup(&r.id),
+                current: None,
+                payload: PayloadSource::Stored,
+                write: None,
+                first: i,
+            });
             slots.len() - 1
         });
         let slot = &mut slots[slot_ix];
@@ -256,7 +280,12 @@ where
             };
             slot.current = Some(i);
             slot.payload = payload;
-            let write = PlannedWrite { index: i, payload, outcome, existed: slot.stored.is_some() };
+            let write = PlannedWrite {
+                index: i,
+                payload,
+                outcome,
+                existed: slot.stored.is_some(),
+            };
             match slot.write {
                 Some(w) => plan.writes[w] = write,
                 None => {
@@ -266,7 +295,11 @@ where
             }
         }
     }
-    plan.untouched = slots.iter().filter(|s| s.write.is_none()).map(|s| s.first).collect();
+    plan.untouched = slots
+        .iter()
+        .filter(|s| s.write.is_none())
+        .map(|s| s.first)
+        .collect();
     plan
 }
 
@@ -293,7 +326,11 @@ mod tests {
     }
 
     fn stored(lma: i64, cursor: &str, deleted: bool) -> StoredVersionBuf {
-        StoredVersionBuf { last_modified_at: Timestamp::from_micros(lma), cursor: cursor.into(), deleted }
+        StoredVersionBuf {
+            last_modified_at: Timestamp::from_micros(lma),
+            cursor: cursor.into(),
+            deleted,
+        }
     }
 
     fn write(outcome: Outcome, payload: PayloadChoice) -> Decision {
@@ -314,19 +351,54 @@ mod tests {
             r
         };
         let cases: Vec<(&str, Record, Option<StoredVersionBuf>, Decision)> = vec![
-            ("first sight", rec("a", 10, "c10", LastAction::Added, FULL), None, write(Added, Incoming)),
-            ("first sight of a deleted record", rec("a", 10, "c10", LastAction::Deleted, BARE), None, write(Deleted, Incoming)),
-            ("first sight of a pruned record", pruned(rec("a", 10, "c10", LastAction::Added, FULL)), None, write(Added, Incoming)),
-            ("stale", rec("a", 9, "c9", LastAction::Updated, FULL), Some(stored(10, "c10", false)), Decision::Skip(Stale)),
-            ("stale delete", rec("a", 9, "c9", LastAction::Deleted, BARE), Some(stored(10, "c10", false)), Decision::Skip(Stale)),
-            ("same version", rec("a", 10, "c10", LastAction::Added, FULL), Some(stored(10, "c10", false)), Decision::Skip(Unchanged)),
+            (
+                "first sight",
+                rec("a", 10, "c10", LastAction::Added, FULL),
+                None,
+                write(Added, Incoming),
+            ),
+            (
+                "first sight of a deleted record",
+                rec("a", 10, "c10", LastAction::Deleted, BARE),
+                None,
+                write(Deleted, Incoming),
+            ),
+            (
+                "first sight of a pruned record",
+                pruned(rec("a", 10, "c10", LastAction::Added, FULL)),
+                None,
+                write(Added, Incoming),
+            ),
+            (
+                "stale",
+                rec("a", 9, "c9", LastAction::Updated, FULL),
+                Some(stored(10, "c10", false)),
+                Decision::Skip(Stale),
+            ),
+            (
+                "stale delete",
+                rec("a", 9, "c9", LastAction::Deleted, BARE),
+                Some(stored(10, "c10", false)),
+                Decision::Skip(Stale),
+            ),
+            (
+                "same version",
+                rec("a", 10, "c10", LastAction::Added, FULL),
+                Some(stored(10, "c10", false)),
+                Decision::Skip(Unchanged),
+            ),
             (
                 "prune of the stored version is the same version",
                 pruned(rec("a", 10, "c10", LastAction::Added, FULL)),
                 Some(stored(10, "c10", false)),
                 Decision::Skip(Unchanged),
             ),
-            ("update", rec("a", 11, "c11", LastAction::Updated, FULL), Some(stored(10, "c10", false)), write(Updated, Incoming)),
+            (
+                "update",
+                rec("a", 11, "c11", LastAction::Updated, FULL),
+                Some(stored(10, "c10", false)),
+                write(Updated, Incoming),
+            ),
             (
                 "same instant, other cursor",
                 rec("a", 10, "c10b", LastAction::Updated, FULL),
@@ -357,7 +429,12 @@ mod tests {
                 Some(stored(10, "c10", false)),
                 write(Updated, Stored),
             ),
-            ("undelete", rec("a", 12, "c12", LastAction::Added, FULL), Some(stored(11, "c11", true)), write(Added, Incoming)),
+            (
+                "undelete",
+                rec("a", 12, "c12", LastAction::Added, FULL),
+                Some(stored(11, "c11", true)),
+                write(Added, Incoming),
+            ),
             (
                 "undelete of a pruned version keeps the payload",
                 pruned(rec("a", 12, "c12", LastAction::Added, FULL)),
@@ -366,7 +443,11 @@ mod tests {
             ),
         ];
         for (name, incoming, stored, expected) in cases {
-            assert_eq!(merge(&incoming, stored.as_ref().map(StoredVersionBuf::as_version)), expected, "{name}");
+            assert_eq!(
+                merge(&incoming, stored.as_ref().map(StoredVersionBuf::as_version)),
+                expected,
+                "{name}"
+            );
         }
     }
 
@@ -378,15 +459,28 @@ mod tests {
         assert_eq!(a, b);
         let mut r = rec("a", 0, "c", LastAction::Updated, FULL);
         r.meta.last_modified_at = Timestamp::parse("2026-11-26T14:47:56-05:00").unwrap();
-        let s = StoredVersionBuf { last_modified_at: b, cursor: "x".into(), deleted: false };
-        assert_eq!(merge(&r, Some(s.as_version())), write(Outcome::Updated, PayloadChoice::Incoming));
+        let s = StoredVersionBuf {
+            last_modified_at: b,
+            cursor: "x".into(),
+            deleted: false,
+        };
+        assert_eq!(
+            merge(&r, Some(s.as_version())),
+            write(Outcome::Updated, PayloadChoice::Incoming)
+        );
     }
 
     #[test]
     fn plan_counts_every_outcome() {
         let page = vec![
             rec("new", 20, "c20", LastAction::Added, r#"{"id":"new"}"#),
-            rec("upd", 21, "c21", LastAction::Updated, r#"{"id":"upd","v":2}"#),
+            rec(
+                "upd",
+                21,
+                "c21",
+                LastAction::Updated,
+                r#"{"id":"upd","v":2}"#,
+            ),
             rec("del", 22, "c22", LastAction::Deleted, r#"{"id":"del"}"#),
             rec("same", 5, "c5", LastAction::Added, r#"{"id":"same"}"#),
             rec("old", 3, "c3", LastAction::Updated, r#"{"id":"old"}"#),
@@ -398,9 +492,26 @@ mod tests {
             "old" => Some(stored(7, "c7", false)),
             _ => None,
         });
-        assert_eq!(plan.counts, Counts { added: 1, updated: 1, deleted: 1, unchanged: 1, stale: 1 });
+        assert_eq!(
+            plan.counts,
+            Counts {
+                added: 1,
+                updated: 1,
+                deleted: 1,
+                unchanged: 1,
+                stale: 1
+            }
+        );
         assert_eq!(plan.writes.len(), 3);
-        assert_eq!(plan.writes[2], PlannedWrite { index: 2, payload: PayloadSource::Stored, outcome: Outcome::Deleted, existed: true });
+        assert_eq!(
+            plan.writes[2],
+            PlannedWrite {
+                index: 2,
+                payload: PayloadSource::Stored,
+                outcome: Outcome::Deleted,
+                existed: true
+            }
+        );
         assert_eq!(plan.untouched, vec![3, 4]);
     }
 
@@ -418,9 +529,26 @@ mod tests {
             (id == "a").then(|| stored(10, "c10", false))
         });
         assert_eq!(lookups, 2, "one lookup per distinct id");
-        assert_eq!(plan.counts, Counts { added: 1, updated: 1, deleted: 1, unchanged: 0, stale: 1 });
+        assert_eq!(
+            plan.counts,
+            Counts {
+                added: 1,
+                updated: 1,
+                deleted: 1,
+                unchanged: 0,
+                stale: 1
+            }
+        );
         // One write for "a": the delete's metadata with the payload of the first version.
-        assert_eq!(plan.writes[0], PlannedWrite { index: 2, payload: PayloadSource::Page(0), outcome: Outcome::Deleted, existed: true });
+        assert_eq!(
+            plan.writes[0],
+            PlannedWrite {
+                index: 2,
+                payload: PayloadSource::Page(0),
+                outcome: Outcome::Deleted,
+                existed: true
+            }
+        );
         assert_eq!(plan.writes.len(), 2);
         assert!(plan.untouched.is_empty());
     }

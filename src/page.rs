@@ -7,8 +7,8 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::record::{Cursor, LastAction, Metadata, RawJson, Record};
@@ -32,7 +32,8 @@ impl Page {
     pub fn parse(body: &[u8]) -> Result<Page, String> {
         let mut de = serde_json::Deserializer::from_slice(body);
         let page = PageSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
-        de.end().map_err(|e| format!("trailing data after the page: {e}"))?;
+        de.end()
+            .map_err(|e| format!("trailing data after the page: {e}"))?;
         Ok(page)
     }
 
@@ -40,7 +41,9 @@ impl Page {
     /// the last page the last record's cursor; `None` for an empty last page (the
     /// stream's cursor then stays where it was).
     pub fn end_cursor(&self) -> Option<&Cursor> {
-        self.next_cursor.as_ref().or_else(|| self.records.last().map(|r| &r.meta.cursor))
+        self.next_cursor
+            .as_ref()
+            .or_else(|| self.records.last().map(|r| &r.meta.cursor))
     }
 
     /// Whether this is the last page.
@@ -85,7 +88,10 @@ impl<'de> Visitor<'de> for PageSeed {
         if matches!(&next_cursor, Some(c) if c.0.is_empty()) {
             return Err(de::Error::custom("next_cursor is an empty string"));
         }
-        Ok(Page { records, next_cursor })
+        Ok(Page {
+            records,
+            next_cursor,
+        })
     }
 }
 
@@ -161,14 +167,21 @@ impl<'de> Deserialize<'de> for IdValue {
                 Ok(IdValue(s.0.into_owned()))
             }
             Some(b'-' | b'0'..=b'9') => Ok(IdValue(text.to_owned())),
-            _ => Err(de::Error::custom(format!("id must be a string or a number, not {}", snippet(text)))),
+            _ => Err(de::Error::custom(format!(
+                "id must be a string or a number, not {}",
+                snippet(text)
+            ))),
         }
     }
 }
 
 fn snippet(text: &str) -> String {
     let s: String = text.chars().take(60).collect();
-    if s.len() < text.len() { format!("{s}...") } else { s }
+    if s.len() < text.len() {
+        format!("{s}...")
+    } else {
+        s
+    }
 }
 
 impl<'de> Visitor<'de> for RecordSeed {
@@ -190,17 +203,26 @@ impl<'de> Visitor<'de> for RecordSeed {
         let mut payload = String::with_capacity(256);
         payload.push('{');
         let mut fields = 0usize;
-        while let Some(key) = map.next_key::<Key<'de>>().map_err(|e| de::Error::custom(ctx(&id, &e)))? {
+        while let Some(key) = map
+            .next_key::<Key<'de>>()
+            .map_err(|e| de::Error::custom(ctx(&id, &e)))?
+        {
             match key.0.as_ref() {
                 "_nango_metadata" => {
-                    let m: MetaDe<'de> = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}"))))?;
-                    meta = Some(m.into_metadata().map_err(|e| de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}"))))?);
+                    let m: MetaDe<'de> = map.next_value().map_err(|e| {
+                        de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}")))
+                    })?;
+                    meta = Some(m.into_metadata().map_err(|e| {
+                        de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}")))
+                    })?);
                 }
                 "id" => {
                     if id.is_some() {
                         return Err(de::Error::custom(ctx(&id, &"duplicate id field")));
                     }
-                    let v: IdValue = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    let v: IdValue = map
+                        .next_value()
+                        .map_err(|e| de::Error::custom(ctx(&id, &e)))?;
                     if v.0.is_empty() {
                         return Err(de::Error::custom(ctx(&None, &"id is an empty string")));
                     }
@@ -213,7 +235,9 @@ impl<'de> Visitor<'de> for RecordSeed {
                     id = Some(v.0);
                 }
                 other => {
-                    let raw: &'de RawValue = map.next_value().map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    let raw: &'de RawValue = map
+                        .next_value()
+                        .map_err(|e| de::Error::custom(ctx(&id, &e)))?;
                     if fields > 0 {
                         payload.push(',');
                     }
@@ -234,8 +258,14 @@ impl<'de> Visitor<'de> for RecordSeed {
         }
         payload.push('}');
         let id = id.ok_or_else(|| de::Error::custom(ctx(&None, &"missing id")))?;
-        let meta = meta.ok_or_else(|| de::Error::custom(ctx(&Some(id.clone()), &"missing _nango_metadata")))?;
-        Ok(Record { id, payload: RawJson::from_trusted(payload), payload_is_bare: fields == 1, meta })
+        let meta = meta
+            .ok_or_else(|| de::Error::custom(ctx(&Some(id.clone()), &"missing _nango_metadata")))?;
+        Ok(Record {
+            id,
+            payload: RawJson::from_trusted(payload),
+            payload_is_bare: fields == 1,
+            meta,
+        })
     }
 }
 
@@ -273,8 +303,16 @@ impl MetaDe<'_> {
             first_seen_at: ts("first_seen_at", &self.first_seen_at)?,
             last_modified_at: ts("last_modified_at", &self.last_modified_at)?,
             last_action,
-            deleted_at: self.deleted_at.as_ref().map(|k| ts("deleted_at", k)).transpose()?,
-            pruned_at: self.pruned_at.as_ref().map(|k| ts("pruned_at", k)).transpose()?,
+            deleted_at: self
+                .deleted_at
+                .as_ref()
+                .map(|k| ts("deleted_at", k))
+                .transpose()?,
+            pruned_at: self
+                .pruned_at
+                .as_ref()
+                .map(|k| ts("pruned_at", k))
+                .transpose()?,
             cursor: Cursor(self.cursor.into_owned()),
         })
     }
@@ -288,7 +326,10 @@ mod tests {
 
     fn body(records: &[&str], next: Option<&str>) -> String {
         let next = next.map(|c| format!("\"{c}\"")).unwrap_or("null".into());
-        format!(r#"{{"next_cursor":{next},"records":[{}]}}"#, records.join(","))
+        format!(
+            r#"{{"next_cursor":{next},"records":[{}]}}"#,
+            records.join(",")
+        )
     }
 
     #[test]
@@ -300,11 +341,17 @@ mod tests {
         assert_eq!(page.next_cursor, Some(Cursor("bmV4dA==".into())));
         let rec = &page.records[0];
         assert_eq!(rec.id, "tk-001");
-        assert_eq!(rec.payload.as_str(), r#"{"id":"tk-001","title":"Caf\u00e9 \"menu\"","n":1.50,"nested":{"a":[1, 2]}}"#);
+        assert_eq!(
+            rec.payload.as_str(),
+            r#"{"id":"tk-001","title":"Caf\u00e9 \"menu\"","n":1.50,"nested":{"a":[1, 2]}}"#
+        );
         assert!(!rec.payload_is_bare);
         assert_eq!(rec.meta.last_action, LastAction::Added);
         assert_eq!(rec.meta.cursor.as_str(), "Y3Vy");
-        assert_eq!(rec.meta.last_modified_at, Timestamp::parse("2026-11-26T19:47:22.72838Z").unwrap());
+        assert_eq!(
+            rec.meta.last_modified_at,
+            Timestamp::parse("2026-11-26T19:47:22.72838Z").unwrap()
+        );
     }
 
     #[test]
@@ -315,7 +362,10 @@ mod tests {
         let page = Page::parse(body(&[&a, &b, &c], None).as_bytes()).unwrap();
         assert!(page.records[0].payload_is_bare);
         assert_eq!(page.records[1].id, "1005");
-        assert_eq!(page.records[1].payload.as_str(), r#"{"id":"1005","t":true}"#);
+        assert_eq!(
+            page.records[1].payload.as_str(),
+            r#"{"id":"1005","t":true}"#
+        );
         assert!(page.records[2].payload_is_bare);
         assert_eq!(page.records[2].payload.as_str(), r#"{"id":"y"}"#);
         assert_eq!(page.end_cursor(), Some(&Cursor("Y3Vy".into())));
@@ -340,31 +390,76 @@ mod tests {
     #[test]
     fn errors_name_the_record_and_the_problem() {
         let cases: Vec<(String, &str)> = vec![
-            (body(&[&format!(r#"{{"title":"x","_nango_metadata":{META}}}"#)], None), "record 0: missing id"),
-            (body(&[r#"{"id":"a"}"#], None), "record 0 (id \"a\"): missing _nango_metadata"),
+            (
+                body(
+                    &[&format!(r#"{{"title":"x","_nango_metadata":{META}}}"#)],
+                    None,
+                ),
+                "record 0: missing id",
+            ),
+            (
+                body(&[r#"{"id":"a"}"#], None),
+                "record 0 (id \"a\"): missing _nango_metadata",
+            ),
             (body(&[r#"[1,2]"#], None), "record 0 to be a JSON object"),
             (body(&[r#""str""#], None), "record 0 to be a JSON object"),
             (
-                body(&[&format!(r#"{{"id":"ok","_nango_metadata":{META}}}"#), &format!(r#"{{"id":{{}},"_nango_metadata":{META}}}"#)], None),
+                body(
+                    &[
+                        &format!(r#"{{"id":"ok","_nango_metadata":{META}}}"#),
+                        &format!(r#"{{"id":{{}},"_nango_metadata":{META}}}"#),
+                    ],
+                    None,
+                ),
                 "record 1: id must be a string or a number",
             ),
             (
-                body(&[&format!(r#"{{"id":"a","_nango_metadata":{}}}"#, META.replace("ADDED", "MOVED"))], None),
+                body(
+                    &[&format!(
+                        r#"{{"id":"a","_nango_metadata":{}}}"#,
+                        META.replace("ADDED", "MOVED")
+                    )],
+                    None,
+                ),
                 "record 0 (id \"a\"): _nango_metadata: unknown last_action \"MOVED\"",
             ),
             (
-                body(&[&format!(r#"{{"id":"a","_nango_metadata":{}}}"#, META.replace("22.72838+00:00\",\"last_action", "xx\",\"last_action"))], None),
+                body(
+                    &[&format!(
+                        r#"{{"id":"a","_nango_metadata":{}}}"#,
+                        META.replace("22.72838+00:00\",\"last_action", "xx\",\"last_action")
+                    )],
+                    None,
+                ),
                 "last_modified_at: invalid timestamp",
             ),
-            (r#"{"next_cursor":null}"#.to_string(), "missing field `records`"),
-            (r#"{"records":[]}"#.to_string(), "missing field `next_cursor`"),
-            (r#"{"next_cursor":null,"records":[{"id":"a","#.to_string(), "EOF"),
-            ("<html><body>Nango</body></html>".to_string(), "expected value"),
-            (r#"{"next_cursor":null,"records":[]} x"#.to_string(), "trailing"),
+            (
+                r#"{"next_cursor":null}"#.to_string(),
+                "missing field `records`",
+            ),
+            (
+                r#"{"records":[]}"#.to_string(),
+                "missing field `next_cursor`",
+            ),
+            (
+                r#"{"next_cursor":null,"records":[{"id":"a","#.to_string(),
+                "EOF",
+            ),
+            (
+                "<html><body>Nango</body></html>".to_string(),
+                "expected value",
+            ),
+            (
+                r#"{"next_cursor":null,"records":[]} x"#.to_string(),
+                "trailing",
+            ),
         ];
         for (input, expected) in cases {
             let err = Page::parse(input.as_bytes()).unwrap_err();
-            assert!(err.contains(expected), "{input}\n  gave {err}\n  expected {expected}");
+            assert!(
+                err.contains(expected),
+                "{input}\n  gave {err}\n  expected {expected}"
+            );
         }
     }
 }

@@ -46,7 +46,11 @@ impl StreamKey {
     /// The same stream with another variant (`base` or an empty string mean none).
     pub fn with_variant(mut self, variant: impl Into<String>) -> Self {
         let v: String = variant.into();
-        self.variant = if v.is_empty() { Self::BASE_VARIANT.to_string() } else { v };
+        self.variant = if v.is_empty() {
+            Self::BASE_VARIANT.to_string()
+        } else {
+            v
+        };
         self
     }
 
@@ -59,17 +63,24 @@ impl StreamKey {
     /// `^[A-Z][a-zA-Z0-9_-]+$`, variant `^[a-zA-Z0-9_-]+$`, integration and connection
     /// 1 to 255 characters without control characters.
     pub fn validate(&self) -> crate::Result<()> {
-        let id_ok = |s: &str| !s.is_empty() && s.chars().count() <= 255 && !s.chars().any(char::is_control);
+        let id_ok =
+            |s: &str| !s.is_empty() && s.chars().count() <= 255 && !s.chars().any(char::is_control);
         if !id_ok(&self.integration) {
             return Err(crate::Error::invalid(
                 "integration key",
-                format!("{:?} must be 1 to 255 characters without control characters", self.integration),
+                format!(
+                    "{:?} must be 1 to 255 characters without control characters",
+                    self.integration
+                ),
             ));
         }
         if !id_ok(&self.connection) {
             return Err(crate::Error::invalid(
                 "connection id",
-                format!("{:?} must be 1 to 255 characters without control characters", self.connection),
+                format!(
+                    "{:?} must be 1 to 255 characters without control characters",
+                    self.connection
+                ),
             ));
         }
         let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
@@ -319,7 +330,8 @@ impl StoredRecord {
         out.push('{');
         match serde_json::from_str::<serde_json::Value>(self.payload.as_str()) {
             Ok(serde_json::Value::Object(map)) => {
-                let mut keys: Vec<&String> = map.keys().filter(|k| *k != "_nango_metadata").collect();
+                let mut keys: Vec<&String> =
+                    map.keys().filter(|k| *k != "_nango_metadata").collect();
                 keys.sort_unstable();
                 for k in keys {
                     write_json_string(&mut out, k);
@@ -400,7 +412,11 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
-        assert!(StreamKey::new("github", "é".repeat(255), "Ticket").validate().is_ok());
+        assert!(
+            StreamKey::new("github", "é".repeat(255), "Ticket")
+                .validate()
+                .is_ok()
+        );
     }
 
     #[test]
@@ -416,7 +432,9 @@ mod tests {
     fn export_line_is_canonical() {
         let rec = StoredRecord {
             id: "a".into(),
-            payload: RawJson::from_trusted(r#"{"z":1,"id":"a","b":{"y":2,"x":[1,2]},"é":"\u00e9"}"#),
+            payload: RawJson::from_trusted(
+                r#"{"z":1,"id":"a","b":{"y":2,"x":[1,2]},"é":"\u00e9"}"#,
+            ),
             meta: Metadata {
                 first_seen_at: Timestamp::from_micros(1),
                 last_modified_at: Timestamp::from_micros(2_000_000),

@@ -49,7 +49,9 @@ impl Timestamp {
 
     /// The current time.
     pub fn now() -> Self {
-        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let d = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Timestamp(d.as_micros() as i64)
     }
 
@@ -66,7 +68,10 @@ impl Timestamp {
     /// Parse an RFC 3339 / ISO 8601 timestamp with an offset (`Z`, `±HH:MM`, `±HHMM` or
     /// `±HH`) and 0 to 9 fraction digits (digits past microseconds are truncated).
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
-        parse(text).map_err(|reason| TimestampError { text: truncate_for_error(text), reason })
+        parse(text).map_err(|reason| TimestampError {
+            text: truncate_for_error(text),
+            reason,
+        })
     }
 
     /// The form PostgreSQL's `to_json(timestamptz)` produces, in a zone at
@@ -169,8 +174,12 @@ fn format_naive(micros: i64) -> String {
     let days = secs.div_euclid(SECS_PER_DAY);
     let sod = secs.rem_euclid(SECS_PER_DAY);
     let (y, m, d) = civil_from_days(days);
-    let mut out =
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", sod / 3600, (sod / 60) % 60, sod % 60);
+    let mut out = format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    );
     if frac != 0 {
         let digits = format!("{frac:06}");
         out.push('.');
@@ -213,7 +222,10 @@ impl Cursor<'_> {
 }
 
 fn parse(text: &str) -> Result<Timestamp, &'static str> {
-    let mut c = Cursor { b: text.as_bytes(), i: 0 };
+    let mut c = Cursor {
+        b: text.as_bytes(),
+        i: 0,
+    };
     let year = c.digits(4)?;
     c.expect(b"-", "expected '-' after the year")?;
     let month = c.digits(2)?;
@@ -280,8 +292,9 @@ fn parse(text: &str) -> Result<Timestamp, &'static str> {
     if c.i != c.b.len() {
         return Err("unexpected text after the offset");
     }
-    let secs = days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second
-        - offset_secs;
+    let secs =
+        days_from_civil(year, month, day) * SECS_PER_DAY + hour * 3600 + minute * 60 + second
+            - offset_secs;
     Ok(Timestamp(secs * MICROS_PER_SEC + micros))
 }
 
@@ -301,12 +314,27 @@ mod tests {
             ("2026-11-26T19:47:22.72+00:00", BASE * 1_000_000 + 720_000),
             ("2026-11-26T19:47:22.728+00:00", BASE * 1_000_000 + 728_000),
             ("2026-11-26T19:47:22.7283+00:00", BASE * 1_000_000 + 728_300),
-            ("2026-11-26T19:47:22.72838+00:00", BASE * 1_000_000 + 728_380),
-            ("2026-11-26T19:47:22.728381+00:00", BASE * 1_000_000 + 728_381),
+            (
+                "2026-11-26T19:47:22.72838+00:00",
+                BASE * 1_000_000 + 728_380,
+            ),
+            (
+                "2026-11-26T19:47:22.728381+00:00",
+                BASE * 1_000_000 + 728_381,
+            ),
             // other zones: the same instant
-            ("2026-11-26T14:47:22.728381-05:00", BASE * 1_000_000 + 728_381),
-            ("2026-11-27T01:17:22.728381+05:30", BASE * 1_000_000 + 728_381),
-            ("2026-11-26T15:47:22.728381-04:00", BASE * 1_000_000 + 728_381),
+            (
+                "2026-11-26T14:47:22.728381-05:00",
+                BASE * 1_000_000 + 728_381,
+            ),
+            (
+                "2026-11-27T01:17:22.728381+05:30",
+                BASE * 1_000_000 + 728_381,
+            ),
+            (
+                "2026-11-26T15:47:22.728381-04:00",
+                BASE * 1_000_000 + 728_381,
+            ),
             // Z forms (what modified_after takes), and other ISO 8601 offset spellings
             ("2026-11-26T19:47:22.728381Z", BASE * 1_000_000 + 728_381),
             ("2026-11-26T19:47:22Z", BASE * 1_000_000),
@@ -347,7 +375,10 @@ mod tests {
             "2026/11/26T19:47:22Z",
             "2026-11-26T19:47:22.72838+0:00",
         ] {
-            assert!(Timestamp::parse(text).is_err(), "{text:?} should be rejected");
+            assert!(
+                Timestamp::parse(text).is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 
@@ -357,9 +388,15 @@ mod tests {
         assert_eq!(t.to_json_form(0), "2026-11-26T19:47:22.72838+00:00");
         assert_eq!(t.to_json_form(-300), "2026-11-26T14:47:22.72838-05:00");
         assert_eq!(t.to_json_form(330), "2026-11-27T01:17:22.72838+05:30");
-        assert_eq!(Timestamp(BASE * 1_000_000).to_json_form(0), "2026-11-26T19:47:22+00:00");
+        assert_eq!(
+            Timestamp(BASE * 1_000_000).to_json_form(0),
+            "2026-11-26T19:47:22+00:00"
+        );
         assert_eq!(t.to_utc_z(), "2026-11-26T19:47:22.72838Z");
-        assert_eq!(Timestamp(-1).to_json_form(0), "1969-12-31T23:59:59.999999+00:00");
+        assert_eq!(
+            Timestamp(-1).to_json_form(0),
+            "1969-12-31T23:59:59.999999+00:00"
+        );
     }
 
     #[test]

@@ -35,7 +35,11 @@ impl RateBudget {
         RateBudget {
             per_minute: permits.max(1),
             window,
-            state: Mutex::new(State { window_start: Instant::now(), used: 0, paused_until: None }),
+            state: Mutex::new(State {
+                window_start: Instant::now(),
+                used: 0,
+                paused_until: None,
+            }),
         }
     }
 
@@ -95,7 +99,11 @@ mod tests {
         for _ in 0..3 {
             b.acquire().await;
         }
-        assert_eq!(Instant::now(), start, "the first three permits need no wait");
+        assert_eq!(
+            Instant::now(),
+            start,
+            "the first three permits need no wait"
+        );
         b.acquire().await;
         assert!(Instant::now() >= start + Duration::from_secs(60));
     }

@@ -76,7 +76,14 @@ pub struct RecordsQuery<'a> {
 impl<'a> RecordsQuery<'a> {
     /// The first page of a stream.
     pub fn new(stream: &'a StreamKey) -> Self {
-        RecordsQuery { stream, cursor: None, limit: None, modified_after: None, ids: &[], filter: None }
+        RecordsQuery {
+            stream,
+            cursor: None,
+            limit: None,
+            modified_after: None,
+            ids: &[],
+            filter: None,
+        }
     }
 
     /// Continue after `cursor`.
@@ -225,21 +232,32 @@ impl NangoClientBuilder {
 
     /// Build the client.
     pub fn build(self) -> Result<NangoClient> {
-        let secret = self
-            .secret
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| Error::invalid("secret key", "no secret key given (set NANGO_SECRET_KEY or pass one)"))?;
+        let secret = self.secret.filter(|s| !s.is_empty()).ok_or_else(|| {
+            Error::invalid(
+                "secret key",
+                "no secret key given (set NANGO_SECRET_KEY or pass one)",
+            )
+        })?;
         let host = self.host.trim().trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&host)
             .map_err(|e| Error::invalid("host URL", format!("{host:?}: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(Error::invalid("host URL", format!("{host:?} must be an http:// or https:// URL")));
+            return Err(Error::invalid(
+                "host URL",
+                format!("{host:?} must be an http:// or https:// URL"),
+            ));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(Error::invalid("host URL", format!("{host:?} must not have a query or a fragment")));
+            return Err(Error::invalid(
+                "host URL",
+                format!("{host:?} must not have a query or a fragment"),
+            ));
         }
         HeaderValue::from_str(&format!("Bearer {}", secret.expose())).map_err(|_| {
-            Error::invalid("secret key", "it contains characters that cannot be sent in an HTTP header")
+            Error::invalid(
+                "secret key",
+                "it contains characters that cannot be sent in an HTTP header",
+            )
         })?;
         install_crypto_provider();
         let mut headers = HeaderMap::new();
@@ -252,7 +270,15 @@ impl NangoClientBuilder {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| Error::invalid("HTTP client", e.to_string()))?;
-        Ok(NangoClient { inner: Arc::new(Inner { http, host, secret, retry: self.retry, budget: self.budget }) })
+        Ok(NangoClient {
+            inner: Arc::new(Inner {
+                http,
+                host,
+                secret,
+                retry: self.retry,
+                budget: self.budget,
+            }),
+        })
     }
 }
 
@@ -287,14 +313,26 @@ impl NangoClient {
         let headers = self.stream_headers(query.stream)?;
         let describe = query.describe();
         self.with_retries(&describe, || async {
-            let resp = self.send(&describe, self.inner.http.get(url.clone()).headers(headers.clone())).await?;
+            let resp = self
+                .send(
+                    &describe,
+                    self.inner.http.get(url.clone()).headers(headers.clone()),
+                )
+                .await?;
             let body = self.read_json_body(&describe, resp).await?;
             Page::parse(&body).map_err(|detail| {
                 if detail.contains("EOF while parsing") {
                     // A body cut short: the connection broke, try again.
-                    Error::Transport { request: describe.clone(), kind: TransportKind::Io, source: format!("truncated body: {detail}").into() }
+                    Error::Transport {
+                        request: describe.clone(),
+                        kind: TransportKind::Io,
+                        source: format!("truncated body: {detail}").into(),
+                    }
                 } else {
-                    Error::MalformedPage { request: describe.clone(), detail }
+                    Error::MalformedPage {
+                        request: describe.clone(),
+                        detail,
+                    }
                 }
             })
         })
@@ -319,7 +357,15 @@ impl NangoClient {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            if let (Some(budget), Error::Nango { status: 429, retry_after, .. }) = (&self.inner.budget, &err) {
+            if let (
+                Some(budget),
+                Error::Nango {
+                    status: 429,
+                    retry_after,
+                    ..
+                },
+            ) = (&self.inner.budget, &err)
+            {
                 budget.pause_for(retry::rate_limit_wait(*retry_after, policy));
             }
             if !err.is_retryable() {
@@ -342,15 +388,24 @@ impl NangoClient {
     fn records_url(&self, q: &RecordsQuery<'_>) -> Result<reqwest::Url> {
         if let Some(limit) = q.limit {
             if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-                return Err(Error::invalid("page size", format!("{limit} is not between 1 and {MAX_PAGE_SIZE}")));
+                return Err(Error::invalid(
+                    "page size",
+                    format!("{limit} is not between 1 and {MAX_PAGE_SIZE}"),
+                ));
             }
         }
         if q.ids.len() > 100 {
-            return Err(Error::invalid("ids", format!("{} ids given, Nango takes at most 100", q.ids.len())));
+            return Err(Error::invalid(
+                "ids",
+                format!("{} ids given, Nango takes at most 100", q.ids.len()),
+            ));
         }
         if let Some(c) = q.cursor {
             if c.as_str().is_empty() || c.as_str().len() > 1000 {
-                return Err(Error::invalid("cursor", "a cursor has 1 to 1000 characters"));
+                return Err(Error::invalid(
+                    "cursor",
+                    "a cursor has 1 to 1000 characters",
+                ));
             }
         }
         q.stream.validate()?;
@@ -389,38 +444,78 @@ impl NangoClient {
         h.insert(AUTHORIZATION, auth);
         let value = |what: &'static str, v: &str| {
             let ok = v.bytes().all(|b| (0x20..0x7f).contains(&b));
-            ok.then(|| HeaderValue::from_str(v).ok()).flatten().ok_or_else(|| {
-                Error::invalid(what, format!("{v:?} cannot be sent in an HTTP header (use visible ASCII characters)"))
-            })
+            ok.then(|| HeaderValue::from_str(v).ok())
+                .flatten()
+                .ok_or_else(|| {
+                    Error::invalid(
+                        what,
+                        format!(
+                            "{v:?} cannot be sent in an HTTP header (use visible ASCII characters)"
+                        ),
+                    )
+                })
         };
-        h.insert(HeaderName::from_static("connection-id"), value("connection id", &stream.connection)?);
-        h.insert(HeaderName::from_static("provider-config-key"), value("integration key", &stream.integration)?);
+        h.insert(
+            HeaderName::from_static("connection-id"),
+            value("connection id", &stream.connection)?,
+        );
+        h.insert(
+            HeaderName::from_static("provider-config-key"),
+            value("integration key", &stream.integration)?,
+        );
         Ok(h)
     }
 
-    async fn send(&self, describe: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+    async fn send(
+        &self,
+        describe: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
         let started = Instant::now();
         let resp = req.send().await.map_err(|e| transport_error(describe, e))?;
-        debug!(request = describe, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "answer");
+        debug!(
+            request = describe,
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "answer"
+        );
         Ok(resp)
     }
 
     /// Read a JSON body; turn error statuses and non-JSON answers into errors.
-    async fn read_json_body(&self, describe: &str, resp: reqwest::Response) -> Result<bytes::Bytes> {
+    async fn read_json_body(
+        &self,
+        describe: &str,
+        resp: reqwest::Response,
+    ) -> Result<bytes::Bytes> {
         let status = resp.status().as_u16();
-        let content_type =
-            resp.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let retry_after = resp
             .headers()
             .get("retry-after")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .or_else(|| {
-                let reset = resp.headers().get("x-ratelimit-reset")?.to_str().ok()?.trim().parse::<i64>().ok()?;
+                let reset = resp
+                    .headers()
+                    .get("x-ratelimit-reset")?
+                    .to_str()
+                    .ok()?
+                    .trim()
+                    .parse::<i64>()
+                    .ok()?;
                 let now = Timestamp::now().as_micros() / 1_000_000;
                 Some((reset - now).max(0) as u64).filter(|_| status == 429)
             });
-        let body = resp.bytes().await.map_err(|e| transport_error(describe, e))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(describe, e))?;
         let is_json = content_type.to_ascii_lowercase().contains("json");
         if (200..300).contains(&status) {
             if !is_json {
@@ -463,21 +558,43 @@ fn nango_error(describe: &str, status: u16, body: &[u8], retry_after: Option<u64
         #[serde(default)]
         path: Vec<serde_json::Value>,
     }
-    let parsed: Option<ErrorBody> = serde_json::from_slice::<Envelope>(body).ok().and_then(|e| e.error);
+    let parsed: Option<ErrorBody> = serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .and_then(|e| e.error);
     let (code, message) = match parsed {
         Some(e) => {
             let mut parts: Vec<String> = e.message.into_iter().collect();
             for d in e.errors {
-                let path: Vec<String> =
-                    d.path.iter().map(|p| p.as_str().map(str::to_owned).unwrap_or_else(|| p.to_string())).collect();
+                let path: Vec<String> = d
+                    .path
+                    .iter()
+                    .map(|p| {
+                        p.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| p.to_string())
+                    })
+                    .collect();
                 let m = d.message.unwrap_or_default();
-                parts.push(if path.is_empty() { m } else { format!("{}: {m}", path.join(".")) });
+                parts.push(if path.is_empty() {
+                    m
+                } else {
+                    format!("{}: {m}", path.join("."))
+                });
             }
-            (e.code.unwrap_or_else(|| "http_error".into()), (!parts.is_empty()).then(|| parts.join("; ")))
+            (
+                e.code.unwrap_or_else(|| "http_error".into()),
+                (!parts.is_empty()).then(|| parts.join("; ")),
+            )
         }
         None => ("http_error".to_string(), None),
     };
-    Error::Nango { status, code, message, request: describe.to_string(), retry_after }
+    Error::Nango {
+        status,
+        code,
+        message,
+        request: describe.to_string(),
+        retry_after,
+    }
 }
 
 fn transport_error(describe: &str, e: reqwest::Error) -> Error {
@@ -492,7 +609,11 @@ fn transport_error(describe: &str, e: reqwest::Error) -> Error {
     };
     // reqwest's message can name the URL; it never holds headers, so no secret.
     let source: BoxError = Box::new(e.without_url());
-    Error::Transport { request: describe.to_string(), kind, source }
+    Error::Transport {
+        request: describe.to_string(),
+        kind,
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -500,7 +621,11 @@ mod tests {
     use super::*;
 
     fn client() -> NangoClient {
-        NangoClient::builder().host("https://nango.example.com/api/").secret_key("k").build().unwrap()
+        NangoClient::builder()
+            .host("https://nango.example.com/api/")
+            .secret_key("k")
+            .build()
+            .unwrap()
     }
 
     #[test]
@@ -510,7 +635,9 @@ mod tests {
         let q = RecordsQuery::new(&stream)
             .cursor(Some(&cursor))
             .limit(1000)
-            .modified_after(Some(Timestamp::parse("2026-11-26T14:47:22.997-05:00").unwrap()));
+            .modified_after(Some(
+                Timestamp::parse("2026-11-26T14:47:22.997-05:00").unwrap(),
+            ));
         let url = client().records_url(&q).unwrap();
         assert_eq!(
             url.as_str(),
@@ -523,7 +650,10 @@ mod tests {
         let stream = StreamKey::new("github", "acme", "Ticket");
         let c = client();
         assert!(c.records_url(&RecordsQuery::new(&stream).limit(0)).is_err());
-        assert!(c.records_url(&RecordsQuery::new(&stream).limit(10_001)).is_err());
+        assert!(
+            c.records_url(&RecordsQuery::new(&stream).limit(10_001))
+                .is_err()
+        );
         let bad = StreamKey::new("github", "acme", "ticket");
         assert!(c.records_url(&RecordsQuery::new(&bad)).is_err());
         let non_ascii = StreamKey::new("github", "café", "Ticket");
@@ -534,7 +664,11 @@ mod tests {
     #[test]
     fn bad_hosts_and_missing_keys_are_clear_errors() {
         for host in ["ftp://x", "not a url", "https://", "https://x/?a=1"] {
-            let err = NangoClient::builder().host(host).secret_key("k").build().unwrap_err();
+            let err = NangoClient::builder()
+                .host(host)
+                .secret_key("k")
+                .build()
+                .unwrap_err();
             assert!(err.to_string().contains("host URL"), "{host}: {err}");
         }
         let err = NangoClient::builder().build().unwrap_err();
@@ -543,7 +677,10 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        let c = NangoClient::builder().secret_key("4f1a7c2e-9b3d-4e8f-a6c5-1d2e3f4a5b6c").build().unwrap();
+        let c = NangoClient::builder()
+            .secret_key("4f1a7c2e-9b3d-4e8f-a6c5-1d2e3f4a5b6c")
+            .build()
+            .unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("4f1a7c2e"), "{dbg}");
         assert!(dbg.contains("***"));

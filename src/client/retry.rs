@@ -37,7 +37,10 @@ impl Default for RetryConfig {
 impl RetryConfig {
     /// Never retry.
     pub fn none() -> Self {
-        RetryConfig { max_attempts: 1, ..Self::default() }
+        RetryConfig {
+            max_attempts: 1,
+            ..Self::default()
+        }
     }
 
     /// Short waits, for tests against a local server.
@@ -53,14 +56,25 @@ impl RetryConfig {
 
     /// The wait before attempt `attempt + 1` after `err` failed attempt `attempt` (1-based).
     pub fn delay(&self, attempt: u32, err: &Error) -> Duration {
-        if let Error::Nango { status: 429, retry_after, .. } = err {
+        if let Error::Nango {
+            status: 429,
+            retry_after,
+            ..
+        } = err
+        {
             return rate_limit_wait(*retry_after, self) + jitter(Duration::from_millis(100), 0.0);
         }
         let exp = attempt.saturating_sub(1).min(20);
-        let base = self.initial_backoff.saturating_mul(1u32 << exp).min(self.max_backoff);
+        let base = self
+            .initial_backoff
+            .saturating_mul(1u32 << exp)
+            .min(self.max_backoff);
         let base = match err {
             // A 503 may say when to come back.
-            Error::Nango { retry_after: Some(secs), .. } => base.max(Duration::from_secs(*secs)).min(self.max_backoff),
+            Error::Nango {
+                retry_after: Some(secs),
+                ..
+            } => base.max(Duration::from_secs(*secs)).min(self.max_backoff),
             _ => base,
         };
         // "Equal jitter": between half and all of the exponential wait.
@@ -75,7 +89,9 @@ pub(crate) fn rate_limit_wait(retry_after: Option<u64>, cfg: &RetryConfig) -> Du
 
 /// A duration between `floor * d` and `d`, chosen at random.
 fn jitter(d: Duration, floor: f64) -> Duration {
-    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let unit = (r >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(floor + (1.0 - floor) * unit)
 }
@@ -85,7 +101,13 @@ mod tests {
     use super::*;
 
     fn nango(status: u16, retry_after: Option<u64>) -> Error {
-        Error::Nango { status, code: "x".into(), message: None, request: "r".into(), retry_after }
+        Error::Nango {
+            status,
+            code: "x".into(),
+            message: None,
+            request: "r".into(),
+            retry_after,
+        }
     }
 
     #[test]
@@ -93,10 +115,17 @@ mod tests {
         let cfg = RetryConfig::default();
         let e = nango(503, None);
         for attempt in 1..=12 {
-            let full = cfg.initial_backoff.saturating_mul(1 << (attempt - 1)).min(cfg.max_backoff);
+            let full = cfg
+                .initial_backoff
+                .saturating_mul(1 << (attempt - 1))
+                .min(cfg.max_backoff);
             for _ in 0..50 {
                 let d = cfg.delay(attempt, &e);
-                assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} not in [{:?}, {full:?}]", full / 2);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} not in [{:?}, {full:?}]",
+                    full / 2
+                );
             }
         }
     }
@@ -106,16 +135,25 @@ mod tests {
         let cfg = RetryConfig::default();
         for retry_after in [None, Some(0)] {
             let d = cfg.delay(1, &nango(429, retry_after));
-            assert!(d >= Duration::from_secs(1) && d < Duration::from_millis(1100), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(1) && d < Duration::from_millis(1100),
+                "{d:?}"
+            );
         }
         let d = cfg.delay(1, &nango(429, Some(7)));
-        assert!(d >= Duration::from_secs(7) && d < Duration::from_millis(7100), "{d:?}");
+        assert!(
+            d >= Duration::from_secs(7) && d < Duration::from_millis(7100),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn service_unavailable_honours_retry_after() {
         let cfg = RetryConfig::default();
         let d = cfg.delay(1, &nango(503, Some(3)));
-        assert!(d >= Duration::from_millis(1500) && d <= Duration::from_secs(3), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(1500) && d <= Duration::from_secs(3),
+            "{d:?}"
+        );
     }
 }

@@ -39,7 +39,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { page_size: DEFAULT_PAGE_SIZE, pipeline_depth: 1 }
+        EngineConfig {
+            page_size: DEFAULT_PAGE_SIZE,
+            pipeline_depth: 1,
+        }
     }
 }
 
@@ -87,7 +90,10 @@ impl std::fmt::Debug for SyncOptions {
 impl SyncOptions {
     /// A full re-read with sweep.
     pub fn full() -> Self {
-        SyncOptions { full: true, ..Self::default() }
+        SyncOptions {
+            full: true,
+            ..Self::default()
+        }
     }
 }
 
@@ -120,7 +126,11 @@ impl RunReport {
     /// Records received per second of wall time.
     pub fn records_per_second(&self) -> f64 {
         let secs = (self.finished_at.as_micros() - self.started_at.as_micros()) as f64 / 1e6;
-        if secs <= 0.0 { 0.0 } else { self.counts.total() as f64 / secs }
+        if secs <= 0.0 {
+            0.0
+        } else {
+            self.counts.total() as f64 / secs
+        }
     }
 }
 
@@ -151,7 +161,12 @@ impl Engine {
 
     /// An engine with `config`.
     pub fn with_config(client: NangoClient, sink: SharedSink, config: EngineConfig) -> Self {
-        Engine { client, sink, config, locks: Arc::default() }
+        Engine {
+            client,
+            sink,
+            config,
+            locks: Arc::default(),
+        }
     }
 
     /// The store.
@@ -171,7 +186,11 @@ impl Engine {
 
     /// Sync several streams (for example several models of one connection)
     /// concurrently. A failing stream does not stop the others.
-    pub async fn sync_all(&self, streams: &[StreamKey], options: &SyncOptions) -> Vec<Result<RunReport>> {
+    pub async fn sync_all(
+        &self,
+        streams: &[StreamKey],
+        options: &SyncOptions,
+    ) -> Vec<Result<RunReport>> {
         futures::future::join_all(streams.iter().map(|s| self.sync(s, options))).await
     }
 
@@ -180,12 +199,18 @@ impl Engine {
     pub async fn sync(&self, stream: &StreamKey, options: &SyncOptions) -> Result<RunReport> {
         let wrap = |e: Error| match e {
             e @ Error::Stream { .. } => e,
-            e => Error::Stream { stream: stream.to_string(), source: Box::new(e) },
+            e => Error::Stream {
+                stream: stream.to_string(),
+                source: Box::new(e),
+            },
         };
         stream.validate().map_err(wrap)?;
         let page_size = options.page_size.unwrap_or(self.config.page_size);
         if !(1..=crate::client::MAX_PAGE_SIZE).contains(&page_size) {
-            return Err(wrap(Error::invalid("page size", format!("{page_size} is not between 1 and 10000"))));
+            return Err(wrap(Error::invalid(
+                "page size",
+                format!("{page_size} is not between 1 and 10000"),
+            )));
         }
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -219,7 +244,12 @@ impl Engine {
         result.map_err(wrap)
     }
 
-    async fn run(&self, stream: &StreamKey, options: &SyncOptions, page_size: u32) -> Result<RunReport> {
+    async fn run(
+        &self,
+        stream: &StreamKey,
+        options: &SyncOptions,
+        page_size: u32,
+    ) -> Result<RunReport> {
         let started_at = Timestamp::now();
         let state = self.sink.stream_state(stream).await?;
         let mut plan = RunPlan::new(&state, options);
@@ -235,7 +265,11 @@ impl Engine {
             full_reason: plan.reason,
             cursor: state.cursor.clone(),
         };
-        info!(full = plan.full.is_some(), reason = plan.reason.unwrap_or("incremental"), "run starts");
+        info!(
+            full = plan.full.is_some(),
+            reason = plan.reason.unwrap_or("incremental"),
+            "run starts"
+        );
 
         // The stored cursor may be one Nango no longer accepts (it answers 500 for it).
         // Read its first page apart, so a rejected cursor can turn into a full re-read.
@@ -260,7 +294,8 @@ impl Engine {
             let stream = stream.clone();
             let next = first.next_cursor.clone();
             Some(tokio::spawn(
-                async move { fetch_rest(client, stream, next, page_size, tx).await }.in_current_span(),
+                async move { fetch_rest(client, stream, next, page_size, tx).await }
+                    .in_current_span(),
             ))
         };
         let mut expected = state.cursor.clone();
@@ -272,7 +307,10 @@ impl Engine {
                     None => match rx.recv().await {
                         Some(item) => item,
                         None => {
-                            return Err(Error::invalid("run", "the page fetcher stopped before the last page"));
+                            return Err(Error::invalid(
+                                "run",
+                                "the page fetcher stopped before the last page",
+                            ));
                         }
                     },
                 };
@@ -280,10 +318,18 @@ impl Engine {
                 report.pages += 1;
                 let last = page.is_last();
                 let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
-                let full_read = plan.full.map(|generation| FullRead { generation, complete: last });
+                let full_read = plan.full.map(|generation| FullRead {
+                    generation,
+                    complete: last,
+                });
                 let needed = !page.records.is_empty() || cursor != expected || full_read.is_some();
                 if needed {
-                    let mut commit = Commit::new(stream.clone(), expected.clone(), cursor.clone(), page.records);
+                    let mut commit = Commit::new(
+                        stream.clone(),
+                        expected.clone(),
+                        cursor.clone(),
+                        page.records,
+                    );
                     commit.full_read = full_read;
                     let out = self.sink.commit(commit).await?;
                     report.commits += 1;
@@ -325,11 +371,20 @@ impl Engine {
         Ok(report)
     }
 
-    async fn fetch_first(&self, stream: &StreamKey, plan: &RunPlan, page_size: u32) -> Result<Page> {
+    async fn fetch_first(
+        &self,
+        stream: &StreamKey,
+        plan: &RunPlan,
+        page_size: u32,
+    ) -> Result<Page> {
         let q = RecordsQuery::new(stream)
             .cursor(plan.start.as_ref())
             .limit(page_size)
-            .modified_after(if plan.start.is_none() { plan.modified_after } else { None });
+            .modified_after(if plan.start.is_none() {
+                plan.modified_after
+            } else {
+                None
+            });
         self.client.list_records(&q).await
     }
 
@@ -340,7 +395,10 @@ impl Engine {
         if !matches!(err.root(), Error::Nango { status: 500, .. }) {
             return false;
         }
-        self.client.list_records(&RecordsQuery::new(stream).limit(1)).await.is_ok()
+        self.client
+            .list_records(&RecordsQuery::new(stream).limit(1))
+            .await
+            .is_ok()
     }
 }
 
@@ -357,17 +415,40 @@ impl RunPlan {
     fn new(state: &StreamState, options: &SyncOptions) -> Self {
         if let Some(g) = state.full_read {
             // An interrupted full re-read resumes where it stopped.
-            return RunPlan { start: state.cursor.clone(), full: Some(g), modified_after: None, reason: Some("resuming an interrupted full re-read") };
+            return RunPlan {
+                start: state.cursor.clone(),
+                full: Some(g),
+                modified_after: None,
+                reason: Some("resuming an interrupted full re-read"),
+            };
         }
         if options.full {
-            return RunPlan { start: None, full: Some(state.generation + 1), modified_after: None, reason: Some("requested") };
+            return RunPlan {
+                start: None,
+                full: Some(state.generation + 1),
+                modified_after: None,
+                reason: Some("requested"),
+            };
         }
         match &state.cursor {
-            Some(c) => RunPlan { start: Some(c.clone()), full: None, modified_after: None, reason: None },
-            None if options.modified_after.is_some() => {
-                RunPlan { start: None, full: None, modified_after: options.modified_after, reason: None }
-            }
-            None => RunPlan { start: None, full: Some(state.generation + 1), modified_after: None, reason: Some("first sync") },
+            Some(c) => RunPlan {
+                start: Some(c.clone()),
+                full: None,
+                modified_after: None,
+                reason: None,
+            },
+            None if options.modified_after.is_some() => RunPlan {
+                start: None,
+                full: None,
+                modified_after: options.modified_after,
+                reason: None,
+            },
+            None => RunPlan {
+                start: None,
+                full: Some(state.generation + 1),
+                modified_after: None,
+                reason: Some("first sync"),
+            },
         }
     }
 
@@ -389,7 +470,9 @@ async fn fetch_rest(
     tx: mpsc::Sender<Result<Page>>,
 ) {
     loop {
-        let q = RecordsQuery::new(&stream).cursor(cursor.as_ref()).limit(page_size);
+        let q = RecordsQuery::new(&stream)
+            .cursor(cursor.as_ref())
+            .limit(page_size);
         let page = client.list_records(&q).await;
         let (next, last) = match &page {
             Ok(p) => (p.next_cursor.clone(), p.is_last()),

@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
 use crate::record::{LastAction, StoredRecord, StreamKey};
 use crate::sink::{
-    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
+    StreamState, StreamStatus,
 };
 
 const BACKEND: &str = "memory";
@@ -86,7 +87,10 @@ pub(crate) fn next_state(state: &StreamState, commit: &Commit) -> StreamState {
 
 /// The generation stamped on records a commit writes or sees.
 pub(crate) fn stamp_generation(state: &StreamState, commit: &Commit) -> u64 {
-    commit.full_read.map(|f| f.generation).unwrap_or(state.generation)
+    commit
+        .full_read
+        .map(|f| f.generation)
+        .unwrap_or(state.generation)
 }
 
 impl RecordSink for MemoryStore {
@@ -95,7 +99,12 @@ impl RecordSink for MemoryStore {
     }
 
     async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
-        Ok(self.lock().streams.get(stream).map(|d| d.state.clone()).unwrap_or_default())
+        Ok(self
+            .lock()
+            .streams
+            .get(stream)
+            .map(|d| d.state.clone())
+            .unwrap_or_default())
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
@@ -124,11 +133,20 @@ impl RecordSink for MemoryStore {
                 },
             };
             staged.push(Row {
-                record: StoredRecord { id: r.id.clone(), payload, meta: r.meta.clone(), seq },
+                record: StoredRecord {
+                    id: r.id.clone(),
+                    payload,
+                    meta: r.meta.clone(),
+                    seq,
+                },
                 seen_gen: gen_stamp,
             });
         }
-        let touched: Vec<&str> = plan.untouched.iter().map(|&i| commit.records[i].id.as_str()).collect();
+        let touched: Vec<&str> = plan
+            .untouched
+            .iter()
+            .map(|&i| commit.records[i].id.as_str())
+            .collect();
         self.faults.check(BACKEND, FaultPoint::AfterRecords)?;
         let state = next_state(&data.state, &commit);
         self.faults.check(BACKEND, FaultPoint::BeforeCommit)?;
@@ -166,22 +184,37 @@ impl RecordSink for MemoryStore {
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        self.lock().streams.entry(stream.clone()).or_default().last_run = Some(run.clone());
+        self.lock()
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .last_run = Some(run.clone());
         Ok(())
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
-        self.lock().streams.entry(stream.clone()).or_default().upstream_error = error.map(str::to_owned);
+        self.lock()
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .upstream_error = error.map(str::to_owned);
         Ok(())
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
-        Ok(self.lock().streams.get(stream).and_then(|d| d.records.get(id)).map(|row| row.record.clone()))
+        Ok(self
+            .lock()
+            .streams
+            .get(stream)
+            .and_then(|d| d.records.get(id))
+            .map(|row| row.record.clone()))
     }
 
     async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
         let inner = self.lock();
-        let Some(data) = inner.streams.get(stream) else { return Ok(Vec::new()) };
+        let Some(data) = inner.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
         let lower = match &query.after_id {
             Some(id) => Bound::Excluded(id.clone()),
             None => Bound::Unbounded,

@@ -86,8 +86,20 @@ pub struct Commit {
 
 impl Commit {
     /// A commit of `records` moving the stream from `expected_cursor` to `cursor`.
-    pub fn new(stream: StreamKey, expected_cursor: Option<Cursor>, cursor: Option<Cursor>, records: Vec<Record>) -> Self {
-        Commit { stream, expected_cursor, cursor, records, full_read: None, now: Timestamp::now() }
+    pub fn new(
+        stream: StreamKey,
+        expected_cursor: Option<Cursor>,
+        cursor: Option<Cursor>,
+        records: Vec<Record>,
+    ) -> Self {
+        Commit {
+            stream,
+            expected_cursor,
+            cursor,
+            records,
+            full_read: None,
+            now: Timestamp::now(),
+        }
     }
 }
 
@@ -115,14 +127,21 @@ pub struct ListQuery {
 
 impl Default for ListQuery {
     fn default() -> Self {
-        ListQuery { after_id: None, limit: 1000, include_deleted: false }
+        ListQuery {
+            after_id: None,
+            limit: 1000,
+            include_deleted: false,
+        }
     }
 }
 
 impl ListQuery {
     /// The first `limit` records.
     pub fn first(limit: usize) -> Self {
-        ListQuery { limit, ..Self::default() }
+        ListQuery {
+            limit,
+            ..Self::default()
+        }
     }
 
     /// Include deleted records.
@@ -202,7 +221,10 @@ impl FaultInjector {
     /// Fail here if this point is armed (and disarm it).
     pub fn check(&self, backend: &'static str, point: FaultPoint) -> Result<()> {
         if self.armed.load(Ordering::Relaxed) == point as u8
-            && self.armed.compare_exchange(point as u8, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+            && self
+                .armed
+                .compare_exchange(point as u8, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
         {
             return Err(Error::store(
                 backend,
@@ -233,7 +255,11 @@ pub trait RecordSink: Send + Sync + 'static {
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<CommitOutcome>> + Send;
 
     /// Keep `run` as the stream's last run.
-    fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> impl Future<Output = Result<()>> + Send;
+    fn record_run(
+        &self,
+        stream: &StreamKey,
+        run: &RunSummary,
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Keep (or clear) the last error Nango reported for the stream.
     fn set_upstream_error(
@@ -243,10 +269,18 @@ pub trait RecordSink: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// One record by id (tombstones included).
-    fn get(&self, stream: &StreamKey, id: &str) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
+    fn get(
+        &self,
+        stream: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
 
     /// A stream's records in id order (code-point order), a page at a time.
-    fn list(&self, stream: &StreamKey, query: &ListQuery) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+    fn list(
+        &self,
+        stream: &StreamKey,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
     /// Every stream the store knows, with its status.
     fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
@@ -264,10 +298,26 @@ pub trait DynRecordSink: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
-    fn record_run<'a>(&'a self, stream: &'a StreamKey, run: &'a RunSummary) -> BoxFuture<'a, Result<()>>;
-    fn set_upstream_error<'a>(&'a self, stream: &'a StreamKey, error: Option<&'a str>) -> BoxFuture<'a, Result<()>>;
-    fn get<'a>(&'a self, stream: &'a StreamKey, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRecord>>>;
-    fn list<'a>(&'a self, stream: &'a StreamKey, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn get<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>>>;
+    fn list<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        query: &'a ListQuery,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
     fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
     fn faults(&self) -> &FaultInjector;
 }
@@ -282,16 +332,32 @@ impl<T: RecordSink> DynRecordSink for T {
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>> {
         Box::pin(RecordSink::commit(self, commit))
     }
-    fn record_run<'a>(&'a self, stream: &'a StreamKey, run: &'a RunSummary) -> BoxFuture<'a, Result<()>> {
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(RecordSink::record_run(self, stream, run))
     }
-    fn set_upstream_error<'a>(&'a self, stream: &'a StreamKey, error: Option<&'a str>) -> BoxFuture<'a, Result<()>> {
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
-    fn get<'a>(&'a self, stream: &'a StreamKey, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRecord>>> {
+    fn get<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>>> {
         Box::pin(RecordSink::get(self, stream, id))
     }
-    fn list<'a>(&'a self, stream: &'a StreamKey, query: &'a ListQuery) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
+    fn list<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        query: &'a ListQuery,
+    ) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
         Box::pin(RecordSink::list(self, stream, query))
     }
     fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
@@ -306,9 +372,17 @@ impl<T: RecordSink> DynRecordSink for T {
 pub type SharedSink = Arc<dyn DynRecordSink>;
 
 /// Every record of a stream, in id order, read page by page.
-pub async fn read_all(sink: &dyn DynRecordSink, stream: &StreamKey, include_deleted: bool) -> Result<Vec<StoredRecord>> {
+pub async fn read_all(
+    sink: &dyn DynRecordSink,
+    stream: &StreamKey,
+    include_deleted: bool,
+) -> Result<Vec<StoredRecord>> {
     let mut out = Vec::new();
-    let mut query = ListQuery { after_id: None, limit: 5000, include_deleted };
+    let mut query = ListQuery {
+        after_id: None,
+        limit: 5000,
+        include_deleted,
+    };
     loop {
         let batch = sink.list(stream, &query).await?;
         let done = batch.len() < query.limit;
@@ -341,11 +415,17 @@ impl SinkUrl {
     /// compiled in is checked by [`open`].
     pub fn parse(url: &str) -> Result<SinkUrl> {
         let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            Error::invalid("sink URL", format!("{url:?} has no scheme; use sqlite://PATH, sled://DIR or postgres://..."))
+            Error::invalid(
+                "sink URL",
+                format!("{url:?} has no scheme; use sqlite://PATH, sled://DIR or postgres://..."),
+            )
         })?;
         let path = |kind: &str| -> Result<std::path::PathBuf> {
             if rest.is_empty() {
-                return Err(Error::invalid("sink URL", format!("{url:?}: the {kind} path is empty")));
+                return Err(Error::invalid(
+                    "sink URL",
+                    format!("{url:?}: the {kind} path is empty"),
+                ));
             }
             Ok(std::path::PathBuf::from(rest))
         };
@@ -356,7 +436,9 @@ impl SinkUrl {
             "postgres" | "postgresql" => Ok(SinkUrl::Postgres(url.to_string())),
             other => Err(Error::invalid(
                 "sink URL",
-                format!("unknown scheme {other:?} in {url:?}; use sqlite://PATH, sled://DIR, postgres://... or memory://"),
+                format!(
+                    "unknown scheme {other:?} in {url:?}; use sqlite://PATH, sled://DIR, postgres://... or memory://"
+                ),
             )),
         }
     }
@@ -370,15 +452,24 @@ pub async fn open(url: &str) -> Result<SharedSink> {
         #[cfg(feature = "sqlite")]
         SinkUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
         #[cfg(not(feature = "sqlite"))]
-        SinkUrl::Sqlite(_) => Err(Error::FeatureDisabled { scheme: "sqlite".into(), feature: "sqlite" }),
+        SinkUrl::Sqlite(_) => Err(Error::FeatureDisabled {
+            scheme: "sqlite".into(),
+            feature: "sqlite",
+        }),
         #[cfg(feature = "sled")]
         SinkUrl::Sled(path) => Ok(Arc::new(sled::SledStore::open(path).await?)),
         #[cfg(not(feature = "sled"))]
-        SinkUrl::Sled(_) => Err(Error::FeatureDisabled { scheme: "sled".into(), feature: "sled" }),
+        SinkUrl::Sled(_) => Err(Error::FeatureDisabled {
+            scheme: "sled".into(),
+            feature: "sled",
+        }),
         #[cfg(feature = "postgres")]
         SinkUrl::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::connect(&url).await?)),
         #[cfg(not(feature = "postgres"))]
-        SinkUrl::Postgres(_) => Err(Error::FeatureDisabled { scheme: "postgres".into(), feature: "postgres" }),
+        SinkUrl::Postgres(_) => Err(Error::FeatureDisabled {
+            scheme: "postgres".into(),
+            feature: "postgres",
+        }),
     }
 }
 
@@ -388,9 +479,18 @@ mod tests {
 
     #[test]
     fn sink_urls() {
-        assert_eq!(SinkUrl::parse("sqlite://demo.db").unwrap(), SinkUrl::Sqlite("demo.db".into()));
-        assert_eq!(SinkUrl::parse("sqlite:///tmp/x.db").unwrap(), SinkUrl::Sqlite("/tmp/x.db".into()));
-        assert_eq!(SinkUrl::parse("sled:///tmp/d").unwrap(), SinkUrl::Sled("/tmp/d".into()));
+        assert_eq!(
+            SinkUrl::parse("sqlite://demo.db").unwrap(),
+            SinkUrl::Sqlite("demo.db".into())
+        );
+        assert_eq!(
+            SinkUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            SinkUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            SinkUrl::parse("sled:///tmp/d").unwrap(),
+            SinkUrl::Sled("/tmp/d".into())
+        );
         assert_eq!(
             SinkUrl::parse("postgresql://u@h/db").unwrap(),
             SinkUrl::Postgres("postgresql://u@h/db".into())
@@ -412,6 +512,9 @@ mod tests {
     #[tokio::test]
     async fn missing_postgres_names_its_feature() {
         let err = open("postgres://localhost/db").await.err().unwrap();
-        assert!(err.to_string().contains("`postgres` cargo feature"), "{err}");
+        assert!(
+            err.to_string().contains("`postgres` cargo feature"),
+            "{err}"
+        );
     }
 }
