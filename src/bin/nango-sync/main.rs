@@ -1,1 +1,95 @@
-fn main() {}
+//! `nango-sync`: the command-line tool of the nango-sync engine.
+//!
+//! A thin layer over the library: it parses arguments, runs one command, and turns any
+//! error into one clear line on stderr and a non-zero exit status. Progress goes to
+//! stderr, data to stdout.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod dev_server;
+mod output;
+mod sync;
+
+/// Keep a local database equal to Nango's records.
+#[derive(Debug, Parser)]
+#[command(name = "nango-sync", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+
+    /// Log filter (tracing syntax, e.g. `info` or `nango_sync=debug`); also `NANGO_SYNC_LOG`.
+    #[arg(long, global = true, env = "NANGO_SYNC_LOG", default_value = "warn")]
+    log: String,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sync streams from Nango into a store, from their stored cursors to the end.
+    Sync(sync::SyncArgs),
+    /// Write a stream's records to stdout as JSON Lines, sorted by id.
+    Export(sync::ExportArgs),
+    /// Show every stream of a store: cursor, counts, last run, last error.
+    Status(sync::StatusArgs),
+    /// Serve a local fake Nango for building against (records API + control API).
+    DevServer(dev_server::DevServerArgs),
+    /// Offline quick start: sync generated data from an in-process fake Nango into SQLite.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Sync(args) => sync::sync(args).await,
+            Command::Export(args) => sync::export(args).await,
+            Command::Status(args) => sync::status(args).await,
+            Command::DevServer(args) => dev_server::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn init_tracing(filter: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
