@@ -46,6 +46,7 @@ pub mod record;
 mod secret;
 pub mod sink;
 pub mod time;
+pub mod webhook;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;

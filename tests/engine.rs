@@ -19,7 +19,11 @@ struct Setup {
 async fn setup_with(page_size: u32) -> Setup {
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("store.db")).await.unwrap());
+    let sink: SharedSink = Arc::new(
+        SqliteStore::open(dir.path().join("store.db"))
+            .await
+            .unwrap(),
+    );
     let client = NangoClient::builder()
         .host(fake.url())
         .secret_key(fake.secret_key())
@@ -29,9 +33,17 @@ async fn setup_with(page_size: u32) -> Setup {
     let engine = Engine::with_config(
         client,
         sink.clone(),
-        nango_sync::engine::EngineConfig { page_size, ..Default::default() },
+        nango_sync::engine::EngineConfig {
+            page_size,
+            ..Default::default()
+        },
     );
-    Setup { fake, sink, engine, _dir: dir }
+    Setup {
+        fake,
+        sink,
+        engine,
+        _dir: dir,
+    }
 }
 
 fn ticket(id: &str, title: &str) -> Value {
@@ -66,27 +78,58 @@ async fn multi_page_sync_then_incremental_fetches_only_changes() {
     let s = setup_with(100).await;
     let stream = stream();
     s.fake.generate(&stream, 1050, 300);
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.added, 1050);
     assert_eq!(report.pages, 11, "1050 records in pages of 100");
     assert!(report.full, "a first sync is a full read");
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
 
     // Nothing changed: one request, nothing written, cursor kept.
     let before = s.fake.request_count();
     let cursor = s.sink.stream_state(&stream).await.unwrap().cursor;
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(s.fake.request_count() - before, 1);
     assert_eq!(report.counts.total(), 0);
     assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, cursor);
 
     // Two records change: the next run receives exactly those.
-    let ids: Vec<String> = s.fake.records(&stream).iter().take(2).map(|r| r.id.clone()).collect();
-    s.fake.save(&stream, ids.iter().map(|id| ticket(id, "changed")).collect());
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let ids: Vec<String> = s
+        .fake
+        .records(&stream)
+        .iter()
+        .take(2)
+        .map(|r| r.id.clone())
+        .collect();
+    s.fake.save(
+        &stream,
+        ids.iter().map(|id| ticket(id, "changed")).collect(),
+    );
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!((report.counts.updated, report.counts.total()), (2, 2));
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
-    assert_eq!(rejected_requests(&s.fake), Vec::<String>::new(), "the client sent a request the fake rejected");
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
+    assert_eq!(
+        rejected_requests(&s.fake),
+        Vec::<String>::new(),
+        "the client sent a request the fake rejected"
+    );
 }
 
 #[tokio::test]
@@ -95,28 +138,58 @@ async fn short_pages_from_a_byte_budget_do_not_end_the_run() {
     let stream = stream();
     s.fake.generate(&stream, 400, 400);
     s.fake.set_max_response_bytes(Some(20_000));
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
-    assert!(report.pages > 10, "expected many short pages, got {}", report.pages);
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        report.pages > 10,
+        "expected many short pages, got {}",
+        report.pages
+    );
     assert_eq!(report.counts.added, 400);
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
 }
 
 #[tokio::test]
 async fn empty_stream_and_empty_last_page() {
     let s = setup_with(100).await;
     let stream = stream();
-    s.fake.add_connection(&stream.integration, &stream.connection);
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.fake
+        .add_connection(&stream.integration, &stream.connection);
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!((report.pages, report.counts.total()), (1, 0));
     assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, None);
     // Exactly one page of records: the last page of the next run is empty.
-    s.fake.save(&stream, (0..100).map(|i| ticket(&format!("t{i:03}"), "x")).collect());
-    s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.fake.save(
+        &stream,
+        (0..100).map(|i| ticket(&format!("t{i:03}"), "x")).collect(),
+    );
+    s.engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     let cursor = s.sink.stream_state(&stream).await.unwrap().cursor;
     assert!(cursor.is_some());
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.total(), 0);
-    assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, cursor, "an empty page keeps the cursor");
+    assert_eq!(
+        s.sink.stream_state(&stream).await.unwrap().cursor,
+        cursor,
+        "an empty page keeps the cursor"
+    );
 }
 
 #[tokio::test]
@@ -138,37 +211,70 @@ async fn record_changed_while_paging_appears_again_on_a_later_page() {
             }
         })
     };
-    let options = SyncOptions { progress: Some(changer), ..SyncOptions::default() };
+    let options = SyncOptions {
+        progress: Some(changer),
+        ..SyncOptions::default()
+    };
     let report = s.engine.sync(&stream, &options).await.unwrap();
     assert_eq!(report.counts.added, 300);
-    assert_eq!(report.counts.updated, 1, "the changed record came again, newer");
+    assert_eq!(
+        report.counts.updated, 1,
+        "the changed record came again, newer"
+    );
     let local = s.sink.get(&stream, &first.id).await.unwrap().unwrap();
     assert_eq!(local.payload.to_value()["title"], "changed while paging");
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
 }
 
 #[tokio::test]
 async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
     let s = setup_with(100).await;
     let stream = stream();
-    s.fake.save(&stream, vec![ticket("a", "A"), ticket("b", "B"), ticket("c", "C"), ticket("d", "D")]);
-    s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.fake.save(
+        &stream,
+        vec![
+            ticket("a", "A"),
+            ticket("b", "B"),
+            ticket("c", "C"),
+            ticket("d", "D"),
+        ],
+    );
+    s.engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
 
     // Delete with {id} payload keeps the old payload; a full-payload delete takes it.
     s.fake.delete(&stream, &["a"]);
-    s.fake.delete_with_payload(&stream, vec![ticket("b", "B at deletion")]);
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.fake
+        .delete_with_payload(&stream, vec![ticket("b", "B at deletion")]);
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.deleted, 2);
     let a = s.sink.get(&stream, "a").await.unwrap().unwrap();
     assert!(a.is_deleted());
-    assert_eq!(a.payload.to_value(), ticket("a", "A"), "{{id}}-only delete keeps the last full payload");
+    assert_eq!(
+        a.payload.to_value(),
+        ticket("a", "A"),
+        "{{id}}-only delete keeps the last full payload"
+    );
     let b = s.sink.get(&stream, "b").await.unwrap().unwrap();
     assert_eq!(b.payload.to_value(), ticket("b", "B at deletion"));
     assert!(!local_live(&s.sink, &stream).await.contains_key("a"));
 
     // Undelete brings it back.
     s.fake.save(&stream, vec![ticket("a", "A again")]);
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.added, 1);
     let a = s.sink.get(&stream, "a").await.unwrap().unwrap();
     assert!(!a.is_deleted());
@@ -177,13 +283,21 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
     // Prune: nothing new for an incremental run; a full re-read sees the pruned
     // versions and keeps the payloads.
     assert_eq!(s.fake.prune(&stream, &["c", "d"]), 2);
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.total(), 0);
     let report = s.engine.sync(&stream, &SyncOptions::full()).await.unwrap();
     assert_eq!(report.swept, 0);
     for id in ["c", "d"] {
         let r = s.sink.get(&stream, id).await.unwrap().unwrap();
-        assert_eq!(r.payload.to_value(), ticket(id, &id.to_uppercase()), "pruned {id} keeps its payload");
+        assert_eq!(
+            r.payload.to_value(),
+            ticket(id, &id.to_uppercase()),
+            "pruned {id} keeps its payload"
+        );
     }
     assert_eq!(local_live(&s.sink, &stream).await.len(), 3);
 }
@@ -192,16 +306,29 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
 async fn full_reread_sweeps_records_gone_after_a_hard_reset() {
     let s = setup_with(100).await;
     let stream = stream();
-    s.fake.save(&stream, vec![ticket("a", "A"), ticket("b", "B"), ticket("c", "C")]);
-    s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.fake.save(
+        &stream,
+        vec![ticket("a", "A"), ticket("b", "B"), ticket("c", "C")],
+    );
+    s.engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     s.fake.hard_reset(&stream);
-    s.fake.save(&stream, vec![ticket("a", "A"), ticket("z", "Z")]);
+    s.fake
+        .save(&stream, vec![ticket("a", "A"), ticket("z", "Z")]);
     // Incremental: the re-added records come, the vanished ones cannot be known.
-    s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    s.engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(local_live(&s.sink, &stream).await.len(), 4);
     let report = s.engine.sync(&stream, &SyncOptions::full()).await.unwrap();
     assert_eq!(report.swept, 2);
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
     let b = s.sink.get(&stream, "b").await.unwrap().unwrap();
     assert!(b.is_deleted() && b.meta.deleted_at.is_some());
 }
@@ -214,13 +341,26 @@ async fn two_streams_stay_isolated() {
     let users = StreamKey::new("github", "acme-prod", "User");
     s.fake.save(&tickets, vec![ticket("1", "ticket")]);
     s.fake.save(&other, vec![ticket("1", "other connection")]);
-    s.fake.save(&users, vec![json!({"id": "1", "name": "user"})]);
-    let results = s.engine.sync_all(&[tickets.clone(), other.clone(), users.clone()], &SyncOptions::default()).await;
+    s.fake
+        .save(&users, vec![json!({"id": "1", "name": "user"})]);
+    let results = s
+        .engine
+        .sync_all(
+            &[tickets.clone(), other.clone(), users.clone()],
+            &SyncOptions::default(),
+        )
+        .await;
     assert!(results.iter().all(Result::is_ok));
     s.fake.delete(&tickets, &["1"]);
-    s.engine.sync(&tickets, &SyncOptions::default()).await.unwrap();
+    s.engine
+        .sync(&tickets, &SyncOptions::default())
+        .await
+        .unwrap();
     assert!(local_live(&s.sink, &tickets).await.is_empty());
-    assert_eq!(local_live(&s.sink, &other).await["1"]["title"], "other connection");
+    assert_eq!(
+        local_live(&s.sink, &other).await["1"]["title"],
+        "other connection"
+    );
     assert_eq!(local_live(&s.sink, &users).await["1"]["name"], "user");
     let statuses = s.sink.streams().await.unwrap();
     assert_eq!(statuses.len(), 3);
@@ -239,24 +379,46 @@ async fn wrong_secret_key_is_a_clear_error_and_writes_nothing() {
         .build()
         .unwrap();
     let engine = Engine::new(client, s.sink.clone());
-    let err = engine.sync(&stream, &SyncOptions::default()).await.unwrap_err();
+    let err = engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.status(), Some(401));
     let text = err.to_string();
-    assert!(text.contains("401") && text.contains("github/acme-prod/Ticket"), "{text}");
-    assert!(!text.contains(wrong), "the key must not appear in errors: {text}");
+    assert!(
+        text.contains("401") && text.contains("github/acme-prod/Ticket"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(wrong),
+        "the key must not appear in errors: {text}"
+    );
     assert!(!err.is_retryable());
     assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, None);
-    assert!(s.sink.list(&stream, &ListQuery::default().with_deleted()).await.unwrap().is_empty());
+    assert!(
+        s.sink
+            .list(&stream, &ListQuery::default().with_deleted())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let status = s.sink.streams().await.unwrap();
     let run = status[0].last_run.as_ref().unwrap();
-    assert!(run.error.as_deref().unwrap().contains("401"), "status shows the failed run");
+    assert!(
+        run.error.as_deref().unwrap().contains("401"),
+        "status shows the failed run"
+    );
 }
 
 #[tokio::test]
 async fn unknown_connection_is_a_permanent_error() {
     let s = setup_with(100).await;
     let stream = StreamKey::new("github", "no-such-connection", "Ticket");
-    let err = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap_err();
+    let err = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.nango_code(), Some("unknown_connection"), "{err}");
     assert_eq!(s.fake.request_count(), 1, "a 400 is not retried");
 }
@@ -267,16 +429,35 @@ async fn store_failure_between_records_and_cursor_leaves_nothing_and_the_next_ru
     let stream = stream();
     s.fake.generate(&stream, 250, 250);
     s.sink.faults().arm(FaultPoint::AfterRecords);
-    let err = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap_err();
+    let err = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err.root(), Error::Store { .. }), "{err}");
-    assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, None, "the cursor did not move");
+    assert_eq!(
+        s.sink.stream_state(&stream).await.unwrap().cursor,
+        None,
+        "the cursor did not move"
+    );
     assert!(
-        s.sink.list(&stream, &ListQuery::default().with_deleted()).await.unwrap().is_empty(),
+        s.sink
+            .list(&stream, &ListQuery::default().with_deleted())
+            .await
+            .unwrap()
+            .is_empty(),
         "the page's records are not visible"
     );
-    let report = s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
+    let report = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(report.counts.added, 250);
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
 }
 
 #[tokio::test]
@@ -297,10 +478,20 @@ async fn store_failure_on_a_later_page_keeps_the_earlier_pages() {
     };
     s.engine.sync(&stream, &options).await.unwrap_err();
     let state = s.sink.stream_state(&stream).await.unwrap();
-    let stored = s.sink.list(&stream, &ListQuery::first(1000).with_deleted()).await.unwrap();
+    let stored = s
+        .sink
+        .list(&stream, &ListQuery::first(1000).with_deleted())
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 100, "exactly the first page is stored");
     let last = s.fake.records(&stream)[99].meta.cursor.clone();
     assert_eq!(state.cursor, Some(last), "the cursor is the first page's");
-    s.engine.sync(&stream, &SyncOptions::default()).await.unwrap();
-    assert_eq!(local_live(&s.sink, &stream).await, s.fake.live_payloads(&stream));
+    s.engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        s.fake.live_payloads(&stream)
+    );
 }

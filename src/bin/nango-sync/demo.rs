@@ -38,19 +38,37 @@ const CONNECTION: &str = "acme";
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     ensure!(args.records >= 100, "--records must be at least 100");
     let mut out = std::io::stdout().lock();
-    let fake = FakeNango::start(FakeConfig { seed: args.seed, ..FakeConfig::default() })
-        .await
-        .context("cannot start the in-process fake Nango")?;
-    let models = [("Contact", args.records), ("Deal", args.records / 2), ("Company", args.records / 4)];
-    let streams: Vec<StreamKey> = models.iter().map(|(m, _)| StreamKey::new(INTEGRATION, CONNECTION, *m)).collect();
-    writeln!(out, "nango-sync demo: a fake Nango runs in this process at {} (no network needed)", fake.url())?;
+    let fake = FakeNango::start(FakeConfig {
+        seed: args.seed,
+        ..FakeConfig::default()
+    })
+    .await
+    .context("cannot start the in-process fake Nango")?;
+    let models = [
+        ("Contact", args.records),
+        ("Deal", args.records / 2),
+        ("Company", args.records / 4),
+    ];
+    let streams: Vec<StreamKey> = models
+        .iter()
+        .map(|(m, _)| StreamKey::new(INTEGRATION, CONNECTION, *m))
+        .collect();
+    writeln!(
+        out,
+        "nango-sync demo: a fake Nango runs in this process at {} (no network needed)",
+        fake.url()
+    )?;
     for (stream, (_, n)) in streams.iter().zip(models) {
         fake.generate(stream, n, 1000);
     }
     writeln!(
         out,
         "upstream: {} with {} records in all\n",
-        models.iter().map(|(m, n)| format!("{m} ({n})")).collect::<Vec<_>>().join(", "),
+        models
+            .iter()
+            .map(|(m, n)| format!("{m} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", "),
         models.iter().map(|(_, n)| n).sum::<usize>()
     )?;
 
@@ -64,16 +82,28 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         .build()?;
     let engine = Engine::new(client, sink.clone());
 
-    writeln!(out, "1. first sync into {} (a full read of every model)", args.db.display())?;
+    writeln!(
+        out,
+        "1. first sync into {} (a full read of every model)",
+        args.db.display()
+    )?;
     out.flush()?;
     let first = sync_all(&engine, &streams).await?;
     print_counts(&mut out, &first)?;
 
-    writeln!(out, "\n2. upstream changes: records updated, deleted (payload reduced to {{id}}), pruned (payload emptied) and added")?;
+    writeln!(
+        out,
+        "\n2. upstream changes: records updated, deleted (payload reduced to {{id}}), pruned (payload emptied) and added"
+    )?;
     let contact = &streams[0];
     let deal = &streams[1];
     let ids = |stream: &StreamKey, every: usize, offset: usize| -> Vec<String> {
-        fake.records(stream).iter().skip(offset).step_by(every).map(|r| r.id.clone()).collect()
+        fake.records(stream)
+            .iter()
+            .skip(offset)
+            .step_by(every)
+            .map(|r| r.id.clone())
+            .collect()
     };
     let to_update = ids(contact, 20, 3);
     let updated: Vec<serde_json::Value> = fake
@@ -95,7 +125,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let to_prune = ids(contact, 10, 5);
     let refs: Vec<&str> = to_prune.iter().map(String::as_str).collect();
     let pruned = fake.prune(contact, &refs);
-    writeln!(out, "   {}: {} pruned (Nango emptied their payloads; the local copy keeps them)", contact.model, pruned)?;
+    writeln!(
+        out,
+        "   {}: {} pruned (Nango emptied their payloads; the local copy keeps them)",
+        contact.model, pruned
+    )?;
     let new: Vec<serde_json::Value> = (0..250)
         .map(|i| serde_json::json!({"id": format!("new-{i:04}"), "name": format!("New company {i}"), "country": "Ísland"}))
         .collect();
@@ -110,19 +144,43 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     writeln!(out, "\n4. check: the local live records equal the fake's")?;
     for stream in &streams {
         let local = sink::read_all(&*sink, stream, false).await?;
-        let upstream: Vec<_> = fake.records(stream).into_iter().filter(|r| !r.meta.is_deleted()).collect();
-        ensure!(local.len() == upstream.len(), "{}: {} local records, {} upstream", stream.model, local.len(), upstream.len());
+        let upstream: Vec<_> = fake
+            .records(stream)
+            .into_iter()
+            .filter(|r| !r.meta.is_deleted())
+            .collect();
+        ensure!(
+            local.len() == upstream.len(),
+            "{}: {} local records, {} upstream",
+            stream.model,
+            local.len(),
+            upstream.len()
+        );
         let local: std::collections::HashMap<&str, &nango_sync::StoredRecord> =
             local.iter().map(|r| (r.id.as_str(), r)).collect();
         let mut kept = 0;
         for up in &upstream {
-            let Some(r) = local.get(up.id.as_str()) else { bail!("{}: {} is missing locally", stream.model, up.id) };
+            let Some(r) = local.get(up.id.as_str()) else {
+                bail!("{}: {} is missing locally", stream.model, up.id)
+            };
             if up.meta.pruned_at.is_some() {
                 // Pruned upstream: Nango holds only {id}, the store keeps the full payload.
-                ensure!(r.payload.to_value().as_object().is_some_and(|o| o.len() > 1), "{}: pruned payload lost", r.id);
+                ensure!(
+                    r.payload
+                        .to_value()
+                        .as_object()
+                        .is_some_and(|o| o.len() > 1),
+                    "{}: pruned payload lost",
+                    r.id
+                );
                 kept += 1;
             } else {
-                ensure!(r.payload.to_value() == up.payload, "{}: {} differs from upstream", stream.model, r.id);
+                ensure!(
+                    r.payload.to_value() == up.payload,
+                    "{}: {} differs from upstream",
+                    stream.model,
+                    r.id
+                );
             }
         }
         writeln!(
@@ -130,7 +188,11 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             "   {}: {} live records match{}",
             stream.model,
             local.len(),
-            if kept > 0 { format!(" ({kept} pruned upstream, full payload kept locally)") } else { String::new() }
+            if kept > 0 {
+                format!(" ({kept} pruned upstream, full payload kept locally)")
+            } else {
+                String::new()
+            }
         )?;
     }
 
@@ -157,15 +219,24 @@ fn remove_db(path: &std::path::Path) -> Result<()> {
         match std::fs::remove_file(&p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", PathBuf::from(p).display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot replace {}", PathBuf::from(p).display()));
+            }
         }
     }
     Ok(())
 }
 
-async fn sync_all(engine: &Engine, streams: &[StreamKey]) -> Result<Vec<(StreamKey, Counts, u64, f64)>> {
+async fn sync_all(
+    engine: &Engine,
+    streams: &[StreamKey],
+) -> Result<Vec<(StreamKey, Counts, u64, f64)>> {
     let reporter = Reporter::new(streams);
-    let options = SyncOptions { progress: Some(reporter.callback()), ..SyncOptions::default() };
+    let options = SyncOptions {
+        progress: Some(reporter.callback()),
+        ..SyncOptions::default()
+    };
     let started = Instant::now();
     let results = engine.sync_all(streams, &options).await;
     reporter.finish();

@@ -37,7 +37,11 @@ pub struct DevServerArgs {
 
 pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
     let models = if args.models.is_empty() {
-        vec!["Contact".to_string(), "Company".to_string(), "Deal".to_string()]
+        vec![
+            "Contact".to_string(),
+            "Company".to_string(),
+            "Deal".to_string(),
+        ]
     } else {
         args.models.clone()
     };
@@ -47,7 +51,9 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
         secret_key: args.secret_key.map(SecretKey::new),
         ..FakeConfig::default()
     };
-    let fake = FakeNango::start(config).await.with_context(|| format!("cannot serve on {}", args.listen))?;
+    let fake = FakeNango::start(config)
+        .await
+        .with_context(|| format!("cannot serve on {}", args.listen))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "NANGO_HOST={}", fake.url())?;
     writeln!(out, "NANGO_SECRET_KEY={}", fake.secret_key().expose())?;
@@ -61,7 +67,11 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
             stream.integration, stream.connection, stream.model, args.records
         )?;
     }
-    writeln!(out, "control API: {}/_fake (see the nango_sync::testkit docs); Ctrl-C stops", fake.url())?;
+    writeln!(
+        out,
+        "control API: {}/_fake (see the nango_sync::testkit docs); Ctrl-C stops",
+        fake.url()
+    )?;
     out.flush()?;
     drop(out);
     shutdown_signal().await;

@@ -42,7 +42,12 @@ impl Reporter {
             bars.insert(s.clone(), bar);
         }
         Reporter {
-            inner: Arc::new(Mutex::new(Inner { bars, plain, last_line: HashMap::new(), started: Instant::now() })),
+            inner: Arc::new(Mutex::new(Inner {
+                bars,
+                plain,
+                last_line: HashMap::new(),
+                started: Instant::now(),
+            })),
         }
     }
 
@@ -64,7 +69,10 @@ impl Reporter {
             );
             if inner.plain {
                 let now = Instant::now();
-                let due = inner.last_line.get(&p.stream).is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(2));
+                let due = inner
+                    .last_line
+                    .get(&p.stream)
+                    .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(2));
                 if due {
                     inner.last_line.insert(p.stream.clone(), now);
                     eprintln!("{}: {msg}", p.stream);
@@ -152,14 +160,19 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
 
 /// A URL with its password replaced by `***`.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
     let (authority, tail) = match rest.find(['/', '?']) {
         Some(i) => rest.split_at(i),
         None => (rest, ""),
     };
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map(|(u, _)| format!("{u}:***")).unwrap_or_else(|| userinfo.to_string());
+            let user = userinfo
+                .split_once(':')
+                .map(|(u, _)| format!("{u}:***"))
+                .unwrap_or_else(|| userinfo.to_string());
             format!("{scheme}://{user}@{host}{tail}")
         }
         None => url.to_string(),
@@ -172,7 +185,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db?x=1"), "postgres://u:***@h:5432/db?x=1");
+        assert_eq!(
+            redact_url("postgres://u:secret@h:5432/db?x=1"),
+            "postgres://u:***@h:5432/db?x=1"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
     }

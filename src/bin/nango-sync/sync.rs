@@ -29,7 +29,10 @@ impl NangoArgs {
         let key = self.secret_key.clone().filter(|k| !k.trim().is_empty()).context(
             "no secret key: set NANGO_SECRET_KEY or pass --secret-key (the environment's secret key from Nango's dashboard)",
         )?;
-        Ok(NangoClient::builder().host(&self.host).secret_key(SecretKey::new(key)).build()?)
+        Ok(NangoClient::builder()
+            .host(&self.host)
+            .secret_key(SecretKey::new(key))
+            .build()?)
     }
 }
 
@@ -67,7 +70,12 @@ pub struct SyncArgs {
     json: bool,
 }
 
-fn stream_keys(integration: &str, connection: &str, models: &[String], variant: Option<&str>) -> Vec<StreamKey> {
+fn stream_keys(
+    integration: &str,
+    connection: &str,
+    models: &[String],
+    variant: Option<&str>,
+) -> Vec<StreamKey> {
     models
         .iter()
         .map(|m| {
@@ -81,7 +89,12 @@ fn stream_keys(integration: &str, connection: &str, models: &[String], variant: 
 }
 
 pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
-    let streams = stream_keys(&args.integration, &args.connection, &args.models, args.variant.as_deref());
+    let streams = stream_keys(
+        &args.integration,
+        &args.connection,
+        &args.models,
+        args.variant.as_deref(),
+    );
     for s in &streams {
         s.validate()?;
     }
@@ -96,7 +109,10 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
     let engine = Engine::with_config(
         client,
         sink,
-        EngineConfig { page_size: args.page_size, ..EngineConfig::default() },
+        EngineConfig {
+            page_size: args.page_size,
+            ..EngineConfig::default()
+        },
     );
     let reporter = Reporter::new(&streams);
     let options = SyncOptions {
@@ -140,11 +156,17 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
             )?;
         }
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 pub async fn open_sink(url: &str) -> Result<SharedSink> {
-    sink::open(url).await.with_context(|| format!("cannot open the store {}", output::redact_url(url)))
+    sink::open(url)
+        .await
+        .with_context(|| format!("cannot open the store {}", output::redact_url(url)))
 }
 
 /// Arguments of `export`.
@@ -172,9 +194,18 @@ pub struct ExportArgs {
 
 pub async fn export(args: ExportArgs) -> Result<ExitCode> {
     let sink = open_sink(&args.sink).await?;
-    let stream = stream_keys(&args.integration, &args.connection, std::slice::from_ref(&args.model), args.variant.as_deref())
-        .remove(0);
-    let mut query = sink::ListQuery { after_id: None, limit: 2000, include_deleted: args.include_deleted };
+    let stream = stream_keys(
+        &args.integration,
+        &args.connection,
+        std::slice::from_ref(&args.model),
+        args.variant.as_deref(),
+    )
+    .remove(0);
+    let mut query = sink::ListQuery {
+        after_id: None,
+        limit: 2000,
+        include_deleted: args.include_deleted,
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     loop {
@@ -229,15 +260,24 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
     }
     for s in &streams {
         writeln!(out, "{}", s.stream)?;
-        writeln!(out, "  records:   {} live, {} deleted", s.live_records, s.deleted_records)?;
+        writeln!(
+            out,
+            "  records:   {} live, {} deleted",
+            s.live_records, s.deleted_records
+        )?;
         let cursor = match &s.state.cursor {
-            Some(c) if c.as_str().len() > 60 => format!("{}...", &c.as_str()[..c.as_str().floor_char_boundary(60)]),
+            Some(c) if c.as_str().len() > 60 => {
+                format!("{}...", &c.as_str()[..c.as_str().floor_char_boundary(60)])
+            }
             Some(c) => c.to_string(),
             None => "(none: the next run is a full read)".to_string(),
         };
         writeln!(out, "  cursor:    {cursor}")?;
         if let Some(g) = s.state.full_read {
-            writeln!(out, "  full read: generation {g} in progress (the next run resumes it)")?;
+            writeln!(
+                out,
+                "  full read: generation {g} in progress (the next run resumes it)"
+            )?;
         }
         let t = &s.totals;
         writeln!(
@@ -255,7 +295,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
                         run.pages, run.counts.added, run.counts.updated, run.counts.deleted
                     ),
                 };
-                writeln!(out, "  last run:  {} ({secs:.2} s{}) {what}", run.started_at, if run.full { ", full" } else { "" })?;
+                writeln!(
+                    out,
+                    "  last run:  {} ({secs:.2} s{}) {what}",
+                    run.started_at,
+                    if run.full { ", full" } else { "" }
+                )?;
             }
             None => writeln!(out, "  last run:  never")?,
         }
