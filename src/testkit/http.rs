@@ -188,22 +188,25 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Headers, then the connection: the stream's integration and connection.
-fn connection_check(shared: &Shared, headers: &HeaderMap) -> Result<(String, String), Response> {
+fn connection_check(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(String, String), Box<Response>> {
     let (connection, integration) = validate_headers(
         header_str(headers, "connection-id"),
         header_str(headers, "provider-config-key"),
     )
-    .map_err(|issues| issues_response("invalid_headers", &issues))?;
+    .map_err(|issues| Box::new(issues_response("invalid_headers", &issues)))?;
     let known = shared
         .read()
         .connections
         .contains_key(&(integration.clone(), connection.clone()));
     if !known {
-        return Err(error_json(
+        return Err(Box::new(error_json(
             400,
             "unknown_connection",
             "Provided ConnectionId and ProviderConfigKey does not match a valid connection",
-        ));
+        )));
     }
     Ok((integration, connection))
 }
@@ -339,7 +342,7 @@ fn records_inner(
     };
     let (integration, connection) = match connection_check(shared, headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let key = StreamKey::new(integration, connection, params.model.clone())
         .with_variant(params.variant.clone().unwrap_or_default());
@@ -360,9 +363,7 @@ fn filter_matches(filter: &str, r: &Rec) -> bool {
         live
     } else if f.contains("UPDATED") && f.contains("DELETED") {
         live && !added
-    } else if f.contains("ADDED") && f.contains("DELETED") {
-        live && added
-    } else if f == "ADDED" {
+    } else if (f.contains("ADDED") && f.contains("DELETED")) || f == "ADDED" {
         live && added
     } else if f == "UPDATED" {
         live && !added
@@ -426,11 +427,11 @@ fn render_page(
     if has_more {
         rows.pop();
     }
-    if let Some(cap) = short_cap {
-        if rows.len() > cap {
-            rows.truncate(cap);
-            has_more = true;
-        }
+    if let Some(cap) = short_cap
+        && rows.len() > cap
+    {
+        rows.truncate(cap);
+        has_more = true;
     }
     let mut recs = String::with_capacity(rows.len() * 900);
     let mut count = 0usize;
@@ -442,12 +443,13 @@ fn render_page(
             recs.push(',');
         }
         r.render(&mut recs, offset);
-        if let Some(b) = budget {
-            if count > 0 && overhead + recs.len() > b {
-                recs.truncate(start);
-                has_more = true;
-                break;
-            }
+        if let Some(b) = budget
+            && count > 0
+            && overhead + recs.len() > b
+        {
+            recs.truncate(start);
+            has_more = true;
+            break;
         }
         count += 1;
     }
@@ -498,7 +500,7 @@ fn prune_route(shared: &Shared, raw_query: &str, headers: &HeaderMap, body: &[u8
     };
     let (integration, connection) = match connection_check(shared, headers) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(until) = decode_cursor(&parsed.until_cursor) else {
         return error_json(500, "server_error", "Failed to prune records");
