@@ -458,8 +458,10 @@ impl RecordSink for PostgresStore {
     }
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
-        let rows =
-            sqlx::query(self.sql.streams.clone()).fetch_all(&self.pool).await.map_err(|e| classify("list streams", e))?;
+        let rows = sqlx::query(self.sql.streams.clone())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify("list streams", e))?;
         rows.iter().map(status_from_row).collect()
     }
 
@@ -487,8 +489,7 @@ struct Statements {
     streams: SqlStr,
 }
 
-const RECORD_COLUMNS: &str =
-    "r.id, r.payload::text, r.first_seen_at, r.last_modified_at, r.last_action, r.deleted_at, r.pruned_at, r.cursor, r.seq";
+const RECORD_COLUMNS: &str = "r.id, r.payload::text, r.first_seen_at, r.last_modified_at, r.last_action, r.deleted_at, r.pruned_at, r.cursor, r.seq";
 
 impl Statements {
     fn new(schema: &str) -> Self {
@@ -512,7 +513,8 @@ impl Statements {
         };
         Statements {
             lock_stream: s(
-                "SELECT stream_id, cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1 FOR UPDATE".into()
+                "SELECT stream_id, cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
+                    .into(),
             ),
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
@@ -521,7 +523,8 @@ impl Statements {
                  WHERE stream_id = $1 AND id = ANY($2::text[])"
                 .into()),
             next_seq: s("UPDATE {s}.commit_seq SET seq = seq + 1 RETURNING seq".into()),
-            upsert_records: s("INSERT INTO {s}.records AS r (stream_id, id, payload, first_seen_at, last_modified_at, \
+            upsert_records: s(
+                "INSERT INTO {s}.records AS r (stream_id, id, payload, first_seen_at, last_modified_at, \
                    last_action, deleted_at, pruned_at, cursor, deleted, seq, seen_generation) \
                  SELECT $1, u.id, \
                    COALESCE(u.payload::jsonb, \
@@ -537,7 +540,8 @@ impl Statements {
                    last_modified_at = EXCLUDED.last_modified_at, last_action = EXCLUDED.last_action, \
                    deleted_at = EXCLUDED.deleted_at, pruned_at = EXCLUDED.pruned_at, cursor = EXCLUDED.cursor, \
                    deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, seen_generation = EXCLUDED.seen_generation"
-                .into()),
+                    .into(),
+            ),
             mark_seen: s("UPDATE {s}.records SET seen_generation = $2 \
                  WHERE stream_id = $1 AND id = ANY($3::text[]) AND seen_generation <> $2"
                 .into()),
@@ -596,9 +600,7 @@ fn record_from_row(row: &PgRow) -> Result<StoredRecord> {
 fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
     let n = |i: usize| -> Result<u64> { Ok(to_u64(row.try_get(i).map_err(decode)?)) };
     let last_run = match row.try_get::<Option<String>, _>(14).map_err(decode)? {
-        Some(json) => Some(
-            serde_json::from_str(&json).map_err(|e| Error::store(BACKEND, "read last run", false, e))?,
-        ),
+        Some(json) => Some(serde_json::from_str(&json).map_err(|e| Error::store(BACKEND, "read last run", false, e))?),
         None => None,
     };
     Ok(StreamStatus {
@@ -649,7 +651,9 @@ async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
             BACKEND,
             format!("migrate schema {schema}"),
             false,
-            format!("the schema is at version {current}, newer than this nango-sync knows ({latest}); upgrade nango-sync"),
+            format!(
+                "the schema is at version {current}, newer than this nango-sync knows ({latest}); upgrade nango-sync"
+            ),
         ));
     }
     for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
@@ -674,13 +678,13 @@ fn validate_schema(schema: &str) -> Result<()> {
         && schema.len() <= 63
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ok {
-        return Err(Error::invalid(
-            "postgres schema name",
-            format!("{schema:?} must match ^[a-z_][a-z0-9_]{{0,62}}$"),
-        ));
+        return Err(Error::invalid("postgres schema name", format!("{schema:?} must match ^[a-z_][a-z0-9_]{{0,62}}$")));
     }
     if schema.starts_with("pg_") {
-        return Err(Error::invalid("postgres schema name", format!("{schema:?}: names starting with pg_ are reserved")));
+        return Err(Error::invalid(
+            "postgres schema name",
+            format!("{schema:?}: names starting with pg_ are reserved"),
+        ));
     }
     Ok(())
 }
@@ -769,7 +773,10 @@ mod tests {
     fn passwords_are_redacted() {
         assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact_url("postgres://u:p@w@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact_url("postgres://u@h/db?password=x&sslmode=require"), "postgres://u@h/db?password=***&sslmode=require");
+        assert_eq!(
+            redact_url("postgres://u@h/db?password=x&sslmode=require"),
+            "postgres://u@h/db?password=***&sslmode=require"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 
