@@ -188,11 +188,6 @@ impl PostgresStore {
         &self.schema
     }
 
-    /// The connection pool (for applications that query the tables themselves).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
         self.pool.begin().await.map_err(|e| classify("begin transaction", e))
     }
