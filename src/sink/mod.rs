@@ -36,9 +36,13 @@ pub use sqlite::SqliteStore;
 
 #[cfg(feature = "sled")]
 pub mod sled;
+#[cfg(feature = "sled")]
+pub use self::sled::SledStore;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
+pub use self::postgres::PostgresStore;
 
 #[cfg(feature = "testkit")]
 pub mod conformance;
