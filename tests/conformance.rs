@@ -48,7 +48,9 @@ mod memory {
     }
 
     async fn fresh() -> Harness {
-        Harness { store: MemoryStore::new() }
+        Harness {
+            store: MemoryStore::new(),
+        }
     }
 
     conformance_tests!(fresh);
@@ -102,8 +104,11 @@ mod sled {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_durability_passes_the_suite_too() {
         let dir = tempfile::tempdir().unwrap();
-        let options = SledOptions::new().with_durability(Durability::Periodic(std::time::Duration::from_millis(50)));
-        let store = SledStore::open_with(dir.path().join("db"), options).await.unwrap();
+        let options = SledOptions::new()
+            .with_durability(Durability::Periodic(std::time::Duration::from_millis(50)));
+        let store = SledStore::open_with(dir.path().join("db"), options)
+            .await
+            .unwrap();
         conformance::merge_outcomes_are_counted(&store).await;
         conformance::full_read_sweeps_unseen_records(&store).await;
     }
@@ -142,7 +147,9 @@ mod sqlite {
 
     async fn fresh() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("store.db")).await.unwrap();
+        let store = SqliteStore::open(dir.path().join("store.db"))
+            .await
+            .unwrap();
         Harness { store, _dir: dir }
     }
 
@@ -155,7 +162,11 @@ mod sqlite {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
-            let path = dirs.last().expect("a fresh store first").path().join("store.db");
+            let path = dirs
+                .last()
+                .expect("a fresh store first")
+                .path()
+                .join("store.db");
             async move { SqliteStore::open(path).await.unwrap() }
         })
         .await;
@@ -196,7 +207,9 @@ mod postgres {
     }
 
     async fn fresh() -> Harness {
-        Harness { store: connect(&unique_schema()).await }
+        Harness {
+            store: connect(&unique_schema()).await,
+        }
     }
 
     conformance_tests!(fresh);
@@ -232,8 +245,21 @@ mod postgres {
 
     #[tokio::test]
     async fn bad_schema_names_are_rejected() {
-        for bad in ["", "Upper", "1abc", "a-b", "a b", "x\"; drop", "pg_catalog", &"a".repeat(64)] {
-            let err = PostgresStore::builder(server_url()).schema(bad).connect().await.unwrap_err();
+        for bad in [
+            "",
+            "Upper",
+            "1abc",
+            "a-b",
+            "a b",
+            "x\"; drop",
+            "pg_catalog",
+            &"a".repeat(64),
+        ] {
+            let err = PostgresStore::builder(server_url())
+                .schema(bad)
+                .connect()
+                .await
+                .unwrap_err();
             assert!(err.to_string().contains("schema"), "{bad:?}: {err}");
         }
     }
@@ -242,12 +268,21 @@ mod postgres {
     async fn dead_server_error_hides_the_password() {
         // Port 1 on localhost: nothing listens there.
         let url = "postgres://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2";
-        let err =
-            PostgresStore::builder(url).acquire_timeout(std::time::Duration::from_secs(3)).connect().await.unwrap_err();
+        let err = PostgresStore::builder(url)
+            .acquire_timeout(std::time::Duration::from_secs(3))
+            .connect()
+            .await
+            .unwrap_err();
         let msg = format!("{err} / {err:?}");
         assert!(!msg.contains("s3cret-pw"), "password leaked: {msg}");
-        assert!(msg.contains("127.0.0.1:1"), "the error names the server: {msg}");
-        assert!(err.is_retryable(), "a refused connection is retryable: {msg}");
+        assert!(
+            msg.contains("127.0.0.1:1"),
+            "the error names the server: {msg}"
+        );
+        assert!(
+            err.is_retryable(),
+            "a refused connection is retryable: {msg}"
+        );
     }
 
     #[tokio::test]
@@ -256,12 +291,17 @@ mod postgres {
         let store = connect(&unique_schema()).await;
         let debug = format!("{store:?}");
         assert!(debug.contains("PostgresStore"), "{debug}");
-        if let Some(pw) =
-            url.split_once("://").and_then(|(_, r)| r.split_once('@')).and_then(|(u, _)| u.split_once(':'))
+        if let Some(pw) = url
+            .split_once("://")
+            .and_then(|(_, r)| r.split_once('@'))
+            .and_then(|(u, _)| u.split_once(':'))
         {
             assert!(!debug.contains(pw.1), "password in Debug: {debug}");
         }
         let with_pw = PostgresStore::builder("postgres://u:hunter2@127.0.0.1:1/db");
-        assert!(!format!("{with_pw:?}").contains("hunter2"), "password in the builder's Debug");
+        assert!(
+            !format!("{with_pw:?}").contains("hunter2"),
+            "password in the builder's Debug"
+        );
     }
 }

@@ -57,7 +57,8 @@ use crate::error::{Error, Result};
 use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
 use crate::sink::{
-    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
+    StreamState, StreamStatus,
 };
 use crate::time::Timestamp;
 
@@ -67,7 +68,8 @@ const BACKEND: &str = "postgres";
 pub const DEFAULT_SCHEMA: &str = "nango_sync";
 
 /// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("postgres/migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("postgres/migrations/0001_init.sql"))];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
 const MIGRATION_LOCK: i32 = 0x6e73_796e; // "nsyn"
@@ -189,7 +191,10 @@ impl PostgresStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(|e| classify("begin transaction", e))
+        self.pool
+            .begin()
+            .await
+            .map_err(|e| classify("begin transaction", e))
     }
 
     /// The stream's id and state, locked until the transaction ends; the stream row is
@@ -208,9 +213,15 @@ impl PostgresStore {
                 .map_err(|e| classify("lock stream", e))?;
             if let Some(row) = row {
                 let state = StreamState {
-                    cursor: row.try_get::<Option<String>, _>(1).map_err(decode)?.map(Cursor),
+                    cursor: row
+                        .try_get::<Option<String>, _>(1)
+                        .map_err(decode)?
+                        .map(Cursor),
                     generation: to_u64(row.try_get(2).map_err(decode)?),
-                    full_read: row.try_get::<Option<i64>, _>(3).map_err(decode)?.map(to_u64),
+                    full_read: row
+                        .try_get::<Option<i64>, _>(3)
+                        .map_err(decode)?
+                        .map(to_u64),
                 };
                 return Ok((row.try_get(0).map_err(decode)?, state));
             }
@@ -219,7 +230,12 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify("create stream", e))?;
         }
-        Err(Error::store(BACKEND, "lock stream", true, "the stream row vanished while it was created"))
+        Err(Error::store(
+            BACKEND,
+            "lock stream",
+            true,
+            "the stream row vanished while it was created",
+        ))
     }
 
     fn bind_stream<'q>(
@@ -235,7 +251,11 @@ impl PostgresStore {
             .bind(stream.variant.clone())
     }
 
-    async fn commit_in(&self, tx: &mut Transaction<'static, Postgres>, commit: &Commit) -> Result<CommitOutcome> {
+    async fn commit_in(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        commit: &Commit,
+    ) -> Result<CommitOutcome> {
         let hash = stream_hash(&commit.stream);
         let (stream_id, state) = self.lock_stream(tx, &commit.stream, &hash).await?;
         check_cursor(&commit.stream, &state, commit)?;
@@ -287,23 +307,52 @@ impl PostgresStore {
             let writes = || plan.writes.iter().map(|w| (w, &recs[w.index].meta));
             sqlx::query(self.sql.upsert_records.clone())
                 .bind(stream_id)
-                .bind(plan.writes.iter().map(|w| recs[w.index].id.as_str()).bind_iter())
+                .bind(
+                    plan.writes
+                        .iter()
+                        .map(|w| recs[w.index].id.as_str())
+                        .bind_iter(),
+                )
                 .bind(
                     plan.writes
                         .iter()
                         .map(|w| match w.payload {
                             PayloadSource::Page(i) => Some(recs[i].payload.as_str()),
                             // Keep the stored payload (taken from the row by the statement).
-                            PayloadSource::Stored if stored.contains_key(recs[w.index].id.as_str()) => None,
+                            PayloadSource::Stored
+                                if stored.contains_key(recs[w.index].id.as_str()) =>
+                            {
+                                None
+                            }
                             PayloadSource::Stored => Some(recs[w.index].payload.as_str()),
                         })
                         .bind_iter(),
                 )
-                .bind(writes().map(|(_, m)| m.first_seen_at.as_micros()).bind_iter())
-                .bind(writes().map(|(_, m)| m.last_modified_at.as_micros()).bind_iter())
-                .bind(writes().map(|(_, m)| i16::from(m.last_action.code())).bind_iter())
-                .bind(writes().map(|(_, m)| m.deleted_at.map(Timestamp::as_micros)).bind_iter())
-                .bind(writes().map(|(_, m)| m.pruned_at.map(Timestamp::as_micros)).bind_iter())
+                .bind(
+                    writes()
+                        .map(|(_, m)| m.first_seen_at.as_micros())
+                        .bind_iter(),
+                )
+                .bind(
+                    writes()
+                        .map(|(_, m)| m.last_modified_at.as_micros())
+                        .bind_iter(),
+                )
+                .bind(
+                    writes()
+                        .map(|(_, m)| i16::from(m.last_action.code()))
+                        .bind_iter(),
+                )
+                .bind(
+                    writes()
+                        .map(|(_, m)| m.deleted_at.map(Timestamp::as_micros))
+                        .bind_iter(),
+                )
+                .bind(
+                    writes()
+                        .map(|(_, m)| m.pruned_at.map(Timestamp::as_micros))
+                        .bind_iter(),
+                )
                 .bind(writes().map(|(_, m)| m.cursor.as_str()).bind_iter())
                 .bind(writes().map(|(_, m)| m.is_deleted()).bind_iter())
                 .bind(seq)
@@ -316,7 +365,12 @@ impl PostgresStore {
             sqlx::query(self.sql.mark_seen.clone())
                 .bind(stream_id)
                 .bind(gen_stamp)
-                .bind(plan.untouched.iter().map(|&i| commit.records[i].id.as_str()).bind_iter())
+                .bind(
+                    plan.untouched
+                        .iter()
+                        .map(|&i| commit.records[i].id.as_str())
+                        .bind_iter(),
+                )
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| classify("mark records seen", e))?;
@@ -356,7 +410,11 @@ impl PostgresStore {
             .await
             .map_err(|e| classify("write stream state", e))?;
         self.faults.check(BACKEND, FaultPoint::BeforeCommit)?;
-        Ok(CommitOutcome { seq: to_u64(seq), counts, swept })
+        Ok(CommitOutcome {
+            seq: to_u64(seq),
+            counts,
+            swept,
+        })
     }
 
     /// Upsert one column of a stream's row (`last_run` or `upstream_error`).
@@ -388,11 +446,19 @@ impl RecordSink for PostgresStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| classify("read stream state", e))?;
-        let Some(row) = row else { return Ok(StreamState::default()) };
+        let Some(row) = row else {
+            return Ok(StreamState::default());
+        };
         Ok(StreamState {
-            cursor: row.try_get::<Option<String>, _>(0).map_err(decode)?.map(Cursor),
+            cursor: row
+                .try_get::<Option<String>, _>(0)
+                .map_err(decode)?
+                .map(Cursor),
             generation: to_u64(row.try_get(1).map_err(decode)?),
-            full_read: row.try_get::<Option<i64>, _>(2).map_err(decode)?.map(to_u64),
+            full_read: row
+                .try_get::<Option<i64>, _>(2)
+                .map_err(decode)?
+                .map(to_u64),
         })
     }
 
@@ -413,13 +479,20 @@ impl RecordSink for PostgresStore {
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let json = serde_json::to_string(run).map_err(|e| Error::store(BACKEND, "encode run", false, e))?;
-        self.set_stream_column(&self.sql.set_last_run, "record run", stream, Some(json)).await
+        let json = serde_json::to_string(run)
+            .map_err(|e| Error::store(BACKEND, "encode run", false, e))?;
+        self.set_stream_column(&self.sql.set_last_run, "record run", stream, Some(json))
+            .await
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
-        self.set_stream_column(&self.sql.set_upstream_error, "set upstream error", stream, error.map(str::to_owned))
-            .await
+        self.set_stream_column(
+            &self.sql.set_upstream_error,
+            "set upstream error",
+            stream,
+            error.map(str::to_owned),
+        )
+        .await
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -448,7 +521,10 @@ impl RecordSink for PostgresStore {
                 .bind(query.include_deleted)
                 .bind(limit),
         };
-        let rows = q.fetch_all(&self.pool).await.map_err(|e| classify("list", e))?;
+        let rows = q
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify("list", e))?;
         rows.iter().map(record_from_row).collect()
     }
 
@@ -489,7 +565,9 @@ const RECORD_COLUMNS: &str = "r.id, r.payload::text, r.first_seen_at, r.last_mod
 impl Statements {
     fn new(schema: &str) -> Self {
         // `schema` is validated and quoted; every other value is a bind parameter.
-        let s = |sql: String| -> SqlStr { sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.replace("{s}", schema))) };
+        let s = |sql: String| -> SqlStr {
+            sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.replace("{s}", schema)))
+        };
         let upsert_stream = |column: &str| {
             s(format!(
                 "INSERT INTO {{s}}.streams (key_hash, integration, connection, model, variant, {column}) \
@@ -572,10 +650,20 @@ fn record_from_row(row: &PgRow) -> Result<StoredRecord> {
     let last_action = u8::try_from(code)
         .ok()
         .and_then(LastAction::from_code)
-        .ok_or_else(|| Error::store(BACKEND, "read record", false, format!("unknown last_action {code}")))?;
+        .ok_or_else(|| {
+            Error::store(
+                BACKEND,
+                "read record",
+                false,
+                format!("unknown last_action {code}"),
+            )
+        })?;
     let payload: String = row.try_get(1).map_err(decode)?;
     let ts = |i: usize| -> Result<Option<Timestamp>> {
-        Ok(row.try_get::<Option<i64>, _>(i).map_err(decode)?.map(Timestamp::from_micros))
+        Ok(row
+            .try_get::<Option<i64>, _>(i)
+            .map_err(decode)?
+            .map(Timestamp::from_micros))
     };
     Ok(StoredRecord {
         id: row.try_get(0).map_err(decode)?,
@@ -595,7 +683,10 @@ fn record_from_row(row: &PgRow) -> Result<StoredRecord> {
 fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
     let n = |i: usize| -> Result<u64> { Ok(to_u64(row.try_get(i).map_err(decode)?)) };
     let last_run = match row.try_get::<Option<String>, _>(14).map_err(decode)? {
-        Some(json) => Some(serde_json::from_str(&json).map_err(|e| Error::store(BACKEND, "read last run", false, e))?),
+        Some(json) => Some(
+            serde_json::from_str(&json)
+                .map_err(|e| Error::store(BACKEND, "read last run", false, e))?,
+        ),
         None => None,
     };
     Ok(StreamStatus {
@@ -606,11 +697,23 @@ fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
             variant: row.try_get(3).map_err(decode)?,
         },
         state: StreamState {
-            cursor: row.try_get::<Option<String>, _>(4).map_err(decode)?.map(Cursor),
+            cursor: row
+                .try_get::<Option<String>, _>(4)
+                .map_err(decode)?
+                .map(Cursor),
             generation: n(5)?,
-            full_read: row.try_get::<Option<i64>, _>(6).map_err(decode)?.map(to_u64),
+            full_read: row
+                .try_get::<Option<i64>, _>(6)
+                .map_err(decode)?
+                .map(to_u64),
         },
-        totals: Counts { added: n(7)?, updated: n(8)?, deleted: n(9)?, unchanged: n(10)?, stale: n(11)? },
+        totals: Counts {
+            added: n(7)?,
+            updated: n(8)?,
+            deleted: n(9)?,
+            unchanged: n(10)?,
+            stale: n(11)?,
+        },
         live_records: n(12)?,
         deleted_records: n(13)?,
         last_run,
@@ -620,7 +723,9 @@ fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
 
 /// Create the schema if needed and apply the migrations it lacks, under an advisory lock.
 async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
-    let err = |op: &'static str| move |e: sqlx::Error| classify(format!("migrate schema {schema}: {op}"), e);
+    let err = |op: &'static str| {
+        move |e: sqlx::Error| classify(format!("migrate schema {schema}: {op}"), e)
+    };
     let mut tx = pool.begin().await.map_err(err("begin"))?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
         .bind(MIGRATION_LOCK)
@@ -633,12 +738,16 @@ async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
          CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations ( \
            version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
     );
-    sqlx::raw_sql(AssertSqlSafe(setup)).execute(&mut *tx).await.map_err(err("create schema"))?;
-    let current: Option<i64> =
-        sqlx::query_scalar(AssertSqlSafe(format!("SELECT max(version) FROM {quoted}.schema_migrations")))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err("read version"))?;
+    sqlx::raw_sql(AssertSqlSafe(setup))
+        .execute(&mut *tx)
+        .await
+        .map_err(err("create schema"))?;
+    let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {quoted}.schema_migrations"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(err("read version"))?;
     let current = current.unwrap_or(0);
     let latest = MIGRATIONS.last().map_or(0, |m| m.0);
     if current > latest {
@@ -656,12 +765,14 @@ async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
             .execute(&mut *tx)
             .await
             .map_err(err("apply migration"))?;
-        sqlx::query(AssertSqlSafe(format!("INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)")))
-            .bind(version)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(err("record migration"))?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
+        )))
+        .bind(version)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("record migration"))?;
     }
     tx.commit().await.map_err(err("commit"))
 }
@@ -673,7 +784,10 @@ fn validate_schema(schema: &str) -> Result<()> {
         && schema.len() <= 63
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if !ok {
-        return Err(Error::invalid("postgres schema name", format!("{schema:?} must match ^[a-z_][a-z0-9_]{{0,62}}$")));
+        return Err(Error::invalid(
+            "postgres schema name",
+            format!("{schema:?} must match ^[a-z_][a-z0-9_]{{0,62}}$"),
+        ));
     }
     if schema.starts_with("pg_") {
         return Err(Error::invalid(
@@ -688,7 +802,12 @@ fn validate_schema(schema: &str) -> Result<()> {
 /// key (fixed size, whatever the fields hold).
 fn stream_hash(stream: &StreamKey) -> Vec<u8> {
     let mut h = Sha256::new();
-    for f in [&stream.integration, &stream.connection, &stream.model, &stream.variant] {
+    for f in [
+        &stream.integration,
+        &stream.connection,
+        &stream.model,
+        &stream.variant,
+    ] {
         h.update((f.len() as u64).to_be_bytes());
         h.update(f.as_bytes());
     }
@@ -700,7 +819,9 @@ pub fn redact_url(url: &str) -> String {
     let mut out = url.to_string();
     if let Some(scheme_end) = out.find("://") {
         let rest = scheme_end + 3;
-        let auth_end = out[rest..].find(['/', '?', '#']).map_or(out.len(), |i| rest + i);
+        let auth_end = out[rest..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest + i);
         if let Some(at) = out[rest..auth_end].rfind('@') {
             let userinfo = &out[rest..rest + at];
             if let Some(colon) = userinfo.find(':') {
@@ -735,7 +856,10 @@ fn classify(operation: impl Into<String>, e: sqlx::Error) -> Error {
 /// Serialization failure, deadlock, too many connections, shutdowns, connection
 /// exceptions (class 08).
 fn retryable_sqlstate(code: &str) -> bool {
-    matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03") || code.starts_with("08")
+    matches!(
+        code,
+        "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+    ) || code.starts_with("08")
 }
 
 fn decode(e: sqlx::Error) -> Error {
@@ -759,14 +883,27 @@ mod tests {
         for ok in ["nango_sync", "_x", "a1", &"a".repeat(63)] {
             assert!(validate_schema(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "A", "1a", "a-b", "a\"b", "a b", "pg_x", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "A",
+            "1a",
+            "a-b",
+            "a\"b",
+            "a b",
+            "pg_x",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(validate_schema(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact_url("postgres://u:p@w@h/db"), "postgres://u:***@h/db");
         assert_eq!(
             redact_url("postgres://u@h/db?password=x&sslmode=require"),
@@ -787,6 +924,9 @@ mod tests {
 
     #[test]
     fn stream_hashes_do_not_collide_on_concatenation() {
-        assert_ne!(stream_hash(&StreamKey::new("ab", "c", "M")), stream_hash(&StreamKey::new("a", "bc", "M")));
+        assert_ne!(
+            stream_hash(&StreamKey::new("ab", "c", "M")),
+            stream_hash(&StreamKey::new("a", "bc", "M"))
+        );
     }
 }

@@ -54,7 +54,8 @@ use crate::error::{Error, Result};
 use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
 use crate::sink::{
-    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
+    StreamState, StreamStatus,
 };
 use crate::time::Timestamp;
 
@@ -154,8 +155,13 @@ impl SledStore {
         let path = path.as_ref().to_path_buf();
         let inner = tokio::task::spawn_blocking(move || Inner::open(path, options))
             .await
-            .map_err(|e| Error::store(BACKEND, "open", false, format!("open task failed: {e}")))??;
-        Ok(SledStore { inner: Arc::new(inner), faults: Arc::new(FaultInjector::default()) })
+            .map_err(|e| {
+                Error::store(BACKEND, "open", false, format!("open task failed: {e}"))
+            })??;
+        Ok(SledStore {
+            inner: Arc::new(inner),
+            faults: Arc::new(FaultInjector::default()),
+        })
     }
 
     /// The directory of the store.
@@ -186,8 +192,14 @@ impl Inner {
         if let Durability::Periodic(every) = options.durability {
             config = config.flush_every_ms(Some(every.as_millis().max(1) as u64));
         }
-        let open_err =
-            |e: ::sled::Error| Error::store(BACKEND, format!("open sled database at {}", path.display()), false, e);
+        let open_err = |e: ::sled::Error| {
+            Error::store(
+                BACKEND,
+                format!("open sled database at {}", path.display()),
+                false,
+                e,
+            )
+        };
         let db = config.open().map_err(open_err)?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
         match tree.get(KEY_FORMAT).map_err(open_err)? {
@@ -205,12 +217,25 @@ impl Inner {
                 }
             }
             None if tree.is_empty() => {
-                tree.insert(KEY_FORMAT, &FORMAT.to_be_bytes()).map_err(open_err)?;
+                tree.insert(KEY_FORMAT, &FORMAT.to_be_bytes())
+                    .map_err(open_err)?;
                 db.flush().map_err(open_err)?;
             }
-            None => return Err(corrupt(format!("{} holds a tree {TREE:?} without a format key", path.display()))),
+            None => {
+                return Err(corrupt(format!(
+                    "{} holds a tree {TREE:?} without a format key",
+                    path.display()
+                )));
+            }
         }
-        Ok(Inner { db, tree, path, durability: options.durability, write: Mutex::new(()), apply: RwLock::new(()) })
+        Ok(Inner {
+            db,
+            tree,
+            path,
+            durability: options.durability,
+            write: Mutex::new(()),
+            apply: RwLock::new(()),
+        })
     }
 
     fn lock_write(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -311,7 +336,10 @@ impl Inner {
         let mut deleted = row.deleted as i64;
         for w in &plan.writes {
             let r = &commit.records[w.index];
-            let old = stored.get(r.id.as_str()).map(|v| RecordView::new(v)).transpose()?;
+            let old = stored
+                .get(r.id.as_str())
+                .map(|v| RecordView::new(v))
+                .transpose()?;
             let payload = match (w.payload, &old) {
                 (PayloadSource::Page(i), _) => commit.records[i].payload.as_str().as_bytes(),
                 (PayloadSource::Stored, Some(old)) => old.payload_bytes(),
@@ -329,7 +357,10 @@ impl Inner {
             }
             key.truncate(prefix_len);
             key.extend_from_slice(r.id.as_bytes());
-            batch.insert(key.as_slice(), encode_record(seq, gen_stamp, &r.meta, payload));
+            batch.insert(
+                key.as_slice(),
+                encode_record(seq, gen_stamp, &r.meta, payload),
+            );
         }
         if commit.full_read.is_some() {
             // Records seen unchanged (or stale) by a full re-read are marked as seen.
@@ -374,7 +405,8 @@ impl Inner {
         row.state = next_state(&row.state, &commit);
         row.totals.add(&counts);
         row.live = u64::try_from(live).map_err(|_| corrupt("negative live record count"))?;
-        row.deleted = u64::try_from(deleted).map_err(|_| corrupt("negative deleted record count"))?;
+        row.deleted =
+            u64::try_from(deleted).map_err(|_| corrupt("negative deleted record count"))?;
         batch.insert(&stream_row_key(sid)[..], row.to_json()?);
         batch.insert(KEY_SEQ, &seq.to_be_bytes());
         faults.check(BACKEND, FaultPoint::BeforeCommit)?;
@@ -383,7 +415,12 @@ impl Inner {
     }
 
     /// Change a stream's row (creating the stream if needed).
-    fn update_row(&self, stream: &StreamKey, operation: &'static str, f: impl FnOnce(&mut StreamRow)) -> Result<()> {
+    fn update_row(
+        &self,
+        stream: &StreamKey,
+        operation: &'static str,
+        f: impl FnOnce(&mut StreamRow),
+    ) -> Result<()> {
         let _w = self.lock_write();
         let mut batch = Batch::default();
         let (sid, mut row) = self.row_for_write(stream, &mut batch)?;
@@ -402,7 +439,9 @@ impl Inner {
 
     fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
         let _r = self.read_guard();
-        let Some(sid) = self.sid(stream)? else { return Ok(None) };
+        let Some(sid) = self.sid(stream)? else {
+            return Ok(None);
+        };
         let mut key = record_prefix(sid);
         key.extend_from_slice(id.as_bytes());
         match self.tree.get(&key).map_err(sled_err("get"))? {
@@ -413,7 +452,9 @@ impl Inner {
 
     fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
         let _r = self.read_guard();
-        let Some(sid) = self.sid(stream)? else { return Ok(Vec::new()) };
+        let Some(sid) = self.sid(stream)? else {
+            return Ok(Vec::new());
+        };
         if query.limit == 0 {
             return Ok(Vec::new());
         }
@@ -435,7 +476,8 @@ impl Inner {
             if view.deleted() && !query.include_deleted {
                 continue;
             }
-            let id = std::str::from_utf8(&k[prefix_len..]).map_err(|_| corrupt("record id is not UTF-8"))?;
+            let id = std::str::from_utf8(&k[prefix_len..])
+                .map_err(|_| corrupt("record id is not UTF-8"))?;
             out.push(view.to_record(id.to_owned())?);
             if out.len() == query.limit {
                 break;
@@ -449,7 +491,8 @@ impl Inner {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([TAG_STREAM]) {
             let (_, v) = item.map_err(sled_err("streams"))?;
-            let row: StreamRow = serde_json::from_slice(&v).map_err(|e| corrupt(format!("stream row: {e}")))?;
+            let row: StreamRow =
+                serde_json::from_slice(&v).map_err(|e| corrupt(format!("stream row: {e}")))?;
             out.push(StreamStatus {
                 stream: row.stream,
                 state: row.state,
@@ -472,11 +515,13 @@ impl RecordSink for SledStore {
 
     async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
         let stream = stream.clone();
-        self.blocking("stream_state", move |inner, _| inner.stream_state(&stream)).await
+        self.blocking("stream_state", move |inner, _| inner.stream_state(&stream))
+            .await
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.blocking("commit", move |inner, faults| inner.commit(faults, commit)).await
+        self.blocking("commit", move |inner, faults| inner.commit(faults, commit))
+            .await
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
@@ -490,19 +535,23 @@ impl RecordSink for SledStore {
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         let (stream, error) = (stream.clone(), error.map(str::to_owned));
         self.blocking("set_upstream_error", move |inner, _| {
-            inner.update_row(&stream, "set_upstream_error", |row| row.upstream_error = error)
+            inner.update_row(&stream, "set_upstream_error", |row| {
+                row.upstream_error = error
+            })
         })
         .await
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
         let (stream, id) = (stream.clone(), id.to_owned());
-        self.blocking("get", move |inner, _| inner.get(&stream, &id)).await
+        self.blocking("get", move |inner, _| inner.get(&stream, &id))
+            .await
     }
 
     async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
         let (stream, query) = (stream.clone(), query.clone());
-        self.blocking("list", move |inner, _| inner.list(&stream, &query)).await
+        self.blocking("list", move |inner, _| inner.list(&stream, &query))
+            .await
     }
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
@@ -549,7 +598,12 @@ impl StreamRow {
 
 /// `'i'` then each field of the stream key, length-prefixed.
 fn index_key(stream: &StreamKey) -> Vec<u8> {
-    let fields = [&stream.integration, &stream.connection, &stream.model, &stream.variant];
+    let fields = [
+        &stream.integration,
+        &stream.connection,
+        &stream.model,
+        &stream.variant,
+    ];
     let mut key = Vec::with_capacity(1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
     key.push(TAG_INDEX);
     for f in fields {
@@ -622,7 +676,12 @@ fn encode_record(seq: u64, seen_gen: u64, meta: &Metadata, payload: &[u8]) -> Ve
         flags |= FLAG_DELETED;
     }
     v.push(flags);
-    v.extend_from_slice(&meta.deleted_at.map_or(0, Timestamp::as_micros).to_be_bytes());
+    v.extend_from_slice(
+        &meta
+            .deleted_at
+            .map_or(0, Timestamp::as_micros)
+            .to_be_bytes(),
+    );
     v.extend_from_slice(&meta.pruned_at.map_or(0, Timestamp::as_micros).to_be_bytes());
     v.extend_from_slice(&(cursor.len() as u32).to_be_bytes());
     v.extend_from_slice(cursor);
@@ -641,7 +700,8 @@ impl<'a> RecordView<'a> {
         if bytes.len() < HEADER || bytes[0] != RECORD_VERSION {
             return Err(corrupt("record value has an unknown layout"));
         }
-        let len = u32::from_be_bytes(bytes[OFF_CURSOR_LEN..HEADER].try_into().expect("4 bytes")) as usize;
+        let len =
+            u32::from_be_bytes(bytes[OFF_CURSOR_LEN..HEADER].try_into().expect("4 bytes")) as usize;
         let cursor_end = HEADER + len;
         if bytes.len() < cursor_end {
             return Err(corrupt("record value is truncated"));
@@ -666,7 +726,8 @@ impl<'a> RecordView<'a> {
     }
 
     fn cursor(&self) -> Result<&'a str> {
-        std::str::from_utf8(&self.bytes[HEADER..self.cursor_end]).map_err(|_| corrupt("cursor is not UTF-8"))
+        std::str::from_utf8(&self.bytes[HEADER..self.cursor_end])
+            .map_err(|_| corrupt("cursor is not UTF-8"))
     }
 
     fn payload_bytes(&self) -> &'a [u8] {
@@ -683,9 +744,10 @@ impl<'a> RecordView<'a> {
 
     fn to_record(&self, id: String) -> Result<StoredRecord> {
         let flags = self.bytes[OFF_FLAGS];
-        let last_action =
-            LastAction::from_code(self.bytes[OFF_ACTION]).ok_or_else(|| corrupt("unknown last action"))?;
-        let payload = std::str::from_utf8(self.payload_bytes()).map_err(|_| corrupt("payload is not UTF-8"))?;
+        let last_action = LastAction::from_code(self.bytes[OFF_ACTION])
+            .ok_or_else(|| corrupt("unknown last action"))?;
+        let payload = std::str::from_utf8(self.payload_bytes())
+            .map_err(|_| corrupt("payload is not UTF-8"))?;
         Ok(StoredRecord {
             id,
             payload: RawJson::from_trusted(payload),
@@ -728,7 +790,10 @@ mod tests {
         assert!(view.deleted());
         assert_eq!(view.seen_gen(), 3);
         let r = view.to_record("x".into()).unwrap();
-        assert_eq!((r.meta, r.seq, r.payload.as_str()), (meta, 9, r#"{"id":"x"}"#));
+        assert_eq!(
+            (r.meta, r.seq, r.payload.as_str()),
+            (meta, 9, r#"{"id":"x"}"#)
+        );
         assert!(RecordView::new(&v[..HEADER + 1]).is_err());
     }
 }
