@@ -159,95 +159,47 @@ fn errors_are_one_line_with_a_non_zero_exit() {
     let server = dev_server(10);
     let dir = tempfile::tempdir().unwrap();
     let sink = format!("sqlite://{}", dir.path().join("e.db").display());
-    let cases: Vec<(Vec<String>, Vec<(&str, &str)>, &str)> = vec![
+    let sync = |sink: &str, connection: &str, model: &str| -> Vec<String> {
+        [
+            "sync",
+            "--sink",
+            sink,
+            "--integration",
+            "demo-crm",
+            "--connection",
+            connection,
+            "--model",
+            model,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let no_env: Vec<(&str, &str)> = Vec::new();
+    let cases = [
         (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                "mysql://x".into(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "acme".into(),
-                "--model".into(),
-                "Contact".into(),
-            ],
-            vec![],
+            sync("mysql://x", "acme", "Contact"),
+            no_env.clone(),
             "unknown scheme",
         ),
+        (sync(&sink, "acme", "contact"), no_env.clone(), "model name"),
         (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                sink.clone(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "acme".into(),
-                "--model".into(),
-                "contact".into(),
-            ],
-            vec![],
-            "model name",
-        ),
-        (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                sink.clone(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "nobody".into(),
-                "--model".into(),
-                "Contact".into(),
-            ],
-            vec![],
+            sync(&sink, "nobody", "Contact"),
+            no_env.clone(),
             "unknown_connection",
         ),
         (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                sink.clone(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "acme".into(),
-                "--model".into(),
-                "Contact".into(),
-            ],
+            sync(&sink, "acme", "Contact"),
             vec![("NANGO_SECRET_KEY", "0b0e5a5e-8a55-4c2e-9f6a-3d2b1c0a9e8f")],
             "401",
         ),
         (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                sink.clone(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "acme".into(),
-                "--model".into(),
-                "Contact".into(),
-            ],
+            sync(&sink, "acme", "Contact"),
             vec![("NANGO_HOST", "ftp://nowhere")],
             "host URL",
         ),
         (
-            vec![
-                "sync".into(),
-                "--sink".into(),
-                "sqlite:///no/such/dir/x.db".into(),
-                "--integration".into(),
-                "demo-crm".into(),
-                "--connection".into(),
-                "acme".into(),
-                "--model".into(),
-                "Contact".into(),
-            ],
-            vec![],
+            sync("sqlite:///no/such/dir/x.db", "acme", "Contact"),
+            no_env.clone(),
             "does not exist",
         ),
     ];
