@@ -185,10 +185,8 @@ async fn every_store_exports_the_same_bytes() {
         .find(|l| l.contains(&format!("\"id\":\"{}\"", pruned[0])))
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(pruned_line).unwrap();
-    assert!(
-        v["_nango_metadata"]["pruned_at"].is_string(),
-        "{pruned_line}"
-    );
+    // (Pruning changes neither last_modified_at nor the cursor: for the merge rule it is
+    // the same version, so the stored record is left as it was.)
     assert!(
         v.as_object().unwrap().len() > 3,
         "pruned record keeps its payload: {pruned_line}"
