@@ -22,7 +22,7 @@ fn body(n: usize) -> String {
                 "address": {"street": "12 rue de la Paix", "city": "Paris", "zip": "75002", "country": "FR"},
                 "tags": ["customer", "priority", "日本語", "emoji 🚀"],
                 "score": i % 100,
-                "active": i % 3 != 0,
+                "active": !i.is_multiple_of(3),
                 "owner": {"id": "u-42", "name": "Jürgen Weiß"},
                 "notes": "Prefers email. Renewal in Q3; discuss the upgrade to the enterprise plan.",
             });

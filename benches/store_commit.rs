@@ -21,7 +21,7 @@ fn record(i: usize, version: i64) -> Record {
         "address": {"street": "12 rue de la Paix", "city": "Paris", "zip": "75002", "country": "FR"},
         "tags": ["customer", "priority", "日本語", "emoji 🚀"],
         "score": i % 100,
-        "active": i % 3 != 0,
+        "active": !i.is_multiple_of(3),
         "created_at": "2026-01-02T03:04:05.678Z",
         "updated_at": "2026-11-26T19:47:22.728Z",
         "owner": {"id": "u-42", "name": "Jürgen Weiß"},
@@ -56,12 +56,12 @@ fn page(n: usize, version: i64) -> Vec<Record> {
     (0..n).map(|i| record(i, version)).collect()
 }
 
-fn stores(
-    rt: &tokio::runtime::Runtime,
-    dir: &std::path::Path,
-) -> Vec<(&'static str, Box<dyn Fn(usize) -> SharedSink>)> {
+/// A named way to make a fresh store.
+type StoreFactory = (&'static str, Box<dyn Fn(usize) -> SharedSink>);
+
+fn stores(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Vec<StoreFactory> {
     let _ = rt;
-    let mut out: Vec<(&'static str, Box<dyn Fn(usize) -> SharedSink>)> = Vec::new();
+    let mut out: Vec<StoreFactory> = Vec::new();
     out.push((
         "memory",
         Box::new(|_| Arc::new(nango_sync::sink::MemoryStore::new())),

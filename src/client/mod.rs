@@ -177,10 +177,10 @@ impl NangoClientBuilder {
     /// they are set.
     pub fn from_env() -> Self {
         let mut b = Self::default();
-        if let Ok(host) = std::env::var("NANGO_HOST") {
-            if !host.trim().is_empty() {
-                b.host = host.trim().to_string();
-            }
+        if let Ok(host) = std::env::var("NANGO_HOST")
+            && !host.trim().is_empty()
+        {
+            b.host = host.trim().to_string();
         }
         if let Ok(key) = std::env::var("NANGO_SECRET_KEY") {
             b.secret = Some(SecretKey::new(key));
@@ -386,13 +386,13 @@ impl NangoClient {
     }
 
     fn records_url(&self, q: &RecordsQuery<'_>) -> Result<reqwest::Url> {
-        if let Some(limit) = q.limit {
-            if !(1..=MAX_PAGE_SIZE).contains(&limit) {
-                return Err(Error::invalid(
-                    "page size",
-                    format!("{limit} is not between 1 and {MAX_PAGE_SIZE}"),
-                ));
-            }
+        if let Some(limit) = q.limit
+            && !(1..=MAX_PAGE_SIZE).contains(&limit)
+        {
+            return Err(Error::invalid(
+                "page size",
+                format!("{limit} is not between 1 and {MAX_PAGE_SIZE}"),
+            ));
         }
         if q.ids.len() > 100 {
             return Err(Error::invalid(
@@ -400,13 +400,13 @@ impl NangoClient {
                 format!("{} ids given, Nango takes at most 100", q.ids.len()),
             ));
         }
-        if let Some(c) = q.cursor {
-            if c.as_str().is_empty() || c.as_str().len() > 1000 {
-                return Err(Error::invalid(
-                    "cursor",
-                    "a cursor has 1 to 1000 characters",
-                ));
-            }
+        if let Some(c) = q.cursor
+            && (c.as_str().is_empty() || c.as_str().len() > 1000)
+        {
+            return Err(Error::invalid(
+                "cursor",
+                "a cursor has 1 to 1000 characters",
+            ));
         }
         q.stream.validate()?;
         let mut url = reqwest::Url::parse(&format!("{}/records", self.inner.host))

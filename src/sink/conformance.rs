@@ -1,1 +1,1596 @@
-//! The store conformance suite.
+//! The store conformance suite: one set of checks that every [`RecordSink`] runs unchanged.
+//!
+//! The in-memory store is the reference implementation; the SQLite, sled and PostgreSQL
+//! stores must behave exactly like it: same cursors, same sequence numbers, same merge
+//! outcomes and counts, same tombstones and sweep, same list order (code-point order of
+//! ids), and all-or-nothing commits even when a failure is injected between the steps of
+//! a commit ([`FaultPoint`]).
+//!
+//! Each check is a public async function. Most take a store (`&S`) and expect to be the
+//! only writer while they run; they use stream keys of their own, so several checks can
+//! share one store one after the other. Checks that need a new or a re-opened store take
+//! a factory closure `FnMut(Open) -> Future<Output = S>` (see [`Open`]). [`run_all`] runs
+//! every check.
+//!
+//! Every check panics with a message naming the backend and what differed; a backend's
+//! test file calls them from `#[tokio::test]` functions (see `tests/conformance.rs`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::merge::Counts;
+use crate::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
+use crate::sink::{
+    Commit, CommitOutcome, DynRecordSink, FaultPoint, FullRead, ListQuery, RecordSink, RunSummary,
+    StreamState, StreamStatus, read_all,
+};
+use crate::time::Timestamp;
+
+/// What a store factory is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// A new, empty store.
+    Fresh,
+    /// The store the last [`Open::Fresh`] made, opened again (the previous handle has
+    /// been dropped). Only asked of durable stores.
+    Reopen,
+}
+
+/// Run every check. `open` makes stores: each check gets an [`Open::Fresh`] store, and
+/// when `durable` is set, [`reopen_keeps_everything`] also asks for [`Open::Reopen`].
+pub async fn run_all<S, F, Fut>(mut open: F, durable: bool)
+where
+    S: RecordSink,
+    F: FnMut(Open) -> Fut,
+    Fut: Future<Output = S>,
+{
+    fresh_stream_has_no_cursor(&open(Open::Fresh).await).await;
+    commit_advances_cursor(&open(Open::Fresh).await).await;
+    replayed_commit_is_idempotent(&open(Open::Fresh).await).await;
+    cursor_conflict_writes_nothing(&open(Open::Fresh).await).await;
+    injected_failure_leaves_nothing(&open(Open::Fresh).await).await;
+    streams_are_isolated(&open(Open::Fresh).await).await;
+    large_commit(&open(Open::Fresh).await).await;
+    merge_outcomes_are_counted(&open(Open::Fresh).await).await;
+    full_read_sweeps_unseen_records(&open(Open::Fresh).await).await;
+    seq_is_monotonic_and_per_record(&open(Open::Fresh).await).await;
+    list_pages_in_code_point_order(&open(Open::Fresh).await).await;
+    stream_status_is_reported(&open(Open::Fresh).await).await;
+    run_and_upstream_error_round_trip(&open(Open::Fresh).await).await;
+    reads_during_commit_see_old_or_new(&open(Open::Fresh).await).await;
+    hostile_strings_round_trip(&open(Open::Fresh).await).await;
+    if durable {
+        reopen_keeps_everything(&mut open).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// A stream of the conformance suite.
+fn stream(name: &str) -> StreamKey {
+    StreamKey::new("conformance", name, "Ticket")
+}
+
+fn ts(micros: i64) -> Timestamp {
+    // A realistic base (2026) so stores that convert timestamps see ordinary values.
+    Timestamp::from_micros(1_790_000_000_000_000 + micros)
+}
+
+fn cursor_at(t: i64) -> Cursor {
+    Cursor(format!("cur-{t:012}"))
+}
+
+/// A record version: `payload` is the JSON payload (without metadata).
+fn version(id: &str, t: i64, action: LastAction, payload: Value) -> Record {
+    let bare = matches!(&payload, Value::Object(m) if m.len() == 1 && m.contains_key("id"));
+    Record {
+        id: id.to_string(),
+        payload: RawJson::from_trusted(payload.to_string()),
+        payload_is_bare: bare,
+        meta: Metadata {
+            first_seen_at: ts(t),
+            last_modified_at: ts(t),
+            last_action: action,
+            deleted_at: (action == LastAction::Deleted).then(|| ts(t)),
+            pruned_at: None,
+            cursor: cursor_at(t),
+        },
+    }
+}
+
+fn added(id: &str, t: i64, title: &str) -> Record {
+    version(id, t, LastAction::Added, json!({"id": id, "title": title}))
+}
+
+fn updated(id: &str, t: i64, title: &str) -> Record {
+    version(
+        id,
+        t,
+        LastAction::Updated,
+        json!({"id": id, "title": title}),
+    )
+}
+
+fn deleted_bare(id: &str, t: i64) -> Record {
+    version(id, t, LastAction::Deleted, json!({"id": id}))
+}
+
+fn deleted_full(id: &str, t: i64, title: &str) -> Record {
+    version(
+        id,
+        t,
+        LastAction::Deleted,
+        json!({"id": id, "title": title}),
+    )
+}
+
+/// A pruned version: newer metadata, payload emptied to `{id}`.
+fn pruned(id: &str, t: i64) -> Record {
+    let mut r = version(id, t, LastAction::Updated, json!({"id": id}));
+    r.meta.pruned_at = Some(ts(t + 1));
+    r
+}
+
+fn backend<S: RecordSink>(store: &S) -> &'static str {
+    store.backend()
+}
+
+/// A commit of `records` on top of the stream's stored cursor (the cursor moves to the
+/// last record's cursor, or stays for an empty page).
+async fn page<S: RecordSink>(store: &S, stream: &StreamKey, records: Vec<Record>) -> Commit {
+    let state = state(store, stream).await;
+    let cursor = records
+        .last()
+        .map(|r| r.meta.cursor.clone())
+        .or_else(|| state.cursor.clone());
+    Commit {
+        stream: stream.clone(),
+        expected_cursor: state.cursor,
+        cursor,
+        records,
+        full_read: None,
+        now: ts(1_000_000),
+    }
+}
+
+async fn state<S: RecordSink>(store: &S, stream: &StreamKey) -> StreamState {
+    store
+        .stream_state(stream)
+        .await
+        .unwrap_or_else(|e| panic!("{}: stream_state failed: {e}", backend(store)))
+}
+
+async fn commit<S: RecordSink>(store: &S, c: Commit) -> CommitOutcome {
+    store
+        .commit(c)
+        .await
+        .unwrap_or_else(|e| panic!("{}: commit failed: {e}", backend(store)))
+}
+
+async fn commit_page<S: RecordSink>(
+    store: &S,
+    stream: &StreamKey,
+    records: Vec<Record>,
+) -> CommitOutcome {
+    let c = page(store, stream, records).await;
+    commit(store, c).await
+}
+
+async fn get<S: RecordSink>(store: &S, stream: &StreamKey, id: &str) -> Option<StoredRecord> {
+    store
+        .get(stream, id)
+        .await
+        .unwrap_or_else(|e| panic!("{}: get({id:?}) failed: {e}", backend(store)))
+}
+
+async fn all<S: RecordSink>(
+    store: &S,
+    stream: &StreamKey,
+    include_deleted: bool,
+) -> Vec<StoredRecord> {
+    read_all(store as &dyn DynRecordSink, stream, include_deleted)
+        .await
+        .unwrap_or_else(|e| panic!("{}: list failed: {e}", backend(store)))
+}
+
+async fn statuses<S: RecordSink>(store: &S) -> Vec<StreamStatus> {
+    let mut s = store
+        .streams()
+        .await
+        .unwrap_or_else(|e| panic!("{}: streams failed: {e}", backend(store)));
+    s.sort_by(|a, b| a.stream.cmp(&b.stream));
+    s
+}
+
+async fn status<S: RecordSink>(store: &S, stream: &StreamKey) -> Option<StreamStatus> {
+    statuses(store)
+        .await
+        .into_iter()
+        .find(|s| &s.stream == stream)
+}
+
+fn counts(added: u64, updated: u64, deleted: u64, unchanged: u64, stale: u64) -> Counts {
+    Counts {
+        added,
+        updated,
+        deleted,
+        unchanged,
+        stale,
+    }
+}
+
+/// A record compared across stores: the payload as a JSON value (PostgreSQL `jsonb`
+/// normalizes the text), everything else exactly.
+#[derive(Debug, Clone, PartialEq)]
+struct Seen {
+    id: String,
+    payload: Value,
+    meta: Metadata,
+    seq: u64,
+}
+
+impl From<&StoredRecord> for Seen {
+    fn from(r: &StoredRecord) -> Self {
+        let payload = serde_json::from_str(r.payload.as_str()).unwrap_or_else(|e| {
+            panic!(
+                "stored payload of {:?} is not JSON ({e}): {}",
+                r.id, r.payload
+            )
+        });
+        Seen {
+            id: r.id.clone(),
+            payload,
+            meta: r.meta.clone(),
+            seq: r.seq,
+        }
+    }
+}
+
+/// What a commit leaves visible: per stream, its state, status and every record.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    streams: Vec<StreamStatus>,
+    records: BTreeMap<StreamKey, (StreamState, Vec<Seen>)>,
+}
+
+async fn snapshot<S: RecordSink>(store: &S, keys: &[&StreamKey]) -> Snapshot {
+    let mut records = BTreeMap::new();
+    for k in keys {
+        let recs = all(store, k, true).await.iter().map(Seen::from).collect();
+        records.insert((*k).clone(), (state(store, k).await, recs));
+    }
+    Snapshot {
+        streams: statuses(store).await,
+        records,
+    }
+}
+
+/// The highest sequence number visible in the store (0 when empty).
+async fn max_seq<S: RecordSink>(store: &S) -> u64 {
+    let mut max = 0;
+    for s in statuses(store).await {
+        for r in all(store, &s.stream, true).await {
+            max = max.max(r.seq);
+        }
+    }
+    max
+}
+
+fn assert_seen(backend: &str, what: &str, actual: Option<&StoredRecord>, expected: &Seen) {
+    let actual =
+        actual.unwrap_or_else(|| panic!("{backend}: {what}: record {:?} missing", expected.id));
+    assert_eq!(&Seen::from(actual), expected, "{backend}: {what}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks
+// ---------------------------------------------------------------------------------------
+
+/// A stream never committed has the default state (no cursor, generation 0), no records,
+/// and is not listed by `streams()`.
+pub async fn fresh_stream_has_no_cursor<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("fresh");
+    assert_eq!(
+        state(store, &s).await,
+        StreamState::default(),
+        "{b}: fresh stream state"
+    );
+    assert!(
+        get(store, &s, "a").await.is_none(),
+        "{b}: fresh stream has no record"
+    );
+    assert!(
+        all(store, &s, true).await.is_empty(),
+        "{b}: fresh stream lists nothing"
+    );
+    assert!(
+        status(store, &s).await.is_none(),
+        "{b}: reading a stream must not create it"
+    );
+}
+
+/// A commit moves the cursor to the page's cursor and stores the records; an empty page
+/// keeps the cursor (and still is a commit with its own sequence number).
+pub async fn commit_advances_cursor<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("advance");
+    let out = commit_page(store, &s, vec![added("a", 1, "one"), added("b", 2, "two")]).await;
+    assert_eq!(out.counts, counts(2, 0, 0, 0, 0), "{b}: first page counts");
+    assert_eq!(out.swept, 0);
+    assert_eq!(
+        state(store, &s).await.cursor,
+        Some(cursor_at(2)),
+        "{b}: cursor after first page"
+    );
+
+    let out2 = commit_page(store, &s, vec![updated("a", 3, "uno")]).await;
+    assert_eq!(
+        out2.counts,
+        counts(0, 1, 0, 0, 0),
+        "{b}: second page counts"
+    );
+    assert!(out2.seq > out.seq, "{b}: seq grows");
+    assert_eq!(
+        state(store, &s).await.cursor,
+        Some(cursor_at(3)),
+        "{b}: cursor after second page"
+    );
+
+    let out3 = commit_page(store, &s, vec![]).await;
+    assert_eq!(out3.counts, Counts::default(), "{b}: empty page counts");
+    assert_eq!(out3.seq, out2.seq + 1, "{b}: an empty page is a commit too");
+    assert_eq!(
+        state(store, &s).await.cursor,
+        Some(cursor_at(3)),
+        "{b}: empty page keeps the cursor"
+    );
+
+    let a = get(store, &s, "a").await;
+    let expected = Seen {
+        id: "a".into(),
+        payload: json!({"id": "a", "title": "uno"}),
+        meta: updated("a", 3, "uno").meta,
+        seq: out2.seq,
+    };
+    assert_seen(b, "updated record", a.as_ref(), &expected);
+    let st = status(store, &s)
+        .await
+        .expect("stream listed after a commit");
+    assert_eq!(st.live_records, 2, "{b}: live records");
+    assert_eq!(st.totals, counts(2, 1, 0, 0, 0), "{b}: totals");
+}
+
+/// Committing the same page again (as after a crash between commit and acknowledgement)
+/// changes nothing: every record counts as unchanged and keeps its sequence number.
+pub async fn replayed_commit_is_idempotent<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("replay");
+    let records = vec![
+        added("a", 1, "one"),
+        added("b", 2, "two"),
+        deleted_bare("c", 3),
+    ];
+    let first = page(store, &s, records.clone()).await;
+    let out = commit(store, first.clone()).await;
+    assert_eq!(out.counts, counts(2, 0, 1, 0, 0), "{b}: first commit");
+    let before = snapshot(store, &[&s]).await;
+
+    // The same records again, from the cursor the first commit wrote.
+    let again = page(store, &s, records).await;
+    let out2 = commit(store, again).await;
+    assert_eq!(out2.counts, counts(0, 0, 0, 3, 0), "{b}: replay counts");
+    let after = snapshot(store, &[&s]).await;
+    assert_eq!(
+        before.records, after.records,
+        "{b}: replay changed records or state"
+    );
+    let st = status(store, &s).await.unwrap();
+    assert_eq!(
+        st.totals,
+        counts(2, 0, 1, 3, 0),
+        "{b}: totals count the replay as unchanged"
+    );
+    assert_eq!(
+        (st.live_records, st.deleted_records),
+        (2, 1),
+        "{b}: live/deleted after replay"
+    );
+}
+
+/// A commit whose expected cursor is not the stored one is rejected with
+/// [`Error::CursorConflict`] and writes nothing, on a new and on an existing stream.
+pub async fn cursor_conflict_writes_nothing<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("conflict");
+    let fresh = stream("conflict-fresh");
+    commit_page(store, &s, vec![added("a", 1, "one")]).await;
+    let before = snapshot(store, &[&s, &fresh]).await;
+
+    let mut c = page(store, &s, vec![updated("a", 2, "two"), added("b", 3, "b")]).await;
+    c.expected_cursor = Some(Cursor("somebody-else".into()));
+    let err = store
+        .commit(c)
+        .await
+        .expect_err("a conflicting commit must fail");
+    match &err {
+        Error::CursorConflict {
+            expected, actual, ..
+        } => {
+            assert_eq!(
+                expected.as_deref(),
+                Some("somebody-else"),
+                "{b}: conflict names the expected cursor"
+            );
+            assert_eq!(
+                actual.as_deref(),
+                Some(cursor_at(1).as_str()),
+                "{b}: conflict names the stored cursor"
+            );
+        }
+        other => panic!("{b}: expected a cursor conflict, got {other}"),
+    }
+    assert!(!err.is_retryable(), "{b}: a conflict is not retryable");
+
+    // Expecting no cursor where there is one.
+    let mut c = page(store, &s, vec![updated("a", 2, "two")]).await;
+    c.expected_cursor = None;
+    assert!(
+        matches!(store.commit(c).await, Err(Error::CursorConflict { .. })),
+        "{b}: None vs Some conflicts"
+    );
+
+    // Expecting a cursor on a stream that has none.
+    let mut c = page(store, &fresh, vec![added("x", 1, "x")]).await;
+    c.expected_cursor = Some(cursor_at(1));
+    assert!(
+        matches!(store.commit(c).await, Err(Error::CursorConflict { .. })),
+        "{b}: Some vs None conflicts"
+    );
+
+    assert_eq!(
+        snapshot(store, &[&s, &fresh]).await,
+        before,
+        "{b}: a rejected commit wrote something"
+    );
+    let out = commit_page(store, &s, vec![updated("a", 2, "two")]).await;
+    assert_eq!(
+        out.counts,
+        counts(0, 1, 0, 0, 0),
+        "{b}: the right commit applies after a conflict"
+    );
+}
+
+/// A failure injected at each [`FaultPoint`] leaves nothing visible (records, cursor,
+/// sequence numbers, counts, sweep) and the same commit then succeeds, with the sequence
+/// number the failed one would have had.
+pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    for point in [FaultPoint::AfterRecords, FaultPoint::BeforeCommit] {
+        let s = stream(&format!("fault-{point:?}"));
+        let new_stream = stream(&format!("fault-new-{point:?}"));
+        commit_page(
+            store,
+            &s,
+            vec![
+                added("a", 1, "one"),
+                added("b", 2, "two"),
+                added("c", 3, "three"),
+            ],
+        )
+        .await;
+
+        // A first commit on a new stream: the stream must not appear.
+        let before = snapshot(store, &[&s, &new_stream]).await;
+        let c = page(store, &new_stream, vec![added("x", 1, "x")]).await;
+        store.faults().arm(point);
+        let err = store
+            .commit(c.clone())
+            .await
+            .expect_err("an armed fault point must fail the commit");
+        assert!(
+            !matches!(err, Error::CursorConflict { .. }),
+            "{b}: {point:?}: wrong error {err}"
+        );
+        assert_eq!(
+            snapshot(store, &[&s, &new_stream]).await,
+            before,
+            "{b}: {point:?}: failed first commit visible"
+        );
+        let last = max_seq(store).await;
+        let out = commit(store, c).await;
+        assert_eq!(
+            out.seq,
+            last + 1,
+            "{b}: {point:?}: a failed commit must not use up a sequence number"
+        );
+
+        // A page mixing every kind of write.
+        let before = snapshot(store, &[&s, &new_stream]).await;
+        let c = page(
+            store,
+            &s,
+            vec![
+                updated("a", 4, "uno"),
+                deleted_bare("b", 5),
+                added("d", 6, "four"),
+            ],
+        )
+        .await;
+        store.faults().arm(point);
+        assert!(
+            store.commit(c.clone()).await.is_err(),
+            "{b}: {point:?}: armed commit succeeded"
+        );
+        assert_eq!(
+            snapshot(store, &[&s, &new_stream]).await,
+            before,
+            "{b}: {point:?}: failed page visible"
+        );
+        let out2 = commit(store, c).await;
+        assert_eq!(
+            out2.seq,
+            out.seq + 1,
+            "{b}: {point:?}: seq after a failed page"
+        );
+        assert_eq!(
+            out2.counts,
+            counts(1, 1, 1, 0, 0),
+            "{b}: {point:?}: counts of the retried page"
+        );
+
+        // The completing commit of a full re-read, with a sweep.
+        let mut c = page(store, &s, vec![updated("a", 7, "eins")]).await;
+        c.full_read = Some(FullRead {
+            generation: 1,
+            complete: true,
+        });
+        let before = snapshot(store, &[&s, &new_stream]).await;
+        store.faults().arm(point);
+        assert!(
+            store.commit(c.clone()).await.is_err(),
+            "{b}: {point:?}: armed sweep succeeded"
+        );
+        assert_eq!(
+            snapshot(store, &[&s, &new_stream]).await,
+            before,
+            "{b}: {point:?}: failed sweep visible"
+        );
+        let out3 = commit(store, c).await;
+        assert_eq!(
+            out3.seq,
+            out2.seq + 1,
+            "{b}: {point:?}: seq after a failed sweep"
+        );
+        assert_eq!(
+            out3.swept, 2,
+            "{b}: {point:?}: c and d swept (b already deleted)"
+        );
+        assert_eq!(
+            state(store, &s).await.generation,
+            1,
+            "{b}: {point:?}: generation after the sweep"
+        );
+    }
+}
+
+/// A durable store keeps everything when it is closed and opened again: records,
+/// tombstones, cursors, generations, full reads in progress, counts, runs, upstream
+/// errors and the sequence counter.
+pub async fn reopen_keeps_everything<S, F, Fut>(open: &mut F)
+where
+    S: RecordSink,
+    F: FnMut(Open) -> Fut,
+    Fut: Future<Output = S>,
+{
+    let s1 = stream("reopen-1");
+    let s2 = stream("reopen-2").with_variant("eu");
+    let store = open(Open::Fresh).await;
+    let b = backend(&store);
+    commit_page(
+        &store,
+        &s1,
+        vec![
+            added("a", 1, "one"),
+            added("b", 2, "two"),
+            added("c", 3, "three"),
+        ],
+    )
+    .await;
+    commit_page(&store, &s1, vec![deleted_bare("b", 4), pruned("c", 5)]).await;
+    let mut c = page(&store, &s2, vec![added("x", 1, "x")]).await;
+    c.full_read = Some(FullRead {
+        generation: 3,
+        complete: false,
+    });
+    let last = commit(&store, c).await;
+    let run = RunSummary {
+        started_at: ts(10),
+        finished_at: ts(20),
+        pages: 2,
+        counts: counts(3, 0, 1, 0, 0),
+        full: false,
+        error: Some("boom 'quoted'".into()),
+    };
+    store.record_run(&s1, &run).await.unwrap();
+    store
+        .set_upstream_error(&s2, Some("sync failed: 'x'"))
+        .await
+        .unwrap();
+    let before = snapshot(&store, &[&s1, &s2]).await;
+    drop(store);
+
+    let store = open(Open::Reopen).await;
+    let after = snapshot(&store, &[&s1, &s2]).await;
+    assert_eq!(after, before, "{b}: the reopened store differs");
+    assert_eq!(
+        after.records[&s2].0.full_read,
+        Some(3),
+        "{b}: full read in progress kept"
+    );
+    let out = commit_page(&store, &s1, vec![updated("a", 6, "uno")]).await;
+    assert_eq!(
+        out.seq,
+        last.seq + 1,
+        "{b}: the sequence continues after a reopen"
+    );
+    drop(store);
+
+    let store = open(Open::Reopen).await;
+    assert_eq!(
+        get(&store, &s1, "a").await.map(|r| r.seq),
+        Some(out.seq),
+        "{b}: second reopen"
+    );
+}
+
+/// Streams that differ in any one key field never see each other's records, cursors
+/// or counts.
+pub async fn streams_are_isolated<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let base = StreamKey::new("iso", "conn", "Ticket");
+    let variants = [
+        base.clone(),
+        StreamKey::new("iso2", "conn", "Ticket"),
+        StreamKey::new("iso", "conn2", "Ticket"),
+        StreamKey::new("iso", "conn", "Tickets"),
+        base.clone().with_variant("v2"),
+        // Concatenations that are equal: keys must not be built by plain concatenation.
+        StreamKey::new("isoc", "onn", "Ticket"),
+        StreamKey::new("iso", "connTicket", ""),
+    ];
+    for (i, s) in variants.iter().enumerate() {
+        let t = i as i64 * 10 + 1;
+        commit_page(
+            store,
+            s,
+            vec![
+                added("shared", t, &format!("stream {i}")),
+                added(&format!("own-{i}"), t + 1, "x"),
+            ],
+        )
+        .await;
+    }
+    for (i, s) in variants.iter().enumerate() {
+        let t = i as i64 * 10 + 1;
+        let recs = all(store, s, true).await;
+        let ids: Vec<&str> = recs.iter().map(|r| r.id.as_str()).collect();
+        let own = format!("own-{i}");
+        assert_eq!(
+            ids,
+            vec![own.as_str(), "shared"],
+            "{b}: records of stream {s:?}"
+        );
+        let shared = get(store, s, "shared").await.unwrap();
+        assert_eq!(
+            Seen::from(&shared).payload["title"],
+            json!(format!("stream {i}")),
+            "{b}: {s:?}"
+        );
+        assert_eq!(
+            state(store, s).await.cursor,
+            Some(cursor_at(t + 1)),
+            "{b}: cursor of {s:?}"
+        );
+        let st = status(store, s)
+            .await
+            .unwrap_or_else(|| panic!("{b}: {s:?} not listed"));
+        assert_eq!(st.totals, counts(2, 0, 0, 0, 0), "{b}: totals of {s:?}");
+        assert_eq!(st.live_records, 2, "{b}: live records of {s:?}");
+    }
+    // A delete in one stream does not touch the same id elsewhere.
+    commit_page(store, &variants[0], vec![deleted_bare("shared", 100)]).await;
+    for s in &variants[1..] {
+        assert!(
+            !get(store, s, "shared").await.unwrap().is_deleted(),
+            "{b}: delete leaked into {s:?}"
+        );
+    }
+}
+
+/// One commit of 10,000 records stores all of them, and replaying it counts 10,000
+/// unchanged records.
+pub async fn large_commit<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("large");
+    const N: usize = 10_000;
+    let records: Vec<Record> = (0..N)
+        .map(|i| added(&format!("rec-{i:05}"), i as i64, "a title of some length"))
+        .collect();
+    let c = page(store, &s, records).await;
+    let out = commit(store, c.clone()).await;
+    assert_eq!(
+        out.counts,
+        counts(N as u64, 0, 0, 0, 0),
+        "{b}: large commit counts"
+    );
+    let recs = all(store, &s, false).await;
+    assert_eq!(recs.len(), N, "{b}: large commit stored every record");
+    assert!(
+        recs.iter().all(|r| r.seq == out.seq),
+        "{b}: every record has the commit's seq"
+    );
+    assert_eq!(recs[N - 1].id, format!("rec-{:05}", N - 1));
+    assert_eq!(
+        state(store, &s).await.cursor,
+        Some(cursor_at(N as i64 - 1)),
+        "{b}: large commit cursor"
+    );
+
+    let mut replay = c;
+    replay.expected_cursor = replay.cursor.clone();
+    let out2 = commit(store, replay).await;
+    assert_eq!(
+        out2.counts,
+        counts(0, 0, 0, N as u64, 0),
+        "{b}: large replay counts"
+    );
+    let st = status(store, &s).await.unwrap();
+    assert_eq!(
+        st.live_records, N as u64,
+        "{b}: live records after large commit"
+    );
+}
+
+/// The merge rule's outcomes, scripted: add, update, stale, same version, delete with
+/// `{id}` (keeps the payload), undelete, delete with a full payload, prune (keeps the
+/// payload), a page mixing outcomes, and a repeated id inside one page.
+pub async fn merge_outcomes_are_counted<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("merge");
+    let title = |v: &str, id: &str| json!({"id": id, "title": v});
+    // (step, page, expected counts, expected record "a" after the step: payload, meta, step whose seq it has)
+    struct Step {
+        name: &'static str,
+        page: Vec<Record>,
+        counts: Counts,
+        payload: Value,
+        meta: Metadata,
+        /// Index of the step that last changed "a".
+        changed_at: usize,
+    }
+    let mut undeleted = added("a", 40, "three");
+    undeleted.meta.first_seen_at = ts(40);
+    let mut deleted_kept = deleted_bare("a", 30).meta;
+    deleted_kept.first_seen_at = ts(30);
+    let prune = pruned("a", 70);
+    let steps = vec![
+        Step {
+            name: "add",
+            page: vec![added("a", 10, "one")],
+            counts: counts(1, 0, 0, 0, 0),
+            payload: title("one", "a"),
+            meta: added("a", 10, "one").meta,
+            changed_at: 0,
+        },
+        Step {
+            name: "update",
+            page: vec![updated("a", 20, "two")],
+            counts: counts(0, 1, 0, 0, 0),
+            payload: title("two", "a"),
+            meta: updated("a", 20, "two").meta,
+            changed_at: 1,
+        },
+        Step {
+            name: "stale version",
+            page: vec![updated("a", 15, "stale")],
+            counts: counts(0, 0, 0, 0, 1),
+            payload: title("two", "a"),
+            meta: updated("a", 20, "two").meta,
+            changed_at: 1,
+        },
+        Step {
+            name: "same version",
+            page: vec![updated("a", 20, "two")],
+            counts: counts(0, 0, 0, 1, 0),
+            payload: title("two", "a"),
+            meta: updated("a", 20, "two").meta,
+            changed_at: 1,
+        },
+        Step {
+            name: "delete with {id} keeps the payload",
+            page: vec![deleted_bare("a", 30)],
+            counts: counts(0, 0, 1, 0, 0),
+            payload: title("two", "a"),
+            meta: deleted_kept,
+            changed_at: 4,
+        },
+        Step {
+            name: "undelete",
+            page: vec![undeleted.clone()],
+            counts: counts(1, 0, 0, 0, 0),
+            payload: title("three", "a"),
+            meta: undeleted.meta.clone(),
+            changed_at: 5,
+        },
+        Step {
+            name: "delete with a full payload takes it",
+            page: vec![deleted_full("a", 50, "gone")],
+            counts: counts(0, 0, 1, 0, 0),
+            payload: title("gone", "a"),
+            meta: deleted_full("a", 50, "gone").meta,
+            changed_at: 6,
+        },
+        Step {
+            name: "undelete again",
+            page: vec![added("a", 60, "four")],
+            counts: counts(1, 0, 0, 0, 0),
+            payload: title("four", "a"),
+            meta: added("a", 60, "four").meta,
+            changed_at: 7,
+        },
+        Step {
+            name: "prune keeps the payload",
+            page: vec![prune.clone()],
+            counts: counts(0, 1, 0, 0, 0),
+            payload: title("four", "a"),
+            meta: prune.meta.clone(),
+            changed_at: 8,
+        },
+        Step {
+            name: "pruned version again",
+            page: vec![prune.clone()],
+            counts: counts(0, 0, 0, 1, 0),
+            payload: title("four", "a"),
+            meta: prune.meta.clone(),
+            changed_at: 8,
+        },
+    ];
+    let mut seqs = Vec::new();
+    let mut totals = Counts::default();
+    for step in &steps {
+        let out = commit_page(store, &s, step.page.clone()).await;
+        assert_eq!(out.counts, step.counts, "{b}: step {:?}: counts", step.name);
+        assert_eq!(out.swept, 0, "{b}: step {:?}: swept", step.name);
+        totals.add(&out.counts);
+        seqs.push(out.seq);
+        let expected = Seen {
+            id: "a".into(),
+            payload: step.payload.clone(),
+            meta: step.meta.clone(),
+            seq: seqs[step.changed_at],
+        };
+        assert_seen(b, step.name, get(store, &s, "a").await.as_ref(), &expected);
+    }
+
+    // A page mixing every outcome, with an id repeated inside the page.
+    commit_page(
+        store,
+        &s,
+        vec![
+            added("b", 100, "b1"),
+            added("c", 101, "c1"),
+            added("e", 102, "e1"),
+        ],
+    )
+    .await;
+    let mixed = vec![
+        added("d", 110, "d1"),              // added
+        updated("b", 111, "b2"),            // updated
+        deleted_bare("c", 112),             // deleted, payload kept
+        updated("a", 5, "ancient"),         // stale
+        added("e", 102, "e1"),              // same version
+        updated("d", 113, "d2"),            // the same id again in the page: merged against d1
+        updated("b", 109, "older-than-b2"), // stale against the earlier version of the page
+    ];
+    let out = commit_page(store, &s, mixed).await;
+    assert_eq!(out.counts, counts(1, 2, 1, 1, 2), "{b}: mixed page counts");
+    let recs: Vec<Seen> = all(store, &s, true).await.iter().map(Seen::from).collect();
+    let expect = |id: &str, payload: Value, meta: Metadata, seq: u64| Seen {
+        id: id.into(),
+        payload,
+        meta,
+        seq,
+    };
+    let mut c_deleted = deleted_bare("c", 112).meta;
+    c_deleted.first_seen_at = ts(112);
+    let seq_setup = out.seq - 1;
+    let expected = vec![
+        expect("a", title("four", "a"), prune.meta.clone(), seqs[8]),
+        expect("b", title("b2", "b"), updated("b", 111, "b2").meta, out.seq),
+        expect("c", title("c1", "c"), c_deleted, out.seq),
+        expect("d", title("d2", "d"), updated("d", 113, "d2").meta, out.seq),
+        expect("e", title("e1", "e"), added("e", 102, "e1").meta, seq_setup),
+    ];
+    assert_eq!(recs, expected, "{b}: records after the mixed page");
+    let live: Vec<String> = all(store, &s, false)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        live,
+        ["a", "b", "d", "e"],
+        "{b}: live records skip the tombstone"
+    );
+    let st = status(store, &s).await.unwrap();
+    totals.add(&counts(3, 0, 0, 0, 0));
+    totals.add(&out.counts);
+    assert_eq!(
+        st.totals, totals,
+        "{b}: stream totals are the sum of every commit's counts"
+    );
+    assert_eq!(
+        (st.live_records, st.deleted_records),
+        (4, 1),
+        "{b}: live and deleted records"
+    );
+}
+
+/// A full re-read stamps a new generation on every record it sees; its completing
+/// commit marks every live record it did not see as deleted (`deleted_at == commit.now`,
+/// counted in `swept` and `deleted`), keeps their payload, and sets the generation.
+pub async fn full_read_sweeps_unseen_records<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("sweep");
+    let other = stream("sweep-other");
+    commit_page(store, &other, vec![added("c", 1, "other stream")]).await;
+    commit_page(
+        store,
+        &s,
+        vec![
+            added("a", 1, "a"),
+            added("b", 2, "b"),
+            added("c", 3, "c"),
+            added("d", 4, "d"),
+        ],
+    )
+    .await;
+    commit_page(store, &s, vec![deleted_bare("d", 5)]).await;
+    let d_before = get(store, &s, "d").await.unwrap();
+
+    // First page of the re-read: "a" comes again unchanged (it is still seen).
+    let mut c1 = page(store, &s, vec![added("a", 1, "a")]).await;
+    c1.full_read = Some(FullRead {
+        generation: 1,
+        complete: false,
+    });
+    let out1 = commit(store, c1).await;
+    assert_eq!(
+        (out1.counts, out1.swept),
+        (counts(0, 0, 0, 1, 0), 0),
+        "{b}: first page of the re-read"
+    );
+    let st = state(store, &s).await;
+    assert_eq!(
+        (st.generation, st.full_read),
+        (0, Some(1)),
+        "{b}: state during the re-read"
+    );
+
+    // Last page: "b" updated; "c" was not seen and is swept; "d" was already deleted.
+    let mut c2 = page(store, &s, vec![updated("b", 6, "b2")]).await;
+    c2.full_read = Some(FullRead {
+        generation: 1,
+        complete: true,
+    });
+    c2.now = ts(999);
+    let out2 = commit(store, c2).await;
+    assert_eq!(out2.swept, 1, "{b}: swept");
+    assert_eq!(
+        out2.counts,
+        counts(0, 1, 1, 0, 0),
+        "{b}: sweep counted as deleted"
+    );
+    let st = state(store, &s).await;
+    assert_eq!(
+        (st.generation, st.full_read, st.cursor.clone()),
+        (1, None, Some(cursor_at(6))),
+        "{b}: state after"
+    );
+
+    let c = get(store, &s, "c").await.unwrap();
+    let mut meta = added("c", 3, "c").meta;
+    meta.last_action = LastAction::Deleted;
+    meta.deleted_at = Some(ts(999));
+    assert_seen(
+        b,
+        "swept record",
+        Some(&c),
+        &Seen {
+            id: "c".into(),
+            payload: json!({"id": "c", "title": "c"}),
+            meta,
+            seq: out2.seq,
+        },
+    );
+    assert_eq!(
+        get(store, &s, "d").await.unwrap(),
+        d_before,
+        "{b}: an old tombstone is not swept again"
+    );
+    assert!(
+        !get(store, &s, "a").await.unwrap().is_deleted(),
+        "{b}: a record seen unchanged is not swept"
+    );
+    assert!(
+        !get(store, &other, "c").await.unwrap().is_deleted(),
+        "{b}: sweep stays in its stream"
+    );
+    let status1 = status(store, &s).await.unwrap();
+    assert_eq!(
+        (status1.live_records, status1.deleted_records),
+        (2, 2),
+        "{b}: live/deleted after sweep"
+    );
+
+    // A second re-read in one commit: "c" comes back, "a" and "b" are not seen.
+    let mut c3 = page(store, &s, vec![added("c", 20, "c again")]).await;
+    c3.full_read = Some(FullRead {
+        generation: 2,
+        complete: true,
+    });
+    c3.now = ts(2000);
+    let out3 = commit(store, c3).await;
+    assert_eq!(
+        (out3.counts, out3.swept),
+        (counts(1, 0, 2, 0, 0), 2),
+        "{b}: second re-read"
+    );
+    let live: Vec<String> = all(store, &s, false)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(live, ["c"], "{b}: live records after the second re-read");
+    let a = get(store, &s, "a").await.unwrap();
+    assert_eq!(
+        (a.meta.deleted_at, a.seq),
+        (Some(ts(2000)), out3.seq),
+        "{b}: swept a"
+    );
+    let st = status(store, &s).await.unwrap();
+    assert_eq!(
+        (st.live_records, st.deleted_records),
+        (1, 3),
+        "{b}: counts after the second re-read"
+    );
+    assert_eq!(st.state.generation, 2);
+}
+
+/// Commit sequence numbers grow by one per successful commit of the store (across
+/// streams), and every record carries the sequence number of the commit that last
+/// changed it (unchanged and stale versions leave it).
+pub async fn seq_is_monotonic_and_per_record<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("seq");
+    let t = stream("seq-other");
+    let o1 = commit_page(store, &s, vec![added("a", 1, "a"), added("b", 2, "b")]).await;
+    let o2 = commit_page(store, &t, vec![added("a", 1, "other")]).await;
+    let o3 = commit_page(store, &s, vec![updated("b", 3, "b2"), added("c", 4, "c")]).await;
+    let o4 = commit_page(
+        store,
+        &s,
+        vec![updated("b", 3, "b2"), updated("a", 0, "stale")],
+    )
+    .await;
+    let o5 = commit_page(store, &s, vec![]).await;
+    let seqs = [o1.seq, o2.seq, o3.seq, o4.seq, o5.seq];
+    for w in seqs.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "{b}: commit sequence numbers {seqs:?}");
+    }
+    assert!(o1.seq >= 1, "{b}: sequence numbers start at 1");
+    let got: Vec<(String, u64)> = all(store, &s, true)
+        .await
+        .into_iter()
+        .map(|r| (r.id, r.seq))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), o1.seq),
+            ("b".into(), o3.seq),
+            ("c".into(), o3.seq)
+        ],
+        "{b}: per-record seq"
+    );
+    assert_eq!(
+        get(store, &t, "a").await.unwrap().seq,
+        o2.seq,
+        "{b}: seq in the other stream"
+    );
+    // Runs and errors are not commits.
+    store.record_run(&s, &sample_run()).await.unwrap();
+    store.set_upstream_error(&s, Some("x")).await.unwrap();
+    let o6 = commit_page(store, &s, vec![deleted_bare("a", 9)]).await;
+    assert_eq!(
+        o6.seq,
+        o5.seq + 1,
+        "{b}: record_run/set_upstream_error must not use sequence numbers"
+    );
+    assert_eq!(get(store, &s, "a").await.unwrap().seq, o6.seq);
+}
+
+fn sample_run() -> RunSummary {
+    RunSummary {
+        started_at: ts(100),
+        finished_at: ts(250),
+        pages: 3,
+        counts: counts(5, 4, 3, 2, 1),
+        full: true,
+        error: Some("store: 'x'; \"y\" -- %".into()),
+    }
+}
+
+/// `list` returns records in code-point (UTF-8 byte) order of ids, unicode included,
+/// pages with `after_id` (which need not exist) and `limit`, and skips tombstones unless
+/// asked.
+pub async fn list_pages_in_code_point_order<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("list");
+    let ids = [
+        "b",
+        "a",
+        "B",
+        "A",
+        "aa",
+        "a b",
+        "a-b",
+        "a_b",
+        "~",
+        "0",
+        "9",
+        "é",
+        "e",
+        "z",
+        "日本",
+        "😀",
+        "\u{7f}",
+        "\u{ff}",
+        "\u{ffff}",
+        "\u{10000}",
+        "Z",
+        " ",
+        "!",
+        "a%",
+        "a\\",
+    ];
+    let recs: Vec<Record> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| added(id, i as i64, "x"))
+        .collect();
+    commit_page(store, &s, recs).await;
+    commit_page(
+        store,
+        &s,
+        vec![deleted_bare("e", 100), deleted_bare("😀", 101)],
+    )
+    .await;
+
+    let mut expected_all: Vec<&str> = ids.to_vec();
+    expected_all.sort_unstable(); // str order is byte order is code-point order
+    let expected_live: Vec<&str> = expected_all
+        .iter()
+        .copied()
+        .filter(|id| *id != "e" && *id != "😀")
+        .collect();
+
+    for (include_deleted, expected) in [(true, &expected_all), (false, &expected_live)] {
+        let one: Vec<String> = store
+            .list(
+                &s,
+                &ListQuery {
+                    after_id: None,
+                    limit: 1000,
+                    include_deleted,
+                },
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            &one, expected,
+            "{b}: list order (include_deleted {include_deleted})"
+        );
+        for limit in [1, 3, 7] {
+            let mut paged = Vec::new();
+            let mut q = ListQuery {
+                after_id: None,
+                limit,
+                include_deleted,
+            };
+            loop {
+                let batch = store.list(&s, &q).await.unwrap();
+                assert!(batch.len() <= limit, "{b}: limit {limit} exceeded");
+                let Some(last) = batch.last() else { break };
+                q.after_id = Some(last.id.clone());
+                paged.extend(batch.into_iter().map(|r| r.id));
+            }
+            assert_eq!(
+                &paged, expected,
+                "{b}: paged list, limit {limit}, include_deleted {include_deleted}"
+            );
+        }
+    }
+    // after_id that is not stored, and past the end.
+    let q = ListQuery {
+        after_id: Some("a0".into()),
+        limit: 2,
+        include_deleted: true,
+    };
+    let got: Vec<String> = store
+        .list(&s, &q)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let pos = expected_all.iter().position(|id| *id > "a0").unwrap();
+    assert_eq!(
+        got,
+        expected_all[pos..pos + 2].to_vec(),
+        "{b}: after an id that is not stored"
+    );
+    let q = ListQuery {
+        after_id: Some("\u{10ffff}".into()),
+        limit: 10,
+        include_deleted: true,
+    };
+    assert!(
+        store.list(&s, &q).await.unwrap().is_empty(),
+        "{b}: after the last id"
+    );
+    assert!(
+        store
+            .list(&s, &ListQuery::first(0))
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}: limit 0"
+    );
+    assert!(
+        store
+            .list(&stream("list-none"), &ListQuery::first(5))
+            .await
+            .unwrap()
+            .is_empty(),
+        "{b}: unknown stream"
+    );
+}
+
+/// `streams()` lists every stream with its state, totals, live and deleted record counts,
+/// last run and upstream error.
+pub async fn stream_status_is_reported<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s1 = stream("status-1");
+    let s2 = stream("status-2").with_variant("v");
+    let s3 = stream("status-3");
+    let o1 = commit_page(
+        store,
+        &s1,
+        vec![added("a", 1, "a"), added("b", 2, "b"), deleted_bare("c", 3)],
+    )
+    .await;
+    let o2 = commit_page(
+        store,
+        &s1,
+        vec![deleted_bare("a", 4), updated("b", 1, "stale")],
+    )
+    .await;
+    commit_page(store, &s2, vec![added("x", 1, "x")]).await;
+    store
+        .set_upstream_error(&s3, Some("only an error"))
+        .await
+        .unwrap();
+
+    let all = statuses(store).await;
+    let keys: Vec<&StreamKey> = all.iter().map(|s| &s.stream).collect();
+    for k in [&s1, &s2, &s3] {
+        assert!(keys.contains(&k), "{b}: {k:?} missing from streams()");
+    }
+    let st1 = status(store, &s1).await.unwrap();
+    let mut totals = o1.counts;
+    totals.add(&o2.counts);
+    let expected = StreamStatus {
+        stream: s1.clone(),
+        state: StreamState {
+            cursor: Some(cursor_at(1)),
+            generation: 0,
+            full_read: None,
+        },
+        totals,
+        live_records: 1,
+        deleted_records: 2,
+        last_run: None,
+        upstream_error: None,
+    };
+    // The second page's last record is the stale "b" at t=1: the cursor is the page's.
+    assert_eq!(st1, expected, "{b}: status of {s1:?}");
+    assert_eq!(totals, counts(2, 0, 2, 0, 1));
+    let st3 = status(store, &s3).await.unwrap();
+    assert_eq!(
+        (
+            st3.state,
+            st3.live_records,
+            st3.deleted_records,
+            st3.totals,
+            st3.upstream_error.as_deref()
+        ),
+        (
+            StreamState::default(),
+            0,
+            0,
+            Counts::default(),
+            Some("only an error")
+        ),
+        "{b}: a stream known only by its upstream error"
+    );
+    assert_eq!(
+        status(store, &s2).await.unwrap().live_records,
+        1,
+        "{b}: {s2:?}"
+    );
+}
+
+/// `record_run` and `set_upstream_error` round-trip, replace the previous value, and
+/// leave records and cursors alone.
+pub async fn run_and_upstream_error_round_trip<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("runs");
+    commit_page(store, &s, vec![added("a", 1, "a")]).await;
+    let before = snapshot(store, &[&s]).await.records;
+    let run = sample_run();
+    store.record_run(&s, &run).await.unwrap();
+    assert_eq!(
+        status(store, &s).await.unwrap().last_run,
+        Some(run.clone()),
+        "{b}: last run"
+    );
+    let run2 = RunSummary {
+        error: None,
+        full: false,
+        pages: 0,
+        counts: Counts::default(),
+        ..run
+    };
+    store.record_run(&s, &run2).await.unwrap();
+    assert_eq!(
+        status(store, &s).await.unwrap().last_run,
+        Some(run2.clone()),
+        "{b}: last run replaced"
+    );
+
+    let msg = "Sync failed: 'quoted' \"double\"; DROP TABLE x; -- 100% \\ ✓";
+    store.set_upstream_error(&s, Some(msg)).await.unwrap();
+    assert_eq!(
+        status(store, &s).await.unwrap().upstream_error.as_deref(),
+        Some(msg),
+        "{b}: upstream error"
+    );
+    store.set_upstream_error(&s, None).await.unwrap();
+    let st = status(store, &s).await.unwrap();
+    assert_eq!(
+        (st.upstream_error, st.last_run),
+        (None, Some(run2)),
+        "{b}: upstream error cleared, run kept"
+    );
+    assert_eq!(
+        snapshot(store, &[&s]).await.records,
+        before,
+        "{b}: runs and errors changed records"
+    );
+
+    // A run on a stream never committed creates its status, not a cursor.
+    let fresh = stream("runs-fresh");
+    store.record_run(&fresh, &sample_run()).await.unwrap();
+    let st = status(store, &fresh)
+        .await
+        .unwrap_or_else(|| panic!("{b}: run on a new stream not listed"));
+    assert_eq!(
+        (st.state, st.last_run),
+        (StreamState::default(), Some(sample_run())),
+        "{b}: run on a new stream"
+    );
+    // The stream still commits from no cursor.
+    commit_page(store, &fresh, vec![added("a", 1, "a")]).await;
+}
+
+/// A `list` that runs while large commits are applied sees the state before or after
+/// each commit, never a mix of the two.
+pub async fn reads_during_commit_see_old_or_new<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("concurrent");
+    const N: usize = 3_000;
+    const ROUNDS: i64 = 6;
+    let writer = async {
+        for round in 0..ROUNDS {
+            let t = round * 10_000;
+            let records = (0..N)
+                .map(|i| {
+                    version(
+                        &format!("r{i:05}"),
+                        t + i as i64,
+                        LastAction::Updated,
+                        json!({"id": i, "round": round}),
+                    )
+                })
+                .collect();
+            commit_page(store, &s, records).await;
+        }
+    };
+    let reader = async {
+        let mut reads = 0u32;
+        let mut rounds_seen = std::collections::BTreeSet::new();
+        let q = ListQuery {
+            after_id: None,
+            limit: N + 10,
+            include_deleted: true,
+        };
+        loop {
+            let recs = store
+                .list(&s, &q)
+                .await
+                .unwrap_or_else(|e| panic!("{b}: list during commit: {e}"));
+            reads += 1;
+            if recs.is_empty() {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            assert_eq!(recs.len(), N, "{b}: a read saw part of a commit");
+            let first = Seen::from(&recs[0]);
+            let round = first.payload["round"].clone();
+            for r in &recs {
+                let seen = Seen::from(r);
+                assert_eq!(
+                    seen.payload["round"], round,
+                    "{b}: a read mixed two commits ({})",
+                    r.id
+                );
+                assert_eq!(
+                    seen.seq, first.seq,
+                    "{b}: a read mixed two commits' seq ({})",
+                    r.id
+                );
+            }
+            rounds_seen.insert(round.as_i64().unwrap());
+            if round == json!(ROUNDS - 1) {
+                return (reads, rounds_seen);
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    let ((), (reads, rounds_seen)) = futures::join!(writer, reader);
+    assert!(
+        reads >= 1 && rounds_seen.contains(&(ROUNDS - 1)),
+        "{b}: reader saw {rounds_seen:?}"
+    );
+}
+
+/// Quotes, `;`, `'--`, `%`, `_`, backslashes, unicode, emoji and 255-character strings
+/// in every key field (integration, connection, model, variant, record id, cursor) are
+/// stored and read back verbatim, and never collide.
+pub async fn hostile_strings_round_trip<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let long: String = std::iter::repeat_n('é', 250)
+        .chain("'😀;%\\".chars())
+        .collect();
+    assert_eq!(long.chars().count(), 255);
+    let hostile = [
+        "'",
+        "\"",
+        "';--",
+        "'); DROP TABLE records; --",
+        "Robert'); DROP TABLE streams;--",
+        "%",
+        "_",
+        "\\",
+        "\\'",
+        "$1",
+        "日本語",
+        "😀🎉",
+        "a\tb",
+        long.as_str(),
+    ];
+    let mut keys = Vec::new();
+    for (i, h) in hostile.iter().enumerate() {
+        let n = hostile.len();
+        let key = StreamKey {
+            integration: (*h).to_string(),
+            connection: hostile[(i + 1) % n].to_string(),
+            model: hostile[(i + 2) % n].to_string(),
+            variant: hostile[(i + 3) % n].to_string(),
+        };
+        let mut records = Vec::new();
+        for (j, id) in hostile.iter().enumerate() {
+            let mut r = added(id, j as i64, h);
+            r.meta.cursor = Cursor(format!("{}{}", hostile[(i + j) % n], id));
+            records.push(r);
+        }
+        let out = commit_page(store, &key, records.clone()).await;
+        assert_eq!(
+            out.counts.added,
+            hostile.len() as u64,
+            "{b}: hostile stream {i}"
+        );
+        keys.push((key, records));
+    }
+    for (key, records) in &keys {
+        let st = state(store, key).await;
+        assert_eq!(
+            st.cursor.as_ref(),
+            Some(&records.last().unwrap().meta.cursor),
+            "{b}: hostile cursor of {key:?}"
+        );
+        for r in records {
+            let got = get(store, key, &r.id)
+                .await
+                .unwrap_or_else(|| panic!("{b}: {:?} in {key:?} missing", r.id));
+            assert_eq!(got.id, r.id, "{b}: hostile id");
+            assert_eq!(got.meta, r.meta, "{b}: hostile cursor of {:?}", r.id);
+            assert_eq!(
+                Seen::from(&got).payload,
+                r.payload.to_value(),
+                "{b}: payload of {:?}",
+                r.id
+            );
+        }
+        let listed: Vec<String> = all(store, key, true)
+            .await
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let mut expected: Vec<String> = hostile.iter().map(|s| s.to_string()).collect();
+        expected.sort_unstable();
+        assert_eq!(
+            listed, expected,
+            "{b}: hostile ids listed in code-point order"
+        );
+        let msg = format!("{}{}", key.integration, key.model);
+        store.set_upstream_error(key, Some(&msg)).await.unwrap();
+        assert_eq!(
+            status(store, key).await.unwrap().upstream_error,
+            Some(msg),
+            "{b}: hostile error text"
+        );
+    }
+    let listed = statuses(store).await;
+    for (key, _) in &keys {
+        assert_eq!(
+            listed.iter().filter(|s| &s.stream == key).count(),
+            1,
+            "{b}: {key:?} listed once, verbatim"
+        );
+    }
+    // Hostile cursors in a conflict error come back verbatim too.
+    let (key, records) = &keys[3];
+    let mut c = page(store, key, vec![]).await;
+    c.expected_cursor = Some(Cursor("'; --".into()));
+    match store.commit(c).await {
+        Err(Error::CursorConflict { actual, .. }) => {
+            assert_eq!(
+                actual.as_deref(),
+                Some(records.last().unwrap().meta.cursor.as_str()),
+                "{b}: conflict cursor"
+            )
+        }
+        other => panic!("{b}: expected a conflict, got {other:?}"),
+    }
+}

@@ -9,7 +9,7 @@
 //! | `memory://` | [`MemoryStore`], the reference implementation | always |
 //! | `sqlite://PATH` | `SqliteStore` | `sqlite` (default) |
 //! | `sled://DIR` | `SledStore` | `sled` |
-//! | `postgres://...` | `PostgresStore` | `postgres` |
+//! | `postgres://...[?schema=NAME]` | `PostgresStore` (tables in schema `NAME`, default `nango_sync`) | `postgres` |
 //!
 //! [`open`] knows every scheme in every build, and says which feature to enable when a
 //! backend was not compiled in.
@@ -36,9 +36,13 @@ pub use sqlite::SqliteStore;
 
 #[cfg(feature = "sled")]
 pub mod sled;
+#[cfg(feature = "sled")]
+pub use self::sled::SledStore;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "postgres")]
+pub use self::postgres::PostgresStore;
 
 #[cfg(feature = "testkit")]
 pub mod conformance;
@@ -464,7 +468,14 @@ pub async fn open(url: &str) -> Result<SharedSink> {
             feature: "sled",
         }),
         #[cfg(feature = "postgres")]
-        SinkUrl::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::connect(&url).await?)),
+        SinkUrl::Postgres(url) => {
+            let (url, schema) = split_schema_param(&url);
+            let mut builder = postgres::PostgresStore::builder(url);
+            if let Some(schema) = schema {
+                builder = builder.schema(schema);
+            }
+            Ok(Arc::new(builder.connect().await?))
+        }
         #[cfg(not(feature = "postgres"))]
         SinkUrl::Postgres(_) => Err(Error::FeatureDisabled {
             scheme: "postgres".into(),
@@ -473,9 +484,54 @@ pub async fn open(url: &str) -> Result<SharedSink> {
     }
 }
 
+/// Take the `schema=NAME` parameter out of a Postgres URL (nango-sync's own parameter:
+/// the schema holding the store's tables).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn split_schema_param(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(v) => {
+                schema = Some(v.to_string());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, schema)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_parameter_of_postgres_urls() {
+        assert_eq!(
+            split_schema_param("postgres://h/db"),
+            ("postgres://h/db".into(), None)
+        );
+        assert_eq!(
+            split_schema_param("postgres://h/db?schema=app_sync"),
+            ("postgres://h/db".into(), Some("app_sync".into()))
+        );
+        assert_eq!(
+            split_schema_param("postgres://h/db?sslmode=disable&schema=s&x=1"),
+            (
+                "postgres://h/db?sslmode=disable&x=1".into(),
+                Some("s".into())
+            )
+        );
+    }
 
     #[test]
     fn sink_urls() {

@@ -194,18 +194,18 @@ impl SqliteStore {
 }
 
 fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if !parent.is_dir() {
-            return Err(Error::store(
-                BACKEND,
-                "open",
-                false,
-                format!(
-                    "the directory {} of the database file does not exist",
-                    parent.display()
-                ),
-            ));
-        }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(Error::store(
+            BACKEND,
+            "open",
+            false,
+            format!(
+                "the directory {} of the database file does not exist",
+                parent.display()
+            ),
+        ));
     }
     let open_err = |e: rusqlite::Error| sql_err(&format!("open {}", path.display()), e);
     let conn = Connection::open(path).map_err(open_err)?;
