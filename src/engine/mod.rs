@@ -11,7 +11,12 @@
 //! new generation, and its last commit marks deleted the local records it did not see
 //! (they were deleted upstream without an event, for example by a cache reset).
 
+#[cfg(feature = "webhook")]
+pub mod scheduler;
+
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -197,6 +202,22 @@ impl Engine {
     /// Run one stream to the end of Nango's records. Runs of the same stream in this
     /// engine never overlap: a second call waits for the first to finish.
     pub async fn sync(&self, stream: &StreamKey, options: &SyncOptions) -> Result<RunReport> {
+        let report = self
+            .sync_until(stream, options, std::future::pending::<()>())
+            .await?;
+        Ok(report.expect("a run without a stop signal runs to the end"))
+    }
+
+    /// Like [`Engine::sync`], but stop at the first page boundary after `stop`
+    /// completes (graceful shutdown). The commit in flight is never interrupted: every
+    /// page committed so far stays committed with its cursor, and the next run resumes
+    /// from there. Returns `Ok(None)` when the run was stopped before the end.
+    pub async fn sync_until(
+        &self,
+        stream: &StreamKey,
+        options: &SyncOptions,
+        stop: impl Future<Output = ()> + Send,
+    ) -> Result<Option<RunReport>> {
         let wrap = |e: Error| match e {
             e @ Error::Stream { .. } => e,
             e => Error::Stream {
@@ -216,18 +237,29 @@ impl Engine {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(stream.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
+        let mut stop = std::pin::pin!(stop);
+        let _guard = tokio::select! {
+            biased;
+            () = stop.as_mut() => return Ok(None),
+            guard = lock.lock() => guard,
+        };
         let span = info_span!("sync", stream = %stream);
         let started_at = Timestamp::now();
-        let result = self.run(stream, options, page_size).instrument(span).await;
+        let result = self
+            .run(stream, options, page_size, stop)
+            .instrument(span)
+            .await;
         let summary = match &result {
-            Ok(r) => RunSummary {
+            Ok((r, stopped)) => RunSummary {
                 started_at,
                 finished_at: r.finished_at,
                 pages: r.pages,
                 counts: r.counts,
                 full: r.full,
-                error: None,
+                error: stopped.then(|| {
+                    "stopped by shutdown before the end; the next run resumes from the stored cursor"
+                        .to_string()
+                }),
             },
             Err(e) => RunSummary {
                 started_at,
@@ -241,15 +273,21 @@ impl Engine {
         if let Err(e) = self.sink.record_run(stream, &summary).await {
             warn!(stream = %stream, error = %e, "could not record the run summary");
         }
-        result.map_err(wrap)
+        match result {
+            Ok((report, false)) => Ok(Some(report)),
+            Ok((_, true)) => Ok(None),
+            Err(e) => Err(wrap(e)),
+        }
     }
 
+    /// One run; the flag says whether `stop` ended it before the last page.
     async fn run(
         &self,
         stream: &StreamKey,
         options: &SyncOptions,
         page_size: u32,
-    ) -> Result<RunReport> {
+        mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
+    ) -> Result<(RunReport, bool)> {
         let started_at = Timestamp::now();
         let state = self.sink.stream_state(stream).await?;
         let mut plan = RunPlan::new(&state, options);
@@ -273,7 +311,11 @@ impl Engine {
 
         // The stored cursor may be one Nango no longer accepts (it answers 500 for it).
         // Read its first page apart, so a rejected cursor can turn into a full re-read.
-        let first = self.fetch_first(stream, &plan, page_size).await;
+        let first = tokio::select! {
+            biased;
+            () = stop.as_mut() => return Ok((report, true)),
+            first = self.fetch_first(stream, &plan, page_size) => first,
+        };
         let first = match first {
             Ok(page) => page,
             Err(err) if plan.start.is_some() && self.cursor_rejected(stream, &err).await => {
@@ -300,11 +342,20 @@ impl Engine {
         };
         let mut expected = state.cursor.clone();
         let mut pending = Some(Ok(first));
+        let mut stopped = false;
         let result: Result<()> = async {
             loop {
                 let item = match pending.take() {
                     Some(item) => item,
-                    None => match rx.recv().await {
+                    // Between pages: the only place a stop signal ends a run.
+                    None => match tokio::select! {
+                        biased;
+                        () = stop.as_mut() => {
+                            stopped = true;
+                            return Ok(());
+                        }
+                        item = rx.recv() => item,
+                    } {
                         Some(item) => item,
                         None => {
                             return Err(Error::invalid(
@@ -358,6 +409,13 @@ impl Engine {
         result?;
         report.cursor = expected;
         report.finished_at = Timestamp::now();
+        if stopped {
+            info!(
+                pages = report.pages,
+                "run stopped between pages; the stored cursor is where the next run resumes"
+            );
+            return Ok((report, true));
+        }
         info!(
             pages = report.pages,
             added = report.counts.added,
@@ -368,7 +426,7 @@ impl Engine {
             swept = report.swept,
             "run done"
         );
-        Ok(report)
+        Ok((report, false))
     }
 
     async fn fetch_first(

@@ -590,6 +590,12 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Respons
     if method != Method::POST {
         return error_json(404, "not_found", &format!("Cannot {method} {path}"));
     }
+    if path == "/_fake/webhooks" {
+        return match super::webhooks::control(shared, body) {
+            Ok(v) => json_response(200, v.to_string()),
+            Err(msg) => error_json(400, "invalid_body", &msg),
+        };
+    }
     let parsed: ControlBody = if body.is_empty() {
         ControlBody::default()
     } else {

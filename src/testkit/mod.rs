@@ -85,7 +85,8 @@
 //! - No read replicas or late commits: every write is visible at once, in order.
 //! - Unknown paths answer 404 JSON (like the transcript's shim); set
 //!   [`FakeConfig::unknown_path_html`] to answer 200 HTML like hosted Nango's dashboard.
-//! - Webhooks are not sent.
+//! - Webhooks are sent only when configured ([`FakeNango::set_webhooks`], see
+//!   [`WebhookSettings`]): one sync webhook per scripted change, not per sync run.
 //!
 //! # Control API
 //!
@@ -104,6 +105,7 @@
 //! | `GET /_fake/streams` | – | `{"streams": [{integration, connection, model, variant, records, live}]}` |
 //! | `POST /_fake/offset` | `{"minutes": -300}` only | `{"utc_offset_minutes": -300}` |
 //! | `POST /_fake/fault` | one of `status`, `rate_limited` (Retry-After seconds), `html: true`, `slow_ms`, `short_page`, `truncated_json: true`, `close_before_body: true`, `close_mid_body: true`; optional `times` | `{"queued": n}` |
+//! | `POST /_fake/webhooks` | `{"url", "signing_key", "drop"?, "retry_delays_ms"?}` only (`"url": null` stops) | `{"webhooks": bool, "drop": bool}` |
 //!
 //! A bad body is answered 400 `{"error":{"code":"invalid_body","message":...}}`.
 //!
@@ -131,6 +133,9 @@ mod http;
 mod json;
 mod query;
 mod state;
+mod webhooks;
+
+pub use webhooks::{WebhookDelivery, WebhookSettings, canonical_json};
 
 use state::{Clock, State};
 
@@ -263,6 +268,7 @@ pub(crate) struct Shared {
     pub(crate) faults: Mutex<VecDeque<Fault>>,
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) unknown_path_html: bool,
+    pub(crate) webhooks: webhooks::Webhooks,
 }
 
 impl Shared {
@@ -283,9 +289,13 @@ impl Shared {
         stream: &StreamKey,
         records: Vec<json::Normalized>,
     ) -> Effect {
-        let mut st = self.write();
-        let (s, clock) = st.stream_and_clock(stream);
-        s.save(records, clock)
+        let effect = {
+            let mut st = self.write();
+            let (s, clock) = st.stream_and_clock(stream);
+            s.save(records, clock)
+        };
+        self.webhooks.after_change(stream, &effect);
+        effect
     }
 
     pub(crate) fn delete_normalized(
@@ -293,9 +303,13 @@ impl Shared {
         stream: &StreamKey,
         records: Vec<json::Normalized>,
     ) -> Effect {
-        let mut st = self.write();
-        let (s, clock) = st.stream_and_clock(stream);
-        s.delete(records, clock)
+        let effect = {
+            let mut st = self.write();
+            let (s, clock) = st.stream_and_clock(stream);
+            s.delete(records, clock)
+        };
+        self.webhooks.after_change(stream, &effect);
+        effect
     }
 
     pub(crate) fn prune_until(&self, stream: &StreamKey, until_cursor: &str) -> crate::Result<u64> {
@@ -426,6 +440,7 @@ impl FakeNango {
             faults: Mutex::new(VecDeque::new()),
             log: Mutex::new(Vec::new()),
             unknown_path_html: config.unknown_path_html,
+            webhooks: webhooks::Webhooks::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());

@@ -12,11 +12,18 @@
 //! feature.
 
 mod payload;
+#[cfg(feature = "webhook")]
+mod receiver;
 mod signature;
 
 pub use payload::{
     AsyncActionPayload, AsyncActionWebhook, AuthWebhook, Checkpoints, ForwardWebhook,
     MalformedWebhook, ResponseResults, SyncErrorInfo, SyncFailureWebhook, SyncWebhook,
     WebhookEvent,
+};
+#[cfg(feature = "webhook")]
+pub use receiver::{
+    DEFAULT_BODY_LIMIT, Outcome, ReceiverStats, WEBHOOK_PATH, WebhookHandler, WebhookReceiver,
+    receive, router,
 };
 pub use signature::{HMAC_HEADER, LEGACY_HEADER, SignatureError, WebhookVerifier};

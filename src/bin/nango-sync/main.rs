@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod dev_server;
 mod output;
+mod serve;
 mod sync;
 
 /// Keep a local database equal to Nango's records.
@@ -37,6 +38,8 @@ enum Command {
     Export(sync::ExportArgs),
     /// Show every stream of a store: cursor, counts, last run, last error.
     Status(sync::StatusArgs),
+    /// Keep streams fresh: receive Nango's webhooks, poll as a safety net, serve health.
+    Serve(serve::ServeArgs),
     /// Serve a local fake Nango for building against (records API + control API).
     DevServer(dev_server::DevServerArgs),
     /// Offline quick start: sync generated data from an in-process fake Nango into SQLite.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
             Command::Sync(args) => sync::sync(args).await,
             Command::Export(args) => sync::export(args).await,
             Command::Status(args) => sync::status(args).await,
+            Command::Serve(args) => serve::run(args).await,
             Command::DevServer(args) => dev_server::run(args).await,
             Command::Demo(args) => demo::run(args).await,
         }

@@ -1,0 +1,558 @@
+//! `serve`: the always-on service. Webhooks on `POST /webhook`, health on `GET /health`,
+//! a poll per stream as a safety net, SIGINT/SIGTERM for a graceful stop.
+//!
+//! Streams come from the command line (`--integration --connection --model ...`) or a
+//! TOML file (`--config`):
+//!
+//! ```toml
+//! poll_interval = "5m"          # "500ms", "30s", "5m", "1h" or seconds
+//! poll_jitter = 0.1
+//! max_concurrent_runs = 4
+//! rate_limit_per_minute = 200   # Nango's limit per account (free plan: 200)
+//! page_size = 1000
+//! allow_legacy_signature = false
+//! body_limit = 1048576
+//!
+//! [[signing_keys]]              # current key first, then the previous one
+//! key_env = "NANGO_WEBHOOK_KEY"
+//! [[signing_keys]]
+//! key_file = "secrets/previous-webhook-key"   # relative to this file
+//!
+//! [[streams]]
+//! integration = "github"
+//! connection = "acme"
+//! models = ["Ticket", "User"]
+//! # variant = "eu"
+//!
+//! [[discover]]                  # new connections of these models start syncing by themselves
+//! integration = "github"
+//! models = ["Ticket"]
+//! ```
+//!
+//! Signing keys are never written to logs or output; a config file cannot hold a key
+//! itself, only where to find it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Args;
+use nango_sync::client::RateBudget;
+use nango_sync::engine::EngineConfig;
+use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
+use nango_sync::webhook::{DEFAULT_BODY_LIMIT, WebhookReceiver, WebhookVerifier, router};
+use nango_sync::{Engine, NangoClient, SecretKey, StreamKey};
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use crate::dev_server::shutdown_signal;
+use crate::sync::{NangoArgs, open_sink};
+
+/// Nango's request limit per account on the free plan.
+const DEFAULT_RATE_LIMIT: u32 = 200;
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The store: sqlite://PATH, sled://DIR or postgres://...
+    #[arg(long)]
+    sink: String,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// A webhook signing key; repeat for the previous key during a rotation (prefer the
+    /// environment variable, comma-separated: arguments are visible to other users).
+    #[arg(
+        long = "webhook-key",
+        env = "NANGO_WEBHOOK_KEY",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    webhook_keys: Vec<String>,
+    /// Poll every stream this often as a safety net for lost webhooks ("30s", "5m",
+    /// "500ms", "1h"; default 5m; "0" disables polling).
+    #[arg(long, value_parser = parse_duration)]
+    poll_interval: Option<Duration>,
+    /// The integration id (Provider-Config-Key) of the streams to serve.
+    #[arg(long, conflicts_with = "config")]
+    integration: Option<String>,
+    /// The connection id.
+    #[arg(long, conflicts_with = "config")]
+    connection: Option<String>,
+    /// A model; repeat for several models of the connection.
+    #[arg(long = "model", conflicts_with = "config")]
+    models: Vec<String>,
+    /// The sync variant (default: none).
+    #[arg(long, conflicts_with = "config")]
+    variant: Option<String>,
+    /// A TOML file with streams, discovery rules and settings (see `serve --help`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Register new connections announced by sync webhooks: `INTEGRATION` (every model)
+    /// or `INTEGRATION:Model,Model`; repeatable.
+    #[arg(long = "discover")]
+    discover: Vec<String>,
+    #[command(flatten)]
+    nango: NangoArgs,
+    /// Records per page (1 to 10000).
+    #[arg(long)]
+    page_size: Option<u32>,
+    /// Runs at the same time over all streams.
+    #[arg(long)]
+    max_concurrent_runs: Option<usize>,
+    /// Requests per minute to Nango, shared by every stream (Nango's limit per account).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Also accept the deprecated X-Nango-Signature header.
+    #[arg(long)]
+    allow_legacy_signature: bool,
+    /// Largest webhook body accepted, in bytes (larger ones are answered 413).
+    #[arg(long)]
+    body_limit: Option<usize>,
+}
+
+/// The `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    poll_interval: Option<DurationValue>,
+    poll_jitter: Option<f64>,
+    max_concurrent_runs: Option<usize>,
+    rate_limit_per_minute: Option<u32>,
+    page_size: Option<u32>,
+    allow_legacy_signature: Option<bool>,
+    body_limit: Option<usize>,
+    #[serde(default)]
+    signing_keys: Vec<KeySource>,
+    #[serde(default)]
+    streams: Vec<StreamEntry>,
+    #[serde(default)]
+    discover: Vec<DiscoverEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum DurationValue {
+    Seconds(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySource {
+    key_env: Option<String>,
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamEntry {
+    integration: String,
+    connection: String,
+    models: Vec<String>,
+    variant: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiscoverEntry {
+    integration: String,
+    #[serde(default)]
+    models: Vec<String>,
+}
+
+/// Everything `serve` needs, from the arguments and the config file.
+struct Plan {
+    streams: Vec<StreamKey>,
+    discovery: Vec<DiscoveryRule>,
+    keys: Vec<SecretKey>,
+    scheduler: SchedulerConfig,
+    rate_limit: u32,
+    page_size: u32,
+    allow_legacy: bool,
+    body_limit: usize,
+}
+
+/// Parse "500ms", "30s", "5m", "1h", "2d" or a number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 5m or 500ms"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a valid duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn read_config(path: &Path) -> Result<ConfigFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn load_key(source: &KeySource, base: &Path) -> Result<SecretKey> {
+    let key = match (&source.key_env, &source.key_file) {
+        (Some(var), None) => std::env::var(var)
+            .with_context(|| format!("signing key: the environment variable {var} is not set"))?,
+        (None, Some(file)) => {
+            let path = base.join(file);
+            std::fs::read_to_string(&path).with_context(|| {
+                format!("signing key: cannot read the key file {}", path.display())
+            })?
+        }
+        _ => bail!("each [[signing_keys]] entry needs exactly one of key_env or key_file"),
+    };
+    let key = SecretKey::new(key);
+    if key.is_empty() {
+        bail!("a signing key is empty");
+    }
+    Ok(key)
+}
+
+fn stream(integration: &str, connection: &str, model: &str, variant: Option<&str>) -> StreamKey {
+    let key = StreamKey::new(integration, connection, model);
+    match variant {
+        Some(v) if !v.is_empty() => key.with_variant(v),
+        _ => key,
+    }
+}
+
+fn plan(args: &ServeArgs) -> Result<Plan> {
+    let config = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    let base = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+
+    let mut streams = Vec::new();
+    match (&args.integration, &args.connection) {
+        (Some(i), Some(c)) => {
+            if args.models.is_empty() {
+                bail!("--integration and --connection need at least one --model");
+            }
+            for m in &args.models {
+                streams.push(stream(i, c, m, args.variant.as_deref()));
+            }
+        }
+        (None, None) if args.models.is_empty() => {}
+        _ => bail!("give --integration, --connection and --model together"),
+    }
+    for e in &config.streams {
+        if e.models.is_empty() {
+            bail!(
+                "config: the stream of {}/{} lists no models",
+                e.integration,
+                e.connection
+            );
+        }
+        for m in &e.models {
+            streams.push(stream(
+                &e.integration,
+                &e.connection,
+                m,
+                e.variant.as_deref(),
+            ));
+        }
+    }
+    for s in &streams {
+        s.validate()?;
+    }
+
+    let mut discovery: Vec<DiscoveryRule> = config
+        .discover
+        .iter()
+        .map(|d| DiscoveryRule::new(d.integration.clone(), d.models.clone()))
+        .collect();
+    for d in &args.discover {
+        let (integration, models) = match d.split_once(':') {
+            Some((i, m)) => (
+                i,
+                m.split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .collect(),
+            ),
+            None => (d.as_str(), Vec::new()),
+        };
+        if integration.trim().is_empty() {
+            bail!("--discover {d:?}: the integration is empty");
+        }
+        discovery.push(DiscoveryRule::new(integration.trim(), models));
+    }
+    if streams.is_empty() && discovery.is_empty() {
+        bail!(
+            "nothing to serve: give --integration, --connection and --model, or --config FILE with [[streams]] or [[discover]] entries"
+        );
+    }
+
+    let mut keys: Vec<SecretKey> = args
+        .webhook_keys
+        .iter()
+        .map(SecretKey::new)
+        .filter(|k| !k.is_empty())
+        .collect();
+    for source in &config.signing_keys {
+        keys.push(load_key(source, &base)?);
+    }
+
+    let poll_interval = match (args.poll_interval, &config.poll_interval) {
+        (Some(d), _) => Some(d),
+        (None, Some(DurationValue::Seconds(s))) => Some(Duration::from_secs(*s)),
+        (None, Some(DurationValue::Text(t))) => {
+            Some(parse_duration(t).map_err(|e| anyhow::anyhow!("config poll_interval: {e}"))?)
+        }
+        (None, None) => Some(nango_sync::engine::scheduler::DEFAULT_POLL_INTERVAL),
+    }
+    .filter(|d| !d.is_zero());
+    let defaults = SchedulerConfig::default();
+    let jitter = config.poll_jitter.unwrap_or(defaults.poll_jitter);
+    if !(0.0..=1.0).contains(&jitter) {
+        bail!("config poll_jitter must be between 0 and 1");
+    }
+    let scheduler = SchedulerConfig {
+        poll_interval,
+        poll_jitter: jitter,
+        max_concurrent_runs: args
+            .max_concurrent_runs
+            .or(config.max_concurrent_runs)
+            .unwrap_or(defaults.max_concurrent_runs)
+            .max(1),
+        ..defaults
+    };
+    Ok(Plan {
+        streams,
+        discovery,
+        keys,
+        scheduler,
+        rate_limit: args
+            .rate_limit
+            .or(config.rate_limit_per_minute)
+            .unwrap_or(DEFAULT_RATE_LIMIT),
+        page_size: args
+            .page_size
+            .or(config.page_size)
+            .unwrap_or(nango_sync::engine::DEFAULT_PAGE_SIZE),
+        allow_legacy: args.allow_legacy_signature || config.allow_legacy_signature == Some(true),
+        body_limit: args
+            .body_limit
+            .or(config.body_limit)
+            .unwrap_or(DEFAULT_BODY_LIMIT),
+    })
+}
+
+#[derive(Clone)]
+struct AppState {
+    scheduler: Scheduler,
+    receiver: WebhookReceiver,
+}
+
+async fn health(State(app): State<AppState>) -> impl IntoResponse {
+    let streams: Vec<serde_json::Value> = app
+        .scheduler
+        .all_stats()
+        .into_iter()
+        .map(|(key, st)| {
+            let state = if st.running {
+                "running"
+            } else if st.pending {
+                "pending"
+            } else if st.last_error.is_some() {
+                "error"
+            } else {
+                "idle"
+            };
+            serde_json::json!({
+                "integration": key.integration,
+                "connection": key.connection,
+                "model": key.model,
+                "variant": key.variant,
+                "state": state,
+                "triggers": st.triggers,
+                "triggers_coalesced": st.triggers_coalesced,
+                "polls": st.polls,
+                "runs_started": st.runs_started,
+                "runs_finished": st.runs_finished,
+                "runs_failed": st.runs_failed,
+                "last_run_finished_at": st.last_run_finished_at.map(|t| t.to_string()),
+                "last_error": st.last_error,
+            })
+        })
+        .collect();
+    let w = app.receiver.stats();
+    let body = serde_json::json!({
+        "status": if app.scheduler.is_shutting_down() { "stopping" } else { "ok" },
+        "streams": streams,
+        "webhooks": {
+            "accepted": w.accepted,
+            "unauthorized": w.unauthorized,
+            "malformed": w.malformed,
+            "too_large": w.too_large,
+        },
+    });
+    ([(CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+pub async fn run(args: ServeArgs) -> Result<ExitCode> {
+    let plan = plan(&args)?;
+    let key = args.nango.secret_key.clone().filter(|k| !k.trim().is_empty()).context(
+        "no secret key: set NANGO_SECRET_KEY or pass --secret-key (the environment's secret key from Nango's dashboard)",
+    )?;
+    let budget = Arc::new(RateBudget::per_minute(plan.rate_limit));
+    let client = NangoClient::builder()
+        .host(&args.nango.host)
+        .secret_key(SecretKey::new(key))
+        .rate_budget(budget)
+        .build()?;
+    let sink = open_sink(&args.sink).await?;
+    let engine = Engine::with_config(
+        client,
+        sink,
+        EngineConfig {
+            page_size: plan.page_size,
+            ..EngineConfig::default()
+        },
+    );
+    let scheduler = Scheduler::new(engine, plan.scheduler.clone());
+    for rule in &plan.discovery {
+        scheduler.add_discovery_rule(rule.clone());
+    }
+
+    let verifier = match plan.keys.split_first() {
+        Some((first, rest)) => rest
+            .iter()
+            .fold(WebhookVerifier::new(first.clone()), |v, k| {
+                v.with_key(k.clone())
+            })
+            .allow_legacy_signature(plan.allow_legacy),
+        None => {
+            warn!(
+                "no webhook signing key (--webhook-key, NANGO_WEBHOOK_KEY or [[signing_keys]]): every webhook is refused with 401, streams are only polled"
+            );
+            // A random key nobody knows: nothing verifies.
+            WebhookVerifier::new(uuid::Uuid::new_v4().to_string())
+        }
+    };
+    let receiver =
+        WebhookReceiver::with_body_limit(verifier, Arc::new(scheduler.clone()), plan.body_limit);
+    let state = AppState {
+        scheduler: scheduler.clone(),
+        receiver: receiver.clone(),
+    };
+    let app = Router::new()
+        .route("/health", get(health))
+        .with_state(state)
+        .merge(router(receiver));
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    for s in &plan.streams {
+        scheduler.register(s.clone());
+    }
+    info!(
+        listen = %addr,
+        streams = plan.streams.len(),
+        discovery_rules = plan.discovery.len(),
+        signing_keys = plan.keys.len(),
+        poll_interval_ms = plan.scheduler.poll_interval.map(|d| d.as_millis() as u64),
+        max_concurrent_runs = plan.scheduler.max_concurrent_runs,
+        rate_limit_per_minute = plan.rate_limit,
+        "serving"
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "listening on http://{addr} (webhooks: POST /webhook, health: GET /health)"
+        )?;
+        out.flush()?;
+    }
+
+    let stopped = scheduler.stopped();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .into_future(),
+    );
+    shutdown_signal().await;
+    info!("shutdown requested: finishing the commits in flight");
+    scheduler.shutdown().await;
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server ended with an error"),
+        Ok(Err(e)) => warn!(error = %e, "the HTTP server task failed"),
+        Err(_) => warn!("the HTTP server did not stop within 10 s"),
+    }
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn config_file_parses_and_refuses_inline_keys() {
+        let c: ConfigFile = toml::from_str(
+            r#"
+            poll_interval = "2s"
+            max_concurrent_runs = 2
+            [[signing_keys]]
+            key_env = "X"
+            [[streams]]
+            integration = "github"
+            connection = "acme"
+            models = ["Ticket"]
+            [[discover]]
+            integration = "github"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.streams[0].models, ["Ticket"]);
+        assert!(c.discover[0].models.is_empty());
+        assert!(toml::from_str::<ConfigFile>("[[signing_keys]]\nkey = \"secret\"").is_err());
+    }
+}
