@@ -119,8 +119,8 @@ async fn crash_until_done(url: &str, seed: u64) {
     let total = kills();
     let mut killed_mid_run = 0;
     for kill in 0..total {
-        let mut child = sync(rng.below(5) == 0).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(700)));
+        let mut child = sync(rng.below(4) == 0).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(rng.below(400)));
         let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill();
         let status = child.wait().unwrap();
@@ -160,11 +160,10 @@ async fn crash_until_done(url: &str, seed: u64) {
                 let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
                 fake.delete(&stream, &ids);
             }
-            2 => {
-                fake.generate(&stream, 50, 50);
-            }
             _ => {}
         }
+        // Always new work, so most kills land in a running sync.
+        fake.generate(&stream, 200, 100);
     }
     assert!(
         killed_mid_run * 2 >= total,

@@ -158,7 +158,6 @@ async fn every_store_exports_the_same_bytes() {
 
     // Close the stores: sled allows one process at a time.
     let memory = sinks[0].clone();
-    drop(sync_everywhere);
     drop(engines);
     drop(sinks);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
