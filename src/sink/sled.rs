@@ -183,6 +183,28 @@ impl SledStore {
     }
 }
 
+/// How long `open` waits for the directory's lock, which another handle of this process
+/// (being dropped, its background flusher still running) or another process may hold.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Open, retrying while the database's file lock is held elsewhere, up to [`LOCK_WAIT`].
+fn open_waiting_for_lock(
+    config: &::sled::Config,
+) -> std::result::Result<::sled::Db, ::sled::Error> {
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(::sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Inner {
     fn open(path: PathBuf, options: SledOptions) -> Result<Inner> {
         let mut config = ::sled::Config::new().path(&path);
@@ -200,7 +222,7 @@ impl Inner {
                 e,
             )
         };
-        let db = config.open().map_err(open_err)?;
+        let db = open_waiting_for_lock(&config).map_err(open_err)?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
