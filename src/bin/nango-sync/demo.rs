@@ -200,7 +200,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     writeln!(out, "\nLook at the data:")?;
     writeln!(
         out,
-        "   sqlite3 {db} \"SELECT model, id, json_extract(payload, '$.name') FROM nango_records_view WHERE NOT deleted LIMIT 5\""
+        "   sqlite3 {db} \"SELECT model, id, json_extract(payload, '$.title') FROM nango_records_view WHERE NOT deleted LIMIT 5\""
     )?;
     writeln!(
         out,
