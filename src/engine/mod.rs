@@ -724,6 +724,9 @@ impl Engine {
     }
 }
 
+/// The reason of a run that resumes an interrupted full re-read.
+const RESUMING: &str = "resuming an interrupted full re-read";
+
 /// How a run starts.
 struct RunPlan {
     start: Option<Cursor>,
@@ -735,21 +738,24 @@ struct RunPlan {
 
 impl RunPlan {
     fn new(state: &StreamState, options: &SyncOptions) -> Self {
+        if options.full {
+            // A requested full re-read starts over, even when an interrupted one could be
+            // resumed: records the interrupted one saw may have vanished since (a cache
+            // reset in between), and only a read from the start notices.
+            return RunPlan {
+                start: None,
+                full: Some(state.full_read.unwrap_or(state.generation) + 1),
+                modified_after: None,
+                reason: Some("requested"),
+            };
+        }
         if let Some(g) = state.full_read {
             // An interrupted full re-read resumes where it stopped.
             return RunPlan {
                 start: state.cursor.clone(),
                 full: Some(g),
                 modified_after: None,
-                reason: Some("resuming an interrupted full re-read"),
-            };
-        }
-        if options.full {
-            return RunPlan {
-                start: None,
-                full: Some(state.generation + 1),
-                modified_after: None,
-                reason: Some("requested"),
+                reason: Some(RESUMING),
             };
         }
         match &state.cursor {

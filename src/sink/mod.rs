@@ -244,6 +244,11 @@ impl FaultInjector {
         self.armed.store(point as u8, Ordering::SeqCst);
     }
 
+    /// Disarm whatever point is armed (a test step that ended before any commit reached it).
+    pub fn disarm(&self) {
+        self.armed.store(0, Ordering::SeqCst);
+    }
+
     /// Fail here if this point is armed (and disarm it).
     pub fn check(&self, backend: &'static str, point: FaultPoint) -> Result<()> {
         if self.armed.load(Ordering::Relaxed) == point as u8
