@@ -5,7 +5,9 @@
 #
 # Starts a fresh PostgreSQL (15 preferred; PG_BIN=/path/to/bin to choose) in a temporary
 # directory, listening on 127.0.0.1 at a free port, with fsync off (it is thrown away),
-# exports NANGO_SYNC_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres, runs
+# exports NANGO_SYNC_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/postgres and
+# NANGO_SYNC_TEST_PG_RESTART (a shell command line that restarts the server, `pg_ctl
+# restart -m fast`, for tests of a restart in the middle of a sync), runs
 # the command, then stops the server and deletes its files, also when the command fails
 # or is interrupted. Exits with the command's exit status. Fails loudly when PostgreSQL
 # is not installed (Debian/Ubuntu: apt-get install postgresql).
@@ -54,9 +56,11 @@ if [[ $(id -u) -eq 0 ]]; then
     fi
     as_pg() { runuser -u postgres -- "$@"; }
     PG_USER_OWNER=postgres
+    AS_PG_PREFIX="runuser -u postgres --"
 else
     as_pg() { "$@"; }
     PG_USER_OWNER=
+    AS_PG_PREFIX=
 fi
 
 PG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/nango-sync-pg.XXXXXX")
@@ -105,6 +109,7 @@ if [[ $STARTED -ne 1 ]]; then
 fi
 
 export NANGO_SYNC_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PORT/postgres"
+export NANGO_SYNC_TEST_PG_RESTART="$AS_PG_PREFIX $PG_BIN/pg_ctl -D $PG_TMP/data -l $PG_TMP/server.log -w -t 60 -m fast restart"
 echo "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT (NANGO_SYNC_TEST_POSTGRES_URL is set)" >&2
 
 set +e

@@ -19,6 +19,18 @@ struct Setup {
 }
 
 async fn setup(retry: RetryConfig, timeout: Duration) -> Setup {
+    setup_with(
+        retry,
+        timeout,
+        EngineConfig {
+            page_size: 100,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+async fn setup_with(retry: RetryConfig, timeout: Duration, config: EngineConfig) -> Setup {
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("f.db")).await.unwrap());
@@ -29,14 +41,7 @@ async fn setup(retry: RetryConfig, timeout: Duration) -> Setup {
         .timeout(timeout)
         .build()
         .unwrap();
-    let engine = Engine::with_config(
-        client,
-        sink.clone(),
-        EngineConfig {
-            page_size: 100,
-            ..Default::default()
-        },
-    );
+    let engine = Engine::with_config(client, sink.clone(), config);
     Setup {
         fake,
         sink,
@@ -281,5 +286,142 @@ async fn a_rejected_stored_cursor_turns_into_a_full_reread_with_sweep() {
     );
     assert_converged(&s).await;
     let status = s.sink.streams().await.unwrap();
-    assert!(status[0].last_run.as_ref().unwrap().full);
+    let last_run = status[0].last_run.as_ref().unwrap();
+    assert!(last_run.full);
+    assert!(
+        last_run.cursor_was_rejected(),
+        "status can warn: {last_run:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_probe_keeps_the_cursor_and_reports_the_original_error() {
+    let s = setup(
+        RetryConfig {
+            max_attempts: 2,
+            ..RetryConfig::fast()
+        },
+        Duration::from_secs(5),
+    )
+    .await;
+    s.fake.generate(&stream(), 30, 30);
+    s.engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap();
+    let before = s.sink.stream_state(&stream()).await.unwrap();
+    s.fake.generate(&stream(), 5, 5);
+    // Nango is down: the request with the cursor and the probe without one both fail.
+    for _ in 0..4 {
+        s.fake.inject(Fault::Status(500));
+    }
+    let err = s
+        .engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(", cursor "),
+        "the original error (the request with the cursor): {text}"
+    );
+    assert_eq!(s.sink.stream_state(&stream()).await.unwrap(), before);
+    let last_run = s.sink.streams().await.unwrap()[0].last_run.clone().unwrap();
+    assert!(
+        !last_run.full && !last_run.cursor_was_rejected(),
+        "{last_run:?}"
+    );
+    // Nango is back: an incremental run, not a full re-read.
+    let report = s
+        .engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap();
+    assert!(!report.full);
+    assert_eq!(report.counts.added, 5);
+    assert_converged(&s).await;
+}
+
+/// One scenario: records, a sync, more records, a sync, then a write committed late
+/// (stamped before the stored cursor), then a sync. Returns whether the late record was
+/// stored, and checks the cursor never moved backwards.
+async fn late_write_scenario(overlap: Option<Duration>) -> bool {
+    let s = setup_with(
+        RetryConfig::fast(),
+        Duration::from_secs(5),
+        EngineConfig {
+            page_size: 20,
+            overlap,
+            ..Default::default()
+        },
+    )
+    .await;
+    s.fake.generate(&stream(), 50, 25);
+    s.engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap();
+    s.fake.generate(&stream(), 30, 10);
+    s.engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap();
+    let cursor = s.sink.stream_state(&stream()).await.unwrap().cursor;
+    let hwm = s
+        .fake
+        .records(&stream())
+        .last()
+        .unwrap()
+        .meta
+        .last_modified_at;
+    // A write whose transaction started 300 ms before the newest record but committed
+    // only now: behind the stored cursor.
+    let effect = s.fake.save_late(
+        &stream(),
+        serde_json::json!({"id": "late-1", "title": "committed late"}),
+        hwm.add_micros(-300_000),
+    );
+    assert_eq!(effect.added, vec!["late-1".to_string()]);
+    assert!(
+        s.fake.records(&stream()).last().unwrap().id != "late-1",
+        "the late record sits behind the newest one"
+    );
+    let report = s
+        .engine
+        .sync(&stream(), &SyncOptions::default())
+        .await
+        .unwrap();
+    assert!(!report.full);
+    assert_eq!(
+        s.sink.stream_state(&stream()).await.unwrap().cursor,
+        cursor,
+        "no new record after the cursor: the cursor stays (never moves backwards)"
+    );
+    let stored = s.sink.get(&stream(), "late-1").await.unwrap().is_some();
+    if stored {
+        // A late write breaks atomic progress from outside; the window restores it.
+        assert_cursor_consistent(&s).await;
+        assert_converged(&s).await;
+        // Again: the window re-reads what the store holds, all unchanged.
+        let again = s
+            .engine
+            .sync(&stream(), &SyncOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(again.counts.added + again.counts.updated, 0, "{again:?}");
+        assert_converged(&s).await;
+    }
+    stored
+}
+
+#[tokio::test]
+async fn a_late_write_is_missed_without_the_overlap_window_and_caught_with_it() {
+    assert!(
+        !late_write_scenario(None).await,
+        "without a window the late write behind the cursor is missed"
+    );
+    assert!(
+        late_write_scenario(Some(Duration::from_secs(2))).await,
+        "the overlap window catches the late write"
+    );
 }

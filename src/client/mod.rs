@@ -113,6 +113,8 @@ impl<'a> RecordsQuery<'a> {
             } else {
                 s.push_str(&format!(", cursor {c}"));
             }
+        } else {
+            s.push_str(", no cursor");
         }
         if let Some(t) = self.modified_after {
             s.push_str(&format!(", modified_after {}", t.to_utc_z()));

@@ -10,6 +10,41 @@
 //! rejects the stored cursor: it reads from no cursor, stamps every record it sees with a
 //! new generation, and its last commit marks deleted the local records it did not see
 //! (they were deleted upstream without an event, for example by a cache reset).
+//! When Nango rejects the stored cursor, the run summary keeps the reason
+//! ([`RunSummary::full_reason`]) and `status` shows a warning. If the probe without a
+//! cursor fails too, Nango is simply down: the run fails with the original error and the
+//! stored cursor stays (no loop of full re-reads).
+//!
+//! # Overlap window
+//!
+//! Nango stamps `last_modified_at` when a write starts, so a write that commits late can
+//! land behind a cursor a run already passed. With [`EngineConfig::overlap`] set to `N`,
+//! each incremental run first re-reads the records modified in the `N` before the
+//! stream's high-water mark (the latest `last_modified_at` the store holds, kept in the
+//! run summary), with `modified_after`, and commits them **without moving the cursor**
+//! (`expected_cursor == cursor`). The merge rule makes the re-read harmless (the versions
+//! already held count as unchanged), and atomic progress is kept: the cursor still moves
+//! only with the records it covers. Off by default.
+//!
+//! # Store errors
+//!
+//! A commit that fails with a retryable store error (a busy SQLite file, a lost
+//! PostgreSQL connection) is tried again with backoff ([`EngineConfig::commit_retry`]).
+//! A commit is idempotent thanks to the expected-cursor check: when the first attempt
+//! landed but its answer was lost, the retry finds the stream already at the commit's new
+//! cursor, which counts as success. Other store errors end the run; the cursor stays at
+//! the last committed page.
+//!
+//! # Bad data
+//!
+//! A page that cannot be understood (a record without `id`, a record that is not an
+//! object, an unparseable metadata timestamp, an unknown `last_action`, a missing
+//! `_nango_metadata`) ends the run of its stream with [`Error::MalformedPage`], which
+//! names the stream, the cursor the page was read from and the record (its index in the
+//! page and its id when known). Nothing of that page is committed: the stored cursor stays
+//! before it, so the next run reads it again (and succeeds once Nango serves it fixed).
+//! Other streams of [`Engine::sync_all`] go on. Record size is not limited by the engine:
+//! a page is held in memory whole, so memory is bounded by Nango's response size.
 
 #[cfg(feature = "webhook")]
 pub mod scheduler;
@@ -18,16 +53,19 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::client::{NangoClient, RecordsQuery};
+use crate::client::{NangoClient, RecordsQuery, RetryConfig};
 use crate::error::{Error, Result};
 use crate::merge::Counts;
 use crate::page::Page;
 use crate::record::{Cursor, StreamKey};
-use crate::sink::{Commit, DynRecordSink, FullRead, RunSummary, SharedSink, StreamState};
+use crate::sink::{
+    Commit, CommitOutcome, DynRecordSink, FullRead, RunSummary, SharedSink, StreamState,
+};
 use crate::time::Timestamp;
 
 /// The page size used when none is configured.
@@ -40,6 +78,15 @@ pub struct EngineConfig {
     pub page_size: u32,
     /// Pages fetched ahead of the commit in progress (at least 1).
     pub pipeline_depth: usize,
+    /// The overlap window (off when `None`): each incremental run also re-reads the
+    /// records modified in this span before the stream's high-water mark, for writes
+    /// Nango commits late (see the [module documentation](self#overlap-window)). The
+    /// cursor never moves backwards. Whole milliseconds count (Nango's precision).
+    pub overlap: Option<Duration>,
+    /// How a commit that failed with a retryable store error is retried (default: 8
+    /// attempts, 100 ms doubling up to 5 s, within 2 minutes). `RetryConfig::none()`
+    /// turns store retries off.
+    pub commit_retry: RetryConfig,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +94,39 @@ impl Default for EngineConfig {
         EngineConfig {
             page_size: DEFAULT_PAGE_SIZE,
             pipeline_depth: 1,
+            overlap: None,
+            commit_retry: default_commit_retry(),
+        }
+    }
+}
+
+/// The default retry policy of commits.
+fn default_commit_retry() -> RetryConfig {
+    RetryConfig {
+        max_attempts: 8,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        max_elapsed: Duration::from_secs(120),
+        min_rate_limit_wait: Duration::from_secs(1),
+    }
+}
+
+/// What a run knows even when it fails: for the run summary.
+#[derive(Debug, Default)]
+struct RunTrack {
+    full: bool,
+    full_reason: Option<&'static str>,
+    high_water_mark: Option<Timestamp>,
+}
+
+impl RunTrack {
+    fn saw_instant(&mut self, t: Timestamp) {
+        self.high_water_mark = Some(self.high_water_mark.map_or(t, |h| h.max(t)));
+    }
+
+    fn saw(&mut self, records: &[crate::record::Record]) {
+        if let Some(t) = records.iter().map(|r| r.meta.last_modified_at).max() {
+            self.high_water_mark = Some(self.high_water_mark.map_or(t, |h| h.max(t)));
         }
     }
 }
@@ -245,8 +325,12 @@ impl Engine {
         };
         let span = info_span!("sync", stream = %stream);
         let started_at = Timestamp::now();
+        let mut track = RunTrack {
+            full: options.full,
+            ..RunTrack::default()
+        };
         let result = self
-            .run(stream, options, page_size, stop)
+            .run(stream, options, page_size, stop, &mut track)
             .instrument(span)
             .await;
         let summary = match &result {
@@ -256,6 +340,8 @@ impl Engine {
                 pages: r.pages,
                 counts: r.counts,
                 full: r.full,
+                full_reason: r.full_reason.map(str::to_string),
+                high_water_mark: track.high_water_mark,
                 error: stopped.then(|| {
                     "stopped by shutdown before the end; the next run resumes from the stored cursor"
                         .to_string()
@@ -266,7 +352,9 @@ impl Engine {
                 finished_at: Timestamp::now(),
                 pages: 0,
                 counts: Counts::default(),
-                full: options.full,
+                full: track.full,
+                full_reason: track.full_reason.map(str::to_string),
+                high_water_mark: track.high_water_mark,
                 error: Some(e.to_string()),
             },
         };
@@ -287,10 +375,22 @@ impl Engine {
         options: &SyncOptions,
         page_size: u32,
         mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
+        track: &mut RunTrack,
     ) -> Result<(RunReport, bool)> {
         let started_at = Timestamp::now();
-        let state = self.sink.stream_state(stream).await?;
+        let state = self
+            .with_store_retries("read the stream state", || self.sink.stream_state(stream))
+            .await?;
         let mut plan = RunPlan::new(&state, options);
+        track.full = plan.full.is_some();
+        track.full_reason = plan.reason;
+        if self.config.overlap.is_some() {
+            // The high-water mark carries over from run to run in the run summary.
+            let previous = self
+                .with_store_retries("read the last run", || self.sink.last_run(stream))
+                .await?;
+            track.high_water_mark = previous.and_then(|r| r.high_water_mark);
+        }
         let mut report = RunReport {
             stream: stream.clone(),
             started_at,
@@ -309,6 +409,29 @@ impl Engine {
             "run starts"
         );
 
+        if let (Some(window), Some(hwm), None, Some(_)) = (
+            self.config.overlap,
+            track.high_water_mark,
+            plan.full,
+            plan.start.as_ref(),
+        ) {
+            let stopped = self
+                .overlap_read(
+                    stream,
+                    &state,
+                    hwm,
+                    window,
+                    page_size,
+                    stop.as_mut(),
+                    &mut report,
+                    track,
+                )
+                .await?;
+            if stopped {
+                return Ok((report, true));
+            }
+        }
+
         // The stored cursor may be one Nango no longer accepts (it answers 500 for it).
         // Read its first page apart, so a rejected cursor can turn into a full re-read.
         let first = tokio::select! {
@@ -323,6 +446,8 @@ impl Engine {
                 plan = RunPlan::rejected_cursor(&state);
                 report.full = true;
                 report.full_reason = plan.reason;
+                track.full = true;
+                track.full_reason = plan.reason;
                 self.fetch_first(stream, &plan, page_size).await?
             }
             Err(err) => return Err(err),
@@ -375,6 +500,8 @@ impl Engine {
                 });
                 let needed = !page.records.is_empty() || cursor != expected || full_read.is_some();
                 if needed {
+                    let mut page_track = RunTrack::default();
+                    page_track.saw(&page.records);
                     let mut commit = Commit::new(
                         stream.clone(),
                         expected.clone(),
@@ -382,7 +509,10 @@ impl Engine {
                         page.records,
                     );
                     commit.full_read = full_read;
-                    let out = self.sink.commit(commit).await?;
+                    let out = self.commit(commit).await?;
+                    if let Some(t) = page_track.high_water_mark {
+                        track.saw_instant(t);
+                    }
                     report.commits += 1;
                     report.counts.add(&out.counts);
                     report.swept += out.swept;
@@ -429,6 +559,140 @@ impl Engine {
         Ok((report, false))
     }
 
+    /// Commit, retrying retryable store errors (see the module documentation). A
+    /// retry that finds the stream already at the commit's new cursor means an earlier
+    /// attempt landed: success (its counts are lost with its answer).
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        let policy = &self.config.commit_retry;
+        if policy.max_attempts <= 1 {
+            return self.sink.commit(commit).await;
+        }
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match self.sink.commit(commit.clone()).await {
+                Ok(out) => return Ok(out),
+                Err(e) => e,
+            };
+            if attempts > 1
+                && let Error::CursorConflict { actual, .. } = &err
+                && commit.cursor != commit.expected_cursor
+                && actual.as_deref() == commit.cursor.as_ref().map(Cursor::as_str)
+            {
+                info!(
+                    stream = %commit.stream,
+                    "an earlier attempt of the commit landed (its answer was lost)"
+                );
+                return Ok(CommitOutcome::default());
+            }
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let wait = policy.delay(attempts, &err);
+            if attempts >= policy.max_attempts || started.elapsed() + wait > policy.max_elapsed {
+                return Err(Error::RetriesExhausted {
+                    attempts,
+                    elapsed_ms: started.elapsed().as_millis() as u64,
+                    last: Box::new(err),
+                });
+            }
+            warn!(stream = %commit.stream, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %err, "store error: retrying the commit");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Run a store read, retrying retryable store errors with the commit policy.
+    async fn with_store_retries<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let policy = &self.config.commit_retry;
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let wait = policy.delay(attempts, &err);
+            if !err.is_retryable()
+                || attempts >= policy.max_attempts
+                || started.elapsed() + wait > policy.max_elapsed
+            {
+                return Err(err);
+            }
+            warn!(operation = what, attempt = attempts, error = %err, "store error: retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The overlap read: the records modified in `window` before `hwm`, committed
+    /// without moving the cursor. Returns whether `stop` ended it.
+    #[allow(clippy::too_many_arguments)]
+    async fn overlap_read(
+        &self,
+        stream: &StreamKey,
+        state: &StreamState,
+        hwm: Timestamp,
+        window: Duration,
+        page_size: u32,
+        mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
+        report: &mut RunReport,
+        track: &mut RunTrack,
+    ) -> Result<bool> {
+        let window_micros = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+        // Nango compares at millisecond precision and refuses instants older than
+        // 12 months: start at a whole millisecond, never earlier than 364 days ago.
+        let oldest = Timestamp::now().add_micros(-364 * 86_400 * 1_000_000);
+        let from = Timestamp::from_micros(hwm.as_micros().saturating_sub(window_micros))
+            .truncate_millis()
+            .max(oldest);
+        info!(from = %from.to_utc_z(), "overlap read before the cursor read");
+        let mut cursor: Option<Cursor> = None;
+        loop {
+            let q = RecordsQuery::new(stream)
+                .cursor(cursor.as_ref())
+                .limit(page_size)
+                .modified_after(Some(from));
+            let page = tokio::select! {
+                biased;
+                () = stop.as_mut() => return Ok(true),
+                page = self.client.list_records(&q) => page?,
+            };
+            report.pages += 1;
+            let passed = page
+                .records
+                .last()
+                .is_some_and(|r| r.meta.last_modified_at > hwm);
+            let last = page.is_last();
+            let next = page.next_cursor.clone();
+            if !page.records.is_empty() {
+                let mut page_track = RunTrack::default();
+                page_track.saw(&page.records);
+                // The cursor stays where it is: expected == new cursor.
+                let commit = Commit::new(
+                    stream.clone(),
+                    state.cursor.clone(),
+                    state.cursor.clone(),
+                    page.records,
+                );
+                let out = self.commit(commit).await?;
+                if let Some(t) = page_track.high_water_mark {
+                    track.saw_instant(t);
+                }
+                report.commits += 1;
+                report.counts.add(&out.counts);
+            }
+            if last || passed {
+                return Ok(false);
+            }
+            cursor = next;
+        }
+    }
+
     async fn fetch_first(
         &self,
         stream: &StreamKey,
@@ -460,6 +724,9 @@ impl Engine {
     }
 }
 
+/// The reason of a run that resumes an interrupted full re-read.
+const RESUMING: &str = "resuming an interrupted full re-read";
+
 /// How a run starts.
 struct RunPlan {
     start: Option<Cursor>,
@@ -471,21 +738,24 @@ struct RunPlan {
 
 impl RunPlan {
     fn new(state: &StreamState, options: &SyncOptions) -> Self {
+        if options.full {
+            // A requested full re-read starts over, even when an interrupted one could be
+            // resumed: records the interrupted one saw may have vanished since (a cache
+            // reset in between), and only a read from the start notices.
+            return RunPlan {
+                start: None,
+                full: Some(state.full_read.unwrap_or(state.generation) + 1),
+                modified_after: None,
+                reason: Some("requested"),
+            };
+        }
         if let Some(g) = state.full_read {
             // An interrupted full re-read resumes where it stopped.
             return RunPlan {
                 start: state.cursor.clone(),
                 full: Some(g),
                 modified_after: None,
-                reason: Some("resuming an interrupted full re-read"),
-            };
-        }
-        if options.full {
-            return RunPlan {
-                start: None,
-                full: Some(state.generation + 1),
-                modified_after: None,
-                reason: Some("requested"),
+                reason: Some(RESUMING),
             };
         }
         match &state.cursor {
@@ -515,7 +785,7 @@ impl RunPlan {
             start: None,
             full: Some(state.full_read.unwrap_or(state.generation) + 1),
             modified_after: None,
-            reason: Some("Nango rejected the stored cursor"),
+            reason: Some(RunSummary::REJECTED_CURSOR),
         }
     }
 }

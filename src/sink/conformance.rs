@@ -615,6 +615,8 @@ where
         pages: 2,
         counts: counts(3, 0, 1, 0, 0),
         full: false,
+        full_reason: None,
+        high_water_mark: None,
         error: Some("boom 'quoted'".into()),
     };
     store.record_run(&s1, &run).await.unwrap();
@@ -1133,6 +1135,8 @@ fn sample_run() -> RunSummary {
         pages: 3,
         counts: counts(5, 4, 3, 2, 1),
         full: true,
+        full_reason: Some("Nango rejected the stored cursor".into()),
+        high_water_mark: Some(Timestamp::from_micros(1_700_000_000_123_456)),
         error: Some("store: 'x'; \"y\" -- %".into()),
     }
 }
@@ -1376,6 +1380,16 @@ pub async fn run_and_upstream_error_round_trip<S: RecordSink>(store: &S) {
         status(store, &s).await.unwrap().last_run,
         Some(run2.clone()),
         "{b}: last run replaced"
+    );
+    assert_eq!(
+        store.last_run(&s).await.unwrap(),
+        Some(run2.clone()),
+        "{b}: last_run of one stream"
+    );
+    assert_eq!(
+        store.last_run(&stream("never-ran")).await.unwrap(),
+        None,
+        "{b}: last_run of an unknown stream"
     );
 
     let msg = "Sync failed: 'quoted' \"double\"; DROP TABLE x; -- 100% \\ ✓";

@@ -174,8 +174,30 @@ pub struct RunSummary {
     pub counts: Counts,
     /// Whether it was a full re-read.
     pub full: bool,
+    /// Why it was a full re-read (`"first sync"`, `"requested"`, `"Nango rejected the
+    /// stored cursor"`, ...), when it was one. `status` shows a warning when Nango
+    /// rejected the cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_reason: Option<String>,
+    /// The stream's high-water mark after the run: the latest `last_modified_at` the
+    /// store is known to hold (carried over from earlier runs). It anchors the optional
+    /// overlap window ([`crate::EngineConfig::overlap`]); `None` when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_water_mark: Option<Timestamp>,
     /// The error that ended the run, if any.
     pub error: Option<String>,
+}
+
+impl RunSummary {
+    /// The reason of a full re-read caused by Nango rejecting the stored cursor.
+    pub const REJECTED_CURSOR: &'static str = "Nango rejected the stored cursor";
+
+    /// Whether the run was a full re-read because Nango rejected the stored cursor
+    /// (worth a warning: a cursor Nango no longer understands, usually after an upgrade
+    /// of Nango's cursor format).
+    pub fn cursor_was_rejected(&self) -> bool {
+        self.full_reason.as_deref() == Some(Self::REJECTED_CURSOR)
+    }
 }
 
 /// What `status` shows for one stream.
@@ -220,6 +242,11 @@ impl FaultInjector {
     /// Make the next commit that reaches `point` fail.
     pub fn arm(&self, point: FaultPoint) {
         self.armed.store(point as u8, Ordering::SeqCst);
+    }
+
+    /// Disarm whatever point is armed (a test step that ended before any commit reached it).
+    pub fn disarm(&self) {
+        self.armed.store(0, Ordering::SeqCst);
     }
 
     /// Fail here if this point is armed (and disarm it).
@@ -289,6 +316,23 @@ pub trait RecordSink: Send + Sync + 'static {
     /// Every stream the store knows, with its status.
     fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 
+    /// The last run kept for `stream` ([`RecordSink::record_run`]), if any. The default
+    /// goes through [`RecordSink::streams`]; the engine asks only when an overlap window
+    /// is configured.
+    fn last_run(
+        &self,
+        stream: &StreamKey,
+    ) -> impl Future<Output = Result<Option<RunSummary>>> + Send {
+        async move {
+            Ok(self
+                .streams()
+                .await?
+                .into_iter()
+                .find(|s| &s.stream == stream)
+                .and_then(|s| s.last_run))
+        }
+    }
+
     /// The failure injector of this store (tests only).
     fn faults(&self) -> &FaultInjector;
 }
@@ -323,6 +367,7 @@ pub trait DynRecordSink: Send + Sync + 'static {
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
     fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
+    fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>>;
     fn faults(&self) -> &FaultInjector;
 }
 
@@ -366,6 +411,9 @@ impl<T: RecordSink> DynRecordSink for T {
     }
     fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
         Box::pin(RecordSink::streams(self))
+    }
+    fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>> {
+        Box::pin(RecordSink::last_run(self, stream))
     }
     fn faults(&self) -> &FaultInjector {
         RecordSink::faults(self)

@@ -57,6 +57,10 @@ pub struct SqliteOptions {
     pub page_size: u32,
     /// WAL size, in pages, at which SQLite checkpoints (default 4096: 64 MiB with 16 KiB pages).
     pub wal_autocheckpoint: u32,
+    /// A cap on the database size, in pages (`PRAGMA max_page_count`; `None`: SQLite's
+    /// default). A commit that would grow the file past it fails like a full disk
+    /// (`SQLITE_FULL`) and the store keeps its last committed state.
+    pub max_page_count: Option<u64>,
 }
 
 impl Default for SqliteOptions {
@@ -66,6 +70,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             page_size: 16 * 1024,
             wal_autocheckpoint: 4096,
+            max_page_count: None,
         }
     }
 }
@@ -232,6 +237,10 @@ fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
     .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(32);
     migrate(&conn)?;
+    if let Some(n) = o.max_page_count {
+        conn.query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
+            .map_err(open_err)?;
+    }
     Ok(conn)
 }
 

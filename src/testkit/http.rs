@@ -294,16 +294,21 @@ async fn records(shared: &Shared, raw_query: &str, headers: &HeaderMap) -> Respo
     }
     let mut short_cap = None;
     let mut body_fault = None;
+    let mut extra_record = None;
     match next_fault(shared) {
         Some(Fault::Status(s)) => return status_fault(s),
         Some(Fault::RateLimited { retry_after }) => return rate_limited(retry_after),
         Some(Fault::Html) => return html_page(200),
         Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
         Some(Fault::ShortPage(n)) => short_cap = Some(n.max(1)),
+        Some(Fault::RawRecord(raw)) => extra_record = Some(raw),
         Some(f) => body_fault = Some(f),
         None => {}
     }
     let resp = records_inner(shared, raw_query, headers, short_cap);
+    if let Some(raw) = extra_record {
+        return with_extra_record(resp, &raw).await;
+    }
     let Some(fault) = body_fault else { return resp };
     let status = resp.status();
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
@@ -324,6 +329,28 @@ async fn records(shared: &Shared, raw_query: &str, headers: &HeaderMap) -> Respo
         Fault::CloseBeforeBody => broken_body(status, text, 0),
         _ => broken_body(status, text, half),
     }
+}
+
+/// A successful page with `raw` appended to its `records` (which end the body).
+async fn with_extra_record(resp: Response, raw: &str) -> Response {
+    let status = resp.status();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let Some(head) = text.strip_suffix("]}").filter(|_| status.is_success()) else {
+        return Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, JSON_UTF8)
+            .body(Body::from(text))
+            .expect("static response parts");
+    };
+    let sep = if head.ends_with('[') { "" } else { "," };
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, JSON_UTF8)
+        .body(Body::from(format!("{head}{sep}{raw}]}}")))
+        .expect("static response parts")
 }
 
 fn records_inner(
@@ -547,6 +574,7 @@ struct ControlBody {
     truncated_json: Option<bool>,
     close_before_body: Option<bool>,
     close_mid_body: Option<bool>,
+    raw_record: Option<String>,
     times: Option<usize>,
 }
 
@@ -693,8 +721,10 @@ fn control_op(shared: &Shared, path: &str, b: &ControlBody) -> Result<Response, 
                 Fault::CloseBeforeBody
             } else if b.close_mid_body == Some(true) {
                 Fault::CloseMidBody
+            } else if let Some(raw) = &b.raw_record {
+                Fault::RawRecord(raw.clone())
             } else {
-                return Err("name a fault: status, rate_limited, html, slow_ms, short_page, truncated_json, close_before_body or close_mid_body".into());
+                return Err("name a fault: status, rate_limited, html, slow_ms, short_page, truncated_json, close_before_body, close_mid_body or raw_record".into());
             };
             let times = b.times.unwrap_or(1).clamp(1, 10_000);
             let mut q = shared.faults.lock().unwrap_or_else(|e| e.into_inner());

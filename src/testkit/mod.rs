@@ -82,7 +82,8 @@
 //! - No rate limiting and no `X-RateLimit-*` headers (inject [`Fault::RateLimited`]).
 //! - Payloads are compared as compact JSON text (Nango compares an MD5 of
 //!   `JSON.stringify` of the record as sent, so `1005` vs `"1005"` as an id differ there).
-//! - No read replicas or late commits: every write is visible at once, in order.
+//! - No read replicas: every write is visible at once, in order. Late commits are
+//!   scripted with [`FakeNango::save_late`].
 //! - Unknown paths answer 404 JSON (like the transcript's shim); set
 //!   [`FakeConfig::unknown_path_html`] to answer 200 HTML like hosted Nango's dashboard.
 //! - Webhooks are sent only when configured ([`FakeNango::set_webhooks`], see
@@ -104,7 +105,7 @@
 //! | `POST /_fake/connections` | `integration`, `connection` only | `{"internal_connection_id": n}` |
 //! | `GET /_fake/streams` | – | `{"streams": [{integration, connection, model, variant, records, live}]}` |
 //! | `POST /_fake/offset` | `{"minutes": -300}` only | `{"utc_offset_minutes": -300}` |
-//! | `POST /_fake/fault` | one of `status`, `rate_limited` (Retry-After seconds), `html: true`, `slow_ms`, `short_page`, `truncated_json: true`, `close_before_body: true`, `close_mid_body: true`; optional `times` | `{"queued": n}` |
+//! | `POST /_fake/fault` | one of `status`, `rate_limited` (Retry-After seconds), `html: true`, `slow_ms`, `short_page`, `truncated_json: true`, `close_before_body: true`, `close_mid_body: true`, `raw_record` (text of one more record); optional `times` | `{"queued": n}` |
 //! | `POST /_fake/webhooks` | `{"url", "signing_key", "drop"?, "retry_delays_ms"?}` only (`"url": null` stops) | `{"webhooks": bool, "drop": bool}` |
 //!
 //! A bad body is answered 400 `{"error":{"code":"invalid_body","message":...}}`.
@@ -131,6 +132,7 @@ use crate::time::Timestamp;
 mod generate;
 mod http;
 mod json;
+mod late;
 mod query;
 mod state;
 mod webhooks;
@@ -256,6 +258,10 @@ pub enum Fault {
     CloseMidBody,
     /// Answer with at most this many records (with a `next_cursor` when more follow).
     ShortPage(usize),
+    /// Answer normally, with this raw text appended as one more record at the end of
+    /// `records` (bad data: a record without `id`, a payload that is not an object, an
+    /// unparseable timestamp, an unknown `last_action`, ...). `next_cursor` is unchanged.
+    RawRecord(String),
 }
 
 /// State shared by the server task and the handle.
@@ -606,6 +612,15 @@ impl FakeNango {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// Drop every queued fault that no request consumed yet.
+    pub fn clear_faults(&self) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Queue a fault for the next `/records` request; each queued fault applies to one

@@ -65,6 +65,11 @@ pub struct SyncArgs {
     /// Re-read everything and mark deleted the records Nango no longer has.
     #[arg(long)]
     full: bool,
+    /// Overlap window in seconds (off by default): each incremental run also re-reads
+    /// the records modified in this many seconds before the stream's high-water mark,
+    /// for writes Nango commits late. The cursor never moves backwards.
+    #[arg(long, value_name = "SECONDS")]
+    overlap: Option<u64>,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -111,6 +116,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
         sink,
         EngineConfig {
             page_size: args.page_size,
+            overlap: args.overlap.map(std::time::Duration::from_secs),
             ..EngineConfig::default()
         },
     );
@@ -301,6 +307,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
                     run.started_at,
                     if run.full { ", full" } else { "" }
                 )?;
+                if run.cursor_was_rejected() {
+                    writeln!(
+                        out,
+                        "  warning:   Nango rejected the stored cursor; the last run was a full re-read with sweep"
+                    )?;
+                }
             }
             None => writeln!(out, "  last run:  never")?,
         }
