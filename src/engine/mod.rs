@@ -62,6 +62,9 @@ pub struct Progress {
     pub counts: Counts,
     /// Whether this run is a full re-read.
     pub full: bool,
+    /// How long the store took to write this page's commit (`None` when the page needed
+    /// no commit), for latency statistics.
+    pub commit_time: Option<std::time::Duration>,
 }
 
 /// A callback receiving [`Progress`].
@@ -374,7 +377,9 @@ impl Engine {
                     complete: last,
                 });
                 let needed = !page.records.is_empty() || cursor != expected || full_read.is_some();
+                let mut commit_time = None;
                 if needed {
+                    let began = std::time::Instant::now();
                     let mut commit = Commit::new(
                         stream.clone(),
                         expected.clone(),
@@ -387,6 +392,7 @@ impl Engine {
                     report.counts.add(&out.counts);
                     report.swept += out.swept;
                     expected = cursor;
+                    commit_time = Some(began.elapsed());
                 }
                 if let Some(progress) = &options.progress {
                     progress(&Progress {
@@ -394,6 +400,7 @@ impl Engine {
                         pages: report.pages,
                         counts: report.counts,
                         full: report.full,
+                        commit_time,
                     });
                 }
                 if last {
