@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// Records per page (default: the engine's default page size).
     #[arg(long)]
     page_size: Option<u32>,
+    /// Pages the engine fetches ahead of the commit in progress (default: the engine's).
+    #[arg(long)]
+    pipeline_depth: Option<usize>,
     /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -206,9 +209,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         .secret_key(fake.secret_key())
         .retry(RetryConfig::fast())
         .build()?;
+    let defaults = EngineConfig::default();
     let config = EngineConfig {
         page_size,
-        ..EngineConfig::default()
+        pipeline_depth: args.pipeline_depth.unwrap_or(defaults.pipeline_depth),
     };
 
     // Pass 1: fresh.
