@@ -600,7 +600,7 @@ impl FakeNango {
     /// Like [`FakeNango::generate`], with a revision and a record size: add
     /// `spec.count` new records continuing the stream's numbering. Payloads are kept as
     /// the numbers that determine them and rendered when served, so even millions of
-    /// generated records take little memory (about 200 bytes each, for the id, the
+    /// generated records take little memory (a few hundred bytes each, for the id, the
     /// position and the indexes).
     pub fn generate_with(&self, stream: &StreamKey, spec: GenerateSpec) -> Effect {
         self.shared.generate_with(stream, spec, false)
