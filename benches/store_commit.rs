@@ -1,5 +1,11 @@
 //! One commit of a page into each store, at page sizes 100, 1,000 and 10,000: fresh
 //! inserts and updates of every record. Throughput in records.
+//!
+//! Stores: memory, and sqlite, sled and postgres when their features are on
+//! (`cargo bench --bench store_commit --all-features`). Postgres needs
+//! `NANGO_SYNC_TEST_POSTGRES_URL` (for example through `scripts/pg.sh`); without it the
+//! postgres group is skipped with a note. Each postgres store gets a fresh schema
+//! `nango_sync_bench_<n>_<micros>`.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -82,7 +88,47 @@ fn stores(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Vec<StoreFacto
             }),
         ));
     }
-    #[cfg(not(feature = "sqlite"))]
+    #[cfg(feature = "sled")]
+    {
+        let dir = dir.to_path_buf();
+        let handle = rt.handle().clone();
+        out.push((
+            "sled",
+            Box::new(move |n| {
+                let path = dir.join(format!("bench-{n}-{}.sled", Timestamp::now().as_micros()));
+                Arc::new(
+                    handle
+                        .block_on(nango_sync::sink::SledStore::open(path))
+                        .unwrap(),
+                )
+            }),
+        ));
+    }
+    #[cfg(feature = "postgres")]
+    match std::env::var("NANGO_SYNC_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let handle = rt.handle().clone();
+            out.push((
+                "postgres",
+                Box::new(move |n| {
+                    let schema = format!("nango_sync_bench_{n}_{}", Timestamp::now().as_micros());
+                    Arc::new(
+                        handle
+                            .block_on(
+                                nango_sync::sink::PostgresStore::builder(url.clone())
+                                    .schema(schema)
+                                    .connect(),
+                            )
+                            .unwrap(),
+                    )
+                }),
+            ));
+        }
+        Err(_) => eprintln!(
+            "note: NANGO_SYNC_TEST_POSTGRES_URL is not set: the postgres group is skipped (scripts/pg.sh sets it)"
+        ),
+    }
+    #[cfg(not(any(feature = "sqlite", feature = "sled")))]
     let _ = dir;
     out
 }

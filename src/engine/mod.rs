@@ -142,6 +142,9 @@ pub struct Progress {
     pub counts: Counts,
     /// Whether this run is a full re-read.
     pub full: bool,
+    /// How long the store took to write this page's commit (`None` when the page needed
+    /// no commit), for latency statistics.
+    pub commit_time: Option<std::time::Duration>,
 }
 
 /// A callback receiving [`Progress`].
@@ -499,9 +502,11 @@ impl Engine {
                     complete: last,
                 });
                 let needed = !page.records.is_empty() || cursor != expected || full_read.is_some();
+                let mut commit_time = None;
                 if needed {
                     let mut page_track = RunTrack::default();
                     page_track.saw(&page.records);
+                    let began = std::time::Instant::now();
                     let mut commit = Commit::new(
                         stream.clone(),
                         expected.clone(),
@@ -517,6 +522,7 @@ impl Engine {
                     report.counts.add(&out.counts);
                     report.swept += out.swept;
                     expected = cursor;
+                    commit_time = Some(began.elapsed());
                 }
                 if let Some(progress) = &options.progress {
                     progress(&Progress {
@@ -524,6 +530,7 @@ impl Engine {
                         pages: report.pages,
                         counts: report.counts,
                         full: report.full,
+                        commit_time,
                     });
                 }
                 if last {

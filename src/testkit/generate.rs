@@ -170,47 +170,76 @@ pub(crate) fn generated_id(n: u64) -> String {
     format!("rec-{n:07}")
 }
 
+/// The mix of a seed, a stream and a revision that, with a record number, determines a
+/// generated payload. Revision 0 is the first version of every record; each later
+/// revision changes every payload (same ids).
+pub(crate) fn generated_mix(seed: u64, stream_salt: u64, revision: u64) -> u64 {
+    seed ^ stream_salt.rotate_left(17) ^ revision.wrapping_mul(0xD6E8_FEB8_6659_FD93)
+}
+
 /// The payload of generated record number `n` of a stream, as compact JSON text.
+#[cfg(test)]
 pub(crate) fn generated_record(seed: u64, stream_salt: u64, n: u64) -> String {
-    let mut r =
-        SplitMix64::new(seed ^ stream_salt.rotate_left(17) ^ n.wrapping_mul(0xA24B_AED4_963E_E407));
     let mut out = String::with_capacity(900);
+    write_generated(
+        generated_mix(seed, stream_salt, 0),
+        n,
+        DEFAULT_RECORD_BYTES,
+        &mut out,
+    );
+    out
+}
+
+/// The default size of a generated record, in bytes (records land within 90 bytes above).
+pub(crate) const DEFAULT_RECORD_BYTES: u32 = 700;
+
+/// Append the payload of generated record number `n` (for `mix`, see [`generated_mix`])
+/// to `out`: compact JSON text of `bytes` to `bytes + 90` bytes (at least about 450,
+/// whatever `bytes` asks).
+pub(crate) fn write_generated(mix: u64, n: u64, bytes: u32, out: &mut String) {
+    let mut r = SplitMix64::new(mix ^ n.wrapping_mul(0xA24B_AED4_963E_E407));
+    let base = out.len();
+    write_body(&mut r, n, bytes as usize, out, base);
+}
+
+fn write_body(r: &mut SplitMix64, n: u64, bytes: usize, out: &mut String, base: usize) {
+    let r = &mut *r;
     out.push_str("{\"id\":");
-    push_str_lit(&mut out, &generated_id(n));
+    push_str_lit(out, &generated_id(n));
     out.push_str(",\"number\":");
     out.push_str(&n.to_string());
     out.push_str(",\"title\":");
     let title_words = 3 + r.below(4) as usize;
-    push_str_lit(&mut out, &words(&mut r, title_words));
+    push_str_lit(out, &words(r, title_words));
     out.push_str(",\"status\":");
-    push_str_lit(&mut out, r.pick(STATUS));
+    push_str_lit(out, r.pick(STATUS));
     out.push_str(",\"priority\":");
     out.push_str(&(1 + r.below(5)).to_string());
     let day = r.below(690);
     out.push_str(",\"created_at\":");
-    push_str_lit(&mut out, &iso(&mut r, day));
+    push_str_lit(out, &iso(r, day));
     out.push_str(",\"updated_at\":");
-    push_str_lit(&mut out, &iso(&mut r, day + 3));
+    push_str_lit(out, &iso(r, day + 3));
     out.push_str(",\"assignee\":");
-    person(&mut r, &mut out);
+    person(r, out);
     out.push_str(",\"reporter\":");
-    person(&mut r, &mut out);
+    person(r, out);
     out.push_str(",\"labels\":[");
     for i in 0..(1 + r.below(4)) {
         if i > 0 {
             out.push(',');
         }
-        push_str_lit(&mut out, r.pick(TAGS));
+        push_str_lit(out, r.pick(TAGS));
     }
     out.push_str("],\"description\":");
     // Pad the description so the record lands in 700-800 bytes.
-    let mut desc = words(&mut r, 4);
-    let target = 700 + r.below(90) as usize;
-    while out.len() + desc.len() + 390 < target {
+    let mut desc = words(r, 4);
+    let target = bytes + r.below(90) as usize;
+    while out.len() - base + desc.len() + 390 < target {
         desc.push(' ');
         desc.push_str(r.pick(WORDS));
     }
-    push_str_lit(&mut out, &desc);
+    push_str_lit(out, &desc);
     out.push_str(",\"estimate_hours\":");
     out.push_str(&format!("{}.{}", r.below(40), r.below(10)));
     out.push_str(",\"is_public\":");
@@ -223,20 +252,19 @@ pub(crate) fn generated_record(seed: u64, stream_salt: u64, n: u64) -> String {
         out.push_str(&(10_000 + r.below(90_000)).to_string());
     }
     out.push_str("],\"custom_fields\":{\"team\":");
-    push_str_lit(&mut out, r.pick(TEAMS));
+    push_str_lit(out, r.pick(TEAMS));
     out.push_str(",\"sprint\":");
     out.push_str(&(1 + r.below(60)).to_string());
     out.push_str(",\"score\":");
     out.push_str(&format!("{}.{:02}", r.below(100), r.below(100)));
     out.push_str(",\"external_ref\":null,\"nested\":{\"depth\":2,\"flags\":[true,false]}}");
     out.push_str(",\"url\":");
-    push_str_lit(&mut out, &format!("https://tracker.example.com/t/{n}"));
+    push_str_lit(out, &format!("https://tracker.example.com/t/{n}"));
     out.push_str(",\"locale\":");
-    push_str_lit(&mut out, r.pick(LOCALES));
+    push_str_lit(out, r.pick(LOCALES));
     out.push_str(",\"checksum\":");
-    push_str_lit(&mut out, &format!("{:016x}", r.next_u64()));
+    push_str_lit(out, &format!("{:016x}", r.next_u64()));
     out.push('}');
-    out
 }
 
 #[cfg(test)]

@@ -184,6 +184,33 @@ impl Default for FakeConfig {
     }
 }
 
+/// What [`FakeNango::generate_with`] and [`FakeNango::regenerate`] generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenerateSpec {
+    /// How many records.
+    pub count: usize,
+    /// Records per save (one timestamp per save).
+    pub batch_size: usize,
+    /// The payload revision: 0 is the first version of each record; every other value
+    /// gives every record different content (same ids).
+    pub revision: u64,
+    /// The size of each payload in bytes: records land between this and 90 bytes more
+    /// (default 700; at least about 450 whatever is asked).
+    pub record_bytes: u32,
+}
+
+impl GenerateSpec {
+    /// `count` records of revision 0 and the default size, `batch_size` per save.
+    pub fn new(count: usize, batch_size: usize) -> Self {
+        GenerateSpec {
+            count,
+            batch_size,
+            revision: 0,
+            record_bytes: generate::DEFAULT_RECORD_BYTES,
+        }
+    }
+}
+
 /// What a mutation did, like the `effect` Nango's store reports: the ids added
 /// (inserted or undeleted), updated, deleted and unchanged, in batch order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -342,6 +369,22 @@ impl Shared {
     }
 
     pub(crate) fn generate(&self, stream: &StreamKey, count: usize, batch_size: usize) -> Effect {
+        self.generate_with(stream, GenerateSpec::new(count, batch_size), false)
+    }
+
+    /// Generate new records, or (`again`) save a new revision of records already generated.
+    pub(crate) fn generate_with(
+        &self,
+        stream: &StreamKey,
+        spec: GenerateSpec,
+        again: bool,
+    ) -> Effect {
+        let GenerateSpec {
+            count,
+            batch_size,
+            revision,
+            record_bytes,
+        } = spec;
         let salt = generate::fnv1a(&[
             &stream.integration,
             &stream.connection,
@@ -356,18 +399,33 @@ impl Shared {
             let first = {
                 let mut st = self.write();
                 let s = st.stream_mut(stream);
-                let first = s.next_generated;
-                s.next_generated += n as u64;
-                first
+                if again {
+                    1 + done as u64
+                } else {
+                    let first = s.next_generated;
+                    s.next_generated += n as u64;
+                    first
+                }
             };
-            // Build the payloads without holding the lock.
-            let batch: Vec<json::Normalized> = (first..first + n as u64)
-                .map(|k| json::Normalized {
+            let mix = generate::generated_mix(self.seed, salt, revision);
+            // Payloads are kept as (mix, number) and rendered when served.
+            let batch: Vec<state::Saved> = (first..first + n as u64)
+                .map(|k| state::Saved {
                     id: generate::generated_id(k),
-                    text: generate::generated_record(self.seed, salt, k),
+                    text: state::Payload::Generated {
+                        mix,
+                        n: u32::try_from(k).expect("fewer than 2^32 generated records"),
+                        bytes: record_bytes,
+                    },
                 })
                 .collect();
-            effect.extend(self.save_normalized(stream, batch));
+            let e = {
+                let mut st = self.write();
+                let (s, clock) = st.stream_and_clock(stream);
+                s.save_payloads(batch, clock)
+            };
+            self.webhooks.after_change(stream, &e);
+            effect.extend(e);
             done += n;
         }
         effect
@@ -545,6 +603,22 @@ impl FakeNango {
         self.shared.generate(stream, count, batch_size)
     }
 
+    /// Like [`FakeNango::generate`], with a revision and a record size: add
+    /// `spec.count` new records continuing the stream's numbering. Payloads are kept as
+    /// the numbers that determine them and rendered when served, so even millions of
+    /// generated records take little memory (a few hundred bytes each, for the id, the
+    /// position and the indexes).
+    pub fn generate_with(&self, stream: &StreamKey, spec: GenerateSpec) -> Effect {
+        self.shared.generate_with(stream, spec, false)
+    }
+
+    /// Save generated records `1..=spec.count` again with the payloads of
+    /// `spec.revision`: with a revision never used before, every one of them changes
+    /// (`UPDATED`, a new position at the end of the stream), as a bulk update upstream.
+    pub fn regenerate(&self, stream: &StreamKey, spec: GenerateSpec) -> Effect {
+        self.shared.generate_with(stream, spec, true)
+    }
+
     /// Render timestamps (and the timestamps inside new cursors) with this UTC offset, in
     /// minutes east of UTC.
     pub fn set_utc_offset(&self, minutes: i32) {
@@ -579,7 +653,8 @@ impl FakeNango {
                     .map(|r| {
                         (
                             r.id.clone(),
-                            serde_json::from_str(&r.saved).unwrap_or(serde_json::Value::Null),
+                            serde_json::from_str(&r.saved.text())
+                                .unwrap_or(serde_json::Value::Null),
                         )
                     })
                     .collect()

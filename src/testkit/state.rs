@@ -67,13 +67,77 @@ impl Clock {
     }
 }
 
+/// A saved payload: normalized text, or a generated record kept as the few numbers that
+/// determine it (rendered on demand, so a fake holding a million generated records
+/// stays small).
+#[derive(Debug, Clone)]
+pub(crate) enum Payload {
+    /// Normalized JSON text.
+    Text(Box<str>),
+    /// Generated record number `n` (see `generate::write_generated`).
+    Generated {
+        /// The seed, stream and revision mix.
+        mix: u64,
+        /// The record number.
+        n: u32,
+        /// The target size in bytes.
+        bytes: u32,
+    },
+}
+
+impl Payload {
+    /// Append the JSON text.
+    pub(crate) fn write(&self, out: &mut String) {
+        match self {
+            Payload::Text(t) => out.push_str(t),
+            Payload::Generated { mix, n, bytes } => {
+                super::generate::write_generated(*mix, u64::from(*n), *bytes, out)
+            }
+        }
+    }
+
+    /// The JSON text.
+    pub(crate) fn text(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Payload::Text(t) => std::borrow::Cow::Borrowed(t),
+            Payload::Generated { .. } => {
+                let mut s = String::with_capacity(900);
+                self.write(&mut s);
+                std::borrow::Cow::Owned(s)
+            }
+        }
+    }
+
+    /// Whether both are the same JSON text.
+    pub(crate) fn same(&self, other: &Payload) -> bool {
+        match (self, other) {
+            (Payload::Text(a), Payload::Text(b)) => a == b,
+            (
+                Payload::Generated { mix, n, bytes },
+                Payload::Generated {
+                    mix: m2,
+                    n: n2,
+                    bytes: b2,
+                },
+            ) if (mix, n, bytes) == (m2, n2, b2) => true,
+            _ => self.text() == other.text(),
+        }
+    }
+}
+
+impl From<String> for Payload {
+    fn from(s: String) -> Self {
+        Payload::Text(s.into())
+    }
+}
+
 /// One stored record.
 #[derive(Debug, Clone)]
 pub(crate) struct Rec {
     pub(crate) id: String,
     pub(crate) uuid: Uuid,
-    /// The payload last saved (normalized text), kept after a prune.
-    pub(crate) saved: Box<str>,
+    /// The payload last saved, kept after a prune.
+    pub(crate) saved: Payload,
     pub(crate) first_seen_at: Timestamp,
     pub(crate) last_modified_at: Timestamp,
     pub(crate) deleted_at: Option<Timestamp>,
@@ -104,7 +168,9 @@ impl Rec {
             out.push_str("{\"id\":");
             push_str_lit(out, &self.id);
         } else {
-            out.push_str(&self.saved[..self.saved.len() - 1]);
+            self.saved.write(out);
+            // Reopen the object for `_nango_metadata`.
+            out.pop();
         }
         out.push_str(",\"_nango_metadata\":{\"first_seen_at\":\"");
         out.push_str(&self.first_seen_at.to_json_form(offset));
@@ -128,7 +194,7 @@ impl Rec {
             s.push('}');
             s
         } else {
-            self.saved.to_string()
+            self.saved.text().into_owned()
         }
     }
 
@@ -241,15 +307,29 @@ impl Stream {
 
     /// Save a batch (Nango's upsert without soft delete).
     pub(crate) fn save(&mut self, records: Vec<Normalized>, clock: &mut Clock) -> Effect {
+        self.save_payloads(
+            dedupe(records)
+                .into_iter()
+                .map(|n| Saved {
+                    id: n.id,
+                    text: n.text.into(),
+                })
+                .collect(),
+            clock,
+        )
+    }
+
+    /// Save a batch of payloads with distinct ids (Nango's upsert without soft delete).
+    pub(crate) fn save_payloads(&mut self, records: Vec<Saved>, clock: &mut Clock) -> Effect {
         let t = clock.tick();
         let mut effect = Effect::default();
-        for n in dedupe(records) {
+        for n in records {
             match self.by_id.get(&n.id).cloned() {
                 None => {
                     let rec = Rec {
                         uuid: self.uuid_of(&n.id),
                         id: n.id.clone(),
-                        saved: n.text.into(),
+                        saved: n.text,
                         first_seen_at: t,
                         last_modified_at: t,
                         deleted_at: None,
@@ -265,12 +345,12 @@ impl Stream {
                         rec.last_modified_at = t;
                         rec.deleted_at = None;
                         rec.pruned_at = None;
-                        rec.saved = n.text.into();
+                        rec.saved = n.text;
                         effect.added.push(n.id);
-                    } else if *rec.saved != *n.text {
+                    } else if !rec.saved.same(&n.text) {
                         rec.last_modified_at = t;
                         rec.pruned_at = None;
-                        rec.saved = n.text.into();
+                        rec.saved = n.text;
                         effect.updated.push(n.id);
                     } else {
                         // Identical payload: nothing moves; a pruned payload comes back.
@@ -306,7 +386,7 @@ impl Stream {
                 Some(mut rec) => {
                     let old = rec.pos();
                     let was_deleted = rec.deleted_at.is_some();
-                    let changed = *rec.saved != *n.text;
+                    let changed = *rec.saved.text() != *n.text;
                     rec.deleted_at = Some(m);
                     rec.last_modified_at = if changed { u } else { m };
                     rec.pruned_at = None;
@@ -361,6 +441,13 @@ impl Stream {
         self.index.clear();
         n
     }
+}
+
+/// One payload to save (see [`Stream::save_payloads`]).
+#[derive(Debug)]
+pub(crate) struct Saved {
+    pub(crate) id: String,
+    pub(crate) text: Payload,
 }
 
 /// Keep the first record of each id (Nango drops duplicate keys of one batch).

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod dev_server;
 mod output;
@@ -44,6 +45,9 @@ enum Command {
     DevServer(dev_server::DevServerArgs),
     /// Offline quick start: sync generated data from an in-process fake Nango into SQLite.
     Demo(demo::DemoArgs),
+    /// Measure the engine against its ceilings (fetch alone, store alone) with an
+    /// in-process fake Nango: fresh sync, update of every record, no-change run.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::DevServer(args) => dev_server::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,634 @@
+//! `bench`: throughput of the engine against its two ceilings, on this machine.
+//!
+//! A fake Nango runs in this process on loopback with `--records` generated records
+//! (realistic: 18 fields, nested objects, arrays, non-ASCII text; about
+//! `--record-bytes` bytes each). Then, in one run:
+//!
+//! 1. **fetch ceiling**: the client pages through every record (HTTP + page parsing)
+//!    and discards the pages;
+//! 2. **store ceiling**: the store commits the same pages with no HTTP and no engine in
+//!    the timed part (each page is fetched first, untimed, then its commit is timed;
+//!    commits are the ones the engine would make: records + cursor, one per page);
+//! 3. **engine**: a full `sync` of the same data into a fresh store.
+//!
+//! Then every record changes upstream (a new payload revision), and 1–3 run again as
+//! the **update** pass (the store ceiling and the engine both update stores holding the
+//! first pass). Last, a **no-change** incremental run counts its HTTP requests.
+//!
+//! # Fresh stores
+//!
+//! The ceiling and the engine each get a store of their own, derived from `--sink` and
+//! replaced at the start:
+//! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-ceiling.EXT` and `DIR/NAME-engine.EXT`
+//!   (with their `-wal`/`-shm` files);
+//! - `sled://DIR` → `DIR-ceiling` and `DIR-engine`;
+//! - `postgres://...[?schema=S]` → schemas `S_ceiling` and `S_engine` (`S` defaults to
+//!   `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
+//!
+//! They are removed at the end unless `--keep`.
+//!
+//! # Memory
+//!
+//! Peak RSS is Linux's `VmHWM` of this process (`/proc/self/status`). Before each
+//! engine pass the high-water mark is reset to the current RSS (`5` written to
+//! `/proc/self/clear_refs`), so the peak of a pass is the peak *during* it; the RSS just
+//! before the pass (the fake's records, the runtime, allocator caches) is printed as the
+//! baseline, and `peak - baseline` is what the engine and the store added. The fake
+//! keeps generated payloads as numbers and renders them when serving, so its memory is
+//! a few hundred bytes per record (ids, positions and indexes; about 500 MB at 1,000,000
+//! records), not the payloads: read the engine's memory as `peak - baseline`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Args;
+use nango_sync::engine::EngineConfig;
+use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
+use nango_sync::testkit::{FakeConfig, FakeNango, GenerateSpec};
+use nango_sync::{Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, StreamKey, SyncOptions};
+
+/// Arguments of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The store to measure; the stores written are derived from it (see `--help` of the
+    /// command's documentation: `NAME-ceiling`, `NAME-engine`).
+    #[arg(long)]
+    sink: String,
+    /// Generated records.
+    #[arg(long, default_value_t = 100_000)]
+    records: usize,
+    /// Approximate size of a record's payload, in bytes (records land up to 90 bytes
+    /// above; at least about 450).
+    #[arg(long, default_value_t = 700)]
+    record_bytes: u32,
+    /// Records per page (default: the engine's default page size).
+    #[arg(long)]
+    page_size: Option<u32>,
+    /// Pages the engine fetches ahead of the commit in progress (default: the engine's).
+    #[arg(long)]
+    pipeline_depth: Option<usize>,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Keep the stores written instead of removing them at the end.
+    #[arg(long)]
+    keep: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One measured pass.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Pass {
+    records: u64,
+    seconds: f64,
+    records_per_second: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_p50_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    commit_p99_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    baseline_rss_mb: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peak_rss_mb: Option<f64>,
+}
+
+impl Pass {
+    fn new(records: u64, elapsed: Duration) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        Pass {
+            records,
+            seconds,
+            records_per_second: if seconds > 0.0 {
+                records as f64 / seconds
+            } else {
+                0.0
+            },
+            ..Pass::default()
+        }
+    }
+
+    fn latencies(mut self, mut commits: Vec<Duration>) -> Self {
+        commits.sort_unstable();
+        let at = |q: f64| {
+            (!commits.is_empty()).then(|| {
+                let i = ((commits.len() as f64 * q).ceil() as usize).clamp(1, commits.len()) - 1;
+                commits[i].as_secs_f64() * 1e3
+            })
+        };
+        self.commit_p50_ms = at(0.50);
+        self.commit_p99_ms = at(0.99);
+        self
+    }
+}
+
+/// The fetch, store and engine passes over one version of the data.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Round {
+    fetch: Pass,
+    store: Pass,
+    engine: Pass,
+    /// engine / min(fetch, store).
+    ratio: f64,
+}
+
+impl Round {
+    fn new(fetch: Pass, store: Pass, engine: Pass) -> Self {
+        let ceiling = fetch.records_per_second.min(store.records_per_second);
+        let ratio = if ceiling > 0.0 {
+            engine.records_per_second / ceiling
+        } else {
+            0.0
+        };
+        Round {
+            fetch,
+            store,
+            engine,
+            ratio,
+        }
+    }
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    backend: &'static str,
+    records: usize,
+    page_size: u32,
+    record_bytes_avg: u64,
+    fresh: Round,
+    update: Round,
+    no_change: NoChange,
+    peak_rss_mb: Option<f64>,
+    rss_method: &'static str,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct NoChange {
+    seconds: f64,
+    http_requests: usize,
+    streams: usize,
+}
+
+const STREAM: (&str, &str, &str) = ("bench", "conn-1", "Ticket");
+
+pub async fn run(args: BenchArgs) -> Result<ExitCode> {
+    ensure!(args.records >= 1, "--records must be at least 1");
+    let page_size = args
+        .page_size
+        .unwrap_or(nango_sync::engine::DEFAULT_PAGE_SIZE);
+    ensure!(
+        (1..=10_000).contains(&page_size),
+        "--page-size must be between 1 and 10000"
+    );
+    let targets = Targets::derive(&args.sink)?;
+    let stream = StreamKey::new(STREAM.0, STREAM.1, STREAM.2);
+    let progress = |msg: &str| {
+        if !args.json {
+            eprintln!("bench: {msg}");
+        }
+    };
+
+    let fake = FakeNango::start(FakeConfig {
+        seed: args.seed,
+        ..FakeConfig::default()
+    })
+    .await
+    .context("cannot start the in-process fake Nango")?;
+    let spec = GenerateSpec {
+        record_bytes: args.record_bytes,
+        ..GenerateSpec::new(args.records, 1000)
+    };
+    progress(&format!("generating {} records", args.records));
+    drop(fake.generate_with(&stream, spec));
+    let client = NangoClient::builder()
+        .host(fake.url())
+        .secret_key(fake.secret_key())
+        .retry(RetryConfig::fast())
+        .build()?;
+    let defaults = EngineConfig::default();
+    let config = EngineConfig {
+        page_size,
+        pipeline_depth: args.pipeline_depth.unwrap_or(defaults.pipeline_depth),
+        ..defaults.clone()
+    };
+
+    // Pass 1: fresh.
+    progress("fresh: fetch ceiling");
+    let (fetch_fresh, bytes) = fetch_ceiling(&client, &stream, page_size).await?;
+    progress("fresh: store ceiling");
+    targets.reset().await?;
+    let ceiling_sink = sink::open(&targets.ceiling).await?;
+    let (store_fresh, ceiling_cursor) =
+        store_ceiling(&client, &ceiling_sink, &stream, page_size, None, true).await?;
+    drop(ceiling_sink);
+    progress("fresh: engine");
+    let engine_sink = sink::open(&targets.engine).await?;
+    let engine = Engine::with_config(client.clone(), engine_sink.clone(), config.clone());
+    let engine_fresh = engine_pass(&engine, &stream).await?;
+
+    // Pass 2: every record changes upstream.
+    progress("update: every record changes upstream");
+    drop(fake.regenerate(
+        &stream,
+        GenerateSpec {
+            revision: 1,
+            ..spec
+        },
+    ));
+    progress("update: fetch ceiling");
+    let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
+    progress("update: store ceiling");
+    let ceiling_sink = sink::open(&targets.ceiling).await?;
+    let (store_update, _) = store_ceiling(
+        &client,
+        &ceiling_sink,
+        &stream,
+        page_size,
+        ceiling_cursor,
+        false,
+    )
+    .await?;
+    drop(ceiling_sink);
+    progress("update: engine");
+    let engine_update = engine_pass(&engine, &stream).await?;
+
+    // Pass 3: nothing changed.
+    progress("no change: engine");
+    let before = fake.request_count();
+    let began = Instant::now();
+    let report = engine.sync(&stream, &SyncOptions::default()).await?;
+    let no_change = NoChange {
+        seconds: began.elapsed().as_secs_f64(),
+        http_requests: fake.request_count() - before,
+        streams: 1,
+    };
+    ensure!(
+        report.counts.total() == 0,
+        "the no-change run received {} records",
+        report.counts.total()
+    );
+    let backend = engine_sink.backend();
+    drop(engine);
+    drop(engine_sink);
+    fake.shutdown().await;
+    if !args.keep {
+        targets.remove().await?;
+    }
+
+    let peak = [engine_fresh.peak_rss_mb, engine_update.peak_rss_mb]
+        .into_iter()
+        .flatten()
+        .reduce(f64::max);
+    let report = Report {
+        backend,
+        records: args.records,
+        page_size,
+        record_bytes_avg: bytes / (args.records as u64).max(1),
+        fresh: Round::new(fetch_fresh, store_fresh, engine_fresh),
+        update: Round::new(fetch_update, store_update, engine_update),
+        no_change,
+        peak_rss_mb: peak,
+        rss_method: "VmHWM of /proc/self/status, reset before each engine pass via /proc/self/clear_refs",
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Page through every record, parse, discard. Returns the pass and the bytes of the
+/// payloads seen.
+async fn fetch_ceiling(
+    client: &NangoClient,
+    stream: &StreamKey,
+    page_size: u32,
+) -> Result<(Pass, u64)> {
+    let began = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    let mut cursor: Option<Cursor> = None;
+    loop {
+        let page = client
+            .list_records(
+                &RecordsQuery::new(stream)
+                    .cursor(cursor.as_ref())
+                    .limit(page_size),
+            )
+            .await?;
+        records += page.records.len() as u64;
+        bytes += page
+            .records
+            .iter()
+            .map(|r| r.payload.as_str().len() as u64)
+            .sum::<u64>();
+        if page.is_last() {
+            break;
+        }
+        cursor = page.next_cursor;
+    }
+    Ok((Pass::new(records, began.elapsed()), bytes))
+}
+
+/// Fetch each page (untimed), then commit it (timed): the store's write path alone.
+/// `full`: the commits of a first sync (a full read stamping generation 1).
+async fn store_ceiling(
+    client: &NangoClient,
+    sink: &SharedSink,
+    stream: &StreamKey,
+    page_size: u32,
+    mut expected: Option<Cursor>,
+    full: bool,
+) -> Result<(Pass, Option<Cursor>)> {
+    let mut commits = Vec::new();
+    let mut records = 0u64;
+    let mut next: Option<Cursor> = None;
+    loop {
+        let page = client
+            .list_records(
+                &RecordsQuery::new(stream)
+                    .cursor(next.as_ref())
+                    .limit(page_size),
+            )
+            .await?;
+        let last = page.is_last();
+        let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
+        next = page.next_cursor;
+        records += page.records.len() as u64;
+        let mut commit = Commit::new(
+            stream.clone(),
+            expected.clone(),
+            cursor.clone(),
+            page.records,
+        );
+        commit.full_read = full.then_some(FullRead {
+            generation: 1,
+            complete: last,
+        });
+        let began = Instant::now();
+        sink.commit(commit).await?;
+        commits.push(began.elapsed());
+        expected = cursor;
+        if last {
+            break;
+        }
+    }
+    let total = commits.iter().sum();
+    Ok((Pass::new(records, total).latencies(commits), expected))
+}
+
+/// One engine run, with its commit latencies and memory high-water mark.
+async fn engine_pass(engine: &Engine, stream: &StreamKey) -> Result<Pass> {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let sink = latencies.clone();
+    let options = SyncOptions {
+        progress: Some(Arc::new(move |p| {
+            if let Some(t) = p.commit_time {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(t);
+            }
+        })),
+        ..SyncOptions::default()
+    };
+    let baseline = rss::reset_peak();
+    let began = Instant::now();
+    let report = engine.sync(stream, &options).await?;
+    let elapsed = began.elapsed();
+    let peak = rss::peak();
+    let commits = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut pass = Pass::new(report.counts.total(), elapsed).latencies(commits);
+    pass.baseline_rss_mb = baseline;
+    pass.peak_rss_mb = peak;
+    Ok(pass)
+}
+
+/// The stores written by a bench: one for the store ceiling, one for the engine.
+struct Targets {
+    ceiling: String,
+    engine: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Files(Vec<PathBuf>),
+    Dirs(Vec<PathBuf>),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Schemas {
+        url: String,
+        schemas: Vec<String>,
+    },
+}
+
+impl Targets {
+    fn derive(url: &str) -> Result<Targets> {
+        match SinkUrl::parse(url)? {
+            SinkUrl::Sqlite(path) => {
+                let name = |suffix: &str| -> PathBuf {
+                    let stem = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "bench".into());
+                    let file = match path.extension() {
+                        Some(ext) => format!("{stem}-{suffix}.{}", ext.to_string_lossy()),
+                        None => format!("{stem}-{suffix}"),
+                    };
+                    path.with_file_name(file)
+                };
+                let (c, e) = (name("ceiling"), name("engine"));
+                let mut files = Vec::new();
+                for p in [&c, &e] {
+                    for tail in ["", "-wal", "-shm"] {
+                        files.push(PathBuf::from(format!("{}{tail}", p.display())));
+                    }
+                }
+                Ok(Targets {
+                    ceiling: format!("sqlite://{}", c.display()),
+                    engine: format!("sqlite://{}", e.display()),
+                    kind: Kind::Files(files),
+                })
+            }
+            SinkUrl::Sled(path) => {
+                let name = |suffix: &str| PathBuf::from(format!("{}-{suffix}", path.display()));
+                let (c, e) = (name("ceiling"), name("engine"));
+                Ok(Targets {
+                    ceiling: format!("sled://{}", c.display()),
+                    engine: format!("sled://{}", e.display()),
+                    kind: Kind::Dirs(vec![c, e]),
+                })
+            }
+            SinkUrl::Postgres(_) => {
+                let (base, schema) = split_schema(url);
+                let schema = schema.unwrap_or_else(|| "nango_sync_bench".to_string());
+                let with = |suffix: &str| {
+                    let sep = if base.contains('?') { '&' } else { '?' };
+                    format!("{base}{sep}schema={schema}_{suffix}")
+                };
+                Ok(Targets {
+                    ceiling: with("ceiling"),
+                    engine: with("engine"),
+                    kind: Kind::Schemas {
+                        url: base.clone(),
+                        schemas: vec![format!("{schema}_ceiling"), format!("{schema}_engine")],
+                    },
+                })
+            }
+            _ => bail!("bench measures a persistent store: sqlite://, sled:// or postgres://"),
+        }
+    }
+
+    /// Remove what a previous bench left.
+    async fn reset(&self) -> Result<()> {
+        self.remove().await
+    }
+
+    async fn remove(&self) -> Result<()> {
+        match &self.kind {
+            Kind::Files(files) => {
+                for f in files {
+                    remove_if_exists(f, |p| std::fs::remove_file(p))?;
+                }
+            }
+            Kind::Dirs(dirs) => {
+                for d in dirs {
+                    remove_if_exists(d, |p| std::fs::remove_dir_all(p))?;
+                }
+            }
+            Kind::Schemas { url, schemas } => drop_schemas(url, schemas).await?,
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_exists(p: &Path, remove: fn(&Path) -> std::io::Result<()>) -> Result<()> {
+    match remove(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", p.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn drop_schemas(url: &str, schemas: &[String]) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .context("cannot connect to PostgreSQL to drop the bench schemas")?;
+    for s in schemas {
+        // The names are derived from a validated schema parameter plus a fixed suffix;
+        // they are quoted as identifiers all the same.
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            s.replace('"', "\"\"")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("cannot drop schema {s}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn drop_schemas(_url: &str, _schemas: &[String]) -> Result<()> {
+    bail!("this nango-sync was built without the `postgres` feature")
+}
+
+/// The URL without nango-sync's `schema=` parameter, and that parameter.
+fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(v) => {
+                schema = Some(v.to_string());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    if rest.is_empty() {
+        (base.to_string(), schema)
+    } else {
+        (format!("{base}?{}", rest.join("&")), schema)
+    }
+}
+
+fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
+    writeln!(
+        out,
+        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}",
+        r.records, r.record_bytes_avg, r.page_size, r.backend
+    )?;
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
+    let mb = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+    for (name, round) in [("fresh", &r.fresh), ("update", &r.update)] {
+        writeln!(out, "{name}:")?;
+        for (what, p) in [
+            ("fetch ceiling", &round.fetch),
+            ("store ceiling", &round.store),
+            ("engine", &round.engine),
+        ] {
+            writeln!(
+                out,
+                "  {what:<14} {:>10.0} rec/s  {:>8.2} s  commit p50 {:>6} ms  p99 {:>6} ms  rss {} MB (baseline {} MB)",
+                p.records_per_second,
+                p.seconds,
+                ms(p.commit_p50_ms),
+                ms(p.commit_p99_ms),
+                mb(p.peak_rss_mb),
+                mb(p.baseline_rss_mb),
+            )?;
+        }
+        writeln!(out, "  engine / min(fetch, store) = {:.2}", round.ratio)?;
+    }
+    writeln!(
+        out,
+        "no change: {} HTTP request(s) for {} stream(s), {:.3} s",
+        r.no_change.http_requests, r.no_change.streams, r.no_change.seconds
+    )?;
+    writeln!(
+        out,
+        "peak RSS during the engine passes: {} MB ({})",
+        mb(r.peak_rss_mb),
+        r.rss_method
+    )?;
+    Ok(())
+}
+
+/// Resident memory of this process, from `/proc/self/status` (Linux).
+mod rss {
+    fn field_mb(name: &str) -> Option<f64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line
+            .trim_start_matches(name)
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
+
+    /// Reset the high-water mark to the current RSS; returns the current RSS.
+    pub fn reset_peak() -> Option<f64> {
+        // Writing 5 to clear_refs resets VmHWM (Linux 4.0 and later).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        field_mb("VmRSS:")
+    }
+
+    /// The high-water mark since the last reset.
+    pub fn peak() -> Option<f64> {
+        field_mb("VmHWM:")
+    }
+}
