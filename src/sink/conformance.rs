@@ -152,7 +152,7 @@ async fn page<S: RecordSink>(store: &S, stream: &StreamKey, records: Vec<Record>
         stream: stream.clone(),
         expected_cursor: state.cursor,
         cursor,
-        records,
+        records: records.into(),
         full_read: None,
         now: ts(1_000_000),
     }

@@ -80,8 +80,9 @@ pub struct Commit {
     pub expected_cursor: Option<Cursor>,
     /// The cursor after this commit (the same as `expected_cursor` for an empty page).
     pub cursor: Option<Cursor>,
-    /// The records, in stream order.
-    pub records: Vec<Record>,
+    /// The records, in stream order (shared, so a commit can be retried without copying
+    /// its page).
+    pub records: Arc<[Record]>,
     /// Set when this commit belongs to a full re-read.
     pub full_read: Option<FullRead>,
     /// The time recorded as `deleted_at` of records a completing full re-read sweeps.
@@ -100,7 +101,7 @@ impl Commit {
             stream,
             expected_cursor,
             cursor,
-            records,
+            records: records.into(),
             full_read: None,
             now: Timestamp::now(),
         }
@@ -181,7 +182,7 @@ pub struct RunSummary {
     pub full_reason: Option<String>,
     /// The stream's high-water mark after the run: the latest `last_modified_at` the
     /// store is known to hold (carried over from earlier runs). It anchors the optional
-    /// overlap window ([`crate::EngineConfig::overlap`]); `None` when unknown.
+    /// overlap window ([`crate::engine::EngineConfig::overlap`]); `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water_mark: Option<Timestamp>,
     /// The error that ended the run, if any.

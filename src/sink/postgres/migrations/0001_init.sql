@@ -27,7 +27,9 @@ CREATE TABLE {schema}.streams (
 );
 
 CREATE TABLE {schema}.records (
-    stream_id        bigint NOT NULL REFERENCES {schema}.streams (stream_id),
+    -- No foreign key to streams: the store always creates the stream row first, in the
+    -- same transaction, and a per-row referential check would slow every page write.
+    stream_id        bigint NOT NULL,
     id               text COLLATE "C" NOT NULL,
     payload          jsonb NOT NULL,
     first_seen_at    bigint NOT NULL,
