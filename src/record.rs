@@ -353,6 +353,14 @@ impl StoredRecord {
     }
 }
 
+/// `v` as compact JSON with object keys sorted by code point at every level (the form
+/// of `nango-sync export` payloads and of the webhook bodies Nango sends).
+pub fn canonical_json(v: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_canonical(&mut out, v);
+    out
+}
+
 fn write_json_string(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }

@@ -533,10 +533,10 @@ pub async fn open(url: &str) -> Result<SharedSink> {
     }
 }
 
-/// Take the `schema=NAME` parameter out of a Postgres URL (nango-sync's own parameter:
-/// the schema holding the store's tables).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-fn split_schema_param(url: &str) -> (String, Option<String>) {
+/// Take the `schema=NAME` parameter out of a Postgres sink URL (nango-sync's own
+/// parameter: the schema holding the store's tables), returning the URL to connect to
+/// and the schema.
+pub fn split_schema_param(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_string(), None);
     };

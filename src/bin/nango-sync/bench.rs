@@ -463,7 +463,7 @@ impl Targets {
                 })
             }
             SinkUrl::Postgres(_) => {
-                let (base, schema) = split_schema(url);
+                let (base, schema) = nango_sync::sink::split_schema_param(url);
                 let schema = schema.unwrap_or_else(|| "nango_sync_bench".to_string());
                 let with = |suffix: &str| {
                     let sep = if base.contains('?') { '&' } else { '?' };
@@ -538,29 +538,6 @@ async fn drop_schemas(url: &str, schemas: &[String]) -> Result<()> {
 #[cfg(not(feature = "postgres"))]
 async fn drop_schemas(_url: &str, _schemas: &[String]) -> Result<()> {
     bail!("this nango-sync was built without the `postgres` feature")
-}
-
-/// The URL without nango-sync's `schema=` parameter, and that parameter.
-fn split_schema(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_string(), None);
-    };
-    let mut schema = None;
-    let rest: Vec<&str> = query
-        .split('&')
-        .filter(|kv| match kv.strip_prefix("schema=") {
-            Some(v) => {
-                schema = Some(v.to_string());
-                false
-            }
-            None => !kv.is_empty(),
-        })
-        .collect();
-    if rest.is_empty() {
-        (base.to_string(), schema)
-    } else {
-        (format!("{base}?{}", rest.join("&")), schema)
-    }
 }
 
 fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
