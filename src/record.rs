@@ -60,25 +60,31 @@ impl StreamKey {
     }
 
     /// Check the key against the rules of Nango's records API: model
-    /// `^[A-Z][a-zA-Z0-9_-]+$`, variant `^[a-zA-Z0-9_-]+$`, integration and connection
-    /// 1 to 255 characters without control characters.
+    /// `^[A-Z][a-zA-Z0-9_-]+$`, variant `^[a-zA-Z0-9_-]+$`, integration key
+    /// `^[a-zA-Z0-9~:.@ _-]+$` and connection id `^[a-zA-Z0-9,.;:=+~[\]|@${}"'\\/_ -]+$`,
+    /// both at most 255 characters.
     pub fn validate(&self) -> crate::Result<()> {
-        let id_ok =
-            |s: &str| !s.is_empty() && s.chars().count() <= 255 && !s.chars().any(char::is_control);
-        if !id_ok(&self.integration) {
+        // The header rules of Nango's API.
+        let key_char = |c: char| c.is_ascii_alphanumeric() || "~:.@ _-".contains(c);
+        let conn_char =
+            |c: char| c.is_ascii_alphanumeric() || ",.;:=+~[]|@${}\"'\\/_ -".contains(c);
+        let ok = |s: &str, allowed: &dyn Fn(char) -> bool| {
+            !s.is_empty() && s.len() <= 255 && s.chars().all(allowed)
+        };
+        if !ok(&self.integration, &key_char) {
             return Err(crate::Error::invalid(
                 "integration key",
                 format!(
-                    "{:?} must be 1 to 255 characters without control characters",
+                    "{:?} must be 1 to 255 characters matching ^[a-zA-Z0-9~:.@ _-]+$",
                     self.integration
                 ),
             ));
         }
-        if !id_ok(&self.connection) {
+        if !ok(&self.connection, &conn_char) {
             return Err(crate::Error::invalid(
                 "connection id",
                 format!(
-                    "{:?} must be 1 to 255 characters without control characters",
+                    "{:?} must be 1 to 255 characters matching ^[a-zA-Z0-9,.;:=+~\\[\\]|@${{}}\"'\\\\/_ -]+$",
                     self.connection
                 ),
             ));
@@ -420,10 +426,18 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
+        assert!(StreamKey::new("github", "é", "Ticket").validate().is_err());
         assert!(
-            StreamKey::new("github", "é".repeat(255), "Ticket")
+            StreamKey::new("github", "x".repeat(255), "Ticket")
                 .validate()
                 .is_ok()
+        );
+        let punctuated = StreamKey::new("git hub:x@y.z~", "a'b\";c=[d]|{e}$/\\", "Ticket");
+        assert!(punctuated.validate().is_ok());
+        assert!(
+            StreamKey::new("git'hub", "acme", "Ticket")
+                .validate()
+                .is_err()
         );
     }
 

@@ -106,3 +106,62 @@ fn secrets_stay_out_of_logs_debug_and_errors() {
         }
     }
 }
+
+#[tokio::test]
+async fn hostile_stream_keys_are_data_not_sql() {
+    let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("h.db")).await.unwrap());
+    let client = NangoClient::builder()
+        .host(fake.url())
+        .secret_key(fake.secret_key())
+        .retry(RetryConfig::fast())
+        .build()
+        .unwrap();
+    let engine = Engine::new(client, sink.clone());
+    let hostile = [
+        StreamKey::new("github", "acme'; DROP TABLE nango_records;--", "Ticket"),
+        StreamKey::new(
+            "github",
+            "a\"b'c; DELETE FROM nango_streams WHERE '1'='1",
+            "Ticket",
+        ),
+        StreamKey::new("github", "x' OR 1=1 --", "Ticket").with_variant("v1-_x"),
+    ];
+    for (i, stream) in hostile.iter().enumerate() {
+        fake.save(
+            stream,
+            vec![serde_json::json!({"id": format!("r{i}'); --"), "n": i})],
+        );
+    }
+    for r in engine.sync_all(&hostile, &SyncOptions::default()).await {
+        r.unwrap();
+    }
+    let statuses = sink.streams().await.unwrap();
+    assert_eq!(
+        statuses.len(),
+        hostile.len(),
+        "every stream kept, none dropped"
+    );
+    for (i, stream) in hostile.iter().enumerate() {
+        let r = sink
+            .get(stream, &format!("r{i}'); --"))
+            .await
+            .unwrap()
+            .expect("stored verbatim");
+        assert_eq!(r.payload.to_value()["n"], i);
+        assert!(
+            statuses.iter().any(|s| &s.stream == stream),
+            "{stream} read back verbatim"
+        );
+    }
+    // A model name Nango would reject never reaches the store or the network.
+    let bad = StreamKey::new("github", "acme", "Ticket'; DROP TABLE x;--");
+    let before = fake.request_count();
+    let err = engine
+        .sync(&bad, &SyncOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("model name"), "{err}");
+    assert_eq!(fake.request_count(), before);
+}
