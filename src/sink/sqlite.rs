@@ -319,7 +319,6 @@ fn migrate(conn: &Connection) -> Result<()> {
              seq INTEGER NOT NULL,
              PRIMARY KEY (stream_id, id)
          ) WITHOUT ROWID;
-         CREATE INDEX IF NOT EXISTS nango_records_seq ON nango_records (seq);
          CREATE VIEW IF NOT EXISTS nango_records_view AS
              SELECT s.integration, s.connection, s.model, s.variant, r.id, r.payload,
                     r.last_action IN (3) OR r.deleted_at IS NOT NULL AS deleted,
