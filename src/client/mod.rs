@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::error::{BoxError, Error, Result, TransportKind};
 use crate::page::Page;
@@ -23,6 +23,7 @@ mod budget;
 mod retry;
 
 pub use budget::RateBudget;
+pub(crate) use retry::OnGiveUp;
 pub use retry::RetryConfig;
 
 /// Nango's cloud API.
@@ -348,43 +349,29 @@ impl NangoClient {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let policy = &self.inner.retry;
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            if let Some(budget) = &self.inner.budget {
-                budget.acquire().await;
-            }
-            attempts += 1;
-            let err = match attempt().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            if let (
-                Some(budget),
-                Error::Nango {
-                    status: 429,
-                    retry_after,
-                    ..
-                },
-            ) = (&self.inner.budget, &err)
-            {
-                budget.pause_for(retry::rate_limit_wait(*retry_after, policy));
-            }
-            if !err.is_retryable() {
-                return Err(err);
-            }
-            let wait = policy.delay(attempts, &err);
-            let elapsed = started.elapsed();
-            if attempts >= policy.max_attempts || elapsed + wait > policy.max_elapsed {
-                return Err(Error::RetriesExhausted {
-                    attempts,
-                    elapsed_ms: elapsed.as_millis() as u64,
-                    last: Box::new(err),
-                });
-            }
-            warn!(request = describe, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %err, "retrying");
-            tokio::time::sleep(wait).await;
-        }
+        policy
+            .run(describe, retry::OnGiveUp::Wrap, |_| {
+                let result = attempt();
+                async move {
+                    if let Some(budget) = &self.inner.budget {
+                        budget.acquire().await;
+                    }
+                    let result = result.await;
+                    if let (
+                        Some(budget),
+                        Err(Error::Nango {
+                            status: 429,
+                            retry_after,
+                            ..
+                        }),
+                    ) = (&self.inner.budget, &result)
+                    {
+                        budget.pause_for(retry::rate_limit_wait(*retry_after, policy));
+                    }
+                    result
+                }
+            })
+            .await
     }
 
     fn records_url(&self, q: &RecordsQuery<'_>) -> Result<reqwest::Url> {

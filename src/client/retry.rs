@@ -82,6 +82,58 @@ impl RetryConfig {
     }
 }
 
+/// What [`RetryConfig::run`] returns when the policy gives up on a retryable error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnGiveUp {
+    /// [`Error::RetriesExhausted`] wrapping the last error.
+    Wrap,
+    /// The last error itself.
+    Last,
+}
+
+impl RetryConfig {
+    /// Run `attempt` (called with the 1-based attempt number) until it succeeds, fails
+    /// with an error that is not retryable, or the policy gives up: after
+    /// `max_attempts`, or when the next wait would end past `max_elapsed`.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: &str,
+        on_give_up: OnGiveUp,
+        mut attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        let started = std::time::Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let err = match attempt(attempts).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            let wait = self.delay(attempts, &err);
+            let elapsed = started.elapsed();
+            if attempts >= self.max_attempts || elapsed + wait > self.max_elapsed {
+                return Err(match on_give_up {
+                    OnGiveUp::Wrap => Error::RetriesExhausted {
+                        attempts,
+                        elapsed_ms: elapsed.as_millis() as u64,
+                        last: Box::new(err),
+                    },
+                    OnGiveUp::Last => err,
+                });
+            }
+            tracing::warn!(operation = what, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %err, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
 /// The wait after a 429: `Retry-After`, but at least the configured minimum.
 pub(crate) fn rate_limit_wait(retry_after: Option<u64>, cfg: &RetryConfig) -> Duration {
     Duration::from_secs(retry_after.unwrap_or(0)).max(cfg.min_rate_limit_wait)

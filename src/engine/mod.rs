@@ -53,12 +53,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::client::{NangoClient, RecordsQuery, RetryConfig};
+use crate::client::{NangoClient, OnGiveUp, RecordsQuery, RetryConfig};
 use crate::error::{Error, Result};
 use crate::merge::Counts;
 use crate::page::Page;
@@ -574,39 +574,27 @@ impl Engine {
         if policy.max_attempts <= 1 {
             return self.sink.commit(commit).await;
         }
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let err = match self.sink.commit(commit.clone()).await {
-                Ok(out) => return Ok(out),
-                Err(e) => e,
-            };
-            if attempts > 1
-                && let Error::CursorConflict { actual, .. } = &err
-                && commit.cursor != commit.expected_cursor
-                && actual.as_deref() == commit.cursor.as_ref().map(Cursor::as_str)
-            {
-                info!(
-                    stream = %commit.stream,
-                    "an earlier attempt of the commit landed (its answer was lost)"
-                );
-                return Ok(CommitOutcome::default());
-            }
-            if !err.is_retryable() {
-                return Err(err);
-            }
-            let wait = policy.delay(attempts, &err);
-            if attempts >= policy.max_attempts || started.elapsed() + wait > policy.max_elapsed {
-                return Err(Error::RetriesExhausted {
-                    attempts,
-                    elapsed_ms: started.elapsed().as_millis() as u64,
-                    last: Box::new(err),
-                });
-            }
-            warn!(stream = %commit.stream, attempt = attempts, wait_ms = wait.as_millis() as u64, error = %err, "store error: retrying the commit");
-            tokio::time::sleep(wait).await;
-        }
+        let what = format!("commit to {}", commit.stream);
+        policy
+            .run(&what, OnGiveUp::Wrap, |attempt| {
+                let commit = commit.clone();
+                async move {
+                    let (new_cursor, expected) = (commit.cursor.clone(), commit.expected_cursor.clone());
+                    let stream = commit.stream.clone();
+                    match self.sink.commit(commit).await {
+                        Err(Error::CursorConflict { actual, .. })
+                            if attempt > 1
+                                && new_cursor != expected
+                                && actual.as_deref() == new_cursor.as_ref().map(Cursor::as_str) =>
+                        {
+                            info!(stream = %stream, "an earlier attempt of the commit landed (its answer was lost)");
+                            Ok(CommitOutcome::default())
+                        }
+                        other => other,
+                    }
+                }
+            })
+            .await
     }
 
     /// Run a store read, retrying retryable store errors with the commit policy.
@@ -615,25 +603,10 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T>>,
     {
-        let policy = &self.config.commit_retry;
-        let started = Instant::now();
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let err = match op().await {
-                Ok(v) => return Ok(v),
-                Err(e) => e,
-            };
-            let wait = policy.delay(attempts, &err);
-            if !err.is_retryable()
-                || attempts >= policy.max_attempts
-                || started.elapsed() + wait > policy.max_elapsed
-            {
-                return Err(err);
-            }
-            warn!(operation = what, attempt = attempts, error = %err, "store error: retrying");
-            tokio::time::sleep(wait).await;
-        }
+        self.config
+            .commit_retry
+            .run(what, OnGiveUp::Last, |_| op())
+            .await
     }
 
     /// The overlap read: the records modified in `window` before `hwm`, committed

@@ -198,6 +198,33 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// Set one text column of the stream's row (`last_run` or `upstream_error`),
+    /// creating the row if needed.
+    async fn set_stream_column(
+        &self,
+        stream: &StreamKey,
+        operation: &'static str,
+        column: &'static str,
+        value: Option<String>,
+    ) -> Result<()> {
+        let key = stream.clone();
+        self.write(operation, move |c, _| {
+            let e = |e| sql_err(operation, e);
+            let (id, _) = ensure_stream(c, &key).map_err(e)?;
+            // `column` is one of two fixed names, never input.
+            c.prepare_cached(&format!(
+                "UPDATE nango_streams SET {column} = ?2 WHERE stream_id = ?1"
+            ))
+            .map_err(e)?
+            .execute(params![id, value])
+            .map_err(e)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
@@ -579,34 +606,16 @@ impl RecordSink for SqliteStore {
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let key = stream.clone();
         let json = serde_json::to_string(run)
             .map_err(|e| Error::store(BACKEND, "record the run", false, e))?;
-        self.write("record the run", move |c, _| {
-            let e = |e| sql_err("record the run", e);
-            let (id, _) = ensure_stream(c, &key).map_err(e)?;
-            c.prepare_cached("UPDATE nango_streams SET last_run = ?2 WHERE stream_id = ?1")
-                .map_err(e)?
-                .execute(params![id, json])
-                .map_err(e)?;
-            Ok(())
-        })
-        .await
+        self.set_stream_column(stream, "record the run", "last_run", Some(json))
+            .await
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
-        let key = stream.clone();
         let error = error.map(str::to_owned);
-        self.write("record the upstream error", move |c, _| {
-            let e = |e| sql_err("record the upstream error", e);
-            let (id, _) = ensure_stream(c, &key).map_err(e)?;
-            c.prepare_cached("UPDATE nango_streams SET upstream_error = ?2 WHERE stream_id = ?1")
-                .map_err(e)?
-                .execute(params![id, error])
-                .map_err(e)?;
-            Ok(())
-        })
-        .await
+        self.set_stream_column(stream, "record the upstream error", "upstream_error", error)
+            .await
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {

@@ -154,11 +154,8 @@ impl SyncWebhook {
 
     /// The stream this webhook is about.
     pub fn stream(&self) -> StreamKey {
-        let key = StreamKey::new(&self.provider_config_key, &self.connection_id, &self.model);
-        match self.sync_variant.as_deref() {
-            Some(v) if !v.is_empty() => key.with_variant(v),
-            _ => key,
-        }
+        StreamKey::new(&self.provider_config_key, &self.connection_id, &self.model)
+            .with_variant(self.sync_variant.as_deref().unwrap_or_default())
     }
 }
 
@@ -219,11 +216,8 @@ impl SyncFailureWebhook {
         self.models()
             .into_iter()
             .map(|m| {
-                let key = StreamKey::new(&self.provider_config_key, &self.connection_id, m);
-                match self.sync_variant.as_deref() {
-                    Some(v) if !v.is_empty() => key.with_variant(v),
-                    _ => key,
-                }
+                StreamKey::new(&self.provider_config_key, &self.connection_id, m)
+                    .with_variant(self.sync_variant.as_deref().unwrap_or_default())
             })
             .collect()
     }

@@ -84,11 +84,8 @@ fn stream_keys(
     models
         .iter()
         .map(|m| {
-            let key = StreamKey::new(integration, connection, m.as_str());
-            match variant {
-                Some(v) => key.with_variant(v),
-                None => key,
-            }
+            StreamKey::new(integration, connection, m.as_str())
+                .with_variant(variant.unwrap_or_default())
         })
         .collect()
 }
