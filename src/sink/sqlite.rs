@@ -5,7 +5,7 @@
 //! | table | what |
 //! |---|---|
 //! | `nango_streams` | one row per stream: key, cursor, full re-read generations, counters, last run |
-//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, and `seq`, the commit that last changed it |
+//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, and `seq`, the commit that last changed it; a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` |
 //! | `nango_meta` | schema version and the store's last commit sequence number |
 //! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
 //!
@@ -25,6 +25,7 @@
 //! from a small pool, so they run while a commit is in progress and see the state
 //! before or after it, never a mix.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,7 +43,7 @@ use crate::sink::{
 use crate::time::Timestamp;
 
 const BACKEND: &str = "sqlite";
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const DELETED: i64 = 3;
 
 /// Options of a [`SqliteStore`].
@@ -240,7 +241,7 @@ fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
         ));
     }
     let open_err = |e: rusqlite::Error| sql_err(&format!("open {}", path.display()), e);
-    let conn = Connection::open(path).map_err(open_err)?;
+    let mut conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(o.busy_timeout).map_err(open_err)?;
     // page_size only takes effect on a new (empty) database, before WAL is on.
     conn.execute_batch(&format!("PRAGMA page_size = {};", o.page_size))
@@ -263,7 +264,7 @@ fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
     ))
     .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(32);
-    migrate(&conn)?;
+    migrate(&mut conn)?;
     if let Some(n) = o.max_page_count {
         conn.query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
             .map_err(open_err)?;
@@ -284,13 +285,36 @@ fn open_reader(path: &Path, busy: Duration) -> Result<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &Connection) -> Result<()> {
+fn migrate(conn: &mut Connection) -> Result<()> {
     let err = |e| sql_err("migrate the schema", e);
-    conn.execute_batch(
+    let current: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM nango_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .or_else(|e| match e {
+            // No nango_meta table yet: a new file.
+            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
+                Ok(None)
+            }
+            e => Err(e),
+        })
+        .map_err(err)?;
+    if current == Some(SCHEMA_VERSION) {
+        return Ok(());
+    }
+    // The version is read again inside the write transaction, so two processes opening
+    // a new file at once migrate it once.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS nango_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )
     .map_err(err)?;
-    let version: Option<i64> = conn
+    let version: Option<i64> = tx
         .query_row(
             "SELECT value FROM nango_meta WHERE key = 'schema_version'",
             [],
@@ -299,7 +323,7 @@ fn migrate(conn: &Connection) -> Result<()> {
         .optional()
         .map_err(err)?;
     match version {
-        Some(v) if v == SCHEMA_VERSION => return Ok(()),
+        Some(v) if v == SCHEMA_VERSION => return tx.commit().map_err(err),
         Some(v) if v > SCHEMA_VERSION => {
             return Err(Error::store(
                 BACKEND,
@@ -312,51 +336,79 @@ fn migrate(conn: &Connection) -> Result<()> {
         }
         _ => {}
     }
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         CREATE TABLE IF NOT EXISTS nango_streams (
-             stream_id INTEGER PRIMARY KEY,
-             integration TEXT NOT NULL,
-             connection TEXT NOT NULL,
-             model TEXT NOT NULL,
-             variant TEXT NOT NULL,
-             cursor TEXT,
-             generation INTEGER NOT NULL DEFAULT 0,
-             full_read INTEGER,
-             added INTEGER NOT NULL DEFAULT 0,
-             updated INTEGER NOT NULL DEFAULT 0,
-             deleted INTEGER NOT NULL DEFAULT 0,
-             unchanged INTEGER NOT NULL DEFAULT 0,
-             stale INTEGER NOT NULL DEFAULT 0,
-             last_run TEXT,
-             upstream_error TEXT,
-             UNIQUE (integration, connection, model, variant)
-         );
-         CREATE TABLE IF NOT EXISTS nango_records (
-             stream_id INTEGER NOT NULL,
-             id TEXT NOT NULL,
-             payload TEXT NOT NULL,
-             first_seen_at INTEGER NOT NULL,
-             last_modified_at INTEGER NOT NULL,
-             last_action INTEGER NOT NULL,
-             deleted_at INTEGER,
-             pruned_at INTEGER,
-             cursor TEXT NOT NULL,
-             seen_gen INTEGER NOT NULL,
-             seq INTEGER NOT NULL,
-             PRIMARY KEY (stream_id, id)
-         ) WITHOUT ROWID;
-         CREATE VIEW IF NOT EXISTS nango_records_view AS
-             SELECT s.integration, s.connection, s.model, s.variant, r.id, r.payload,
-                    r.last_action IN (3) OR r.deleted_at IS NOT NULL AS deleted,
-                    r.last_modified_at, r.seq
-             FROM nango_records r JOIN nango_streams s ON s.stream_id = r.stream_id;
+    let ddl = match version {
+        // An empty file: the current schema.
+        None => format!("{STREAMS_DDL}{RECORDS_DDL}{VIEW_DDL}"),
+        // Schema 1 kept records in a `WITHOUT ROWID` table clustered on (stream_id, id):
+        // rows of a few hundred bytes made every insert at a random key split pages.
+        // Copy them into the rowid table of schema 2.
+        Some(_) => format!(
+            "DROP VIEW IF EXISTS nango_records_view;
+             ALTER TABLE nango_records RENAME TO nango_records_v1;
+             {RECORDS_DDL}
+             INSERT INTO nango_records (stream_id, id, payload, first_seen_at, last_modified_at, last_action,
+                                        deleted_at, pruned_at, cursor, seen_gen, seq)
+                 SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action,
+                        deleted_at, pruned_at, cursor, seen_gen, seq
+                 FROM nango_records_v1 ORDER BY stream_id, id;
+             DROP TABLE nango_records_v1;
+             {VIEW_DDL}"
+        ),
+    };
+    tx.execute_batch(&format!(
+        "{ddl}
          INSERT OR IGNORE INTO nango_meta (key, value) VALUES ('last_seq', 0);
-         INSERT OR REPLACE INTO nango_meta (key, value) VALUES ('schema_version', 1);
-         COMMIT;",
-    )
-    .map_err(err)
+         INSERT OR REPLACE INTO nango_meta (key, value) VALUES ('schema_version', {SCHEMA_VERSION});"
+    ))
+    .map_err(err)?;
+    tx.commit().map_err(err)
 }
+
+const STREAMS_DDL: &str = "
+    CREATE TABLE IF NOT EXISTS nango_streams (
+        stream_id INTEGER PRIMARY KEY,
+        integration TEXT NOT NULL,
+        connection TEXT NOT NULL,
+        model TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        cursor TEXT,
+        generation INTEGER NOT NULL DEFAULT 0,
+        full_read INTEGER,
+        added INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        unchanged INTEGER NOT NULL DEFAULT 0,
+        stale INTEGER NOT NULL DEFAULT 0,
+        last_run TEXT,
+        upstream_error TEXT,
+        UNIQUE (integration, connection, model, variant)
+    );";
+
+/// Records live in a rowid table (new rows are appended, whatever their id) with a
+/// unique index on the key; `record_id` is internal and never shown.
+const RECORDS_DDL: &str = "
+    CREATE TABLE nango_records (
+        record_id INTEGER PRIMARY KEY,
+        stream_id INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        first_seen_at INTEGER NOT NULL,
+        last_modified_at INTEGER NOT NULL,
+        last_action INTEGER NOT NULL,
+        deleted_at INTEGER,
+        pruned_at INTEGER,
+        cursor TEXT NOT NULL,
+        seen_gen INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX nango_records_key ON nango_records (stream_id, id);";
+
+const VIEW_DDL: &str = "
+    CREATE VIEW IF NOT EXISTS nango_records_view AS
+        SELECT s.integration, s.connection, s.model, s.variant, r.id, r.payload,
+               r.last_action IN (3) OR r.deleted_at IS NOT NULL AS deleted,
+               r.last_modified_at, r.seq
+        FROM nango_records r JOIN nango_streams s ON s.stream_id = r.stream_id;";
 
 /// The id and state of a stream; `None` when the stream has no row yet.
 fn stream_row(conn: &Connection, key: &StreamKey) -> rusqlite::Result<Option<(i64, StreamState)>> {
@@ -414,96 +466,106 @@ fn commit_blocking(
     let seq = last_seq + 1;
     let gen_stamp = stamp_generation(&state, &commit) as i64;
 
-    let plan = {
+    // The stored versions of the page's ids (and where their rows are), one indexed
+    // lookup per distinct id.
+    let mut stored: HashMap<&str, (i64, StoredVersionBuf)> =
+        HashMap::with_capacity(commit.records.len());
+    {
         let mut select = tx
             .prepare_cached(
-                "SELECT last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3
+                "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3
                  FROM nango_records WHERE stream_id = ?1 AND id = ?2",
             )
             .map_err(e)?;
-        let mut failure = None;
-        let plan = plan_page(&commit.records, |id| {
+        let mut looked_up: HashSet<&str> = HashSet::with_capacity(commit.records.len());
+        for r in commit.records.iter() {
+            if !looked_up.insert(r.id.as_str()) {
+                continue;
+            }
             let row = select
-                .query_row(params![stream_id, id], |r| {
-                    Ok(StoredVersionBuf {
-                        last_modified_at: Timestamp::from_micros(r.get(0)?),
-                        cursor: r.get(1)?,
-                        deleted: r.get(2)?,
-                    })
+                .query_row(params![stream_id, r.id], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        StoredVersionBuf {
+                            last_modified_at: Timestamp::from_micros(row.get(1)?),
+                            cursor: row.get(2)?,
+                            deleted: row.get(3)?,
+                        },
+                    ))
                 })
-                .optional();
-            row.unwrap_or_else(|err| {
-                failure.get_or_insert(err);
-                None
-            })
-        });
-        if let Some(err) = failure {
-            return Err(e(err));
+                .optional()
+                .map_err(e)?;
+            if let Some(row) = row {
+                stored.insert(r.id.as_str(), row);
+            }
         }
-        plan
-    };
+    }
+    let plan = plan_page(&commit.records, |id| stored.get(id).map(|(_, v)| v.clone()));
 
     {
+        // Within this IMMEDIATE transaction nobody else writes, so the lookups above
+        // decide between a plain insert and an update of the row in place.
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO nango_records (stream_id, id, payload, first_seen_at, last_modified_at, last_action,
                      deleted_at, pruned_at, cursor, seen_gen, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT (stream_id, id) DO UPDATE SET
-                     payload = excluded.payload, first_seen_at = excluded.first_seen_at,
-                     last_modified_at = excluded.last_modified_at, last_action = excluded.last_action,
-                     deleted_at = excluded.deleted_at, pruned_at = excluded.pruned_at, cursor = excluded.cursor,
-                     seen_gen = excluded.seen_gen, seq = excluded.seq",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(e)?;
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE nango_records SET payload = ?2, first_seen_at = ?3, last_modified_at = ?4,
+                     last_action = ?5, deleted_at = ?6, pruned_at = ?7, cursor = ?8, seen_gen = ?9, seq = ?10
+                 WHERE record_id = ?1",
             )
             .map_err(e)?;
         let mut keep_payload = tx
             .prepare_cached(
-                "UPDATE nango_records SET first_seen_at = ?3, last_modified_at = ?4, last_action = ?5,
-                     deleted_at = ?6, pruned_at = ?7, cursor = ?8, seen_gen = ?9, seq = ?10
-                 WHERE stream_id = ?1 AND id = ?2",
+                "UPDATE nango_records SET first_seen_at = ?2, last_modified_at = ?3, last_action = ?4,
+                     deleted_at = ?5, pruned_at = ?6, cursor = ?7, seen_gen = ?8, seq = ?9
+                 WHERE record_id = ?1",
             )
             .map_err(e)?;
         for w in &plan.writes {
             let r = &commit.records[w.index];
             let m = &r.meta;
-            match w.payload {
-                PayloadSource::Page(i) => insert.execute(params![
-                    stream_id,
-                    r.id,
-                    commit.records[i].payload.as_str(),
-                    m.first_seen_at.as_micros(),
-                    m.last_modified_at.as_micros(),
-                    m.last_action.code(),
-                    ts(m.deleted_at),
-                    ts(m.pruned_at),
-                    m.cursor.as_str(),
-                    gen_stamp,
+            let row = stored.get(r.id.as_str()).map(|(row, _)| *row);
+            let payload = match w.payload {
+                PayloadSource::Page(i) => Some(commit.records[i].payload.as_str()),
+                PayloadSource::Stored if row.is_some() => None,
+                // Nothing stored to keep (cannot happen: the merge keeps a stored payload
+                // only when there is one); write the page's.
+                PayloadSource::Stored => Some(r.payload.as_str()),
+            };
+            let (first, last, action) = (
+                m.first_seen_at.as_micros(),
+                m.last_modified_at.as_micros(),
+                m.last_action.code(),
+            );
+            let (deleted, pruned, cursor) = (ts(m.deleted_at), ts(m.pruned_at), m.cursor.as_str());
+            match (row, payload) {
+                (None, Some(p)) => insert.execute(params![
+                    stream_id, r.id, p, first, last, action, deleted, pruned, cursor, gen_stamp,
                     seq,
                 ]),
-                PayloadSource::Stored => keep_payload.execute(params![
-                    stream_id,
-                    r.id,
-                    m.first_seen_at.as_micros(),
-                    m.last_modified_at.as_micros(),
-                    m.last_action.code(),
-                    ts(m.deleted_at),
-                    ts(m.pruned_at),
-                    m.cursor.as_str(),
-                    gen_stamp,
-                    seq,
+                (Some(row), Some(p)) => update.execute(params![
+                    row, p, first, last, action, deleted, pruned, cursor, gen_stamp, seq,
                 ]),
+                (Some(row), None) => keep_payload.execute(params![
+                    row, first, last, action, deleted, pruned, cursor, gen_stamp, seq,
+                ]),
+                (None, None) => unreachable!("a payload is chosen when no row is stored"),
             }
             .map_err(e)?;
         }
         if commit.full_read.is_some() && !plan.untouched.is_empty() {
             let mut seen = tx
-                .prepare_cached(
-                    "UPDATE nango_records SET seen_gen = ?3 WHERE stream_id = ?1 AND id = ?2",
-                )
+                .prepare_cached("UPDATE nango_records SET seen_gen = ?2 WHERE record_id = ?1")
                 .map_err(e)?;
             for &i in &plan.untouched {
-                seen.execute(params![stream_id, commit.records[i].id, gen_stamp])
-                    .map_err(e)?;
+                if let Some((row, _)) = stored.get(commit.records[i].id.as_str()) {
+                    seen.execute(params![row, gen_stamp]).map_err(e)?;
+                }
             }
         }
     }
@@ -737,6 +799,91 @@ mod tests {
                 cursor: Cursor(format!("c-{id}-{lma}")),
             },
         }
+    }
+
+    /// A database written by schema 1 (records in a `WITHOUT ROWID` table).
+    const SCHEMA_1: &str = "
+        CREATE TABLE nango_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE nango_streams (
+            stream_id INTEGER PRIMARY KEY, integration TEXT NOT NULL, connection TEXT NOT NULL,
+            model TEXT NOT NULL, variant TEXT NOT NULL, cursor TEXT,
+            generation INTEGER NOT NULL DEFAULT 0, full_read INTEGER,
+            added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0,
+            deleted INTEGER NOT NULL DEFAULT 0, unchanged INTEGER NOT NULL DEFAULT 0,
+            stale INTEGER NOT NULL DEFAULT 0, last_run TEXT, upstream_error TEXT,
+            UNIQUE (integration, connection, model, variant));
+        CREATE TABLE nango_records (
+            stream_id INTEGER NOT NULL, id TEXT NOT NULL, payload TEXT NOT NULL,
+            first_seen_at INTEGER NOT NULL, last_modified_at INTEGER NOT NULL,
+            last_action INTEGER NOT NULL, deleted_at INTEGER, pruned_at INTEGER,
+            cursor TEXT NOT NULL, seen_gen INTEGER NOT NULL, seq INTEGER NOT NULL,
+            PRIMARY KEY (stream_id, id)) WITHOUT ROWID;
+        CREATE VIEW nango_records_view AS
+            SELECT s.integration, s.connection, s.model, s.variant, r.id, r.payload,
+                   r.last_action IN (3) OR r.deleted_at IS NOT NULL AS deleted,
+                   r.last_modified_at, r.seq
+            FROM nango_records r JOIN nango_streams s ON s.stream_id = r.stream_id;
+        INSERT INTO nango_meta VALUES ('last_seq', 2), ('schema_version', 1);
+        INSERT INTO nango_streams (stream_id, integration, connection, model, variant, cursor, added, deleted)
+            VALUES (7, 'github', 'acme', 'Ticket', 'base', 'c2', 2, 1);
+        INSERT INTO nango_records VALUES
+            (7, 'a', '{\"id\":\"a\",\"v\":1}', 1, 11, 3, 11, NULL, 'c-a-11', 0, 2),
+            (7, 'b', '{\"id\":\"b\"}', 1, 10, 1, NULL, NULL, 'c-b-10', 0, 1);";
+
+    #[tokio::test]
+    async fn a_schema_1_file_is_migrated_with_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA_1)
+            .unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.stream_state(&stream).await.unwrap().cursor,
+            Some(Cursor("c2".into()))
+        );
+        let a = store.get(&stream, "a").await.unwrap().unwrap();
+        assert!(a.is_deleted());
+        assert_eq!(a.payload.as_str(), r#"{"id":"a","v":1}"#);
+        assert_eq!((a.seq, a.meta.cursor.as_str()), (2, "c-a-11"));
+        let live = store.list(&stream, &ListQuery::default()).await.unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // The migrated file takes new commits, which continue its sequence.
+        let out = store
+            .commit(Commit::new(
+                stream.clone(),
+                Some(Cursor("c2".into())),
+                Some(Cursor("c3".into())),
+                vec![
+                    record("b", 12, LastAction::Updated, r#"{"id":"b","v":2}"#),
+                    record("c", 12, LastAction::Added, r#"{"id":"c"}"#),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!((out.seq, out.counts.updated, out.counts.added), (3, 1, 1));
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row(
+                "SELECT value FROM nango_meta WHERE key = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM nango_records_view", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3);
+        // Reopening a current file changes nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.get(&stream, "c").await.unwrap().unwrap().seq, 3);
     }
 
     #[tokio::test]
