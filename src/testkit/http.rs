@@ -736,3 +736,83 @@ fn control_op(shared: &Shared, path: &str, b: &ControlBody) -> Result<Response, 
         _ => error_json(404, "not_found", &format!("Cannot POST {path}")),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::generate::{DEFAULT_RECORD_BYTES, generated_id, generated_mix};
+    use crate::testkit::state::{Clock, Payload, Saved};
+
+    fn params(cursor: Option<String>, limit: f64) -> RecordsParams {
+        RecordsParams {
+            model: "Ticket".into(),
+            variant: None,
+            modified_after: None,
+            limit: Some(limit),
+            filter: None,
+            cursor,
+            ids: None,
+        }
+    }
+
+    /// A store with `count` generated records saved in batches of 1000.
+    fn generated_store(count: u64, revision: u64) -> (Store, StreamKey) {
+        let key = StreamKey::new("github", "acme-prod", "Ticket");
+        let mut st = Store::new(
+            9101,
+            Clock::new(Some(Timestamp::from_micros(1_795_722_442_728_380)), 1_001),
+        );
+        let mix = generated_mix(7, 11, revision);
+        let (s, clock) = st.stream_and_clock(&key);
+        let mut first = 1;
+        while first <= count {
+            let last = (first + 999).min(count);
+            let batch = (first..=last)
+                .map(|k| Saved {
+                    id: generated_id(k),
+                    text: Payload::Generated {
+                        mix,
+                        n: k as u32,
+                        bytes: DEFAULT_RECORD_BYTES,
+                    },
+                })
+                .collect();
+            s.save_payloads(batch, clock);
+            first = last + 1;
+        }
+        (st, key)
+    }
+
+    /// Serving cost of generated records: `cargo test --release --all-features --lib
+    /// render_page_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn render_page_timing() {
+        let (st, key) = generated_store(100_000, 0);
+        let mut best = f64::MAX;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let mut cursor = None;
+            let mut served = 0usize;
+            loop {
+                let body = render_page(&st, &key, &params(cursor, 1000.0), 0, None, None)
+                    .expect("valid cursor");
+                served += 1;
+                let head = body
+                    .strip_prefix("{\"next_cursor\":")
+                    .expect("page envelope");
+                match head.strip_prefix('"') {
+                    Some(rest) => cursor = Some(rest[..rest.find('"').unwrap()].to_string()),
+                    None => break,
+                }
+            }
+            let secs = started.elapsed().as_secs_f64();
+            best = best.min(secs);
+            assert_eq!(served, 100);
+        }
+        println!(
+            "render_page: 100000 records in {best:.3} s: {:.0} records/s",
+            100_000.0 / best
+        );
+    }
+}
