@@ -435,13 +435,7 @@ impl Shared {
         self.read()
             .streams
             .iter()
-            .map(|(k, s)| {
-                (
-                    k.clone(),
-                    s.by_id.len(),
-                    s.by_id.values().filter(|r| r.deleted_at.is_none()).count(),
-                )
-            })
+            .map(|(k, s)| (k.clone(), s.len(), s.live_count()))
             .collect()
     }
 }
@@ -647,13 +641,12 @@ impl FakeNango {
         st.streams
             .get(stream)
             .map(|s| {
-                s.by_id
-                    .values()
-                    .filter(|r| r.deleted_at.is_none())
+                s.records()
+                    .filter(|r| !r.is_deleted())
                     .map(|r| {
                         (
-                            r.id.clone(),
-                            serde_json::from_str(&r.saved.text())
+                            r.id().into_owned(),
+                            serde_json::from_str(&r.saved_text())
                                 .unwrap_or(serde_json::Value::Null),
                         )
                     })
