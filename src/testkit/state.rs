@@ -743,39 +743,73 @@ impl Stream {
         let mut effect = Effect::default();
         let mut moved = Vec::new();
         for n in records {
-            let Some(slot) = self.slot_of(&n.id) else {
-                let slot = self.insert(&n.id, n.text, t, t, NONE);
-                moved.push(Entry { t, slot });
-                effect.added.push(n.id);
-                continue;
+            let list = match self.save_one(&n.id, n.text, t, &mut moved) {
+                Outcome::Added => &mut effect.added,
+                Outcome::Updated => &mut effect.updated,
+                Outcome::Unchanged => &mut effect.unchanged,
             };
-            let r = self.recs[slot as usize];
-            if r.deleted != NONE {
-                self.set_body(slot, &n.id, n.text);
-                let r = &mut self.recs[slot as usize];
-                r.first_seen = t;
-                r.modified = t;
-                r.deleted = NONE;
-                r.pruned = NONE;
-                effect.added.push(n.id);
-            } else if !self.at(slot).saved().same(&n.text) {
-                self.set_body(slot, &n.id, n.text);
-                let r = &mut self.recs[slot as usize];
-                r.modified = t;
-                r.pruned = NONE;
-                effect.updated.push(n.id);
-            } else {
-                // Identical payload: nothing moves; a pruned payload comes back.
-                self.recs[slot as usize].pruned = NONE;
-                effect.unchanged.push(n.id);
-                continue;
-            }
-            if r.modified != t {
-                moved.push(Entry { t, slot });
-            }
+            list.push(n.id);
         }
         self.push_moves(moved);
         effect
+    }
+
+    /// Save generated records `first..first + count` with the payloads of `(mix,
+    /// bytes)` in one batch, appending what happened to each to `outcomes`. Like
+    /// [`Stream::save_payloads`] without an id `String` per record.
+    pub(crate) fn save_generated(
+        &mut self,
+        first: u64,
+        count: u64,
+        (mix, bytes): (u64, u32),
+        clock: &mut Clock,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let t = self.intern(clock.tick());
+        let mut moved = Vec::with_capacity(count as usize);
+        let mut id = String::with_capacity(12);
+        for k in first..first + count {
+            id.clear();
+            generate::push_generated_id(&mut id, k);
+            let n = u32::try_from(k).expect("fewer than 2^32 generated records");
+            let payload = Payload::Generated { mix, n, bytes };
+            outcomes.push(self.save_one(&id, payload, t, &mut moved));
+        }
+        self.push_moves(moved);
+    }
+
+    /// Save one record of a batch at instant `t`; a record that moves gets an entry in
+    /// `moved`.
+    fn save_one(&mut self, id: &str, payload: Payload, t: u32, moved: &mut Vec<Entry>) -> Outcome {
+        let Some(slot) = self.slot_of(id) else {
+            let slot = self.insert(id, payload, t, t, NONE);
+            moved.push(Entry { t, slot });
+            return Outcome::Added;
+        };
+        let r = self.recs[slot as usize];
+        let outcome = if r.deleted != NONE {
+            self.set_body(slot, id, payload);
+            let r = &mut self.recs[slot as usize];
+            r.first_seen = t;
+            r.modified = t;
+            r.deleted = NONE;
+            r.pruned = NONE;
+            Outcome::Added
+        } else if !self.at(slot).saved().same(&payload) {
+            self.set_body(slot, id, payload);
+            let r = &mut self.recs[slot as usize];
+            r.modified = t;
+            r.pruned = NONE;
+            Outcome::Updated
+        } else {
+            // Identical payload: nothing moves; a pruned payload comes back.
+            self.recs[slot as usize].pruned = NONE;
+            return Outcome::Unchanged;
+        };
+        if r.modified != t {
+            moved.push(Entry { t, slot });
+        }
+        outcome
     }
 
     /// Soft-delete a batch with the given payloads (Nango's upsert with soft delete).
@@ -877,6 +911,14 @@ impl Stream {
         self.order = Vec::new();
         n
     }
+}
+
+/// What saving one record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Added,
+    Updated,
+    Unchanged,
 }
 
 /// One payload to save (see [`Stream::save_payloads`]).
