@@ -38,8 +38,8 @@
 //!   (`invalid_headers`), then the connection (`unknown_connection`, 400).
 //! - A `Content-Type` that is not JSON on `/records` → 415 `invalid_content_type`.
 //! - **Records**: per stream `(integration, connection, model, variant)`, ordered by
-//!   `(last_modified_at, internal uuid)` in a `BTreeMap`, so a page costs O(log n + page)
-//!   even with millions of records. The internal uuid is Nango's:
+//!   `(last_modified_at, internal uuid)` in a sorted log searched by bisection, so a page
+//!   costs O(log n + page) even with millions of records. The internal uuid is Nango's:
 //!   `uuid5(uuid5(NIL, "<internal connection id><model>"), "<internal connection id><model><id>")`
 //!   (the model is `Model::variant` for a variant), with internal connection ids handed out
 //!   in registration order from [`FakeConfig::first_internal_connection_id`].
@@ -606,10 +606,11 @@ impl FakeNango {
     }
 
     /// Like [`FakeNango::generate`], with a revision and a record size: add
-    /// `spec.count` new records continuing the stream's numbering. Payloads are kept as
-    /// the numbers that determine them and rendered when served, so even millions of
-    /// generated records take little memory (a few hundred bytes each, for the id, the
-    /// position and the indexes).
+    /// `spec.count` new records continuing the stream's numbering. Ids and payloads are
+    /// kept as the numbers that determine them and rendered when served, so even millions
+    /// of generated records take little memory: about 52 bytes each (60 after every
+    /// record changed once), for the record, its place in the stream order and its id.
+    /// The returned [`Effect`] lists every id, which takes more while it lives.
     pub fn generate_with(&self, stream: &StreamKey, spec: GenerateSpec) -> Effect {
         self.shared.generate_with(stream, spec, false)
     }

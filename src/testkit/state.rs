@@ -310,7 +310,7 @@ impl<'a> RecRef<'a> {
         }
     }
 
-    pub(crate) fn to_fake_record(&self, offset: i32) -> FakeRecord {
+    pub(crate) fn to_fake_record(self, offset: i32) -> FakeRecord {
         FakeRecord {
             id: self.id().into_owned(),
             payload: serde_json::from_str(&self.served_payload_text())
@@ -1051,5 +1051,224 @@ mod tests {
             assert!(t > u);
             last = t;
         }
+    }
+
+    fn text(id: &str, v: u64) -> Normalized {
+        Normalized {
+            id: id.to_string(),
+            text: format!("{{\"id\":{},\"v\":{v}}}", super::super::json::str_lit(id)),
+        }
+    }
+
+    /// The stream order is sorted, holds every record once and agrees with `get` and
+    /// with ranges from any record's position.
+    fn check(s: &Stream, model: &std::collections::BTreeMap<String, (String, bool)>) {
+        let ordered: Vec<RecRef<'_>> = s.ordered().collect();
+        assert_eq!(ordered.len(), s.len());
+        assert_eq!(ordered.len(), model.len());
+        for w in ordered.windows(2) {
+            assert!(w[0].pos() < w[1].pos(), "{:?} {:?}", w[0].pos(), w[1].pos());
+        }
+        for r in &ordered {
+            let id = r.id();
+            let (payload, deleted) = &model[id.as_ref()];
+            assert_eq!(&r.saved_text(), payload, "{id}");
+            assert_eq!(r.is_deleted(), *deleted, "{id}");
+            assert_eq!(s.get(&id).map(|g| g.pos()), Some(r.pos()));
+        }
+        assert_eq!(s.live_count(), model.values().filter(|v| !v.1).count());
+        for k in (0..ordered.len()).step_by(7) {
+            let pos = ordered[k].pos();
+            let after: Vec<Pos> = s
+                .range_from(Bound::Excluded(pos))
+                .map(|r| r.pos())
+                .collect();
+            let from: Vec<Pos> = s
+                .range_from(Bound::Included(pos))
+                .map(|r| r.pos())
+                .collect();
+            assert_eq!(after.len(), ordered.len() - k - 1);
+            assert_eq!(from.len(), ordered.len() - k);
+            assert_eq!(from[1..], after[..]);
+        }
+        // Stale entries never outnumber records by much (one batch at most).
+        assert!(
+            s.order.len() <= 2 * s.recs.len() + 64,
+            "{} {}",
+            s.order.len(),
+            s.recs.len()
+        );
+    }
+
+    #[test]
+    fn order_log_stays_sorted_through_moves_late_writes_and_compaction() {
+        use super::super::generate::{SplitMix64, generated_id, write_generated};
+        let mut r = SplitMix64::new(5);
+        let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
+        let mut s = Stream::new(9101, "Ticket");
+        let mut model = std::collections::BTreeMap::new();
+        let ids: Vec<String> = (1..=40u64)
+            .map(generated_id)
+            .chain(["rec-12", "rec-99999999", "é\"x", "tk-1", "tk-2"].map(String::from))
+            .collect();
+        for step in 0..3000u64 {
+            match r.below(100) {
+                0..35 => {
+                    let batch: Vec<Normalized> = (0..1 + r.below(8))
+                        .map(|_| text(&ids[r.below(ids.len() as u64) as usize], r.below(3)))
+                        .collect();
+                    let mut seen = std::collections::HashSet::new();
+                    for n in &batch {
+                        if seen.insert(n.id.clone()) {
+                            model.insert(n.id.clone(), (n.text.clone(), false));
+                        }
+                    }
+                    s.save(batch, &mut clock);
+                }
+                35..55 => {
+                    let first = 1 + r.below(40);
+                    let count = 1 + r.below(10).min(40 - first);
+                    let kind = (r.below(3), 450 + r.below(2) as u32 * 300);
+                    let mut outcomes = Vec::new();
+                    s.save_generated(first, count, kind, &mut clock, &mut outcomes);
+                    assert_eq!(outcomes.len() as u64, count);
+                    for k in first..first + count {
+                        let mut payload = String::new();
+                        write_generated(kind.0, k, kind.1, &mut payload);
+                        model.insert(generated_id(k), (payload, false));
+                    }
+                }
+                55..70 => {
+                    let batch: Vec<Normalized> = (0..1 + r.below(4))
+                        .map(|_| text(&ids[r.below(ids.len() as u64) as usize], r.below(3)))
+                        .collect();
+                    let mut seen = std::collections::HashSet::new();
+                    for n in &batch {
+                        if seen.insert(n.id.clone()) {
+                            model.insert(n.id.clone(), (n.text.clone(), true));
+                        }
+                    }
+                    s.delete(batch, &mut clock);
+                }
+                70..80 => {
+                    let picked: Vec<&str> = (0..r.below(5))
+                        .map(|_| ids[r.below(ids.len() as u64) as usize].as_str())
+                        .collect();
+                    s.prune(None, Some(&picked), &mut clock);
+                }
+                80..85 => {
+                    let ordered: Vec<Pos> = s.ordered().map(|r| r.pos()).collect();
+                    if !ordered.is_empty() {
+                        let until = ordered[r.below(ordered.len() as u64) as usize];
+                        let (n, more) = s.prune_until(until, 3, &mut clock);
+                        assert!(n <= 3 && (!more || n == 3));
+                        assert!(
+                            s.range_from(Bound::Unbounded)
+                                .take_while(|r| r.pos() <= until)
+                                .count()
+                                > 0
+                        );
+                    }
+                }
+                85..97 => {
+                    // A late write: back to an instant between earlier records.
+                    let id = &ids[r.below(ids.len() as u64) as usize];
+                    if s.get(id).is_some() {
+                        let back = 1_000 * (1 + r.below(step + 1)) as i64 + r.below(1000) as i64;
+                        let at = Timestamp::from_micros(clock.tick().as_micros() - back);
+                        s.move_back(id, at);
+                        assert_eq!(s.get(id).unwrap().last_modified_at(), at);
+                    }
+                }
+                97 => {
+                    s.hard_reset();
+                    model.clear();
+                }
+                _ => {
+                    let pruned: Vec<RecRef<'_>> =
+                        s.records().filter(|r| r.pruned_at().is_some()).collect();
+                    for p in pruned {
+                        assert!(p.served_payload_text().starts_with("{\"id\":"));
+                    }
+                }
+            }
+            check(&s, &model);
+        }
+    }
+
+    #[test]
+    fn generated_records_turn_into_text_and_back() {
+        use super::super::generate::{generated_id, write_generated};
+        let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
+        let mut s = Stream::new(9101, "Ticket");
+        // An id of the generated form saved by hand before generation, one far beyond
+        // the generated numbers, and one that is not of the exact form.
+        s.save(
+            vec![
+                text("rec-0000003", 1),
+                text("rec-4000000000", 1),
+                text("rec-03", 1),
+            ],
+            &mut clock,
+        );
+        let mut outcomes = Vec::new();
+        s.save_generated(1, 5, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Added,
+                Outcome::Added,
+                Outcome::Updated,
+                Outcome::Added,
+                Outcome::Added
+            ]
+        );
+        let generated = |k: u64, mix: u64| {
+            let mut p = String::new();
+            write_generated(mix, k, 700, &mut p);
+            p
+        };
+        assert_eq!(s.get("rec-0000003").unwrap().saved_text(), generated(3, 7));
+        assert_eq!(
+            s.get("rec-4000000000").unwrap().saved_text(),
+            text("rec-4000000000", 1).text
+        );
+        assert!(s.get("rec-3").is_none() && s.get("rec-03").is_some());
+        // Text over a generated payload, then generated again: the text's room is reused.
+        s.save(vec![text("rec-0000002", 5)], &mut clock);
+        assert_eq!(
+            s.get("rec-0000002").unwrap().saved_text(),
+            text("rec-0000002", 5).text
+        );
+        let others = s.others.len();
+        outcomes.clear();
+        s.save_generated(2, 1, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Updated]);
+        s.save(vec![text("rec-0000004", 5)], &mut clock);
+        assert_eq!(s.others.len(), others);
+        // The same generated payload again: unchanged, nothing moves.
+        let before: Vec<Pos> = s.ordered().map(|r| r.pos()).collect();
+        outcomes.clear();
+        s.save_generated(1, 2, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Unchanged, Outcome::Unchanged]);
+        assert_eq!(before, s.ordered().map(|r| r.pos()).collect::<Vec<_>>());
+        // A new revision changes every payload.
+        outcomes.clear();
+        s.save_generated(1, 5, (8, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Updated; 5]);
+        // One batch: the last five, ordered by uuid.
+        let mut ids: Vec<String> = s.ordered().map(|r| r.id().into_owned()).collect();
+        ids.drain(..ids.len() - 5);
+        ids.sort();
+        assert_eq!(ids, (1..=5).map(generated_id).collect::<Vec<_>>());
+        assert_eq!(s.get("rec-0000001").unwrap().saved_text(), generated(1, 8));
+        assert_eq!(s.hard_reset(), 7);
+        assert!(s.get("rec-0000001").is_none() && s.ordered().next().is_none());
+    }
+
+    #[test]
+    fn a_generated_record_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
     }
 }
