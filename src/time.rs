@@ -85,6 +85,32 @@ impl Timestamp {
         out
     }
 
+    /// Append [`Timestamp::to_json_form`] to `out` without allocating (same text).
+    pub(crate) fn write_json_form(self, offset_minutes: i32, out: &mut String) {
+        let abs = offset_minutes.unsigned_abs();
+        if abs >= 100 * 60 {
+            out.push_str(&self.to_json_form(offset_minutes));
+            return;
+        }
+        write_naive(
+            self.0 + i64::from(offset_minutes) * 60 * MICROS_PER_SEC,
+            out,
+        );
+        let mut b = *b"+00:00";
+        if offset_minutes < 0 {
+            b[0] = b'-';
+        }
+        put2(&mut b[1..3], abs / 60);
+        put2(&mut b[4..6], abs % 60);
+        out.push_str(ascii(&b));
+    }
+
+    /// Append [`Timestamp::to_utc_z`] to `out` without allocating (same text).
+    pub(crate) fn write_utc_z(self, out: &mut String) {
+        write_naive(self.0, out);
+        out.push('Z');
+    }
+
     /// The UTC form ending in `Z` that Nango's `modified_after` accepts:
     /// `2026-11-26T19:47:22.728380Z` (fraction trimmed like [`Timestamp::to_json_form`]).
     pub fn to_utc_z(self) -> String {
@@ -186,6 +212,49 @@ fn format_naive(micros: i64) -> String {
         out.push_str(digits.trim_end_matches('0'));
     }
     out
+}
+
+/// Two decimal digits of `v` (below 100).
+fn put2(b: &mut [u8], v: u32) {
+    b[0] = b'0' + (v / 10) as u8;
+    b[1] = b'0' + (v % 10) as u8;
+}
+
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).expect("ASCII digits and separators")
+}
+
+/// Append [`format_naive`] of `micros` to `out` without allocating (same text).
+fn write_naive(micros: i64, out: &mut String) {
+    let secs = micros.div_euclid(MICROS_PER_SEC);
+    let frac = micros.rem_euclid(MICROS_PER_SEC) as u32;
+    let days = secs.div_euclid(SECS_PER_DAY);
+    let sod = secs.rem_euclid(SECS_PER_DAY) as u32;
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        out.push_str(&format_naive(micros));
+        return;
+    }
+    let mut b = *b"0000-00-00T00:00:00.000000";
+    let y = y as u32;
+    put2(&mut b[0..2], y / 100);
+    put2(&mut b[2..4], y % 100);
+    put2(&mut b[5..7], m as u32);
+    put2(&mut b[8..10], d as u32);
+    put2(&mut b[11..13], sod / 3600);
+    put2(&mut b[14..16], (sod / 60) % 60);
+    put2(&mut b[17..19], sod % 60);
+    let mut len = 19;
+    if frac != 0 {
+        put2(&mut b[20..22], frac / 10_000);
+        put2(&mut b[22..24], (frac / 100) % 100);
+        put2(&mut b[24..26], frac % 100);
+        len = 26;
+        while b[len - 1] == b'0' {
+            len -= 1;
+        }
+    }
+    out.push_str(ascii(&b[..len]));
 }
 
 struct Cursor<'a> {
@@ -397,6 +466,66 @@ mod tests {
             Timestamp(-1).to_json_form(0),
             "1969-12-31T23:59:59.999999+00:00"
         );
+    }
+
+    #[test]
+    fn writers_match_the_allocating_forms() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut instants: Vec<i64> = vec![
+            0,
+            -1,
+            1,
+            999_999,
+            1_000_000,
+            1_795_722_442_728_380,
+            1_795_722_442_000_000,
+            1_795_722_442_100_000,
+            1_795_722_442_000_001,
+            -62_167_219_200_000_000, // 0000-01-01
+            -62_167_219_200_000_001, // just before year 0
+            253_402_300_799_999_999, // 9999-12-31T23:59:59.999999
+            253_402_300_800_000_000, // 10000-01-01
+            i64::MAX / 4,
+            i64::MIN / 4,
+        ];
+        for _ in 0..20_000 {
+            let v = next();
+            instants.push((v % 4_000_000_000_000_000) as i64 - 500_000_000_000_000);
+            // Whole seconds and whole milliseconds, as generated payloads and Nango use.
+            instants.push(((v >> 8) % 4_000_000_000) as i64 * 1_000_000);
+            instants.push(((v >> 4) % 4_000_000_000_000) as i64 * 1_000);
+        }
+        let offsets = [
+            0,
+            -300,
+            330,
+            1439,
+            -1439,
+            -1,
+            59,
+            5999,
+            6000,
+            -6000,
+            100_000,
+            i32::MIN,
+        ];
+        for t in instants {
+            let t = Timestamp::from_micros(t);
+            let mut out = String::from("x");
+            t.write_utc_z(&mut out);
+            assert_eq!(out[1..], t.to_utc_z(), "{t:?}");
+            for offset in offsets {
+                let mut out = String::from("x");
+                t.write_json_form(offset, &mut out);
+                assert_eq!(out[1..], t.to_json_form(offset), "{t:?} {offset}");
+            }
+        }
     }
 
     #[test]

@@ -1,8 +1,6 @@
 //! Deterministic, realistic record payloads for `generate`: 18 fields, nested
 //! objects, arrays and non-ASCII text, 700 to 800 bytes each.
 
-use super::json::push_str_lit;
-
 /// splitmix64: a tiny, good-enough seeded generator (no `rand` dependency).
 #[derive(Debug, Clone)]
 pub(crate) struct SplitMix64(u64);
@@ -23,10 +21,6 @@ impl SplitMix64 {
     /// A number in `0..n`.
     pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len() as u64) as usize]
     }
 }
 
@@ -128,46 +122,164 @@ const LOCALES: &[&str] = &[
     "en-US", "fr-FR", "de-DE", "ja-JP", "es-ES", "pl-PL", "el-GR", "ru-RU",
 ];
 
-fn words(r: &mut SplitMix64, n: usize) -> String {
-    let mut s = String::new();
-    for i in 0..n {
-        if i > 0 {
-            s.push(' ');
-        }
-        s.push_str(r.pick(WORDS));
-    }
-    s
+/// A list of texts with their JSON string escapes applied (computed once), so writing
+/// a picked text is one copy.
+struct Escaped {
+    /// The escaped text, without quotes.
+    inner: Vec<Box<str>>,
+    /// The length of the text before escaping.
+    raw_len: Vec<usize>,
 }
 
-fn iso(r: &mut SplitMix64, base_days: u64) -> String {
-    // A date in 2025-2026, seconds precision.
+impl Escaped {
+    fn new(items: &[&str]) -> Self {
+        Escaped {
+            inner: items
+                .iter()
+                .map(|s| {
+                    let lit = super::json::str_lit(s);
+                    lit[1..lit.len() - 1].into()
+                })
+                .collect(),
+            raw_len: items.iter().map(|s| s.len()).collect(),
+        }
+    }
+
+    /// Pick one item (one draw of `below(len)`) and append it escaped,
+    /// without quotes; returns its length before escaping.
+    fn push_pick(&self, r: &mut SplitMix64, out: &mut String) -> usize {
+        let i = r.below(self.inner.len() as u64) as usize;
+        out.push_str(&self.inner[i]);
+        self.raw_len[i]
+    }
+
+    /// Pick one item and append it as a JSON string literal.
+    fn push_pick_lit(&self, r: &mut SplitMix64, out: &mut String) {
+        out.push('"');
+        self.push_pick(r, out);
+        out.push('"');
+    }
+}
+
+struct Lists {
+    first: Escaped,
+    last: Escaped,
+    words: Escaped,
+    status: Escaped,
+    tags: Escaped,
+    teams: Escaped,
+    locales: Escaped,
+}
+
+fn lists() -> &'static Lists {
+    static LISTS: std::sync::OnceLock<Lists> = std::sync::OnceLock::new();
+    LISTS.get_or_init(|| Lists {
+        first: Escaped::new(FIRST),
+        last: Escaped::new(LAST),
+        words: Escaped::new(WORDS),
+        status: Escaped::new(STATUS),
+        tags: Escaped::new(TAGS),
+        teams: Escaped::new(TEAMS),
+        locales: Escaped::new(LOCALES),
+    })
+}
+
+/// Append the decimal digits of `v`, at least `width` of them (zero-padded).
+pub(crate) fn push_uint_padded(out: &mut String, mut v: u64, width: usize) {
+    let mut b = [b'0'; 20];
+    let mut i = b.len();
+    loop {
+        i -= 1;
+        b[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let start = i.min(b.len() - width.min(b.len()));
+    out.push_str(std::str::from_utf8(&b[start..]).expect("ASCII digits"));
+}
+
+/// Append the decimal digits of `v`.
+pub(crate) fn push_uint(out: &mut String, v: u64) {
+    push_uint_padded(out, v, 1);
+}
+
+/// Append `v` as 16 lowercase hexadecimal digits.
+fn push_hex16(out: &mut String, v: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = [0u8; 16];
+    for (i, c) in b.iter_mut().enumerate() {
+        *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    out.push_str(std::str::from_utf8(&b).expect("ASCII digits"));
+}
+
+/// Append `n` words picked from [`WORDS`], separated by spaces, escaped (no quotes);
+/// returns their length before escaping.
+fn push_words(r: &mut SplitMix64, n: u64, out: &mut String) -> usize {
+    let words = &lists().words;
+    let mut len = 0;
+    for i in 0..n {
+        if i > 0 {
+            out.push(' ');
+            len += 1;
+        }
+        len += words.push_pick(r, out);
+    }
+    len
+}
+
+/// Append a date in 2025-2026, seconds precision, ending in `Z` (no quotes).
+fn push_iso(r: &mut SplitMix64, base_days: u64, out: &mut String) {
     let secs = 1_735_689_600 + (base_days % 690) * 86_400 + r.below(86_400);
-    crate::time::Timestamp::from_micros(secs as i64 * 1_000_000).to_utc_z()
+    crate::time::Timestamp::from_micros(secs as i64 * 1_000_000).write_utc_z(out);
 }
 
 fn person(r: &mut SplitMix64, out: &mut String) {
-    let first = r.pick(FIRST);
-    let last = r.pick(LAST);
+    let l = lists();
+    let first = r.below(l.first.inner.len() as u64) as usize;
+    let last = r.below(l.last.inner.len() as u64) as usize;
     out.push_str("{\"id\":");
-    out.push_str(&(1000 + r.below(90_000)).to_string());
-    out.push_str(",\"name\":");
-    push_str_lit(out, &format!("{first} {last}"));
-    out.push_str(",\"email\":");
-    push_str_lit(out, &format!("user{}@example.com", r.below(100_000)));
-    out.push_str(",\"tags\":[");
+    push_uint(out, 1000 + r.below(90_000));
+    out.push_str(",\"name\":\"");
+    out.push_str(&l.first.inner[first]);
+    out.push(' ');
+    out.push_str(&l.last.inner[last]);
+    out.push_str("\",\"email\":\"user");
+    push_uint(out, r.below(100_000));
+    out.push_str("@example.com\",\"tags\":[");
     let n = r.below(4);
     for i in 0..n {
         if i > 0 {
             out.push(',');
         }
-        push_str_lit(out, r.pick(TAGS));
+        l.tags.push_pick_lit(r, out);
     }
     out.push_str("]}");
 }
 
 /// The id of the `n`th generated record: `rec-0000001`.
 pub(crate) fn generated_id(n: u64) -> String {
-    format!("rec-{n:07}")
+    let mut s = String::with_capacity(12);
+    push_generated_id(&mut s, n);
+    s
+}
+
+/// Append [`generated_id`] of `n`.
+pub(crate) fn push_generated_id(out: &mut String, n: u64) {
+    out.push_str("rec-");
+    push_uint_padded(out, n, 7);
+}
+
+/// The number `n` whose [`generated_id`] is exactly `id`, when it fits in a `u32`.
+pub(crate) fn parse_generated_id(id: &str) -> Option<u32> {
+    let digits = id.strip_prefix("rec-")?;
+    let b = digits.as_bytes();
+    if b.len() < 7 || (b.len() > 7 && b[0] == b'0') || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 /// The mix of a seed, a stream and a revision that, with a record number, determines a
@@ -203,24 +315,24 @@ pub(crate) fn write_generated(mix: u64, n: u64, bytes: u32, out: &mut String) {
 }
 
 fn write_body(r: &mut SplitMix64, n: u64, bytes: usize, out: &mut String, base: usize) {
-    let r = &mut *r;
-    out.push_str("{\"id\":");
-    push_str_lit(out, &generated_id(n));
-    out.push_str(",\"number\":");
-    out.push_str(&n.to_string());
-    out.push_str(",\"title\":");
-    let title_words = 3 + r.below(4) as usize;
-    push_str_lit(out, &words(r, title_words));
-    out.push_str(",\"status\":");
-    push_str_lit(out, r.pick(STATUS));
+    let l = lists();
+    out.push_str("{\"id\":\"");
+    push_generated_id(out, n);
+    out.push_str("\",\"number\":");
+    push_uint(out, n);
+    out.push_str(",\"title\":\"");
+    let title_words = 3 + r.below(4);
+    push_words(r, title_words, out);
+    out.push_str("\",\"status\":");
+    l.status.push_pick_lit(r, out);
     out.push_str(",\"priority\":");
-    out.push_str(&(1 + r.below(5)).to_string());
+    push_uint(out, 1 + r.below(5));
     let day = r.below(690);
-    out.push_str(",\"created_at\":");
-    push_str_lit(out, &iso(r, day));
-    out.push_str(",\"updated_at\":");
-    push_str_lit(out, &iso(r, day + 3));
-    out.push_str(",\"assignee\":");
+    out.push_str(",\"created_at\":\"");
+    push_iso(r, day, out);
+    out.push_str("\",\"updated_at\":\"");
+    push_iso(r, day + 3, out);
+    out.push_str("\",\"assignee\":");
     person(r, out);
     out.push_str(",\"reporter\":");
     person(r, out);
@@ -229,19 +341,23 @@ fn write_body(r: &mut SplitMix64, n: u64, bytes: usize, out: &mut String, base: 
         if i > 0 {
             out.push(',');
         }
-        push_str_lit(out, r.pick(TAGS));
+        l.tags.push_pick_lit(r, out);
     }
     out.push_str("],\"description\":");
-    // Pad the description so the record lands in 700-800 bytes.
-    let mut desc = words(r, 4);
+    // Pad the description so the record lands in 700-800 bytes (counting its text
+    // before escaping).
+    let before = out.len() - base;
+    out.push('"');
+    let mut desc_len = push_words(r, 4, out);
     let target = bytes + r.below(90) as usize;
-    while out.len() - base + desc.len() + 390 < target {
-        desc.push(' ');
-        desc.push_str(r.pick(WORDS));
+    while before + desc_len + 390 < target {
+        out.push(' ');
+        desc_len += 1 + l.words.push_pick(r, out);
     }
-    push_str_lit(out, &desc);
-    out.push_str(",\"estimate_hours\":");
-    out.push_str(&format!("{}.{}", r.below(40), r.below(10)));
+    out.push_str("\",\"estimate_hours\":");
+    push_uint(out, r.below(40));
+    out.push('.');
+    push_uint(out, r.below(10));
     out.push_str(",\"is_public\":");
     out.push_str(if r.below(2) == 0 { "false" } else { "true" });
     out.push_str(",\"watchers\":[");
@@ -249,22 +365,24 @@ fn write_body(r: &mut SplitMix64, n: u64, bytes: usize, out: &mut String, base: 
         if i > 0 {
             out.push(',');
         }
-        out.push_str(&(10_000 + r.below(90_000)).to_string());
+        push_uint(out, 10_000 + r.below(90_000));
     }
     out.push_str("],\"custom_fields\":{\"team\":");
-    push_str_lit(out, r.pick(TEAMS));
+    l.teams.push_pick_lit(r, out);
     out.push_str(",\"sprint\":");
-    out.push_str(&(1 + r.below(60)).to_string());
+    push_uint(out, 1 + r.below(60));
     out.push_str(",\"score\":");
-    out.push_str(&format!("{}.{:02}", r.below(100), r.below(100)));
+    push_uint(out, r.below(100));
+    out.push('.');
+    push_uint_padded(out, r.below(100), 2);
     out.push_str(",\"external_ref\":null,\"nested\":{\"depth\":2,\"flags\":[true,false]}}");
-    out.push_str(",\"url\":");
-    push_str_lit(out, &format!("https://tracker.example.com/t/{n}"));
-    out.push_str(",\"locale\":");
-    push_str_lit(out, r.pick(LOCALES));
-    out.push_str(",\"checksum\":");
-    push_str_lit(out, &format!("{:016x}", r.next_u64()));
-    out.push('}');
+    out.push_str(",\"url\":\"https://tracker.example.com/t/");
+    push_uint(out, n);
+    out.push_str("\",\"locale\":");
+    l.locales.push_pick_lit(r, out);
+    out.push_str(",\"checksum\":\"");
+    push_hex16(out, r.next_u64());
+    out.push_str("\"}");
 }
 
 #[cfg(test)]
@@ -290,5 +408,36 @@ mod tests {
             (700..=800).contains(&avg),
             "average size {avg} ({min}..{max})"
         );
+    }
+
+    #[test]
+    fn generated_ids_parse_back_exactly() {
+        for n in [
+            0,
+            1,
+            42,
+            999_999,
+            9_999_999,
+            10_000_000,
+            123_456_789,
+            u64::from(u32::MAX),
+        ] {
+            assert_eq!(parse_generated_id(&generated_id(n)), Some(n as u32), "{n}");
+        }
+        assert_eq!(generated_id(5), "rec-0000005");
+        assert_eq!(generated_id(12_345_678), "rec-12345678");
+        for other in [
+            "rec-12",
+            "rec-000001",
+            "rec-00000012",
+            "rec-0000001a",
+            "rec-+000001",
+            "rec-4294967296",
+            "Rec-0000001",
+            "rec-0000001 ",
+            "",
+        ] {
+            assert_eq!(parse_generated_id(other), None, "{other}");
+        }
     }
 }

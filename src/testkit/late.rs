@@ -26,18 +26,7 @@ impl FakeNango {
         if effect.unchanged.contains(&id) {
             return effect;
         }
-        let mut st = self.shared.write();
-        let s = st.stream_mut(stream);
-        if let Some(rec) = s.by_id.get_mut(&id) {
-            let old = rec.pos();
-            if rec.first_seen_at == rec.last_modified_at {
-                rec.first_seen_at = at;
-            }
-            rec.last_modified_at = at;
-            let new = rec.pos();
-            s.index.remove(&old);
-            s.index.insert(new, id);
-        }
+        self.shared.write().stream_mut(stream).move_back(&id, at);
         effect
     }
 }

@@ -38,8 +38,8 @@
 //!   (`invalid_headers`), then the connection (`unknown_connection`, 400).
 //! - A `Content-Type` that is not JSON on `/records` → 415 `invalid_content_type`.
 //! - **Records**: per stream `(integration, connection, model, variant)`, ordered by
-//!   `(last_modified_at, internal uuid)` in a `BTreeMap`, so a page costs O(log n + page)
-//!   even with millions of records. The internal uuid is Nango's:
+//!   `(last_modified_at, internal uuid)` in a sorted log searched by bisection, so a page
+//!   costs O(log n + page) even with millions of records. The internal uuid is Nango's:
 //!   `uuid5(uuid5(NIL, "<internal connection id><model>"), "<internal connection id><model><id>")`
 //!   (the model is `Model::variant` for a variant), with internal connection ids handed out
 //!   in registration order from [`FakeConfig::first_internal_connection_id`].
@@ -225,15 +225,6 @@ pub struct Effect {
     pub unchanged: Vec<String>,
 }
 
-impl Effect {
-    fn extend(&mut self, other: Effect) {
-        self.added.extend(other.added);
-        self.updated.extend(other.updated);
-        self.deleted.extend(other.deleted);
-        self.unchanged.extend(other.unchanged);
-    }
-}
-
 /// A record as the fake holds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FakeRecord {
@@ -392,41 +383,58 @@ impl Shared {
             &stream.variant,
         ]);
         let batch_size = batch_size.max(1);
-        let mut effect = Effect::default();
+        let kind = (
+            generate::generated_mix(self.seed, salt, revision),
+            record_bytes,
+        );
+        // What happened to each record, and the first number of each batch; the id lists
+        // are made at the end, in one go (no id `String` per record while saving).
+        let mut outcomes = Vec::with_capacity(count);
+        let mut batches = Vec::new();
         let mut done = 0usize;
         while done < count {
             let n = batch_size.min(count - done);
-            let first = {
+            let seen = outcomes.len();
+            {
                 let mut st = self.write();
-                let s = st.stream_mut(stream);
-                if again {
+                let (s, clock) = st.stream_and_clock(stream);
+                let first = if again {
                     1 + done as u64
                 } else {
                     let first = s.next_generated;
                     s.next_generated += n as u64;
                     first
-                }
-            };
-            let mix = generate::generated_mix(self.seed, salt, revision);
-            // Payloads are kept as (mix, number) and rendered when served.
-            let batch: Vec<state::Saved> = (first..first + n as u64)
-                .map(|k| state::Saved {
-                    id: generate::generated_id(k),
-                    text: state::Payload::Generated {
-                        mix,
-                        n: u32::try_from(k).expect("fewer than 2^32 generated records"),
-                        bytes: record_bytes,
-                    },
-                })
-                .collect();
-            let e = {
-                let mut st = self.write();
-                let (s, clock) = st.stream_and_clock(stream);
-                s.save_payloads(batch, clock)
-            };
-            self.webhooks.after_change(stream, &e);
-            effect.extend(e);
+                };
+                batches.push((first, n));
+                s.save_generated(first, n as u64, kind, clock, &mut outcomes);
+            }
+            let batch = &outcomes[seen..];
+            let counted = |o| batch.iter().filter(|x| **x == o).count();
+            self.webhooks.after_change_counts(
+                stream,
+                counted(state::Outcome::Added),
+                counted(state::Outcome::Updated),
+                0,
+            );
             done += n;
+        }
+        let counted = |o| outcomes.iter().filter(|x| **x == o).count();
+        let mut effect = Effect {
+            added: Vec::with_capacity(counted(state::Outcome::Added)),
+            updated: Vec::with_capacity(counted(state::Outcome::Updated)),
+            deleted: Vec::new(),
+            unchanged: Vec::with_capacity(counted(state::Outcome::Unchanged)),
+        };
+        let numbers = batches
+            .iter()
+            .flat_map(|(first, n)| *first..*first + *n as u64);
+        for (k, o) in numbers.zip(&outcomes) {
+            let list = match o {
+                state::Outcome::Added => &mut effect.added,
+                state::Outcome::Updated => &mut effect.updated,
+                state::Outcome::Unchanged => &mut effect.unchanged,
+            };
+            list.push(generate::generated_id(k));
         }
         effect
     }
@@ -435,13 +443,7 @@ impl Shared {
         self.read()
             .streams
             .iter()
-            .map(|(k, s)| {
-                (
-                    k.clone(),
-                    s.by_id.len(),
-                    s.by_id.values().filter(|r| r.deleted_at.is_none()).count(),
-                )
-            })
+            .map(|(k, s)| (k.clone(), s.len(), s.live_count()))
             .collect()
     }
 }
@@ -604,10 +606,11 @@ impl FakeNango {
     }
 
     /// Like [`FakeNango::generate`], with a revision and a record size: add
-    /// `spec.count` new records continuing the stream's numbering. Payloads are kept as
-    /// the numbers that determine them and rendered when served, so even millions of
-    /// generated records take little memory (a few hundred bytes each, for the id, the
-    /// position and the indexes).
+    /// `spec.count` new records continuing the stream's numbering. Ids and payloads are
+    /// kept as the numbers that determine them and rendered when served, so even millions
+    /// of generated records take little memory: about 52 bytes each (60 after every
+    /// record changed once), for the record, its place in the stream order and its id.
+    /// The returned [`Effect`] lists every id, which takes more while it lives.
     pub fn generate_with(&self, stream: &StreamKey, spec: GenerateSpec) -> Effect {
         self.shared.generate_with(stream, spec, false)
     }
@@ -647,13 +650,12 @@ impl FakeNango {
         st.streams
             .get(stream)
             .map(|s| {
-                s.by_id
-                    .values()
-                    .filter(|r| r.deleted_at.is_none())
+                s.records()
+                    .filter(|r| !r.is_deleted())
                     .map(|r| {
                         (
-                            r.id.clone(),
-                            serde_json::from_str(&r.saved.text())
+                            r.id().into_owned(),
+                            serde_json::from_str(&r.saved_text())
                                 .unwrap_or(serde_json::Value::Null),
                         )
                     })

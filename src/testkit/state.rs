@@ -1,12 +1,14 @@
 //! The records store of the fake: streams, records, the stream order index, the clock and
 //! the mutation rules.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use base64::Engine as _;
 use uuid::Uuid;
 
+use super::generate;
 use super::json::{Normalized, push_str_lit};
 use super::{Effect, FakeRecord};
 use crate::record::{Cursor, LastAction, Metadata, StreamKey};
@@ -131,99 +133,268 @@ impl From<String> for Payload {
     }
 }
 
-/// One stored record.
-#[derive(Debug, Clone)]
-pub(crate) struct Rec {
-    pub(crate) id: String,
-    pub(crate) uuid: Uuid,
-    /// The payload last saved, kept after a prune.
-    pub(crate) saved: Payload,
-    pub(crate) first_seen_at: Timestamp,
-    pub(crate) last_modified_at: Timestamp,
-    pub(crate) deleted_at: Option<Timestamp>,
-    pub(crate) pruned_at: Option<Timestamp>,
+/// "No instant": the `deleted`/`pruned` index of a record that has none.
+const NONE: u32 = u32::MAX;
+
+/// A record's `body` at or above this is `OTHER + index into Stream::others`; below, an
+/// index into `Stream::kinds` (a generated record).
+const OTHER: u32 = 1 << 31;
+
+/// One stored record, 40 bytes: instants are indexes into the stream's table of
+/// instants, and a generated record keeps its id and payload as numbers.
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    uuid: Uuid,
+    first_seen: u32,
+    modified: u32,
+    /// `NONE` when not deleted.
+    deleted: u32,
+    /// `NONE` when not pruned.
+    pruned: u32,
+    /// The generated record number (when `body < OTHER`).
+    n: u32,
+    body: u32,
 }
 
-impl Rec {
+/// The id and payload of a record that is not a plain generated one.
+#[derive(Debug)]
+struct OtherBody {
+    id: Box<str>,
+    /// The payload last saved, kept after a prune.
+    saved: Payload,
+}
+
+/// One entry of the order log: the record in `slot` at the instant `t`. The entry is
+/// current when the record's `modified` is still `t`; otherwise the record has moved
+/// on and the entry is stale.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    t: u32,
+    slot: u32,
+}
+
+/// A record of a stream, read-only.
+#[derive(Clone, Copy)]
+pub(crate) struct RecRef<'a> {
+    s: &'a Stream,
+    r: &'a Rec,
+}
+
+impl<'a> RecRef<'a> {
+    fn other(&self) -> Option<&'a OtherBody> {
+        (self.r.body >= OTHER).then(|| &self.s.others[(self.r.body - OTHER) as usize])
+    }
+
+    /// The record id.
+    pub(crate) fn id(&self) -> Cow<'a, str> {
+        match self.other() {
+            Some(o) => Cow::Borrowed(&o.id),
+            None => Cow::Owned(generate::generated_id(u64::from(self.r.n))),
+        }
+    }
+
     pub(crate) fn pos(&self) -> Pos {
-        (self.last_modified_at, self.uuid)
+        (self.last_modified_at(), self.r.uuid)
+    }
+
+    pub(crate) fn first_seen_at(&self) -> Timestamp {
+        self.s.time(self.r.first_seen)
+    }
+
+    pub(crate) fn last_modified_at(&self) -> Timestamp {
+        self.s.time(self.r.modified)
+    }
+
+    pub(crate) fn deleted_at(&self) -> Option<Timestamp> {
+        (self.r.deleted != NONE).then(|| self.s.time(self.r.deleted))
+    }
+
+    pub(crate) fn pruned_at(&self) -> Option<Timestamp> {
+        (self.r.pruned != NONE).then(|| self.s.time(self.r.pruned))
+    }
+
+    pub(crate) fn is_deleted(&self) -> bool {
+        self.r.deleted != NONE
+    }
+
+    /// Saved once and never changed since (`created_at = updated_at`).
+    pub(crate) fn is_added(&self) -> bool {
+        self.r.first_seen == self.r.modified || self.first_seen_at() == self.last_modified_at()
     }
 
     /// Nango's `CASE WHEN deleted_at IS NOT NULL THEN 'DELETED' WHEN created_at =
     /// updated_at THEN 'ADDED' ELSE 'UPDATED' END`.
     pub(crate) fn last_action(&self) -> LastAction {
-        if self.deleted_at.is_some() {
+        if self.is_deleted() {
             LastAction::Deleted
-        } else if self.first_seen_at == self.last_modified_at {
+        } else if self.is_added() {
             LastAction::Added
         } else {
             LastAction::Updated
         }
     }
 
+    /// The payload last saved (kept after a prune).
+    fn saved(&self) -> Cow<'a, Payload> {
+        match self.other() {
+            Some(o) => Cow::Borrowed(&o.saved),
+            None => {
+                let (mix, bytes) = self.s.kinds[self.r.body as usize];
+                Cow::Owned(Payload::Generated {
+                    mix,
+                    n: self.r.n,
+                    bytes,
+                })
+            }
+        }
+    }
+
+    /// The JSON text of the payload last saved (kept after a prune).
+    pub(crate) fn saved_text(&self) -> String {
+        self.saved().text().into_owned()
+    }
+
+    fn push_id_lit(&self, out: &mut String) {
+        match self.other() {
+            Some(o) => push_str_lit(out, &o.id),
+            None => {
+                out.push('"');
+                generate::push_generated_id(out, u64::from(self.r.n));
+                out.push('"');
+            }
+        }
+    }
+
     /// Append the record as served: payload fields (only `id` when pruned), then
     /// `_nango_metadata`.
-    pub(crate) fn render(&self, out: &mut String, offset: i32) {
-        if self.pruned_at.is_some() {
+    pub(crate) fn render(&self, out: &mut String, rd: &mut Renderer) {
+        if self.r.pruned != NONE {
             out.push_str("{\"id\":");
-            push_str_lit(out, &self.id);
+            self.push_id_lit(out);
         } else {
-            self.saved.write(out);
+            match self.other() {
+                Some(o) => o.saved.write(out),
+                None => {
+                    let (mix, bytes) = self.s.kinds[self.r.body as usize];
+                    generate::write_generated(mix, u64::from(self.r.n), bytes, out);
+                }
+            }
             // Reopen the object for `_nango_metadata`.
             out.pop();
         }
+        let modified = self.last_modified_at();
         out.push_str(",\"_nango_metadata\":{\"first_seen_at\":\"");
-        out.push_str(&self.first_seen_at.to_json_form(offset));
+        rd.push_ts(self.first_seen_at(), out);
         out.push_str("\",\"last_modified_at\":\"");
-        out.push_str(&self.last_modified_at.to_json_form(offset));
+        rd.push_ts(modified, out);
         out.push_str("\",\"last_action\":\"");
         out.push_str(self.last_action().as_str());
         out.push_str("\",\"deleted_at\":");
-        push_opt_ts(out, self.deleted_at, offset);
+        rd.push_opt_ts(self.deleted_at(), out);
         out.push_str(",\"pruned_at\":");
-        push_opt_ts(out, self.pruned_at, offset);
+        rd.push_opt_ts(self.pruned_at(), out);
         out.push_str(",\"cursor\":\"");
-        out.push_str(&encode_cursor(self.pos(), offset));
+        rd.push_cursor((modified, self.r.uuid), out);
         out.push_str("\"}}");
     }
 
+    /// The payload as served: the saved one, or only `{id}` when pruned.
     pub(crate) fn served_payload_text(&self) -> String {
-        if self.pruned_at.is_some() {
+        if self.r.pruned != NONE {
             let mut s = String::from("{\"id\":");
-            push_str_lit(&mut s, &self.id);
+            self.push_id_lit(&mut s);
             s.push('}');
             s
         } else {
-            self.saved.text().into_owned()
+            self.saved_text()
         }
     }
 
-    pub(crate) fn to_fake_record(&self, offset: i32) -> FakeRecord {
+    pub(crate) fn to_fake_record(self, offset: i32) -> FakeRecord {
         FakeRecord {
-            id: self.id.clone(),
+            id: self.id().into_owned(),
             payload: serde_json::from_str(&self.served_payload_text())
                 .unwrap_or(serde_json::Value::Null),
             meta: Metadata {
-                first_seen_at: self.first_seen_at,
-                last_modified_at: self.last_modified_at,
+                first_seen_at: self.first_seen_at(),
+                last_modified_at: self.last_modified_at(),
                 last_action: self.last_action(),
-                deleted_at: self.deleted_at,
-                pruned_at: self.pruned_at,
+                deleted_at: self.deleted_at(),
+                pruned_at: self.pruned_at(),
                 cursor: Cursor(encode_cursor(self.pos(), offset)),
             },
-            uuid: self.uuid,
+            uuid: self.r.uuid,
         }
     }
 }
 
-fn push_opt_ts(out: &mut String, t: Option<Timestamp>, offset: i32) {
-    match t {
-        Some(t) => {
-            out.push('"');
-            out.push_str(&t.to_json_form(offset));
-            out.push('"');
+/// Writes the timestamps and cursors of a page, remembering the text of the last
+/// instants rendered: the records of one batch share them.
+#[derive(Debug)]
+pub(crate) struct Renderer {
+    offset: i32,
+    /// `(instant, its text)`, most recent first.
+    cache: [(i64, String); 2],
+}
+
+impl Renderer {
+    pub(crate) fn new(offset: i32) -> Self {
+        Renderer {
+            offset,
+            cache: [(i64::MIN, String::new()), (i64::MIN, String::new())],
         }
-        None => out.push_str("null"),
+    }
+
+    /// The text of `t` in PostgreSQL `to_json` form.
+    fn ts(&mut self, t: Timestamp) -> &str {
+        let t = t.as_micros();
+        if self.cache[0].0 != t || self.cache[0].1.is_empty() {
+            self.cache.swap(0, 1);
+            if self.cache[0].0 != t || self.cache[0].1.is_empty() {
+                let (at, text) = &mut self.cache[0];
+                *at = t;
+                text.clear();
+                Timestamp::from_micros(t).write_json_form(self.offset, text);
+            }
+        }
+        &self.cache[0].1
+    }
+
+    pub(crate) fn push_ts(&mut self, t: Timestamp, out: &mut String) {
+        out.push_str(self.ts(t));
+    }
+
+    fn push_opt_ts(&mut self, t: Option<Timestamp>, out: &mut String) {
+        match t {
+            Some(t) => {
+                out.push('"');
+                self.push_ts(t, out);
+                out.push('"');
+            }
+            None => out.push_str("null"),
+        }
+    }
+
+    /// Append [`encode_cursor`] of `pos`.
+    pub(crate) fn push_cursor(&mut self, pos: Pos, out: &mut String) {
+        let mut text = [0u8; 120];
+        let offset = self.offset;
+        let ts = self.ts(pos.0).as_bytes();
+        let len = ts.len() + 2 + uuid::fmt::Hyphenated::LENGTH;
+        if len > text.len() {
+            out.push_str(&encode_cursor(pos, offset));
+            return;
+        }
+        text[..ts.len()].copy_from_slice(ts);
+        text[ts.len()..ts.len() + 2].copy_from_slice(b"||");
+        pos.1
+            .hyphenated()
+            .encode_lower(&mut text[ts.len() + 2..len]);
+        let mut encoded = [0u8; 160];
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(&text[..len], &mut encoded)
+            .expect("room for the base64 of 120 bytes");
+        out.push_str(std::str::from_utf8(&encoded[..n]).expect("base64 is ASCII"));
     }
 }
 
@@ -257,10 +428,29 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<Pos> {
 }
 
 /// One stream's records.
+///
+/// Records live in a slab (`recs`, 40 bytes each; a record keeps its slot until a hard
+/// reset). Ids are found through `gen_slots` (indexed by `n` for ids of exactly the
+/// form `rec-NNNNNNN` of generated records) or `other_slots`. The stream order
+/// `(last_modified_at, uuid)` is an append-only log of entries sorted by that key: every
+/// mutation that moves a record gives it an instant later than every earlier one, so
+/// its new entry goes at the end and its old entry turns stale. Stale entries are
+/// dropped when they outnumber the records. About 52 bytes per generated record.
 #[derive(Debug)]
 pub(crate) struct Stream {
-    pub(crate) by_id: HashMap<String, Rec>,
-    pub(crate) index: BTreeMap<Pos, String>,
+    recs: Vec<Rec>,
+    /// The instants records refer to (index = `Rec::first_seen` etc).
+    times: Vec<i64>,
+    /// `(mix, bytes)` of generated payloads.
+    kinds: Vec<(u64, u32)>,
+    others: Vec<OtherBody>,
+    /// Unused entries of `others`.
+    free_others: Vec<u32>,
+    /// The slot of generated id `n` at index `n` (`NONE`: no such record).
+    gen_slots: Vec<u32>,
+    other_slots: HashMap<Box<str>, u32>,
+    /// Entries sorted by `(times[t], recs[slot].uuid)`, stale ones included.
+    order: Vec<Entry>,
     /// The uuid namespace: `uuid5(NIL, "<internal connection id><model>")`.
     ns: Uuid,
     /// `"<internal connection id><model>"`.
@@ -273,8 +463,14 @@ impl Stream {
     fn new(internal_connection_id: u64, store_model: &str) -> Self {
         let prefix = format!("{internal_connection_id}{store_model}");
         Stream {
-            by_id: HashMap::new(),
-            index: BTreeMap::new(),
+            recs: Vec::new(),
+            times: Vec::new(),
+            kinds: Vec::new(),
+            others: Vec::new(),
+            free_others: Vec::new(),
+            gen_slots: Vec::new(),
+            other_slots: HashMap::new(),
+            order: Vec::new(),
             ns: Uuid::new_v5(&Uuid::nil(), prefix.as_bytes()),
             prefix,
             next_generated: 1,
@@ -282,27 +478,249 @@ impl Stream {
     }
 
     fn uuid_of(&self, id: &str) -> Uuid {
-        Uuid::new_v5(&self.ns, format!("{}{}", self.prefix, id).as_bytes())
+        let mut name = String::with_capacity(self.prefix.len() + id.len());
+        name.push_str(&self.prefix);
+        name.push_str(id);
+        Uuid::new_v5(&self.ns, name.as_bytes())
     }
 
-    fn reindex(&mut self, old: Option<Pos>, rec: Rec) {
-        if let Some(old) = old {
-            self.index.remove(&old);
+    fn time(&self, i: u32) -> Timestamp {
+        Timestamp::from_micros(self.times[i as usize])
+    }
+
+    fn intern(&mut self, t: Timestamp) -> u32 {
+        let i = u32::try_from(self.times.len()).expect("fewer than 2^32 instants");
+        self.times.push(t.as_micros());
+        i
+    }
+
+    fn at(&self, slot: u32) -> RecRef<'_> {
+        RecRef {
+            s: self,
+            r: &self.recs[slot as usize],
         }
-        self.index.insert(rec.pos(), rec.id.clone());
-        self.by_id.insert(rec.id.clone(), rec);
+    }
+
+    /// How many records (deleted ones included).
+    pub(crate) fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// How many records are not deleted.
+    pub(crate) fn live_count(&self) -> usize {
+        self.recs.iter().filter(|r| r.deleted == NONE).count()
+    }
+
+    fn slot_of(&self, id: &str) -> Option<u32> {
+        if let Some(n) = generate::parse_generated_id(id)
+            && let Some(&slot) = self.gen_slots.get(n as usize)
+            && slot != NONE
+        {
+            return Some(slot);
+        }
+        self.other_slots.get(id).copied()
+    }
+
+    /// The record with this id.
+    pub(crate) fn get(&self, id: &str) -> Option<RecRef<'_>> {
+        self.slot_of(id).map(|slot| self.at(slot))
+    }
+
+    /// Every record, in no particular order.
+    pub(crate) fn records(&self) -> impl Iterator<Item = RecRef<'_>> {
+        self.recs.iter().map(move |r| RecRef { s: self, r })
+    }
+
+    /// The sort key of an order entry.
+    fn key(&self, e: Entry) -> (i64, &Uuid) {
+        (self.times[e.t as usize], &self.recs[e.slot as usize].uuid)
+    }
+
+    fn is_current(&self, e: Entry) -> bool {
+        self.recs[e.slot as usize].modified == e.t
+    }
+
+    /// The index of the first order entry within `lower`.
+    fn start(&self, lower: Bound<Pos>) -> usize {
+        let below = |e: &Entry, b: &Pos, inclusive: bool| {
+            let (t, uuid) = self.key(*e);
+            let k = (t, uuid);
+            let b = (b.0.as_micros(), &b.1);
+            if inclusive { k < b } else { k <= b }
+        };
+        match lower {
+            Bound::Unbounded => 0,
+            Bound::Included(b) => self.order.partition_point(|e| below(e, &b, true)),
+            Bound::Excluded(b) => self.order.partition_point(|e| below(e, &b, false)),
+        }
     }
 
     /// The records in stream order.
-    pub(crate) fn ordered(&self) -> impl Iterator<Item = &Rec> {
-        self.index.values().map(|id| &self.by_id[id])
+    pub(crate) fn ordered(&self) -> impl Iterator<Item = RecRef<'_>> {
+        self.range_from(Bound::Unbounded)
     }
 
-    /// Records strictly after `after` and at or after `from`, in stream order.
-    pub(crate) fn range_from(&self, lower: Bound<Pos>) -> impl Iterator<Item = &Rec> {
-        self.index
-            .range((lower, Bound::Unbounded))
-            .map(|(_, id)| &self.by_id[id])
+    /// The records within `lower` (and up to the end), in stream order.
+    pub(crate) fn range_from(&self, lower: Bound<Pos>) -> impl Iterator<Item = RecRef<'_>> {
+        self.order[self.start(lower)..]
+            .iter()
+            .filter(|e| self.is_current(**e))
+            .map(|e| self.at(e.slot))
+    }
+
+    /// Append the entries of records that just moved (to instants after every earlier
+    /// one, except for a late write), keeping the log sorted.
+    fn push_moves(&mut self, mut moved: Vec<Entry>) {
+        if moved.is_empty() {
+            return;
+        }
+        moved.sort_unstable_by(|a, b| self.key(*a).cmp(&self.key(*b)));
+        let in_order = self
+            .order
+            .last()
+            .is_none_or(|last| self.key(*last) < self.key(moved[0]));
+        if in_order {
+            self.order.extend(moved);
+            if self.order.len() > 2 * self.recs.len() {
+                self.compact();
+            }
+        } else {
+            // A move back in time (a late write): insert at the sorted positions.
+            self.compact();
+            if moved.len() <= 64 {
+                for e in moved {
+                    let at = self.order.partition_point(|x| self.key(*x) < self.key(e));
+                    self.order.insert(at, e);
+                }
+            } else {
+                self.order.extend(moved);
+                let mut order = std::mem::take(&mut self.order);
+                order.sort_unstable_by(|a, b| self.key(*a).cmp(&self.key(*b)));
+                self.order = order;
+            }
+        }
+    }
+
+    /// Drop the stale entries of the order log.
+    fn compact(&mut self) {
+        let recs = &self.recs;
+        self.order.retain(|e| recs[e.slot as usize].modified == e.t);
+    }
+
+    /// Move the record to an earlier instant `at` (a write that started then and
+    /// committed only now); its `first_seen_at` too when it was never changed.
+    pub(crate) fn move_back(&mut self, id: &str, at: Timestamp) {
+        let Some(slot) = self.slot_of(id) else { return };
+        let added = self.at(slot).is_added();
+        let t = self.intern(at);
+        let r = &mut self.recs[slot as usize];
+        if added {
+            r.first_seen = t;
+        }
+        r.modified = t;
+        self.push_moves(vec![Entry { t, slot }]);
+    }
+
+    /// The `kinds` index of a generated payload.
+    fn kind(&mut self, mix: u64, bytes: u32) -> u32 {
+        let i = match self.kinds.iter().rposition(|k| *k == (mix, bytes)) {
+            Some(i) => i,
+            None => {
+                self.kinds.push((mix, bytes));
+                self.kinds.len() - 1
+            }
+        };
+        u32::try_from(i)
+            .ok()
+            .filter(|i| *i < OTHER)
+            .expect("few payload kinds")
+    }
+
+    /// Set the id and payload of a record (`body`, `n`), reusing its `others` entry.
+    fn set_body(&mut self, slot: u32, id: &str, payload: Payload) {
+        let old = self.recs[slot as usize].body;
+        let generated = match payload {
+            Payload::Generated { mix, n, bytes } if generate::parse_generated_id(id) == Some(n) => {
+                Some((n, self.kind(mix, bytes)))
+            }
+            _ => None,
+        };
+        let (n, body) = match generated {
+            Some((n, kind)) => {
+                if old >= OTHER && old != NONE {
+                    let i = old - OTHER;
+                    self.others[i as usize] = OtherBody {
+                        id: "".into(),
+                        saved: Payload::Text("".into()),
+                    };
+                    self.free_others.push(i);
+                }
+                (n, kind)
+            }
+            None => {
+                let body = OtherBody {
+                    id: id.into(),
+                    saved: payload,
+                };
+                let i = if old >= OTHER && old != NONE {
+                    old - OTHER
+                } else if let Some(i) = self.free_others.pop() {
+                    i
+                } else {
+                    self.others.push(OtherBody {
+                        id: "".into(),
+                        saved: Payload::Text("".into()),
+                    });
+                    u32::try_from(self.others.len() - 1)
+                        .ok()
+                        .filter(|i| *i < OTHER - 1)
+                        .expect("fewer than 2^31 - 1 records with other payloads")
+                };
+                self.others[i as usize] = body;
+                (0, OTHER + i)
+            }
+        };
+        let r = &mut self.recs[slot as usize];
+        r.n = n;
+        r.body = body;
+    }
+
+    /// A new record (body set from `payload`); returns its slot.
+    fn insert(
+        &mut self,
+        id: &str,
+        payload: Payload,
+        first_seen: u32,
+        modified: u32,
+        deleted: u32,
+    ) -> u32 {
+        let slot = u32::try_from(self.recs.len())
+            .ok()
+            .filter(|s| *s != NONE)
+            .expect("fewer than 2^32 - 1 records");
+        self.recs.push(Rec {
+            uuid: self.uuid_of(id),
+            first_seen,
+            modified,
+            deleted,
+            pruned: NONE,
+            n: 0,
+            body: NONE,
+        });
+        self.set_body(slot, id, payload);
+        match generate::parse_generated_id(id) {
+            Some(n) if (n as usize) < (2 * self.gen_slots.len()).max(4096) => {
+                let n = n as usize;
+                if self.gen_slots.len() <= n {
+                    self.gen_slots.resize(n + 1, NONE);
+                }
+                self.gen_slots[n] = slot;
+            }
+            _ => {
+                self.other_slots.insert(id.into(), slot);
+            }
+        }
+        slot
     }
 
     /// Save a batch (Nango's upsert without soft delete).
@@ -321,83 +739,110 @@ impl Stream {
 
     /// Save a batch of payloads with distinct ids (Nango's upsert without soft delete).
     pub(crate) fn save_payloads(&mut self, records: Vec<Saved>, clock: &mut Clock) -> Effect {
-        let t = clock.tick();
+        let t = self.intern(clock.tick());
         let mut effect = Effect::default();
+        let mut moved = Vec::new();
         for n in records {
-            match self.by_id.get(&n.id).cloned() {
-                None => {
-                    let rec = Rec {
-                        uuid: self.uuid_of(&n.id),
-                        id: n.id.clone(),
-                        saved: n.text,
-                        first_seen_at: t,
-                        last_modified_at: t,
-                        deleted_at: None,
-                        pruned_at: None,
-                    };
-                    self.reindex(None, rec);
-                    effect.added.push(n.id);
-                }
-                Some(mut rec) => {
-                    let old = rec.pos();
-                    if rec.deleted_at.is_some() {
-                        rec.first_seen_at = t;
-                        rec.last_modified_at = t;
-                        rec.deleted_at = None;
-                        rec.pruned_at = None;
-                        rec.saved = n.text;
-                        effect.added.push(n.id);
-                    } else if !rec.saved.same(&n.text) {
-                        rec.last_modified_at = t;
-                        rec.pruned_at = None;
-                        rec.saved = n.text;
-                        effect.updated.push(n.id);
-                    } else {
-                        // Identical payload: nothing moves; a pruned payload comes back.
-                        rec.pruned_at = None;
-                        effect.unchanged.push(n.id);
-                    }
-                    self.reindex(Some(old), rec);
-                }
-            }
+            let list = match self.save_one(&n.id, n.text, t, &mut moved) {
+                Outcome::Added => &mut effect.added,
+                Outcome::Updated => &mut effect.updated,
+                Outcome::Unchanged => &mut effect.unchanged,
+            };
+            list.push(n.id);
         }
+        self.push_moves(moved);
         effect
+    }
+
+    /// Save generated records `first..first + count` with the payloads of `(mix,
+    /// bytes)` in one batch, appending what happened to each to `outcomes`. Like
+    /// [`Stream::save_payloads`] without an id `String` per record.
+    pub(crate) fn save_generated(
+        &mut self,
+        first: u64,
+        count: u64,
+        (mix, bytes): (u64, u32),
+        clock: &mut Clock,
+        outcomes: &mut Vec<Outcome>,
+    ) {
+        let t = self.intern(clock.tick());
+        let mut moved = Vec::with_capacity(count as usize);
+        let mut id = String::with_capacity(12);
+        for k in first..first + count {
+            id.clear();
+            generate::push_generated_id(&mut id, k);
+            let n = u32::try_from(k).expect("fewer than 2^32 generated records");
+            let payload = Payload::Generated { mix, n, bytes };
+            outcomes.push(self.save_one(&id, payload, t, &mut moved));
+        }
+        self.push_moves(moved);
+    }
+
+    /// Save one record of a batch at instant `t`; a record that moves gets an entry in
+    /// `moved`.
+    fn save_one(&mut self, id: &str, payload: Payload, t: u32, moved: &mut Vec<Entry>) -> Outcome {
+        let Some(slot) = self.slot_of(id) else {
+            let slot = self.insert(id, payload, t, t, NONE);
+            moved.push(Entry { t, slot });
+            return Outcome::Added;
+        };
+        let r = self.recs[slot as usize];
+        let outcome = if r.deleted != NONE {
+            self.set_body(slot, id, payload);
+            let r = &mut self.recs[slot as usize];
+            r.first_seen = t;
+            r.modified = t;
+            r.deleted = NONE;
+            r.pruned = NONE;
+            Outcome::Added
+        } else if !self.at(slot).saved().same(&payload) {
+            self.set_body(slot, id, payload);
+            let r = &mut self.recs[slot as usize];
+            r.modified = t;
+            r.pruned = NONE;
+            Outcome::Updated
+        } else {
+            // Identical payload: nothing moves; a pruned payload comes back.
+            self.recs[slot as usize].pruned = NONE;
+            return Outcome::Unchanged;
+        };
+        if r.modified != t {
+            moved.push(Entry { t, slot });
+        }
+        outcome
     }
 
     /// Soft-delete a batch with the given payloads (Nango's upsert with soft delete).
     pub(crate) fn delete(&mut self, records: Vec<Normalized>, clock: &mut Clock) -> Effect {
         let (m, u) = clock.tick_delete();
+        let (m, u) = (self.intern(m), self.intern(u));
         let mut effect = Effect::default();
+        let mut moved = Vec::new();
         for n in dedupe(records) {
-            match self.by_id.get(&n.id).cloned() {
-                None => {
-                    // Never seen: a DELETED record appears, not reported as deleted.
-                    let rec = Rec {
-                        uuid: self.uuid_of(&n.id),
-                        id: n.id.clone(),
-                        saved: n.text.into(),
-                        first_seen_at: u,
-                        last_modified_at: m,
-                        deleted_at: Some(m),
-                        pruned_at: None,
-                    };
-                    self.reindex(None, rec);
-                }
-                Some(mut rec) => {
-                    let old = rec.pos();
-                    let was_deleted = rec.deleted_at.is_some();
-                    let changed = *rec.saved.text() != *n.text;
-                    rec.deleted_at = Some(m);
-                    rec.last_modified_at = if changed { u } else { m };
-                    rec.pruned_at = None;
-                    rec.saved = n.text.into();
-                    if !was_deleted {
-                        effect.deleted.push(n.id);
-                    }
-                    self.reindex(Some(old), rec);
-                }
+            let Some(slot) = self.slot_of(&n.id) else {
+                // Never seen: a DELETED record appears, not reported as deleted.
+                let slot = self.insert(&n.id, n.text.into(), u, m, m);
+                moved.push(Entry { t: m, slot });
+                continue;
+            };
+            let old = self.recs[slot as usize];
+            let changed = *self.at(slot).saved().text() != *n.text;
+            self.set_body(slot, &n.id, n.text.into());
+            let r = &mut self.recs[slot as usize];
+            r.deleted = m;
+            r.modified = if changed { u } else { m };
+            r.pruned = NONE;
+            if old.deleted == NONE {
+                effect.deleted.push(n.id);
+            }
+            if old.modified != r.modified {
+                moved.push(Entry {
+                    t: r.modified,
+                    slot,
+                });
             }
         }
+        self.push_moves(moved);
         effect
     }
 
@@ -408,39 +853,72 @@ impl Stream {
         ids: Option<&[&str]>,
         clock: &mut Clock,
     ) -> u64 {
-        let targets: Vec<String> = match (until, ids) {
-            (Some(until), _) => self
-                .index
-                .range(..=until)
-                .filter(|(_, id)| self.by_id[*id].pruned_at.is_none())
-                .map(|(_, id)| id.clone())
-                .collect(),
-            (None, Some(ids)) => ids
-                .iter()
-                .filter(|id| self.by_id.get(**id).is_some_and(|r| r.pruned_at.is_none()))
-                .map(|id| id.to_string())
-                .collect(),
-            (None, None) => Vec::new(),
-        };
+        match (until, ids) {
+            (Some(until), _) => self.prune_until(until, usize::MAX, clock).0,
+            (None, Some(ids)) => {
+                let targets: Vec<u32> = ids
+                    .iter()
+                    .filter_map(|id| self.slot_of(id))
+                    .filter(|slot| self.recs[*slot as usize].pruned == NONE)
+                    .collect();
+                self.prune_slots(&targets, clock)
+            }
+            (None, None) => 0,
+        }
+    }
+
+    /// Prune the first `limit` not yet pruned records at or before `until`, in stream
+    /// order; returns how many, and whether more remain.
+    pub(crate) fn prune_until(
+        &mut self,
+        until: Pos,
+        limit: usize,
+        clock: &mut Clock,
+    ) -> (u64, bool) {
+        let end = self.start(Bound::Excluded(until));
+        let mut targets: Vec<u32> = self.order[..end]
+            .iter()
+            .filter(|e| self.is_current(**e) && self.recs[e.slot as usize].pruned == NONE)
+            .map(|e| e.slot)
+            .take(limit.saturating_add(1))
+            .collect();
+        let more = targets.len() > limit;
+        targets.truncate(limit);
+        (self.prune_slots(&targets, clock), more)
+    }
+
+    fn prune_slots(&mut self, targets: &[u32], clock: &mut Clock) -> u64 {
         if targets.is_empty() {
             return 0;
         }
-        let t = clock.tick();
-        for id in &targets {
-            if let Some(r) = self.by_id.get_mut(id) {
-                r.pruned_at = Some(t);
-            }
+        let t = self.intern(clock.tick());
+        for slot in targets {
+            self.recs[*slot as usize].pruned = t;
         }
         targets.len() as u64
     }
 
     /// Remove every record; no event.
     pub(crate) fn hard_reset(&mut self) -> u64 {
-        let n = self.by_id.len() as u64;
-        self.by_id.clear();
-        self.index.clear();
+        let n = self.recs.len() as u64;
+        self.recs = Vec::new();
+        self.times = Vec::new();
+        self.kinds = Vec::new();
+        self.others = Vec::new();
+        self.free_others = Vec::new();
+        self.gen_slots = Vec::new();
+        self.other_slots = HashMap::new();
+        self.order = Vec::new();
         n
     }
+}
+
+/// What saving one record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Added,
+    Updated,
+    Unchanged,
 }
 
 /// One payload to save (see [`Stream::save_payloads`]).
@@ -573,5 +1051,224 @@ mod tests {
             assert!(t > u);
             last = t;
         }
+    }
+
+    fn text(id: &str, v: u64) -> Normalized {
+        Normalized {
+            id: id.to_string(),
+            text: format!("{{\"id\":{},\"v\":{v}}}", super::super::json::str_lit(id)),
+        }
+    }
+
+    /// The stream order is sorted, holds every record once and agrees with `get` and
+    /// with ranges from any record's position.
+    fn check(s: &Stream, model: &std::collections::BTreeMap<String, (String, bool)>) {
+        let ordered: Vec<RecRef<'_>> = s.ordered().collect();
+        assert_eq!(ordered.len(), s.len());
+        assert_eq!(ordered.len(), model.len());
+        for w in ordered.windows(2) {
+            assert!(w[0].pos() < w[1].pos(), "{:?} {:?}", w[0].pos(), w[1].pos());
+        }
+        for r in &ordered {
+            let id = r.id();
+            let (payload, deleted) = &model[id.as_ref()];
+            assert_eq!(&r.saved_text(), payload, "{id}");
+            assert_eq!(r.is_deleted(), *deleted, "{id}");
+            assert_eq!(s.get(&id).map(|g| g.pos()), Some(r.pos()));
+        }
+        assert_eq!(s.live_count(), model.values().filter(|v| !v.1).count());
+        for k in (0..ordered.len()).step_by(7) {
+            let pos = ordered[k].pos();
+            let after: Vec<Pos> = s
+                .range_from(Bound::Excluded(pos))
+                .map(|r| r.pos())
+                .collect();
+            let from: Vec<Pos> = s
+                .range_from(Bound::Included(pos))
+                .map(|r| r.pos())
+                .collect();
+            assert_eq!(after.len(), ordered.len() - k - 1);
+            assert_eq!(from.len(), ordered.len() - k);
+            assert_eq!(from[1..], after[..]);
+        }
+        // Stale entries never outnumber records by much (one batch at most).
+        assert!(
+            s.order.len() <= 2 * s.recs.len() + 64,
+            "{} {}",
+            s.order.len(),
+            s.recs.len()
+        );
+    }
+
+    #[test]
+    fn order_log_stays_sorted_through_moves_late_writes_and_compaction() {
+        use super::super::generate::{SplitMix64, generated_id, write_generated};
+        let mut r = SplitMix64::new(5);
+        let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
+        let mut s = Stream::new(9101, "Ticket");
+        let mut model = std::collections::BTreeMap::new();
+        let ids: Vec<String> = (1..=40u64)
+            .map(generated_id)
+            .chain(["rec-12", "rec-99999999", "é\"x", "tk-1", "tk-2"].map(String::from))
+            .collect();
+        for step in 0..3000u64 {
+            match r.below(100) {
+                0..35 => {
+                    let batch: Vec<Normalized> = (0..1 + r.below(8))
+                        .map(|_| text(&ids[r.below(ids.len() as u64) as usize], r.below(3)))
+                        .collect();
+                    let mut seen = std::collections::HashSet::new();
+                    for n in &batch {
+                        if seen.insert(n.id.clone()) {
+                            model.insert(n.id.clone(), (n.text.clone(), false));
+                        }
+                    }
+                    s.save(batch, &mut clock);
+                }
+                35..55 => {
+                    let first = 1 + r.below(40);
+                    let count = 1 + r.below(10).min(40 - first);
+                    let kind = (r.below(3), 450 + r.below(2) as u32 * 300);
+                    let mut outcomes = Vec::new();
+                    s.save_generated(first, count, kind, &mut clock, &mut outcomes);
+                    assert_eq!(outcomes.len() as u64, count);
+                    for k in first..first + count {
+                        let mut payload = String::new();
+                        write_generated(kind.0, k, kind.1, &mut payload);
+                        model.insert(generated_id(k), (payload, false));
+                    }
+                }
+                55..70 => {
+                    let batch: Vec<Normalized> = (0..1 + r.below(4))
+                        .map(|_| text(&ids[r.below(ids.len() as u64) as usize], r.below(3)))
+                        .collect();
+                    let mut seen = std::collections::HashSet::new();
+                    for n in &batch {
+                        if seen.insert(n.id.clone()) {
+                            model.insert(n.id.clone(), (n.text.clone(), true));
+                        }
+                    }
+                    s.delete(batch, &mut clock);
+                }
+                70..80 => {
+                    let picked: Vec<&str> = (0..r.below(5))
+                        .map(|_| ids[r.below(ids.len() as u64) as usize].as_str())
+                        .collect();
+                    s.prune(None, Some(&picked), &mut clock);
+                }
+                80..85 => {
+                    let ordered: Vec<Pos> = s.ordered().map(|r| r.pos()).collect();
+                    if !ordered.is_empty() {
+                        let until = ordered[r.below(ordered.len() as u64) as usize];
+                        let (n, more) = s.prune_until(until, 3, &mut clock);
+                        assert!(n <= 3 && (!more || n == 3));
+                        assert!(
+                            s.range_from(Bound::Unbounded)
+                                .take_while(|r| r.pos() <= until)
+                                .count()
+                                > 0
+                        );
+                    }
+                }
+                85..97 => {
+                    // A late write: back to an instant between earlier records.
+                    let id = &ids[r.below(ids.len() as u64) as usize];
+                    if s.get(id).is_some() {
+                        let back = 1_000 * (1 + r.below(step + 1)) as i64 + r.below(1000) as i64;
+                        let at = Timestamp::from_micros(clock.tick().as_micros() - back);
+                        s.move_back(id, at);
+                        assert_eq!(s.get(id).unwrap().last_modified_at(), at);
+                    }
+                }
+                97 => {
+                    s.hard_reset();
+                    model.clear();
+                }
+                _ => {
+                    let pruned: Vec<RecRef<'_>> =
+                        s.records().filter(|r| r.pruned_at().is_some()).collect();
+                    for p in pruned {
+                        assert!(p.served_payload_text().starts_with("{\"id\":"));
+                    }
+                }
+            }
+            check(&s, &model);
+        }
+    }
+
+    #[test]
+    fn generated_records_turn_into_text_and_back() {
+        use super::super::generate::{generated_id, write_generated};
+        let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
+        let mut s = Stream::new(9101, "Ticket");
+        // An id of the generated form saved by hand before generation, one far beyond
+        // the generated numbers, and one that is not of the exact form.
+        s.save(
+            vec![
+                text("rec-0000003", 1),
+                text("rec-4000000000", 1),
+                text("rec-03", 1),
+            ],
+            &mut clock,
+        );
+        let mut outcomes = Vec::new();
+        s.save_generated(1, 5, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Added,
+                Outcome::Added,
+                Outcome::Updated,
+                Outcome::Added,
+                Outcome::Added
+            ]
+        );
+        let generated = |k: u64, mix: u64| {
+            let mut p = String::new();
+            write_generated(mix, k, 700, &mut p);
+            p
+        };
+        assert_eq!(s.get("rec-0000003").unwrap().saved_text(), generated(3, 7));
+        assert_eq!(
+            s.get("rec-4000000000").unwrap().saved_text(),
+            text("rec-4000000000", 1).text
+        );
+        assert!(s.get("rec-3").is_none() && s.get("rec-03").is_some());
+        // Text over a generated payload, then generated again: the text's room is reused.
+        s.save(vec![text("rec-0000002", 5)], &mut clock);
+        assert_eq!(
+            s.get("rec-0000002").unwrap().saved_text(),
+            text("rec-0000002", 5).text
+        );
+        let others = s.others.len();
+        outcomes.clear();
+        s.save_generated(2, 1, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Updated]);
+        s.save(vec![text("rec-0000004", 5)], &mut clock);
+        assert_eq!(s.others.len(), others);
+        // The same generated payload again: unchanged, nothing moves.
+        let before: Vec<Pos> = s.ordered().map(|r| r.pos()).collect();
+        outcomes.clear();
+        s.save_generated(1, 2, (7, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Unchanged, Outcome::Unchanged]);
+        assert_eq!(before, s.ordered().map(|r| r.pos()).collect::<Vec<_>>());
+        // A new revision changes every payload.
+        outcomes.clear();
+        s.save_generated(1, 5, (8, 700), &mut clock, &mut outcomes);
+        assert_eq!(outcomes, [Outcome::Updated; 5]);
+        // One batch: the last five, ordered by uuid.
+        let mut ids: Vec<String> = s.ordered().map(|r| r.id().into_owned()).collect();
+        ids.drain(..ids.len() - 5);
+        ids.sort();
+        assert_eq!(ids, (1..=5).map(generated_id).collect::<Vec<_>>());
+        assert_eq!(s.get("rec-0000001").unwrap().saved_text(), generated(1, 8));
+        assert_eq!(s.hard_reset(), 7);
+        assert!(s.get("rec-0000001").is_none() && s.ordered().next().is_none());
+    }
+
+    #[test]
+    fn a_generated_record_is_40_bytes() {
+        assert_eq!(std::mem::size_of::<Rec>(), 40);
+        assert_eq!(std::mem::size_of::<Entry>(), 8);
     }
 }

@@ -124,13 +124,29 @@ impl Webhooks {
     /// After a scripted change: a sync webhook for the stream, in the background, when
     /// the change added, updated or deleted something and webhooks are configured.
     pub(crate) fn after_change(&self, stream: &StreamKey, effect: &Effect) {
-        if effect.added.is_empty() && effect.updated.is_empty() && effect.deleted.is_empty() {
+        self.after_change_counts(
+            stream,
+            effect.added.len(),
+            effect.updated.len(),
+            effect.deleted.len(),
+        );
+    }
+
+    /// [`Webhooks::after_change`] of an effect with these numbers of ids.
+    pub(crate) fn after_change_counts(
+        &self,
+        stream: &StreamKey,
+        added: usize,
+        updated: usize,
+        deleted: usize,
+    ) {
+        if added == 0 && updated == 0 && deleted == 0 {
             return;
         }
         let Some(settings) = self.settings() else {
             return;
         };
-        let body = sync_body(stream, false, Some(effect));
+        let body = sync_body(stream, false, Some((added, updated, deleted)));
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -170,11 +186,10 @@ impl Webhooks {
 }
 
 /// The body of a sync success webhook, keys sorted.
-fn sync_body(stream: &StreamKey, full: bool, effect: Option<&Effect>) -> String {
+/// The body of a sync webhook; `counts` are the added, updated and deleted records.
+fn sync_body(stream: &StreamKey, full: bool, counts: Option<(usize, usize, usize)>) -> String {
     let now = Timestamp::now().to_utc_z();
-    let (added, updated, deleted) = effect.map_or((0, 0, 0), |e| {
-        (e.added.len(), e.updated.len(), e.deleted.len())
-    });
+    let (added, updated, deleted) = counts.unwrap_or((0, 0, 0));
     let variant = if stream.variant.is_empty() {
         "base".to_string()
     } else {
@@ -371,7 +386,7 @@ mod tests {
         assert_eq!(full["checkpoints"]["from"], Value::Null);
         let parsed = crate::webhook::WebhookEvent::parse(sync_body(&s, true, None).as_bytes());
         assert!(matches!(parsed, Ok(crate::webhook::WebhookEvent::Sync(w)) if w.is_full_sync()));
-        let inc = sync_body(&s, false, Some(&Effect::default()));
+        let inc = sync_body(&s, false, Some((0, 0, 0)));
         let parsed = crate::webhook::WebhookEvent::parse(inc.as_bytes());
         assert!(
             matches!(parsed, Ok(crate::webhook::WebhookEvent::Sync(w)) if !w.is_full_sync() && w.stream() == s)

@@ -34,9 +34,9 @@
 //! `/proc/self/clear_refs`), so the peak of a pass is the peak *during* it; the RSS just
 //! before the pass (the fake's records, the runtime, allocator caches) is printed as the
 //! baseline, and `peak - baseline` is what the engine and the store added. The fake
-//! keeps generated payloads as numbers and renders them when serving, so its memory is
-//! a few hundred bytes per record (ids, positions and indexes; about 500 MB at 1,000,000
-//! records), not the payloads: read the engine's memory as `peak - baseline`.
+//! keeps generated ids and payloads as numbers and renders them when serving, so its
+//! memory is about 50-60 bytes per record (about 55 MB at 1,000,000 records), not the
+//! payloads: read the engine's memory as `peak - baseline`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
