@@ -1,5 +1,6 @@
 //! One commit of a page into each store, at page sizes 100, 1,000 and 10,000: fresh
-//! inserts and updates of every record. Throughput in records.
+//! inserts and updates of every record; and fresh inserts at scattered ids (as a real
+//! API's ids arrive) into a stream already holding 100,000 records. Throughput in records.
 //!
 //! Stores: memory, and sqlite, sled and postgres when their features are on
 //! (`cargo bench --bench store_commit --all-features`). Postgres needs
@@ -60,6 +61,21 @@ fn record(i: usize, version: i64) -> Record {
 
 fn page(n: usize, version: i64) -> Vec<Record> {
     (0..n).map(|i| record(i, version)).collect()
+}
+
+/// Records `from..from + n` with ids scattered over the key space, as a stream ordered
+/// by modification time brings them (the ids of an API are not in that order).
+fn scattered_page(from: usize, n: usize) -> Vec<Record> {
+    (from..from + n)
+        .map(|i| {
+            let mut r = record(i, 0);
+            let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            r.id = format!("{:016x}", z ^ (z >> 31));
+            r
+        })
+        .collect()
 }
 
 /// A named way to make a fresh store.
@@ -201,6 +217,41 @@ fn bench_commit(c: &mut Criterion) {
                 )
             });
         }
+        // Fresh inserts at scattered ids into a stream that already holds 100,000.
+        let store = make(0);
+        let held = 100_000;
+        let mut cursor = None;
+        for p in 0..held / 1_000 {
+            let next = Some(Cursor(format!("s{p}")));
+            rt.block_on(store.commit(Commit::new(
+                stream.clone(),
+                cursor,
+                next.clone(),
+                scattered_page(p * 1_000, 1_000),
+            )))
+            .unwrap();
+            cursor = next;
+        }
+        let mut from = held;
+        group.throughput(Throughput::Elements(1_000));
+        group.bench_function("fresh-scattered-into-100k/1000", |b| {
+            b.iter_batched(
+                || {
+                    from += 1_000;
+                    let next = Some(Cursor(format!("s{from}")));
+                    let commit = Commit::new(
+                        stream.clone(),
+                        cursor.clone(),
+                        next.clone(),
+                        scattered_page(from, 1_000),
+                    );
+                    cursor = next;
+                    commit
+                },
+                |commit| black_box(rt.block_on(store.commit(commit)).unwrap()),
+                criterion::BatchSize::LargeInput,
+            )
+        });
         group.finish();
     }
 }

@@ -30,7 +30,16 @@ impl Page {
     /// The error message names the record (its index, and its id when it was read) and
     /// what was wrong with it.
     pub fn parse(body: &[u8]) -> Result<Page, String> {
-        let mut de = serde_json::Deserializer::from_slice(body);
+        // One UTF-8 check of the whole body; parsing from `str` then validates no span
+        // again (from bytes, every raw value and string would be checked on its own).
+        let text = std::str::from_utf8(body).map_err(|e| {
+            format!(
+                "the page is not valid UTF-8 (at byte {} of {})",
+                e.valid_up_to(),
+                body.len()
+            )
+        })?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let page = PageSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
         de.end()
             .map_err(|e| format!("trailing data after the page: {e}"))?;
@@ -377,6 +386,16 @@ mod tests {
         let page = Page::parse(body(&[&r], None).as_bytes()).unwrap();
         let v: serde_json::Value = serde_json::from_str(page.records[0].payload.as_str()).unwrap();
         assert_eq!(v["a\"bé"], 1);
+    }
+
+    #[test]
+    fn invalid_utf8_is_named_with_its_position() {
+        let mut body = br#"{"next_cursor":null,"records":[{"id":"a","x":"caf"#.to_vec();
+        let at = body.len();
+        body.extend_from_slice(b"\xff\"}]}");
+        let err = Page::parse(&body).unwrap_err();
+        assert!(err.contains("not valid UTF-8"), "{err}");
+        assert!(err.contains(&format!("at byte {at}")), "{err}");
     }
 
     #[test]

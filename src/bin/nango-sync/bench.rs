@@ -27,6 +27,14 @@
 //!
 //! They are removed at the end unless `--keep`.
 //!
+//! # CPU
+//!
+//! Each pass also reports the CPU time of the whole process per record (all threads:
+//! the fake, the client, the engine, the store), from `/proc/self/task/*/schedstat`.
+//! The fake, the client and the store share this machine's cores, so the engine
+//! cannot run at the store ceiling unless the CPU the fetch side needs fits beside the
+//! store's: compare the engine's µs/rec with the sum of the two ceilings'.
+//!
 //! # Memory
 //!
 //! Peak RSS is Linux's `VmHWM` of this process (`/proc/self/status`). Before each
@@ -92,6 +100,10 @@ struct Pass {
     commit_p50_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     commit_p99_ms: Option<f64>,
+    /// CPU time of the whole process (every thread: fake, client, store) during the
+    /// timed part.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     baseline_rss_mb: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,6 +325,7 @@ async fn fetch_ceiling(
     page_size: u32,
 ) -> Result<(Pass, u64)> {
     let began = Instant::now();
+    let cpu_began = cpu::seconds();
     let (mut records, mut bytes) = (0u64, 0u64);
     let mut cursor: Option<Cursor> = None;
     loop {
@@ -334,7 +347,9 @@ async fn fetch_ceiling(
         }
         cursor = page.next_cursor;
     }
-    Ok((Pass::new(records, began.elapsed()), bytes))
+    let mut pass = Pass::new(records, began.elapsed());
+    pass.cpu_seconds = cpu::since(cpu_began);
+    Ok((pass, bytes))
 }
 
 /// Fetch each page (untimed), then commit it (timed): the store's write path alone.
@@ -348,6 +363,7 @@ async fn store_ceiling(
     full: bool,
 ) -> Result<(Pass, Option<Cursor>)> {
     let mut commits = Vec::new();
+    let mut cpu: Option<f64> = None;
     let mut records = 0u64;
     let mut next: Option<Cursor> = None;
     loop {
@@ -373,15 +389,21 @@ async fn store_ceiling(
             complete: last,
         });
         let began = Instant::now();
+        let cpu_began = cpu::seconds();
         sink.commit(commit).await?;
         commits.push(began.elapsed());
+        if let Some(c) = cpu::since(cpu_began) {
+            *cpu.get_or_insert(0.0) += c;
+        }
         expected = cursor;
         if last {
             break;
         }
     }
     let total = commits.iter().sum();
-    Ok((Pass::new(records, total).latencies(commits), expected))
+    let mut pass = Pass::new(records, total).latencies(commits);
+    pass.cpu_seconds = cpu;
+    Ok((pass, expected))
 }
 
 /// One engine run, with its commit latencies and memory high-water mark.
@@ -398,13 +420,16 @@ async fn engine_pass(engine: &Engine, stream: &StreamKey) -> Result<Pass> {
     };
     let baseline = rss::reset_peak();
     let began = Instant::now();
+    let cpu_began = cpu::seconds();
     let report = engine.sync(stream, &options).await?;
     let elapsed = began.elapsed();
+    let cpu_used = cpu::since(cpu_began);
     let peak = rss::peak();
     let commits = std::mem::take(&mut *latencies.lock().unwrap_or_else(|e| e.into_inner()));
     let mut pass = Pass::new(report.counts.total(), elapsed).latencies(commits);
     pass.baseline_rss_mb = baseline;
     pass.peak_rss_mb = peak;
+    pass.cpu_seconds = cpu_used;
     Ok(pass)
 }
 
@@ -557,9 +582,10 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
         ] {
             writeln!(
                 out,
-                "  {what:<14} {:>10.0} rec/s  {:>8.2} s  commit p50 {:>6} ms  p99 {:>6} ms  rss {} MB (baseline {} MB)",
+                "  {what:<14} {:>10.0} rec/s  {:>8.2} s  cpu {:>5} µs/rec  commit p50 {:>6} ms  p99 {:>6} ms  rss {} MB (baseline {} MB)",
                 p.records_per_second,
                 p.seconds,
+                ms(p.cpu_seconds.map(|c| c * 1e6 / p.records.max(1) as f64)),
                 ms(p.commit_p50_ms),
                 ms(p.commit_p99_ms),
                 mb(p.peak_rss_mb),
@@ -580,6 +606,30 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
         r.rss_method
     )?;
     Ok(())
+}
+
+/// CPU time of this process, summed over its threads from
+/// `/proc/self/task/*/schedstat` (Linux; nanosecond resolution). A thread that exits
+/// during a measured span takes its time with it, so a span's figure can be low, never
+/// high.
+mod cpu {
+    /// CPU seconds used so far by the threads alive now.
+    pub fn seconds() -> Option<f64> {
+        let mut ns = 0u64;
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path().join("schedstat");
+            // A thread may exit between the listing and the read: skip it.
+            if let Ok(text) = std::fs::read_to_string(path) {
+                ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+            }
+        }
+        Some(ns as f64 / 1e9)
+    }
+
+    /// CPU seconds since `began` (from [`seconds`]).
+    pub fn since(began: Option<f64>) -> Option<f64> {
+        Some((seconds()? - began?).max(0.0))
+    }
 }
 
 /// Resident memory of this process, from `/proc/self/status` (Linux).
