@@ -1,5 +1,6 @@
 //! Replays the 57 steps recorded from Nango's real records store
-//! (`tests/data/nango-records-transcript.jsonl`, see `/work/shared/data/README.md`)
+//! (`tests/data/nango-records-transcript.jsonl`: one JSON object per step, the change made
+//! or the read and its response)
 //! against a fresh `FakeNango` and checks that the fake answers every read the same way:
 //! status, error codes, record ids and order, payloads, last actions, which change step
 //! each timestamp belongs to, the uuids inside cursors, and `next_cursor`.
