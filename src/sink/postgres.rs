@@ -390,31 +390,16 @@ impl PostgresStore {
         }
         let recs = &commit.records[..];
         let stamp = (seq, gen_stamp);
-        if !inserts.is_empty() {
-            self.bind_writes(
-                &self.sql.insert_records,
-                stream_id,
-                recs,
-                &inserts,
-                true,
-                stamp,
-            )
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| classify("write records", e))?;
-        }
-        if !overwrites.is_empty() {
-            self.bind_writes(
-                &self.sql.upsert_records,
-                stream_id,
-                recs,
-                &overwrites,
-                true,
-                stamp,
-            )
-            .execute(&mut **tx)
-            .await
-            .map_err(|e| classify("write records", e))?;
+        for (sql, writes) in [
+            (&self.sql.insert_records, &inserts),
+            (&self.sql.upsert_records, &overwrites),
+        ] {
+            if !writes.is_empty() {
+                self.bind_writes(sql, stream_id, recs, writes, true, stamp)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| classify("write records", e))?;
+            }
         }
         if !keeps.is_empty() {
             let updated = self

@@ -25,7 +25,8 @@
 //! from a small pool, so they run while a commit is in progress and see the state
 //! before or after it, never a mix.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -287,21 +288,7 @@ fn open_reader(path: &Path, busy: Duration) -> Result<Connection> {
 
 fn migrate(conn: &mut Connection) -> Result<()> {
     let err = |e| sql_err("migrate the schema", e);
-    let current: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM nango_meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .or_else(|e| match e {
-            // No nango_meta table yet: a new file.
-            rusqlite::Error::SqliteFailure(_, Some(ref m)) if m.contains("no such table") => {
-                Ok(None)
-            }
-            e => Err(e),
-        })
-        .map_err(err)?;
+    let current = schema_version(conn).map_err(err)?;
     if current == Some(SCHEMA_VERSION) {
         return Ok(());
     }
@@ -314,14 +301,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS nango_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
     )
     .map_err(err)?;
-    let version: Option<i64> = tx
-        .query_row(
-            "SELECT value FROM nango_meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(err)?;
+    let version = schema_version(&tx).map_err(err)?;
     match version {
         Some(v) if v == SCHEMA_VERSION => return tx.commit().map_err(err),
         Some(v) if v > SCHEMA_VERSION => {
@@ -362,6 +342,24 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     ))
     .map_err(err)?;
     tx.commit().map_err(err)
+}
+
+/// The schema version the file records; `None` for a new file.
+fn schema_version(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let has_meta: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'nango_meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_meta {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value FROM nango_meta WHERE key = 'schema_version'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 const STREAMS_DDL: &str = "
@@ -467,8 +465,8 @@ fn commit_blocking(
     let gen_stamp = stamp_generation(&state, &commit) as i64;
 
     // The stored versions of the page's ids (and where their rows are), one indexed
-    // lookup per distinct id.
-    let mut stored: HashMap<&str, (i64, StoredVersionBuf)> =
+    // lookup per distinct id; `None` for an id the store does not hold.
+    let mut stored: HashMap<&str, Option<(i64, StoredVersionBuf)>> =
         HashMap::with_capacity(commit.records.len());
     {
         let mut select = tx
@@ -477,11 +475,10 @@ fn commit_blocking(
                  FROM nango_records WHERE stream_id = ?1 AND id = ?2",
             )
             .map_err(e)?;
-        let mut looked_up: HashSet<&str> = HashSet::with_capacity(commit.records.len());
         for r in commit.records.iter() {
-            if !looked_up.insert(r.id.as_str()) {
+            let Entry::Vacant(slot) = stored.entry(r.id.as_str()) else {
                 continue;
-            }
+            };
             let row = select
                 .query_row(params![stream_id, r.id], |row| {
                     Ok((
@@ -495,12 +492,11 @@ fn commit_blocking(
                 })
                 .optional()
                 .map_err(e)?;
-            if let Some(row) = row {
-                stored.insert(r.id.as_str(), row);
-            }
+            slot.insert(row);
         }
     }
-    let plan = plan_page(&commit.records, |id| stored.get(id).map(|(_, v)| v.clone()));
+    let row_of = |id: &str| stored.get(id).and_then(Option::as_ref);
+    let plan = plan_page(&commit.records, |id| row_of(id).map(|(_, v)| v.clone()));
 
     {
         // Within this IMMEDIATE transaction nobody else writes, so the lookups above
@@ -529,13 +525,11 @@ fn commit_blocking(
         for w in &plan.writes {
             let r = &commit.records[w.index];
             let m = &r.meta;
-            let row = stored.get(r.id.as_str()).map(|(row, _)| *row);
+            // The page's payload (for a new row, even when the merge chose the stored
+            // one: there is none to keep).
             let payload = match w.payload {
-                PayloadSource::Page(i) => Some(commit.records[i].payload.as_str()),
-                PayloadSource::Stored if row.is_some() => None,
-                // Nothing stored to keep (cannot happen: the merge keeps a stored payload
-                // only when there is one); write the page's.
-                PayloadSource::Stored => Some(r.payload.as_str()),
+                PayloadSource::Page(i) => commit.records[i].payload.as_str(),
+                PayloadSource::Stored => r.payload.as_str(),
             };
             let (first, last, action) = (
                 m.first_seen_at.as_micros(),
@@ -543,18 +537,17 @@ fn commit_blocking(
                 m.last_action.code(),
             );
             let (deleted, pruned, cursor) = (ts(m.deleted_at), ts(m.pruned_at), m.cursor.as_str());
-            match (row, payload) {
-                (None, Some(p)) => insert.execute(params![
-                    stream_id, r.id, p, first, last, action, deleted, pruned, cursor, gen_stamp,
-                    seq,
+            match (row_of(&r.id).map(|(row, _)| *row), w.payload) {
+                (None, _) => insert.execute(params![
+                    stream_id, r.id, payload, first, last, action, deleted, pruned, cursor,
+                    gen_stamp, seq,
                 ]),
-                (Some(row), Some(p)) => update.execute(params![
-                    row, p, first, last, action, deleted, pruned, cursor, gen_stamp, seq,
+                (Some(row), PayloadSource::Page(_)) => update.execute(params![
+                    row, payload, first, last, action, deleted, pruned, cursor, gen_stamp, seq,
                 ]),
-                (Some(row), None) => keep_payload.execute(params![
+                (Some(row), PayloadSource::Stored) => keep_payload.execute(params![
                     row, first, last, action, deleted, pruned, cursor, gen_stamp, seq,
                 ]),
-                (None, None) => unreachable!("a payload is chosen when no row is stored"),
             }
             .map_err(e)?;
         }
@@ -563,7 +556,7 @@ fn commit_blocking(
                 .prepare_cached("UPDATE nango_records SET seen_gen = ?2 WHERE record_id = ?1")
                 .map_err(e)?;
             for &i in &plan.untouched {
-                if let Some((row, _)) = stored.get(commit.records[i].id.as_str()) {
+                if let Some((row, _)) = row_of(&commit.records[i].id) {
                     seen.execute(params![row, gen_stamp]).map_err(e)?;
                 }
             }
@@ -869,14 +862,7 @@ mod tests {
         assert_eq!((out.seq, out.counts.updated, out.counts.added), (3, 1, 1));
         drop(store);
         let conn = Connection::open(&path).unwrap();
-        let version: i64 = conn
-            .query_row(
-                "SELECT value FROM nango_meta WHERE key = 'schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(schema_version(&conn).unwrap(), Some(SCHEMA_VERSION));
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM nango_records_view", [], |r| r.get(0))
             .unwrap();
