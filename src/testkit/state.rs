@@ -335,6 +335,8 @@ pub(crate) struct Renderer {
     offset: i32,
     /// `(instant, its text)`, most recent first.
     cache: [(i64, String); 2],
+    /// The text of the cursor being encoded, kept for its allocation.
+    scratch: String,
 }
 
 impl Renderer {
@@ -342,6 +344,7 @@ impl Renderer {
         Renderer {
             offset,
             cache: [(i64::MIN, String::new()), (i64::MIN, String::new())],
+            scratch: String::new(),
         }
     }
 
@@ -375,33 +378,24 @@ impl Renderer {
         }
     }
 
-    /// Append [`encode_cursor`] of `pos`.
+    /// Append Nango's cursor of `pos`: standard padded base64 of
+    /// `"<to_json(updated_at)>||<uuid>"`.
     pub(crate) fn push_cursor(&mut self, pos: Pos, out: &mut String) {
-        let mut text = [0u8; 120];
-        let offset = self.offset;
-        let ts = self.ts(pos.0).as_bytes();
-        let len = ts.len() + 2 + uuid::fmt::Hyphenated::LENGTH;
-        if len > text.len() {
-            out.push_str(&encode_cursor(pos, offset));
-            return;
-        }
-        text[..ts.len()].copy_from_slice(ts);
-        text[ts.len()..ts.len() + 2].copy_from_slice(b"||");
-        pos.1
-            .hyphenated()
-            .encode_lower(&mut text[ts.len() + 2..len]);
-        let mut encoded = [0u8; 160];
-        let n = base64::engine::general_purpose::STANDARD
-            .encode_slice(&text[..len], &mut encoded)
-            .expect("room for the base64 of 120 bytes");
-        out.push_str(std::str::from_utf8(&encoded[..n]).expect("base64 is ASCII"));
+        let mut text = std::mem::take(&mut self.scratch);
+        text.clear();
+        text.push_str(self.ts(pos.0));
+        text.push_str("||");
+        text.push_str(pos.1.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        base64::engine::general_purpose::STANDARD.encode_string(&text, out);
+        self.scratch = text;
     }
 }
 
 /// Nango's current cursor: standard padded base64 of `"<to_json(updated_at)>||<uuid>"`.
 pub(crate) fn encode_cursor(pos: Pos, offset: i32) -> String {
-    let text = format!("{}||{}", pos.0.to_json_form(offset), pos.1);
-    base64::engine::general_purpose::STANDARD.encode(text)
+    let mut out = String::new();
+    Renderer::new(offset).push_cursor(pos, &mut out);
+    out
 }
 
 /// Decode a cursor like Nango: base64 (padding optional), exactly two `||`-separated
