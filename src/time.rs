@@ -6,7 +6,7 @@
 //! (`+00:00` vs `-05:00`), so timestamps are parsed into [`Timestamp`] and compared as
 //! instants, never as strings.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -77,35 +77,32 @@ impl Timestamp {
     /// The form PostgreSQL's `to_json(timestamptz)` produces, in a zone at
     /// `offset_minutes` east of UTC: `2026-11-26T19:47:22.72838+00:00`.
     pub fn to_json_form(self, offset_minutes: i32) -> String {
-        let local = self.0 + i64::from(offset_minutes) * 60 * MICROS_PER_SEC;
-        let mut out = format_naive(local);
-        let sign = if offset_minutes < 0 { '-' } else { '+' };
-        let abs = offset_minutes.unsigned_abs();
-        out.push_str(&format!("{sign}{:02}:{:02}", abs / 60, abs % 60));
+        let mut out = String::with_capacity(32);
+        self.write_json_form(offset_minutes, &mut out);
         out
     }
 
-    /// Append [`Timestamp::to_json_form`] to `out` without allocating (same text).
+    /// Append [`Timestamp::to_json_form`] to `out`.
     pub(crate) fn write_json_form(self, offset_minutes: i32, out: &mut String) {
-        let abs = offset_minutes.unsigned_abs();
-        if abs >= 100 * 60 {
-            out.push_str(&self.to_json_form(offset_minutes));
-            return;
-        }
         write_naive(
             self.0 + i64::from(offset_minutes) * 60 * MICROS_PER_SEC,
             out,
         );
-        let mut b = *b"+00:00";
-        if offset_minutes < 0 {
-            b[0] = b'-';
+        let sign = if offset_minutes < 0 { '-' } else { '+' };
+        let abs = offset_minutes.unsigned_abs();
+        if abs < 100 * 60 {
+            let mut b = *b"+00:00";
+            b[0] = sign as u8;
+            put2(&mut b[1..3], abs / 60);
+            put2(&mut b[4..6], abs % 60);
+            out.push_str(ascii(&b));
+        } else {
+            // An offset of 100 hours or more (never a real zone): more hour digits.
+            let _ = write!(out, "{sign}{:02}:{:02}", abs / 60, abs % 60);
         }
-        put2(&mut b[1..3], abs / 60);
-        put2(&mut b[4..6], abs % 60);
-        out.push_str(ascii(&b));
     }
 
-    /// Append [`Timestamp::to_utc_z`] to `out` without allocating (same text).
+    /// Append [`Timestamp::to_utc_z`] to `out`.
     pub(crate) fn write_utc_z(self, out: &mut String) {
         write_naive(self.0, out);
         out.push('Z');
@@ -114,8 +111,8 @@ impl Timestamp {
     /// The UTC form ending in `Z` that Nango's `modified_after` accepts:
     /// `2026-11-26T19:47:22.728380Z` (fraction trimmed like [`Timestamp::to_json_form`]).
     pub fn to_utc_z(self) -> String {
-        let mut out = format_naive(self.0);
-        out.push('Z');
+        let mut out = String::with_capacity(28);
+        self.write_utc_z(&mut out);
         out
     }
 }
@@ -193,27 +190,6 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS[.f]` of a local instant in microseconds, fraction trimmed.
-fn format_naive(micros: i64) -> String {
-    let secs = micros.div_euclid(MICROS_PER_SEC);
-    let frac = micros.rem_euclid(MICROS_PER_SEC);
-    let days = secs.div_euclid(SECS_PER_DAY);
-    let sod = secs.rem_euclid(SECS_PER_DAY);
-    let (y, m, d) = civil_from_days(days);
-    let mut out = format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    );
-    if frac != 0 {
-        let digits = format!("{frac:06}");
-        out.push('.');
-        out.push_str(digits.trim_end_matches('0'));
-    }
-    out
-}
-
 /// Two decimal digits of `v` (below 100).
 fn put2(b: &mut [u8], v: u32) {
     b[0] = b'0' + (v / 10) as u8;
@@ -224,37 +200,41 @@ fn ascii(b: &[u8]) -> &str {
     std::str::from_utf8(b).expect("ASCII digits and separators")
 }
 
-/// Append [`format_naive`] of `micros` to `out` without allocating (same text).
+/// Append `micros` as a naive ISO date-time: `YYYY-MM-DDTHH:MM:SS`, then a fraction of
+/// up to 6 digits with trailing zeros trimmed (none when whole seconds).
 fn write_naive(micros: i64, out: &mut String) {
     let secs = micros.div_euclid(MICROS_PER_SEC);
     let frac = micros.rem_euclid(MICROS_PER_SEC) as u32;
     let days = secs.div_euclid(SECS_PER_DAY);
     let sod = secs.rem_euclid(SECS_PER_DAY) as u32;
     let (y, m, d) = civil_from_days(days);
-    if !(0..=9999).contains(&y) {
-        out.push_str(&format_naive(micros));
-        return;
+    let (hh, mm, ss) = (sod / 3600, (sod / 60) % 60, sod % 60);
+    if (0..=9999).contains(&y) {
+        let mut b = *b"0000-00-00T00:00:00";
+        let y = y as u32;
+        put2(&mut b[0..2], y / 100);
+        put2(&mut b[2..4], y % 100);
+        put2(&mut b[5..7], m as u32);
+        put2(&mut b[8..10], d as u32);
+        put2(&mut b[11..13], hh);
+        put2(&mut b[14..16], mm);
+        put2(&mut b[17..19], ss);
+        out.push_str(ascii(&b));
+    } else {
+        // A year outside 0..=9999 (never from Nango): a sign or more digits.
+        let _ = write!(out, "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}");
     }
-    let mut b = *b"0000-00-00T00:00:00.000000";
-    let y = y as u32;
-    put2(&mut b[0..2], y / 100);
-    put2(&mut b[2..4], y % 100);
-    put2(&mut b[5..7], m as u32);
-    put2(&mut b[8..10], d as u32);
-    put2(&mut b[11..13], sod / 3600);
-    put2(&mut b[14..16], (sod / 60) % 60);
-    put2(&mut b[17..19], sod % 60);
-    let mut len = 19;
     if frac != 0 {
-        put2(&mut b[20..22], frac / 10_000);
-        put2(&mut b[22..24], (frac / 100) % 100);
-        put2(&mut b[24..26], frac % 100);
-        len = 26;
-        while b[len - 1] == b'0' {
+        let mut f = *b".000000";
+        put2(&mut f[1..3], frac / 10_000);
+        put2(&mut f[3..5], (frac / 100) % 100);
+        put2(&mut f[5..7], frac % 100);
+        let mut len = f.len();
+        while f[len - 1] == b'0' {
             len -= 1;
         }
+        out.push_str(ascii(&f[..len]));
     }
-    out.push_str(ascii(&b[..len]));
 }
 
 struct Cursor<'a> {
@@ -370,6 +350,37 @@ fn parse(text: &str) -> Result<Timestamp, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The plain formatting `write_naive` and `write_json_form` must reproduce: an
+    // independent reference built with `format!`.
+    /// Reference: `YYYY-MM-DDTHH:MM:SS[.f]` of a local instant in microseconds, fraction trimmed.
+    fn format_naive(micros: i64) -> String {
+        let secs = micros.div_euclid(MICROS_PER_SEC);
+        let frac = micros.rem_euclid(MICROS_PER_SEC);
+        let days = secs.div_euclid(SECS_PER_DAY);
+        let sod = secs.rem_euclid(SECS_PER_DAY);
+        let (y, m, d) = civil_from_days(days);
+        let mut out = format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+            sod / 3600,
+            (sod / 60) % 60,
+            sod % 60
+        );
+        if frac != 0 {
+            let digits = format!("{frac:06}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
+        }
+        out
+    }
+
+    fn reference_json_form(t: Timestamp, offset_minutes: i32) -> String {
+        let mut out = format_naive(t.0 + i64::from(offset_minutes) * 60 * MICROS_PER_SEC);
+        let sign = if offset_minutes < 0 { '-' } else { '+' };
+        let abs = offset_minutes.unsigned_abs();
+        out.push_str(&format!("{sign}{:02}:{:02}", abs / 60, abs % 60));
+        out
+    }
 
     // 2026-11-26T19:47:22Z in seconds since the epoch.
     const BASE: i64 = 1_795_722_442;
@@ -519,11 +530,15 @@ mod tests {
             let t = Timestamp::from_micros(t);
             let mut out = String::from("x");
             t.write_utc_z(&mut out);
-            assert_eq!(out[1..], t.to_utc_z(), "{t:?}");
+            let z = format!("{}Z", format_naive(t.0));
+            assert_eq!(out[1..], z, "{t:?}");
+            assert_eq!(t.to_utc_z(), z, "{t:?}");
             for offset in offsets {
                 let mut out = String::from("x");
                 t.write_json_form(offset, &mut out);
-                assert_eq!(out[1..], t.to_json_form(offset), "{t:?} {offset}");
+                let reference = reference_json_form(t, offset);
+                assert_eq!(out[1..], reference, "{t:?} {offset}");
+                assert_eq!(t.to_json_form(offset), reference, "{t:?} {offset}");
             }
         }
     }
