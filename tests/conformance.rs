@@ -19,6 +19,7 @@ macro_rules! conformance_tests {
             streams_are_isolated,
             large_commit,
             merge_outcomes_are_counted,
+            restored_payload_fills_a_pruned_copy,
             full_read_sweeps_unseen_records,
             seq_is_monotonic_and_per_record,
             list_pages_in_code_point_order,

@@ -495,3 +495,60 @@ async fn store_failure_on_a_later_page_keeps_the_earlier_pages() {
         s.fake.live_payloads(&stream)
     );
 }
+
+/// A payload Nango restored after a prune (the record saved again, unchanged) does not
+/// move the cursor: an incremental run cannot see it, and a full re-read takes it back.
+#[tokio::test]
+async fn full_reread_takes_back_a_payload_restored_after_a_prune() {
+    let s = setup_with(100).await;
+    let stream = stream();
+    s.fake
+        .add_connection(&stream.integration, &stream.connection);
+    let a = ticket("a", "Restored");
+    s.fake
+        .save(&stream, vec![a.clone(), ticket("b", "Still pruned")]);
+    s.fake.prune(&stream, &["a", "b"]);
+    let first = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.counts.added, 2);
+    let bare = |id: &str| json!({ "id": id });
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        BTreeMap::from([("a".into(), bare("a")), ("b".into(), bare("b"))]),
+        "read pruned: only ids exist anywhere"
+    );
+
+    s.fake.save(&stream, vec![a.clone()]);
+    let incremental = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(incremental.counts.total(), 0, "the cursor did not move");
+
+    let full = s
+        .engine
+        .sync(
+            &stream,
+            &SyncOptions {
+                full: true,
+                ..SyncOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(full.counts.updated, 1, "the restore counts as an update");
+    assert_eq!(full.counts.unchanged, 1);
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        BTreeMap::from([("a".into(), a), ("b".into(), bare("b"))])
+    );
+    let stored = s.sink.get(&stream, "a").await.unwrap().unwrap();
+    assert_eq!(
+        stored.meta.pruned_at, None,
+        "pruned_at cleared like upstream"
+    );
+}

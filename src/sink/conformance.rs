@@ -55,6 +55,7 @@ where
     streams_are_isolated(&open(Open::Fresh).await).await;
     large_commit(&open(Open::Fresh).await).await;
     merge_outcomes_are_counted(&open(Open::Fresh).await).await;
+    restored_payload_fills_a_pruned_copy(&open(Open::Fresh).await).await;
     full_read_sweeps_unseen_records(&open(Open::Fresh).await).await;
     seq_is_monotonic_and_per_record(&open(Open::Fresh).await).await;
     list_pages_in_code_point_order(&open(Open::Fresh).await).await;
@@ -290,6 +291,82 @@ fn assert_seen(backend: &str, what: &str, actual: Option<&StoredRecord>, expecte
 // ---------------------------------------------------------------------------------------
 // Checks
 // ---------------------------------------------------------------------------------------
+
+/// Nango restores a pruned payload (the record saved again) without moving its cursor:
+/// the same version, no longer pruned, fills in the payload of a copy that was read
+/// pruned (`{id}` only), and clears the `pruned_at` of a copy whose payload the store
+/// kept. It counts as `updated` and takes the commit's sequence number; the same restore
+/// read again is unchanged.
+pub async fn restored_payload_fills_a_pruned_copy<S: RecordSink>(store: &S) {
+    let b = backend(store);
+    let s = stream("restore");
+    // "a" first read pruned; "b" held in full, then read pruned (payload kept).
+    commit_page(store, &s, vec![added("b", 5, "bee")]).await;
+    let o1 = commit_page(store, &s, vec![pruned("a", 10), pruned("b", 11)]).await;
+    assert_eq!(o1.counts, counts(1, 1, 0, 0, 0), "{b}: pruned page");
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.payload.to_value()),
+        Some(json!({"id": "a"})),
+        "{b}: a first read pruned holds only its id"
+    );
+    // Restores: the same versions (same instant, same cursor), unpruned and full.
+    let restore_a = version(
+        "a",
+        10,
+        LastAction::Updated,
+        json!({"id": "a", "title": "ay"}),
+    );
+    let restore_b = version(
+        "b",
+        11,
+        LastAction::Updated,
+        json!({"id": "b", "title": "bee"}),
+    );
+    let o2 = commit_page(store, &s, vec![restore_a.clone(), restore_b.clone()]).await;
+    assert_eq!(
+        o2.counts,
+        counts(0, 2, 0, 0, 0),
+        "{b}: restores count as updated"
+    );
+    assert!(
+        o2.seq > o1.seq,
+        "{b}: a restore takes a new sequence number"
+    );
+    for (want, title) in [(&restore_a, "ay"), (&restore_b, "bee")] {
+        let got = get(store, &s, &want.id).await;
+        assert_seen(
+            b,
+            "restored record",
+            got.as_ref(),
+            &Seen {
+                id: want.id.clone(),
+                payload: json!({"id": want.id, "title": title}),
+                meta: want.meta.clone(),
+                seq: o2.seq,
+            },
+        );
+    }
+    // The same restore again (a replayed page) changes nothing.
+    let o3 = commit_page(store, &s, vec![restore_a, restore_b]).await;
+    assert_eq!(
+        o3.counts,
+        counts(0, 0, 0, 2, 0),
+        "{b}: a restore read again"
+    );
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.seq),
+        Some(o2.seq),
+        "{b}: an unchanged record keeps its sequence number"
+    );
+    // A version still pruned never replaces a payload.
+    let o4 = commit_page(store, &s, vec![pruned("a", 10)]).await;
+    assert_eq!(o4.counts, counts(0, 0, 0, 1, 0), "{b}: still pruned");
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.payload.to_value()),
+        Some(json!({"id": "a", "title": "ay"})),
+        "{b}: the restored payload stays"
+    );
+}
 
 /// A stream never committed has the default state (no cursor, generation 0), no records,
 /// and is not listed by `streams()`.

@@ -9,7 +9,7 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
-use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
+use crate::merge::{Counts, PayloadSource, StoredVersionBuf, payload_text_is_bare, plan_page};
 use crate::record::{LastAction, StoredRecord, StreamKey};
 use crate::sink::{
     Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
@@ -118,6 +118,8 @@ impl RecordSink for MemoryStore {
                 last_modified_at: row.record.meta.last_modified_at,
                 cursor: row.record.meta.cursor.0.clone(),
                 deleted: row.record.is_deleted(),
+                pruned: row.record.meta.pruned_at.is_some()
+                    || payload_text_is_bare(id, row.record.payload.as_str()),
             })
         });
         let gen_stamp = stamp_generation(&data.state, &commit);

@@ -347,6 +347,7 @@ impl PostgresStore {
                     last_modified_at: Timestamp::from_micros(row.try_get(1).map_err(decode)?),
                     cursor: row.try_get(2).map_err(decode)?,
                     deleted: row.try_get(3).map_err(decode)?,
+                    pruned: row.try_get(4).map_err(decode)?,
                 };
                 stored.insert(id, version);
             }
@@ -672,9 +673,11 @@ impl Statements {
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
                 .into()),
-            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted \
+            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned \
                  FROM UNNEST($2::text[]) AS u(id) \
-                 CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted FROM {s}.records o \
+                 CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
+                   o.pruned_at IS NOT NULL OR o.payload = jsonb_build_object('id', o.id) AS pruned \
+                   FROM {s}.records o \
                    WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
                 .into()),
             next_seq: s("UPDATE {s}.commit_seq SET seq = seq + 1 RETURNING seq".into()),

@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use super::memory::{check_cursor, next_state, stamp_generation};
 use crate::error::{Error, Result};
-use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
+use crate::merge::{Counts, PayloadSource, StoredVersionBuf, payload_text_is_bare, plan_page};
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
 use crate::sink::{
     Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
@@ -339,7 +339,7 @@ impl Inner {
             key.truncate(prefix_len);
             key.extend_from_slice(id.as_bytes());
             match self.tree.get(&key) {
-                Ok(Some(v)) => match RecordView::new(&v).and_then(|view| view.version()) {
+                Ok(Some(v)) => match RecordView::new(&v).and_then(|view| view.version(id)) {
                     Ok(version) => {
                         stored.insert(id.to_owned(), v);
                         Some(version)
@@ -763,11 +763,14 @@ impl<'a> RecordView<'a> {
         &self.bytes[self.cursor_end..]
     }
 
-    fn version(&self) -> Result<StoredVersionBuf> {
+    fn version(&self, id: &str) -> Result<StoredVersionBuf> {
+        let pruned = self.bytes[OFF_FLAGS] & FLAG_PRUNED_AT != 0
+            || std::str::from_utf8(self.payload_bytes()).is_ok_and(|p| payload_text_is_bare(id, p));
         Ok(StoredVersionBuf {
             last_modified_at: self.ts_at(OFF_LAST_MODIFIED),
             cursor: self.cursor()?.to_owned(),
             deleted: self.deleted(),
+            pruned,
         })
     }
 

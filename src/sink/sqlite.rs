@@ -34,7 +34,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::error::{Error, Result};
-use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
+use crate::merge::{Counts, PayloadSource, StoredVersionBuf, payload_text_is_bare, plan_page};
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
 use crate::sink::memory::{check_cursor, next_state, stamp_generation};
 use crate::sink::{
@@ -471,7 +471,9 @@ fn commit_blocking(
     {
         let mut select = tx
             .prepare_cached(
-                "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3
+                "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3,
+                        pruned_at IS NOT NULL,
+                        CASE WHEN octet_length(payload) <= 64 + 6 * octet_length(id) THEN payload END
                  FROM nango_records WHERE stream_id = ?1 AND id = ?2",
             )
             .map_err(e)?;
@@ -487,6 +489,11 @@ fn commit_blocking(
                             last_modified_at: Timestamp::from_micros(row.get(1)?),
                             cursor: row.get(2)?,
                             deleted: row.get(3)?,
+                            pruned: row.get::<_, bool>(4)?
+                                || row
+                                    .get_ref(5)?
+                                    .as_str_or_null()?
+                                    .is_some_and(|p| payload_text_is_bare(&r.id, p)),
                         },
                     ))
                 })
