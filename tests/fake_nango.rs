@@ -920,3 +920,30 @@ fn urlencode(s: &str) -> String {
         })
         .collect()
 }
+
+/// Nango's routes are not strict about a trailing slash, and its Node SDK sends
+/// `GET /records/?...`: the fake answers both forms alike, and an unknown path with 404.
+#[tokio::test]
+async fn routes_accept_a_trailing_slash() {
+    let fake = fake().await;
+    let s = stream();
+    fake.save(&s, vec![json!({"id": "a"})]);
+    let http = reqwest::Client::new();
+    let send = |path: &str| {
+        http.get(format!("{}{path}?model=Ticket", fake.url()))
+            .header("Connection-Id", &s.connection)
+            .header("Provider-Config-Key", &s.integration)
+            .header(
+                "Authorization",
+                format!("Bearer {}", fake.secret_key().expose()),
+            )
+            .send()
+    };
+    let plain = send("/records").await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let plain = json_body(plain).await;
+    let slashed = send("/records/").await.unwrap();
+    assert_eq!(slashed.status(), 200);
+    assert_eq!(json_body(slashed).await, plain);
+    assert_eq!(send("/recordz/").await.unwrap().status(), 404);
+}
