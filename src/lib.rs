@@ -57,6 +57,6 @@ pub use error::{Error, Result};
 pub use merge::{Counts, Outcome};
 pub use page::Page;
 pub use record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
-pub use secret::SecretKey;
+pub use secret::{SecretKey, redact_url};
 pub use sink::{Commit, CommitOutcome, DynRecordSink, RecordSink, SharedSink};
 pub use time::Timestamp;

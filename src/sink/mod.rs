@@ -14,10 +14,10 @@
 //! [`open`] knows every scheme in every build, and says which feature to enable when a
 //! backend was not compiled in.
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,15 @@ use crate::merge::Counts;
 use crate::record::{Cursor, Record, StoredRecord, StreamKey};
 use crate::time::Timestamp;
 
+pub mod commit;
+
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
+
 mod memory;
-pub use memory::MemoryStore;
+pub use memory::{MemoryOptions, MemoryStore};
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -220,63 +227,31 @@ pub struct StreamStatus {
     pub upstream_error: Option<String>,
 }
 
-/// A step inside a commit where a test can make the store fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FaultPoint {
-    /// After the page's records were written, before the cursor is written.
-    AfterRecords = 1,
-    /// After the cursor was written, before the transaction commits.
-    BeforeCommit = 2,
-}
-
-/// Failure injection between the steps of a commit, for tests of atomicity.
-///
-/// Every store checks it at each [`FaultPoint`]; an armed point fails the next commit
-/// that reaches it, once. Disarmed, a check is one atomic load.
-#[derive(Debug, Default)]
-pub struct FaultInjector {
-    armed: AtomicU8,
-}
-
-impl FaultInjector {
-    /// Make the next commit that reaches `point` fail.
-    pub fn arm(&self, point: FaultPoint) {
-        self.armed.store(point as u8, Ordering::SeqCst);
-    }
-
-    /// Disarm whatever point is armed (a test step that ended before any commit reached it).
-    pub fn disarm(&self) {
-        self.armed.store(0, Ordering::SeqCst);
-    }
-
-    /// Fail here if this point is armed (and disarm it).
-    pub fn check(&self, backend: &'static str, point: FaultPoint) -> Result<()> {
-        if self.armed.load(Ordering::Relaxed) == point as u8
-            && self
-                .armed
-                .compare_exchange(point as u8, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            return Err(Error::store(
-                backend,
-                "commit",
-                false,
-                format!("injected failure at {point:?}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A store of records and stream state.
 ///
 /// Methods return `impl Future + Send`; [`DynRecordSink`] is the object-safe twin that
 /// every `RecordSink` implements, so an application can choose a backend at run time
-/// and hold a [`SharedSink`].
-pub trait RecordSink: Send + Sync + 'static {
+/// and hold a [`SharedSink`] (which is a `RecordSink` too).
+///
+/// The methods fall in two groups:
+///
+/// - **the data path**: [`stream_state`](Self::stream_state) and
+///   [`commit`](Self::commit), which the engine's runs use, and the reads of the
+///   application, [`get`](Self::get) and [`list`](Self::list);
+/// - **bookkeeping**: what `status` shows about streams and runs, kept apart from the
+///   records and the cursor: [`record_run`](Self::record_run),
+///   [`set_upstream_error`](Self::set_upstream_error), [`last_run`](Self::last_run) and
+///   [`streams`](Self::streams). None of them moves a cursor or uses a commit sequence
+///   number.
+///
+/// A store's commit is [`commit::prepare`] applied in one transaction of the store; the
+/// conformance suite (feature `testkit`) compares every store with the in-memory
+/// reference.
+pub trait RecordSink: Debug + Send + Sync + 'static {
     /// The backend's name: `memory`, `sqlite`, `sled` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    // The data path.
 
     /// The stream's state (default state for a stream never committed).
     fn stream_state(&self, stream: &StreamKey) -> impl Future<Output = Result<StreamState>> + Send;
@@ -285,6 +260,22 @@ pub trait RecordSink: Send + Sync + 'static {
     /// set the stream's cursor and counters, and, for the last commit of a full re-read,
     /// sweep. All of it or nothing.
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<CommitOutcome>> + Send;
+
+    /// One record by id, tombstones included (see [`StoredRecord::live`]).
+    fn get(
+        &self,
+        stream: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
+
+    /// A stream's records in id order (code-point order), a page at a time.
+    fn list(
+        &self,
+        stream: &StreamKey,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+
+    // Bookkeeping.
 
     /// Keep `run` as the stream's last run.
     fn record_run(
@@ -299,23 +290,6 @@ pub trait RecordSink: Send + Sync + 'static {
         stream: &StreamKey,
         error: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// One record by id (tombstones included).
-    fn get(
-        &self,
-        stream: &StreamKey,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
-
-    /// A stream's records in id order (code-point order), a page at a time.
-    fn list(
-        &self,
-        stream: &StreamKey,
-        query: &ListQuery,
-    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
-
-    /// Every stream the store knows, with its status.
-    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 
     /// The last run kept for `stream` ([`RecordSink::record_run`]), if any. The default
     /// goes through [`RecordSink::streams`]; the engine asks only when an overlap window
@@ -334,29 +308,20 @@ pub trait RecordSink: Send + Sync + 'static {
         }
     }
 
-    /// The failure injector of this store (tests only).
-    fn faults(&self) -> &FaultInjector;
+    /// Every stream the store knows, with its status.
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 }
 
 /// A boxed future, for [`DynRecordSink`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The object-safe twin of [`RecordSink`], implemented for every `RecordSink`.
+/// The object-safe twin of [`RecordSink`], implemented for every `RecordSink`: each
+/// method is the `RecordSink` method of the same name, its future boxed.
 #[allow(missing_docs)]
-pub trait DynRecordSink: Send + Sync + 'static {
+pub trait DynRecordSink: Debug + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>>;
-    fn set_upstream_error<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        error: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>>;
     fn get<'a>(
         &'a self,
         stream: &'a StreamKey,
@@ -367,9 +332,18 @@ pub trait DynRecordSink: Send + Sync + 'static {
         stream: &'a StreamKey,
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
-    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
     fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>>;
-    fn faults(&self) -> &FaultInjector;
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -381,20 +355,6 @@ impl<T: RecordSink> DynRecordSink for T {
     }
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>> {
         Box::pin(RecordSink::commit(self, commit))
-    }
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(RecordSink::record_run(self, stream, run))
-    }
-    fn set_upstream_error<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        error: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
     fn get<'a>(
         &'a self,
@@ -410,19 +370,62 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
         Box::pin(RecordSink::list(self, stream, query))
     }
-    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
-        Box::pin(RecordSink::streams(self))
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::record_run(self, stream, run))
+    }
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
     fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>> {
         Box::pin(RecordSink::last_run(self, stream))
     }
-    fn faults(&self) -> &FaultInjector {
-        RecordSink::faults(self)
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
+        Box::pin(RecordSink::streams(self))
     }
 }
 
 /// A store chosen at run time.
 pub type SharedSink = Arc<dyn DynRecordSink>;
+
+/// The shared handle is a store too: generic code (the conformance suite, an
+/// application's own wrappers) takes it like any backend.
+impl RecordSink for SharedSink {
+    fn backend(&self) -> &'static str {
+        DynRecordSink::backend(&**self)
+    }
+    async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
+        DynRecordSink::stream_state(&**self, stream).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        DynRecordSink::commit(&**self, commit).await
+    }
+    async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
+        DynRecordSink::get(&**self, stream, id).await
+    }
+    async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
+        DynRecordSink::list(&**self, stream, query).await
+    }
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
+        DynRecordSink::record_run(&**self, stream, run).await
+    }
+    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
+        DynRecordSink::set_upstream_error(&**self, stream, error).await
+    }
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        DynRecordSink::last_run(&**self, stream).await
+    }
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        DynRecordSink::streams(&**self).await
+    }
+}
 
 /// Every record of a stream, in id order, read page by page.
 pub async fn read_all(
@@ -519,11 +522,13 @@ pub async fn open(url: &str) -> Result<SharedSink> {
         #[cfg(feature = "postgres")]
         SinkUrl::Postgres(url) => {
             let (url, schema) = split_schema_param(&url);
-            let mut builder = postgres::PostgresStore::builder(url);
+            let mut options = postgres::PostgresOptions::new();
             if let Some(schema) = schema {
-                builder = builder.schema(schema);
+                options = options.with_schema(schema);
             }
-            Ok(Arc::new(builder.connect().await?))
+            Ok(Arc::new(
+                postgres::PostgresStore::connect_with(&url, options).await?,
+            ))
         }
         #[cfg(not(feature = "postgres"))]
         SinkUrl::Postgres(_) => Err(Error::FeatureDisabled {
