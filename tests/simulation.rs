@@ -389,7 +389,7 @@ async fn run_seed(
                         // A resumed full re-read cannot notice records that vanished
                         // after its first part saw them: only one from the start can.
                         if report.full
-                            && report.full_reason != Some("resuming an interrupted full re-read")
+                            && report.full_reason != Some(nango_sync::FullReadReason::Resuming)
                         {
                             model.reset_pending = false;
                             model.restored.clear();

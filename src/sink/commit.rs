@@ -334,3 +334,418 @@ impl<'c, H> Prepared<'c, H> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::record::{Cursor, LastAction, StreamKey};
+    use crate::sink::FullRead;
+
+    fn ts(t: i64) -> Timestamp {
+        Timestamp::from_micros(t)
+    }
+
+    /// A version of `id` at instant `t` with payload `payload` (`{"id":..}` when empty).
+    fn rec(id: &str, t: i64, action: LastAction, payload: &str) -> Record {
+        let bare = payload.is_empty();
+        let payload = if bare {
+            format!(r#"{{"id":"{id}"}}"#)
+        } else {
+            format!(r#"{{"id":"{id}","v":"{payload}"}}"#)
+        };
+        Record {
+            id: id.into(),
+            payload: RawJson::from_trusted(payload),
+            payload_is_bare: bare,
+            meta: Metadata {
+                first_seen_at: ts(1),
+                last_modified_at: ts(t),
+                last_action: action,
+                deleted_at: (action == LastAction::Deleted).then(|| ts(t)),
+                pruned_at: None,
+                cursor: Cursor(format!("c{t}")),
+            },
+        }
+    }
+
+    fn added(id: &str, t: i64, v: &str) -> Record {
+        rec(id, t, LastAction::Added, v)
+    }
+
+    fn pruned(id: &str, t: i64) -> Record {
+        let mut r = rec(id, t, LastAction::Updated, "");
+        r.meta.pruned_at = Some(ts(t));
+        r
+    }
+
+    /// A stored record of the case: id, instant, tombstone.
+    type StoredRow = (&'static str, i64, bool);
+
+    struct Case {
+        name: &'static str,
+        state: StreamState,
+        expected_cursor: Option<&'static str>,
+        full_read: Option<FullRead>,
+        stored: &'static [StoredRow],
+        page: Vec<Record>,
+        /// Records the sweep of the store marks deleted (for `finish`).
+        swept: u64,
+        expect: Expect,
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Expect {
+        /// `id kind`: `insert PAYLOAD`, `replace HANDLE with PAYLOAD`, `keep HANDLE`.
+        writes: Vec<String>,
+        /// `id HANDLE`.
+        seen: Vec<String>,
+        generation: u64,
+        /// The sweep's generation bound, and whether it spares `a`.
+        sweep: Option<(u64, bool)>,
+        counts: Counts,
+        live_delta: i64,
+        deleted_delta: i64,
+        next: StreamState,
+    }
+
+    fn state(cursor: Option<&str>, generation: u64, full_read: Option<u64>) -> StreamState {
+        StreamState {
+            cursor: cursor.map(Cursor::from),
+            generation,
+            full_read,
+        }
+    }
+
+    fn counts(added: u64, updated: u64, deleted: u64, unchanged: u64, stale: u64) -> Counts {
+        Counts {
+            added,
+            updated,
+            deleted,
+            unchanged,
+            stale,
+        }
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Prepare the case's commit against its stored rows (handles `row-ID`), finish it,
+    /// and describe what came out.
+    fn run(case: &Case) -> Result<Expect> {
+        let stored: BTreeMap<&str, (i64, bool)> =
+            case.stored.iter().map(|&(id, t, d)| (id, (t, d))).collect();
+        let mut commit = Commit::new(
+            StreamKey::new("github", "acme", "Ticket"),
+            case.expected_cursor.map(Cursor::from),
+            case.page
+                .last()
+                .map(|r| r.meta.cursor.clone())
+                .or(case.expected_cursor.map(Cursor::from)),
+            case.page.clone(),
+        );
+        commit.full_read = case.full_read;
+        commit.now = ts(999);
+        let mut lookups = Vec::new();
+        let prepared = prepare(&case.state, &commit, |id| {
+            lookups.push(id.to_string());
+            Ok(stored.get(id).map(|&(t, deleted)| Stored {
+                version: StoredVersionBuf {
+                    last_modified_at: ts(t),
+                    cursor: format!("c{t}"),
+                    deleted,
+                    pruned: false,
+                },
+                handle: format!("row-{id}"),
+            }))
+        })?;
+        let mut distinct: Vec<&str> = case.page.iter().map(|r| r.id.as_str()).collect();
+        distinct.dedup();
+        assert_eq!(
+            lookups, distinct,
+            "{}: one lookup per distinct id",
+            case.name
+        );
+        let writes = prepared
+            .writes()
+            .iter()
+            .map(|w| {
+                let what = match &w.kind {
+                    WriteKind::Insert { payload } => format!("insert {payload}"),
+                    WriteKind::Replace { stored, payload } => {
+                        format!("replace {stored} with {payload}")
+                    }
+                    WriteKind::KeepPayload { stored } => format!("keep {stored}"),
+                };
+                format!("{} {what}", w.record.id)
+            })
+            .collect();
+        let seen = prepared
+            .seen()
+            .iter()
+            .map(|s| format!("{} {}", s.id, s.stored))
+            .collect();
+        let generation = prepared.generation();
+        let sweep = prepared.sweep().map(|s| (s.generation, s.spares("a")));
+        let done = prepared.finish(7, case.swept);
+        assert_eq!(done.outcome.seq, 7);
+        assert_eq!(done.outcome.swept, case.swept);
+        Ok(Expect {
+            writes,
+            seen,
+            generation,
+            sweep,
+            counts: done.outcome.counts,
+            live_delta: done.live_delta,
+            deleted_delta: done.deleted_delta,
+            next: done.state,
+        })
+    }
+
+    #[test]
+    fn prepared_commits() {
+        let cases = vec![
+            Case {
+                name: "a first page: every record inserted with its own payload",
+                state: StreamState::default(),
+                expected_cursor: None,
+                full_read: None,
+                stored: &[],
+                page: vec![added("a", 1, "x"), rec("b", 2, LastAction::Deleted, "")],
+                swept: 0,
+                expect: Expect {
+                    writes: strings(&[r#"a insert {"id":"a","v":"x"}"#, r#"b insert {"id":"b"}"#]),
+                    seen: vec![],
+                    generation: 0,
+                    sweep: None,
+                    counts: counts(1, 0, 1, 0, 0),
+                    live_delta: 1,
+                    deleted_delta: 1,
+                    next: state(Some("c2"), 0, None),
+                },
+            },
+            Case {
+                name: "stored records: a newer version replaces, a pruned one keeps the payload, older and same versions write nothing",
+                state: state(Some("c0"), 3, None),
+                expected_cursor: Some("c0"),
+                full_read: None,
+                stored: &[
+                    ("a", 10, false),
+                    ("b", 10, false),
+                    ("c", 10, false),
+                    ("d", 10, false),
+                ],
+                page: vec![
+                    rec("a", 11, LastAction::Updated, "y"),
+                    pruned("b", 11),
+                    rec("c", 9, LastAction::Updated, "old"),
+                    rec("d", 10, LastAction::Updated, "same"),
+                ],
+                swept: 0,
+                expect: Expect {
+                    writes: strings(&[
+                        r#"a replace row-a with {"id":"a","v":"y"}"#,
+                        "b keep row-b",
+                    ]),
+                    seen: vec![],
+                    generation: 3,
+                    sweep: None,
+                    counts: counts(0, 2, 0, 1, 1),
+                    live_delta: 0,
+                    deleted_delta: 0,
+                    next: state(Some("c10"), 3, None),
+                },
+            },
+            Case {
+                name: "an undelete and an {id}-only delete move the record counts",
+                state: state(Some("c0"), 0, None),
+                expected_cursor: Some("c0"),
+                full_read: None,
+                stored: &[("x", 10, true), ("y", 10, false)],
+                page: vec![
+                    added("x", 20, "back"),
+                    rec("y", 21, LastAction::Deleted, ""),
+                ],
+                swept: 0,
+                expect: Expect {
+                    writes: strings(&[
+                        r#"x replace row-x with {"id":"x","v":"back"}"#,
+                        "y keep row-y",
+                    ]),
+                    seen: vec![],
+                    generation: 0,
+                    sweep: None,
+                    counts: counts(1, 0, 1, 0, 0),
+                    live_delta: 0,
+                    deleted_delta: 0,
+                    next: state(Some("c21"), 0, None),
+                },
+            },
+            Case {
+                name: "a repeated id is one write, merged in page order",
+                state: StreamState::default(),
+                expected_cursor: None,
+                full_read: None,
+                stored: &[],
+                page: vec![
+                    added("a", 1, "one"),
+                    added("a", 2, "two"),
+                    added("a", 1, "one"),
+                ],
+                swept: 0,
+                expect: Expect {
+                    writes: strings(&[r#"a insert {"id":"a","v":"two"}"#]),
+                    seen: vec![],
+                    generation: 0,
+                    sweep: None,
+                    counts: counts(1, 1, 0, 0, 1),
+                    live_delta: 1,
+                    deleted_delta: 0,
+                    next: state(Some("c1"), 0, None),
+                },
+            },
+            Case {
+                name: "a full re-read stamps its generation and marks the records it sees unchanged",
+                state: state(Some("c0"), 1, None),
+                expected_cursor: Some("c0"),
+                full_read: Some(FullRead {
+                    generation: 2,
+                    complete: false,
+                }),
+                stored: &[("a", 10, false), ("b", 10, false), ("c", 10, false)],
+                page: vec![
+                    rec("a", 10, LastAction::Updated, "same"),
+                    rec("b", 11, LastAction::Updated, "new"),
+                    rec("c", 9, LastAction::Updated, "old"),
+                ],
+                swept: 0,
+                expect: Expect {
+                    writes: strings(&[r#"b replace row-b with {"id":"b","v":"new"}"#]),
+                    seen: strings(&["a row-a", "c row-c"]),
+                    generation: 2,
+                    sweep: None,
+                    counts: counts(0, 1, 0, 1, 1),
+                    live_delta: 0,
+                    deleted_delta: 0,
+                    next: state(Some("c9"), 1, Some(2)),
+                },
+            },
+            Case {
+                name: "the completing commit of a full re-read sweeps, sparing the page",
+                state: state(Some("c0"), 1, Some(2)),
+                expected_cursor: Some("c0"),
+                full_read: Some(FullRead {
+                    generation: 2,
+                    complete: true,
+                }),
+                stored: &[("a", 10, false)],
+                page: vec![rec("a", 10, LastAction::Updated, "same")],
+                swept: 3,
+                expect: Expect {
+                    writes: vec![],
+                    seen: strings(&["a row-a"]),
+                    generation: 2,
+                    sweep: Some((2, true)),
+                    counts: counts(0, 0, 3, 1, 0),
+                    live_delta: -3,
+                    deleted_delta: 3,
+                    next: state(Some("c10"), 2, None),
+                },
+            },
+            Case {
+                name: "an empty page moves nothing but the state",
+                state: state(Some("c5"), 0, Some(1)),
+                expected_cursor: Some("c5"),
+                full_read: Some(FullRead {
+                    generation: 1,
+                    complete: true,
+                }),
+                stored: &[],
+                page: vec![],
+                swept: 0,
+                expect: Expect {
+                    writes: vec![],
+                    seen: vec![],
+                    generation: 1,
+                    sweep: Some((1, false)),
+                    counts: Counts::default(),
+                    live_delta: 0,
+                    deleted_delta: 0,
+                    next: state(Some("c5"), 1, None),
+                },
+            },
+        ];
+        for case in &cases {
+            let got = run(case).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(got, case.expect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn a_conflicting_commit_is_refused_before_any_lookup() {
+        let commit = Commit::new(
+            StreamKey::new("github", "acme", "Ticket"),
+            Some(Cursor::from("c0")),
+            Some(Cursor::from("c1")),
+            vec![added("a", 1, "x")],
+        );
+        let mut lookups = 0;
+        let err = prepare(&state(Some("c9"), 0, None), &commit, |_| {
+            lookups += 1;
+            Ok(None::<Stored<()>>)
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::CursorConflict { expected, actual, .. }
+                if expected.as_deref() == Some("c0") && actual.as_deref() == Some("c9")),
+            "{err}"
+        );
+        assert_eq!(lookups, 0);
+        assert!(check_cursor(&state(Some("c0"), 0, None), &commit).is_ok());
+    }
+
+    #[test]
+    fn the_first_lookup_error_ends_the_commit() {
+        let commit = Commit::new(
+            StreamKey::new("github", "acme", "Ticket"),
+            None,
+            Some(Cursor::from("c3")),
+            vec![added("a", 1, "x"), added("b", 2, "y"), added("c", 3, "z")],
+        );
+        let mut lookups = Vec::new();
+        let err = prepare(&StreamState::default(), &commit, |id| {
+            lookups.push(id.to_string());
+            if id == "b" {
+                return Err(Error::store("memory", "read", true, "disk on fire"));
+            }
+            Ok(None::<Stored<()>>)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert_eq!(lookups, ["a", "b"], "no lookup after the error");
+    }
+
+    #[test]
+    fn a_sweep_tombstones_a_record_keeping_its_metadata() {
+        let mut commit = Commit::new(StreamKey::new("g", "c", "M"), None, None, vec![]);
+        commit.full_read = Some(FullRead {
+            generation: 4,
+            complete: true,
+        });
+        commit.now = ts(77);
+        let prepared = prepare(&StreamState::default(), &commit, |_| Ok(None::<Stored<()>>))
+            .expect("no conflict");
+        let sweep = prepared.sweep().expect("a completing full re-read sweeps");
+        assert!(sweep.sweeps(3, false));
+        assert!(!sweep.sweeps(4, false), "seen by this re-read");
+        assert!(!sweep.sweeps(3, true), "already a tombstone");
+        let mut meta = added("a", 5, "x").meta;
+        sweep.tombstone(&mut meta);
+        assert_eq!(
+            (meta.last_action, meta.deleted_at, meta.last_modified_at),
+            (LastAction::Deleted, Some(ts(77)), ts(5))
+        );
+    }
+}

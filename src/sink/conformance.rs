@@ -22,28 +22,35 @@
 //! [`conformance_tests!`](crate::conformance_tests) generates one `#[tokio::test]` per
 //! check, from the same list [`run_all`] runs:
 //!
-//! ```ignore
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
 //! mod sqlite {
 //!     use std::sync::Arc;
+//!
 //!     use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
 //!     use nango_sync::sink::fault::FaultInjector;
 //!     use nango_sync::sink::{SqliteStore, sqlite::SqliteOptions};
 //!
+//!     /// Each fresh store a new file in one directory, kept as long as the factory.
 //!     fn stores() -> impl StoreFactory<Store = SqliteStore> {
 //!         let dir = tempfile::tempdir().unwrap();
 //!         let mut n = 0;
 //!         move |open: Open, faults: Arc<FaultInjector>| {
 //!             n += usize::from(open == Open::Fresh);
 //!             let path = dir.path().join(format!("{n}.db"));
-//!             async move { SqliteStore::open_with(path, SqliteOptions::new().with_faults(faults)).await.unwrap() }
+//!             let options = SqliteOptions::new().with_faults(faults);
+//!             async move { SqliteStore::open_with(path, options).await.unwrap() }
 //!         }
 //!     }
 //!
 //!     nango_sync::conformance_tests!(stores(), durable);
+//!
 //!     mod shared {
-//!         nango_sync::conformance_tests!(super::Shared(super::stores()), durable);
+//!         use super::*;
+//!         nango_sync::conformance_tests!(Shared(stores()), durable);
 //!     }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! Every check panics with a message naming the backend and what differed.
@@ -1581,7 +1588,7 @@ fn sample_run() -> RunSummary {
         pages: 3,
         counts: counts(5, 4, 3, 2, 1),
         full: true,
-        full_reason: Some("Nango rejected the stored cursor".into()),
+        full_reason: Some(crate::sink::FullReadReason::CursorRejected),
         high_water_mark: Some(Timestamp::from_micros(1_700_000_000_123_456)),
         error: Some("store: 'x'; \"y\" -- %".into()),
     }

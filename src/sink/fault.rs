@@ -112,3 +112,21 @@ impl Faults {
         Ok(())
     }
 }
+
+/// The `with_faults` method of a store's options (a type with a `faults: Faults` field),
+/// the same for every store.
+macro_rules! with_faults_option {
+    () => {
+        /// Check `injector` at the commit's fault points (cargo feature
+        /// `fault-injection`).
+        #[cfg(feature = "fault-injection")]
+        pub fn with_faults(
+            mut self,
+            injector: std::sync::Arc<crate::sink::fault::FaultInjector>,
+        ) -> Self {
+            self.faults = crate::sink::fault::Faults::new(injector);
+            self
+        }
+    };
+}
+pub(crate) use with_faults_option;

@@ -182,11 +182,10 @@ pub struct RunSummary {
     pub counts: Counts,
     /// Whether it was a full re-read.
     pub full: bool,
-    /// Why it was a full re-read (`"first sync"`, `"requested"`, `"Nango rejected the
-    /// stored cursor"`, ...), when it was one. `status` shows a warning when Nango
+    /// Why it was a full re-read, when it was one. `status` shows a warning when Nango
     /// rejected the cursor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full_reason: Option<String>,
+    pub full_reason: Option<FullReadReason>,
     /// The stream's high-water mark after the run: the latest `last_modified_at` the
     /// store is known to hold (carried over from earlier runs). It anchors the optional
     /// overlap window ([`crate::engine::EngineConfig::overlap`]); `None` when unknown.
@@ -197,14 +196,49 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The reason of a full re-read caused by Nango rejecting the stored cursor.
-    pub const REJECTED_CURSOR: &'static str = "Nango rejected the stored cursor";
-
     /// Whether the run was a full re-read because Nango rejected the stored cursor
     /// (worth a warning: a cursor Nango no longer understands, usually after an upgrade
     /// of Nango's cursor format).
     pub fn cursor_was_rejected(&self) -> bool {
-        self.full_reason.as_deref() == Some(Self::REJECTED_CURSOR)
+        self.full_reason == Some(FullReadReason::CursorRejected)
+    }
+}
+
+/// Why a run is a full re-read with sweep. Kept in the run summary as its text
+/// ([`FullReadReason::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FullReadReason {
+    /// The stream had no cursor: its first sync.
+    #[serde(rename = "first sync")]
+    FirstSync,
+    /// Asked for ([`SyncOptions::full`](crate::SyncOptions::full), a full-sync webhook).
+    #[serde(rename = "requested")]
+    Requested,
+    /// Nango answered requests with the stored cursor with an error, and without a
+    /// cursor normally.
+    #[serde(rename = "Nango rejected the stored cursor")]
+    CursorRejected,
+    /// A full re-read an earlier run left unfinished, resumed from its cursor.
+    #[serde(rename = "resuming an interrupted full re-read")]
+    Resuming,
+}
+
+impl FullReadReason {
+    /// The text kept in run summaries and shown by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullReadReason::FirstSync => "first sync",
+            FullReadReason::Requested => "requested",
+            FullReadReason::CursorRejected => "Nango rejected the stored cursor",
+            FullReadReason::Resuming => "resuming an interrupted full re-read",
+        }
+    }
+}
+
+impl std::fmt::Display for FullReadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -585,6 +619,29 @@ mod tests {
                 Some("s".into())
             )
         );
+    }
+
+    #[test]
+    fn full_read_reasons_keep_their_stored_text() {
+        for reason in [
+            FullReadReason::FirstSync,
+            FullReadReason::Requested,
+            FullReadReason::CursorRejected,
+            FullReadReason::Resuming,
+        ] {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("{:?}", reason.as_str()));
+            assert_eq!(
+                serde_json::from_str::<FullReadReason>(&json).unwrap(),
+                reason
+            );
+        }
+        // A run summary written before the reasons were typed reads back.
+        let old = r#"{"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z","pages":1,
+            "counts":{"added":1,"updated":0,"deleted":0,"unchanged":0,"stale":0},"full":true,
+            "full_reason":"Nango rejected the stored cursor","error":null}"#;
+        let run: RunSummary = serde_json::from_str(old).unwrap();
+        assert!(run.cursor_was_rejected());
     }
 
     #[test]

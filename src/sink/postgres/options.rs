@@ -55,15 +55,7 @@ impl PostgresOptions {
         self
     }
 
-    /// Check `injector` at the commit's fault points (cargo feature `fault-injection`).
-    #[cfg(feature = "fault-injection")]
-    pub fn with_faults(
-        mut self,
-        injector: std::sync::Arc<crate::sink::fault::FaultInjector>,
-    ) -> Self {
-        self.faults = Faults::new(injector);
-        self
-    }
+    crate::sink::fault::with_faults_option!();
 }
 
 /// Check a schema name: `^[a-z_][a-z0-9_]{0,62}$`, not reserved (`pg_*`).

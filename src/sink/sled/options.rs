@@ -50,13 +50,5 @@ impl SledOptions {
         self
     }
 
-    /// Check `injector` at the commit's fault points (cargo feature `fault-injection`).
-    #[cfg(feature = "fault-injection")]
-    pub fn with_faults(
-        mut self,
-        injector: std::sync::Arc<crate::sink::fault::FaultInjector>,
-    ) -> Self {
-        self.faults = Faults::new(injector);
-        self
-    }
+    crate::sink::fault::with_faults_option!();
 }
