@@ -125,34 +125,34 @@ impl RecordSink for MemoryStore {
         let data = inner.streams.entry(commit.stream.clone()).or_default();
         for w in prepared.writes() {
             let r = w.record;
-            let (payload, row) = match &w.kind {
-                WriteKind::Insert { payload } => (Some(*payload), None),
-                WriteKind::Replace { payload, .. } => (Some(*payload), data.records.get_mut(&r.id)),
-                WriteKind::KeepPayload { .. } => (None, data.records.get_mut(&r.id)),
+            let payload = match &w.kind {
+                WriteKind::Insert { payload } | WriteKind::Replace { payload, .. } => {
+                    Some(*payload)
+                }
+                WriteKind::KeepPayload { .. } => None,
             };
-            match (row, payload) {
-                (Some(row), payload) => {
-                    if let Some(p) = payload {
-                        row.record.payload = p.clone();
+            // The lock is held since the lookups: a row found then is here now.
+            match data.records.get_mut(&r.id) {
+                Some(row) => {
+                    if let Some(payload) = payload {
+                        row.record.payload = payload.clone();
                     }
                     row.record.meta = r.meta.clone();
                     row.record.seq = seq;
                     row.seen_gen = generation;
                 }
-                (None, payload) => {
+                None => {
                     let record = StoredRecord {
                         id: r.id.clone(),
                         payload: payload.unwrap_or(&r.payload).clone(),
                         meta: r.meta.clone(),
                         seq,
                     };
-                    data.records.insert(
-                        r.id.clone(),
-                        Row {
-                            record,
-                            seen_gen: generation,
-                        },
-                    );
+                    let row = Row {
+                        record,
+                        seen_gen: generation,
+                    };
+                    data.records.insert(r.id.clone(), row);
                 }
             }
         }
