@@ -124,7 +124,7 @@ impl<F: StoreFactory> StoreFactory for Shared<F> {
 /// gives every commit, run and upstream error to both (reads go to the store under
 /// test only).
 #[derive(Debug)]
-pub struct Mirrored<S> {
+struct Mirrored<S> {
     store: S,
     reference: MemoryStore,
     /// Commits reach both stores in the same order.
@@ -132,15 +132,10 @@ pub struct Mirrored<S> {
 }
 
 impl<S: RecordSink> Mirrored<S> {
-    /// The store under test.
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
     /// Check that the store under test holds what the reference holds: the same
     /// statuses, and for every stream the same state and the same records (as export
     /// lines, with their sequence numbers).
-    pub async fn assert_matches_reference(&self) {
+    async fn assert_matches_reference(&self) {
         let b = self.store.backend();
         let got = Holdings::read(&self.store).await;
         let want = Holdings::read(&self.reference).await;

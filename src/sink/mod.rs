@@ -13,6 +13,12 @@
 //!
 //! [`open`] knows every scheme in every build, and says which feature to enable when a
 //! backend was not compiled in.
+//!
+//! Every store commits the same way: [`commit::prepare`] decides what a commit writes
+//! (a pure step no backend owns), and the store applies it in one transaction. Each
+//! store takes its options as `XOptions::new().with_*(..)`, opened by
+//! `XStore::open_with` (`connect_with` for PostgreSQL); with the `fault-injection`
+//! feature, `with_faults` arms failures between the steps of a commit for tests.
 
 use std::fmt::Debug;
 use std::future::Future;
