@@ -253,6 +253,18 @@ pub struct PlannedWrite {
     pub outcome: Outcome,
     /// Whether the store held a record with this id before the page.
     pub existed: bool,
+    /// The position of this id among the page's distinct ids, in order of first
+    /// appearance: the order in which `plan_page` looked them up.
+    pub slot: usize,
+}
+
+/// A distinct id of a [`PagePlan`] that writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untouched {
+    /// Index of the first record of the page with this id.
+    pub index: usize,
+    /// See [`PlannedWrite::slot`].
+    pub slot: usize,
 }
 
 /// The merge rule applied to a whole page, with repeated ids within the page resolved.
@@ -260,16 +272,17 @@ pub struct PlannedWrite {
 pub struct PagePlan {
     /// At most one write per id, in page order of first appearance.
     pub writes: Vec<PlannedWrite>,
-    /// Indices of records (first appearance of their id) that write nothing; a full
-    /// re-read still marks them as seen.
-    pub untouched: Vec<usize>,
+    /// The ids that write nothing (stale or unchanged versions only), in order of
+    /// first appearance; a full re-read still marks them as seen.
+    pub untouched: Vec<Untouched>,
     /// The outcome of every record of the page.
     pub counts: Counts,
 }
 
 /// Apply the merge rule to every record of a page.
 ///
-/// `lookup` returns the stored version of an id (it is called once per distinct id).
+/// `lookup` returns the stored version of an id (it is called once per distinct id, in
+/// page order of first appearance).
 /// An id that appears twice in the page is merged against the earlier version of the
 /// same page, so the plan holds one final write per id, as if the records had been
 /// merged one by one.
@@ -330,6 +343,7 @@ where
                 payload,
                 outcome,
                 existed: slot.stored.is_some(),
+                slot: slot_ix,
             };
             match slot.write {
                 Some(w) => plan.writes[w] = write,
@@ -342,8 +356,12 @@ where
     }
     plan.untouched = slots
         .iter()
-        .filter(|s| s.write.is_none())
-        .map(|s| s.first)
+        .enumerate()
+        .filter(|(_, s)| s.write.is_none())
+        .map(|(slot, s)| Untouched {
+            index: s.first,
+            slot,
+        })
         .collect();
     plan
 }
@@ -623,10 +641,17 @@ mod tests {
                 index: 2,
                 payload: PayloadSource::Stored,
                 outcome: Outcome::Deleted,
-                existed: true
+                existed: true,
+                slot: 2,
             }
         );
-        assert_eq!(plan.untouched, vec![3, 4]);
+        assert_eq!(
+            plan.untouched,
+            [
+                Untouched { index: 3, slot: 3 },
+                Untouched { index: 4, slot: 4 }
+            ]
+        );
     }
 
     #[test]
@@ -660,7 +685,8 @@ mod tests {
                 index: 2,
                 payload: PayloadSource::Page(0),
                 outcome: Outcome::Deleted,
-                existed: true
+                existed: true,
+                slot: 0,
             }
         );
         assert_eq!(plan.writes.len(), 2);

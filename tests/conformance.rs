@@ -1,117 +1,83 @@
-//! Every store runs the same conformance suite (`nango_sync::sink::conformance`).
+//! Every store runs the same conformance suite (`nango_sync::sink::conformance`), each
+//! history also on the in-memory reference store, whose exports and statuses the store
+//! must match.
 //!
-//! One module per store, gated by the store's cargo feature. The PostgreSQL tests need a
+//! One module per store, gated by the store's cargo feature; `conformance_tests!`
+//! generates one test per check of the suite's list, and its `shared` submodule runs
+//! them again through the shared handle (`SharedSink`). The PostgreSQL tests need a
 //! server: `scripts/test.sh` starts a throwaway one and exports
 //! `NANGO_SYNC_TEST_POSTGRES_URL`; without it they fail (they never skip).
 #![cfg(feature = "testkit")]
 
-/// One `#[tokio::test]` per check of the suite. `$fresh` is an async fn returning a
-/// `Harness` whose `store` field is a new, empty store (other fields keep its resources
-/// alive for the test).
-macro_rules! conformance_tests {
-    ($fresh:path) => {
-        conformance_tests!(@each $fresh;
-            fresh_stream_has_no_cursor,
-            commit_advances_cursor,
-            replayed_commit_is_idempotent,
-            cursor_conflict_writes_nothing,
-            injected_failure_leaves_nothing,
-            streams_are_isolated,
-            large_commit,
-            merge_outcomes_are_counted,
-            restored_payload_fills_a_pruned_copy,
-            full_read_sweeps_unseen_records,
-            seq_is_monotonic_and_per_record,
-            list_pages_in_code_point_order,
-            stream_status_is_reported,
-            run_and_upstream_error_round_trip,
-            reads_during_commit_see_old_or_new,
-            hostile_strings_round_trip,
-        );
-    };
-    (@each $fresh:path; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let harness = $fresh().await;
-                nango_sync::sink::conformance::$check(&harness.store).await;
-            }
-        )*
-    };
-}
-
 mod memory {
-    use nango_sync::sink::MemoryStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use std::sync::Arc;
 
-    pub struct Harness {
-        pub store: MemoryStore,
-    }
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::{MemoryOptions, MemoryStore};
 
-    async fn fresh() -> Harness {
-        Harness {
-            store: MemoryStore::new(),
+    fn stores() -> impl StoreFactory<Store = MemoryStore> {
+        |open: Open, faults: Arc<FaultInjector>| {
+            assert_eq!(open, Open::Fresh, "the memory store is not durable");
+            async move { MemoryStore::with_options(MemoryOptions::new().with_faults(faults)) }
         }
     }
 
-    conformance_tests!(fresh);
+    nango_sync::conformance_tests!(stores());
 
-    #[tokio::test]
-    async fn run_all_passes() {
-        conformance::run_all(
-            |open| {
-                assert_eq!(open, Open::Fresh, "the memory store is not durable");
-                async { MemoryStore::new() }
-            },
-            false,
-        )
-        .await;
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_all_runs_every_check() {
+        conformance::run_all(&mut stores(), false).await;
     }
 }
 
 #[cfg(feature = "sled")]
 mod sled {
+    use std::sync::Arc;
+
     use nango_sync::sink::SledStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
     use nango_sync::sink::sled::{Durability, SledOptions};
     use tempfile::TempDir;
 
-    pub struct Harness {
-        pub store: SledStore,
-        _dir: TempDir,
-    }
-
-    async fn fresh() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path().join("db")).await.unwrap();
-        Harness { store, _dir: dir }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a directory of its own, kept until the factory is dropped.
+    fn stores_with(options: SledOptions) -> impl StoreFactory<Store = SledStore> {
         let mut dirs: Vec<TempDir> = Vec::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
             let path = dirs.last().expect("a fresh store first").path().join("db");
-            async move { SledStore::open(path).await.unwrap() }
-        })
-        .await;
+            let options = options.clone().with_faults(faults);
+            async move { SledStore::open_with(path, options).await.unwrap() }
+        }
+    }
+
+    fn stores() -> impl StoreFactory<Store = SledStore> {
+        stores_with(SledOptions::new())
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn periodic_durability_passes_the_suite_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = SledOptions::new()
-            .with_durability(Durability::Periodic(std::time::Duration::from_millis(50)));
-        let store = SledStore::open_with(dir.path().join("db"), options)
-            .await
-            .unwrap();
-        conformance::merge_outcomes_are_counted(&store).await;
-        conformance::full_read_sweeps_unseen_records(&store).await;
+    async fn periodic_durability_passes_the_merge_and_sweep_checks() {
+        let mut stores = stores_with(
+            SledOptions::new()
+                .with_durability(Durability::Periodic(std::time::Duration::from_millis(50))),
+        );
+        conformance::merge_outcomes_are_counted(&mut stores).await;
+        conformance::full_read_sweeps_unseen_records(&mut stores).await;
     }
 
     #[tokio::test]
@@ -135,31 +101,18 @@ mod sled {
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
-    // The SQLite store is written on another branch; this module assumes its API:
-    // `SqliteStore::open(path).await`.
+    use std::sync::Arc;
+
     use nango_sync::sink::SqliteStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::sqlite::SqliteOptions;
     use tempfile::TempDir;
 
-    pub struct Harness {
-        pub store: SqliteStore,
-        _dir: TempDir,
-    }
-
-    async fn fresh() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("store.db"))
-            .await
-            .unwrap();
-        Harness { store, _dir: dir }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a directory of its own, kept until the factory is dropped.
+    fn stores() -> impl StoreFactory<Store = SqliteStore> {
         let mut dirs: Vec<TempDir> = Vec::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
@@ -168,16 +121,27 @@ mod sqlite {
                 .expect("a fresh store first")
                 .path()
                 .join("store.db");
-            async move { SqliteStore::open(path).await.unwrap() }
-        })
-        .await;
+            let options = SqliteOptions::new().with_faults(faults);
+            async move { SqliteStore::open_with(path, options).await.unwrap() }
+        }
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
     }
 }
 
 #[cfg(feature = "postgres")]
 mod postgres {
-    use nango_sync::sink::PostgresStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use std::sync::Arc;
+
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::postgres::PostgresOptions;
+    use nango_sync::sink::{PostgresStore, RecordSink};
 
     /// The server `scripts/test.sh` started.
     fn server_url() -> String {
@@ -194,47 +158,54 @@ mod postgres {
         format!("nst_{}", uuid::Uuid::new_v4().simple())
     }
 
-    async fn connect(schema: &str) -> PostgresStore {
-        PostgresStore::builder(server_url())
-            .schema(schema)
-            .pool_size(4)
-            .connect()
+    async fn connect(options: PostgresOptions) -> PostgresStore {
+        PostgresStore::connect_with(&server_url(), options.with_pool_size(4))
             .await
             .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"))
     }
 
-    pub struct Harness {
-        pub store: PostgresStore,
-    }
-
-    async fn fresh() -> Harness {
-        Harness {
-            store: connect(&unique_schema()).await,
-        }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a schema of its own.
+    fn stores() -> impl StoreFactory<Store = PostgresStore> {
         let mut schema = String::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 schema = unique_schema();
             }
-            let schema = schema.clone();
-            async move { connect(&schema).await }
-        })
-        .await;
+            let options = PostgresOptions::new()
+                .with_schema(&schema)
+                .with_faults(faults);
+            connect(options)
+        }
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_migrations_are_safe() {
         let schema = unique_schema();
-        let opens: Vec<_> = (0..6).map(|_| connect(&schema)).collect();
-        let stores = futures::future::join_all(opens).await;
-        conformance::commit_advances_cursor(&stores[0]).await;
-        conformance::fresh_stream_has_no_cursor(&stores[5]).await;
+        let opens: Vec<_> = (0..6)
+            .map(|_| connect(PostgresOptions::new().with_schema(&schema)))
+            .collect();
+        let mut stores = futures::future::join_all(opens).await;
+        let first = stores.remove(0);
+        let mut handed = Some(first);
+        conformance::commit_advances_cursor(&mut |open: Open, _faults: Arc<FaultInjector>| {
+            assert_eq!(open, Open::Fresh);
+            let store = handed.take().expect("one store for one check");
+            async move { store }
+        })
+        .await;
+        // The others share the one migrated schema: they see what the check wrote.
+        let expected = stores[0].streams().await.unwrap();
+        assert_eq!(expected.len(), 1, "{expected:?}");
+        for store in &stores[1..] {
+            assert_eq!(store.streams().await.unwrap(), expected);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,11 +227,10 @@ mod postgres {
             "pg_catalog",
             &"a".repeat(64),
         ] {
-            let err = PostgresStore::builder(server_url())
-                .schema(bad)
-                .connect()
-                .await
-                .unwrap_err();
+            let err =
+                PostgresStore::connect_with(&server_url(), PostgresOptions::new().with_schema(bad))
+                    .await
+                    .unwrap_err();
             assert!(err.to_string().contains("schema"), "{bad:?}: {err}");
         }
     }
@@ -268,28 +238,33 @@ mod postgres {
     #[tokio::test]
     async fn dead_server_error_hides_the_password() {
         // Port 1 on localhost: nothing listens there.
-        let url = "postgres://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2";
-        let err = PostgresStore::builder(url)
-            .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect()
+        for url in [
+            "postgres://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2",
+            "postgres://user@127.0.0.1:1/db?connect_timeout=2&password=s3cret-pw",
+        ] {
+            let err = PostgresStore::connect_with(
+                url,
+                PostgresOptions::new().with_acquire_timeout(std::time::Duration::from_secs(3)),
+            )
             .await
             .unwrap_err();
-        let msg = format!("{err} / {err:?}");
-        assert!(!msg.contains("s3cret-pw"), "password leaked: {msg}");
-        assert!(
-            msg.contains("127.0.0.1:1"),
-            "the error names the server: {msg}"
-        );
-        assert!(
-            err.is_retryable(),
-            "a refused connection is retryable: {msg}"
-        );
+            let msg = format!("{err} / {err:?}");
+            assert!(!msg.contains("s3cret-pw"), "password leaked: {msg}");
+            assert!(
+                msg.contains("127.0.0.1:1"),
+                "the error names the server: {msg}"
+            );
+            assert!(
+                err.is_retryable(),
+                "a refused connection is retryable: {msg}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn debug_output_hides_the_password() {
         let url = server_url();
-        let store = connect(&unique_schema()).await;
+        let store = connect(PostgresOptions::new().with_schema(unique_schema())).await;
         let debug = format!("{store:?}");
         assert!(debug.contains("PostgresStore"), "{debug}");
         if let Some(pw) = url
@@ -299,10 +274,16 @@ mod postgres {
         {
             assert!(!debug.contains(pw.1), "password in Debug: {debug}");
         }
-        let with_pw = PostgresStore::builder("postgres://u:hunter2@127.0.0.1:1/db");
+        let err = PostgresStore::connect_with(
+            "postgres://u:hunter2@127.0.0.1:notaport/db",
+            PostgresOptions::new(),
+        )
+        .await
+        .unwrap_err();
+        let msg = format!("{err} / {err:?}");
         assert!(
-            !format!("{with_pw:?}").contains("hunter2"),
-            "password in the builder's Debug"
+            !msg.contains("hunter2"),
+            "password in an invalid-URL error: {msg}"
         );
     }
 }

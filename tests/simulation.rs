@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nango_sync::engine::{EngineConfig, Progress};
-use nango_sync::sink::{self, FaultPoint, SharedSink};
+use nango_sync::sink::fault::{FaultInjector, FaultPoint};
+use nango_sync::sink::{self, SharedSink};
 use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
 use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
 use serde_json::{Value, json};
@@ -189,7 +190,12 @@ async fn check_oracle(
     Ok(())
 }
 
-async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Result<(), String> {
+async fn run_seed(
+    seed: u64,
+    store: &SharedSink,
+    faults: &FaultInjector,
+    backend: &'static str,
+) -> Result<(), String> {
     let _guard = SeedGuard(seed, backend);
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
     let fake = Arc::new(
@@ -342,7 +348,7 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                             } else {
                                 FaultPoint::BeforeCommit
                             };
-                            store.faults().arm(point);
+                            faults.arm(point);
                             expect_failure = true;
                         }
                         _ => {}
@@ -366,7 +372,7 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                     .sync_until(&stream, &options, notify.notified())
                     .await;
                 fake.clear_faults();
-                store.faults().disarm();
+                faults.disarm();
                 if trace {
                     eprintln!(
                         "  run full={full} stop_after={stop_after:?} expect_failure={expect_failure}: {:?}",
@@ -383,7 +389,7 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                         // A resumed full re-read cannot notice records that vanished
                         // after its first part saw them: only one from the start can.
                         if report.full
-                            && report.full_reason != Some("resuming an interrupted full re-read")
+                            && report.full_reason != Some(nango_sync::FullReadReason::Resuming)
                         {
                             model.reset_pending = false;
                             model.restored.clear();
@@ -405,11 +411,17 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
     Ok(())
 }
 
-async fn simulate(store: SharedSink, backend: &'static str, default_seeds: u64) {
+/// Run the seeds on `store`, whose commits check `faults`.
+async fn simulate(
+    store: SharedSink,
+    faults: Arc<FaultInjector>,
+    backend: &'static str,
+    default_seeds: u64,
+) {
     let seeds = seeds(default_seeds);
     let started = std::time::Instant::now();
     for &seed in &seeds {
-        if let Err(e) = run_seed(seed, &store, backend).await {
+        if let Err(e) = run_seed(seed, &store, &faults, backend).await {
             panic!(
                 "simulation failed on store {backend} with seed {seed}: {e}\n  replay with NANGO_SYNC_SIM_SEED={seed}"
             );
@@ -424,8 +436,11 @@ async fn simulate(store: SharedSink, backend: &'static str, default_seeds: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_memory() {
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::MemoryOptions::new().with_faults(faults.clone());
     simulate(
-        Arc::new(nango_sync::sink::MemoryStore::new()),
+        Arc::new(nango_sync::sink::MemoryStore::with_options(options)),
+        faults,
         "memory",
         300,
     )
@@ -436,20 +451,24 @@ async fn simulation_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = nango_sync::sink::SqliteStore::open(dir.path().join("sim.db"))
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::sqlite::SqliteOptions::new().with_faults(faults.clone());
+    let store = nango_sync::sink::SqliteStore::open_with(dir.path().join("sim.db"), options)
         .await
         .unwrap();
-    simulate(Arc::new(store), "sqlite", 200).await;
+    simulate(Arc::new(store), faults, "sqlite", 200).await;
 }
 
 #[cfg(feature = "sled")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sled() {
     let dir = tempfile::tempdir().unwrap();
-    let store = nango_sync::sink::SledStore::open(dir.path().join("sim"))
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::sled::SledOptions::new().with_faults(faults.clone());
+    let store = nango_sync::sink::SledStore::open_with(dir.path().join("sim"), options)
         .await
         .unwrap();
-    simulate(Arc::new(store), "sled", 200).await;
+    simulate(Arc::new(store), faults, "sled", 200).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -462,11 +481,15 @@ async fn simulation_postgres() {
         )
     });
     let schema = format!("nsim_{}", uuid::Uuid::new_v4().simple());
-    let store = nango_sync::sink::PostgresStore::builder(url)
-        .schema(&schema)
-        .pool_size(4)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
-    simulate(Arc::new(store), "postgres", 150).await;
+    let faults = FaultInjector::new();
+    let store = nango_sync::sink::PostgresStore::connect_with(
+        &url,
+        nango_sync::sink::postgres::PostgresOptions::new()
+            .with_schema(&schema)
+            .with_pool_size(4)
+            .with_faults(faults.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
+    simulate(Arc::new(store), faults, "postgres", 150).await;
 }

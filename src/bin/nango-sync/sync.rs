@@ -169,7 +169,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
 pub async fn open_sink(url: &str) -> Result<SharedSink> {
     sink::open(url)
         .await
-        .with_context(|| format!("cannot open the store {}", output::redact_url(url)))
+        .with_context(|| format!("cannot open the store {}", nango_sync::redact_url(url)))
 }
 
 /// Arguments of `export`.
@@ -259,7 +259,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if streams.is_empty() {
-        writeln!(out, "no streams in {}", output::redact_url(&args.sink))?;
+        writeln!(out, "no streams in {}", nango_sync::redact_url(&args.sink))?;
     }
     for s in &streams {
         writeln!(out, "{}", s.stream)?;
