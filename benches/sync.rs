@@ -11,8 +11,8 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nango_sync::engine::EngineConfig;
 use nango_sync::sink::SharedSink;
-use nango_sync::testkit::{FakeConfig, FakeNango, GenerateSpec};
 use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions, Timestamp};
+use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
 
 const RECORDS: usize = 20_000;
 

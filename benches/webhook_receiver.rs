@@ -18,9 +18,9 @@ use axum::http::Request;
 use criterion::{Criterion, Throughput};
 use nango_sync::engine::scheduler::{Scheduler, SchedulerConfig};
 use nango_sync::sink::{SharedSink, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango};
 use nango_sync::webhook::{WebhookReceiver, WebhookVerifier, router};
 use nango_sync::{Engine, NangoClient, SecretKey, StreamKey};
+use nango_sync_testkit::{FakeConfig, FakeNango};
 use tower::ServiceExt;
 
 const KEY: &str = "bench-webhook-signing-key";

@@ -60,9 +60,6 @@ pub mod sink;
 pub mod time;
 pub mod webhook;
 
-#[cfg(feature = "testkit")]
-pub mod testkit;
-
 pub use client::{NangoClient, NangoClientBuilder, RecordsQuery, RetryConfig};
 pub use engine::{Engine, RunReport, SyncOptions};
 pub use error::{BoxError, Error, Result, TransportKind};

@@ -82,8 +82,8 @@ impl Timestamp {
         out
     }
 
-    /// Append [`Timestamp::to_json_form`] to `out`.
-    pub(crate) fn write_json_form(self, offset_minutes: i32, out: &mut String) {
+    /// Append [`Timestamp::to_json_form`] to `out` (no allocation of its own).
+    pub fn write_json_form(self, offset_minutes: i32, out: &mut String) {
         write_naive(
             self.0 + i64::from(offset_minutes) * 60 * MICROS_PER_SEC,
             out,
@@ -102,8 +102,8 @@ impl Timestamp {
         }
     }
 
-    /// Append [`Timestamp::to_utc_z`] to `out`.
-    pub(crate) fn write_utc_z(self, out: &mut String) {
+    /// Append [`Timestamp::to_utc_z`] to `out` (no allocation of its own).
+    pub fn write_utc_z(self, out: &mut String) {
         write_naive(self.0, out);
         out.push('Z');
     }

@@ -6,64 +6,26 @@
 //! with an error naming the stream, the cursor the page was read from and the record;
 //! nothing of that page is committed; other streams go on; the next run, once Nango
 //! serves good data, converges.
-#![cfg(all(feature = "testkit", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use nango_sync::engine::EngineConfig;
-use nango_sync::sink::{self, SharedSink, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
-use nango_sync::{Engine, Error, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::sink;
+use nango_sync::{Error, StreamKey, SyncOptions};
+use nango_sync_testkit::{Fault, Harness, TestStore};
 use serde_json::json;
 
-struct Setup {
-    fake: Arc<FakeNango>,
-    sink: SharedSink,
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(page_size: u32) -> Setup {
-    let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("b.db")).await.unwrap());
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
+/// The fake, a SQLite store and an engine reading pages of `page_size`.
+async fn setup(page_size: u32) -> Harness {
+    Harness::builder()
+        .page_size(page_size)
         .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let engine = Engine::with_config(
-        client,
-        sink.clone(),
-        EngineConfig {
-            page_size,
-            ..Default::default()
-        },
-    );
-    Setup {
-        fake,
-        sink,
-        engine,
-        _dir: dir,
-    }
+        .start(TestStore::sqlite().await)
+        .await
 }
 
 fn stream() -> StreamKey {
     StreamKey::new("github", "acme", "Ticket")
-}
-
-async fn assert_converged(s: &Setup, stream: &StreamKey) {
-    let local: std::collections::BTreeMap<String, serde_json::Value> =
-        sink::read_all(&*s.sink, stream, false)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id.clone(), r.payload.to_value()))
-            .collect();
-    assert_eq!(local, s.fake.live_payloads(stream), "{stream}");
 }
 
 const META: &str = r#"{"first_seen_at":"2026-01-02T03:04:05.123456+00:00","last_modified_at":"2026-01-02T03:04:05.123456+00:00","last_action":"ADDED","deleted_at":null,"pruned_at":null,"cursor":"YmFkLXJlY29yZA=="}"#;
@@ -128,11 +90,7 @@ async fn a_bad_record_stops_the_run_naming_stream_cursor_and_record_and_commits_
         // to requests in order, and `Slow(0)` answers the first one normally.
         s.fake.inject(Fault::Slow(Duration::ZERO));
         s.fake.inject(Fault::RawRecord(raw.clone()));
-        let err = s
-            .engine
-            .sync(&stream(), &SyncOptions::default())
-            .await
-            .unwrap_err();
+        let err = s.sync(&stream()).await.unwrap_err();
         assert!(
             matches!(err.root(), Error::MalformedPage { .. }),
             "{kind}: {err}"
@@ -169,14 +127,10 @@ async fn a_bad_record_stops_the_run_naming_stream_cursor_and_record_and_commits_
             "{kind}: {last:?}"
         );
         // Nango serves good data again: the next run converges from the stored cursor.
-        let report = s
-            .engine
-            .sync(&stream(), &SyncOptions::default())
-            .await
-            .unwrap();
+        let report = s.sync(&stream()).await.unwrap();
         // (The first sync was a full re-read: the next run resumes it from the cursor.)
         assert_eq!(report.counts.added, 40, "{kind}");
-        assert_converged(&s, &stream()).await;
+        s.assert_converged(&stream()).await;
     }
 }
 
@@ -185,11 +139,7 @@ async fn a_bad_record_on_the_first_page_names_the_start() {
     let s = setup(50).await;
     s.fake.generate(&stream(), 10, 10);
     s.fake.inject(Fault::RawRecord(r#"{"id":"x"}"#.into()));
-    let err = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap_err();
+    let err = s.sync(&stream()).await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("github/acme/Ticket, no cursor") && text.contains("record 10 (id \"x\")"),
@@ -229,11 +179,11 @@ async fn other_streams_go_on_when_one_gets_bad_data() {
         "the error names its stream: {err}"
     );
     for st in streams.iter().filter(|st| *st != bad) {
-        assert_converged(&s, st).await;
+        s.assert_converged(st).await;
     }
     // The failed stream catches up on its next run.
-    s.engine.sync(bad, &SyncOptions::default()).await.unwrap();
-    assert_converged(&s, bad).await;
+    s.sync(bad).await.unwrap();
+    s.assert_converged(bad).await;
 }
 
 #[tokio::test]
@@ -246,15 +196,11 @@ async fn a_huge_record_is_stored_whole() {
         vec![json!({"id": "huge", "body": big, "n": [1, 2, 3]})],
     );
     s.fake.generate(&stream(), 30, 30);
-    let report = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream()).await.unwrap();
     assert_eq!(report.counts.added, 61);
     let stored = s.sink.get(&stream(), "huge").await.unwrap().unwrap();
     let v = stored.payload.to_value();
     assert!(v["body"].as_str().unwrap().len() > 5_000_000);
     assert_eq!(v["body"].as_str().unwrap(), big);
-    assert_converged(&s, &stream()).await;
+    s.assert_converged(&stream()).await;
 }

@@ -1,33 +1,23 @@
-//! Every store runs the same conformance suite (`nango_sync::sink::conformance`), each
+//! Every store runs the same conformance suite (`nango_sync_testkit::conformance`), each
 //! history also on the in-memory reference store, whose exports and statuses the store
 //! must match.
 //!
 //! One module per store, gated by the store's cargo feature; `conformance_tests!`
-//! generates one test per check of the suite's list, and its `shared` submodule runs
-//! them again through the shared handle (`SharedSink`). The PostgreSQL tests need a
-//! server: `scripts/test.sh` starts a throwaway one and exports
-//! `NANGO_SYNC_TEST_POSTGRES_URL`; without it they fail (they never skip).
-#![cfg(feature = "testkit")]
+//! generates one test per check of the suite's list, with the store factories of
+//! `nango_sync_testkit::stores`, and its `shared` submodule runs them again through the
+//! shared handle (`SharedSink`). The PostgreSQL tests need a server: `scripts/test.sh`
+//! starts a throwaway one and exports `NANGO_SYNC_TEST_POSTGRES_URL`; without it they
+//! fail (they never skip).
 
 mod memory {
-    use std::sync::Arc;
+    use nango_sync_testkit::conformance::{self, Shared};
+    use nango_sync_testkit::stores::memory_factory as stores;
 
-    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
-    use nango_sync::sink::fault::FaultInjector;
-    use nango_sync::sink::{MemoryOptions, MemoryStore};
-
-    fn stores() -> impl StoreFactory<Store = MemoryStore> {
-        |open: Open, faults: Arc<FaultInjector>| {
-            assert_eq!(open, Open::Fresh, "the memory store is not durable");
-            async move { MemoryStore::with_options(MemoryOptions::new().with_faults(faults)) }
-        }
-    }
-
-    nango_sync::conformance_tests!(stores());
+    nango_sync_testkit::conformance_tests!(stores());
 
     mod shared {
         use super::*;
-        nango_sync::conformance_tests!(Shared(stores()));
+        nango_sync_testkit::conformance_tests!(Shared(stores()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,41 +28,25 @@ mod memory {
 
 #[cfg(feature = "sled")]
 mod sled {
-    use std::sync::Arc;
-
     use nango_sync::sink::SledStore;
-    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
-    use nango_sync::sink::fault::FaultInjector;
     use nango_sync::sink::sled::{Durability, SledOptions};
-    use tempfile::TempDir;
-
-    /// Each fresh store in a directory of its own, kept until the factory is dropped.
-    fn stores_with(options: SledOptions) -> impl StoreFactory<Store = SledStore> {
-        let mut dirs: Vec<TempDir> = Vec::new();
-        move |open: Open, faults: Arc<FaultInjector>| {
-            if open == Open::Fresh {
-                dirs.push(tempfile::tempdir().unwrap());
-            }
-            let path = dirs.last().expect("a fresh store first").path().join("db");
-            let options = options.clone().with_faults(faults);
-            async move { SledStore::open_with(path, options).await.unwrap() }
-        }
-    }
+    use nango_sync_testkit::conformance::{self, Shared, StoreFactory};
+    use nango_sync_testkit::stores::sled_factory;
 
     fn stores() -> impl StoreFactory<Store = SledStore> {
-        stores_with(SledOptions::new())
+        sled_factory(SledOptions::new())
     }
 
-    nango_sync::conformance_tests!(stores(), durable);
+    nango_sync_testkit::conformance_tests!(stores(), durable);
 
     mod shared {
         use super::*;
-        nango_sync::conformance_tests!(Shared(stores()), durable);
+        nango_sync_testkit::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn periodic_durability_passes_the_merge_and_sweep_checks() {
-        let mut stores = stores_with(
+        let mut stores = sled_factory(
             SledOptions::new()
                 .with_durability(Durability::Periodic(std::time::Duration::from_millis(50))),
         );
@@ -101,36 +75,14 @@ mod sled {
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
-    use std::sync::Arc;
+    use nango_sync_testkit::conformance::Shared;
+    use nango_sync_testkit::stores::sqlite_factory as stores;
 
-    use nango_sync::sink::SqliteStore;
-    use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
-    use nango_sync::sink::fault::FaultInjector;
-    use nango_sync::sink::sqlite::SqliteOptions;
-    use tempfile::TempDir;
-
-    /// Each fresh store in a directory of its own, kept until the factory is dropped.
-    fn stores() -> impl StoreFactory<Store = SqliteStore> {
-        let mut dirs: Vec<TempDir> = Vec::new();
-        move |open: Open, faults: Arc<FaultInjector>| {
-            if open == Open::Fresh {
-                dirs.push(tempfile::tempdir().unwrap());
-            }
-            let path = dirs
-                .last()
-                .expect("a fresh store first")
-                .path()
-                .join("store.db");
-            let options = SqliteOptions::new().with_faults(faults);
-            async move { SqliteStore::open_with(path, options).await.unwrap() }
-        }
-    }
-
-    nango_sync::conformance_tests!(stores(), durable);
+    nango_sync_testkit::conformance_tests!(stores(), durable);
 
     mod shared {
         use super::*;
-        nango_sync::conformance_tests!(Shared(stores()), durable);
+        nango_sync_testkit::conformance_tests!(Shared(stores()), durable);
     }
 }
 
@@ -138,25 +90,13 @@ mod sqlite {
 mod postgres {
     use std::sync::Arc;
 
-    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
     use nango_sync::sink::fault::FaultInjector;
     use nango_sync::sink::postgres::PostgresOptions;
     use nango_sync::sink::{PostgresStore, RecordSink};
-
-    /// The server `scripts/test.sh` started.
-    fn server_url() -> String {
-        std::env::var("NANGO_SYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-            panic!(
-                "NANGO_SYNC_TEST_POSTGRES_URL is not set: the PostgreSQL tests need a server. \
-                 Run them with scripts/test.sh, which starts a throwaway PostgreSQL and sets it."
-            )
-        })
-    }
-
-    /// A schema name of its own for each test, so tests run in parallel.
-    fn unique_schema() -> String {
-        format!("nst_{}", uuid::Uuid::new_v4().simple())
-    }
+    use nango_sync_testkit::conformance::{self, Open, Shared};
+    use nango_sync_testkit::stores::{
+        postgres_factory as stores, postgres_server_url as server_url, unique_schema,
+    };
 
     async fn connect(options: PostgresOptions) -> PostgresStore {
         PostgresStore::connect_with(&server_url(), options.with_pool_size(4))
@@ -164,25 +104,11 @@ mod postgres {
             .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"))
     }
 
-    /// Each fresh store in a schema of its own.
-    fn stores() -> impl StoreFactory<Store = PostgresStore> {
-        let mut schema = String::new();
-        move |open: Open, faults: Arc<FaultInjector>| {
-            if open == Open::Fresh {
-                schema = unique_schema();
-            }
-            let options = PostgresOptions::new()
-                .with_schema(&schema)
-                .with_faults(faults);
-            connect(options)
-        }
-    }
-
-    nango_sync::conformance_tests!(stores(), durable);
+    nango_sync_testkit::conformance_tests!(stores(), durable);
 
     mod shared {
         use super::*;
-        nango_sync::conformance_tests!(Shared(stores()), durable);
+        nango_sync_testkit::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

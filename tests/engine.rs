@@ -1,58 +1,22 @@
 //! End-to-end runs of the engine against the fake Nango, into a real SQLite file.
-#![cfg(all(feature = "testkit", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nango_sync::sink::fault::{FaultInjector, FaultPoint};
-use nango_sync::sink::sqlite::SqliteOptions;
-use nango_sync::sink::{self, ListQuery, SharedSink, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango};
+use nango_sync::sink::ListQuery;
+use nango_sync::sink::fault::FaultPoint;
 use nango_sync::{Engine, Error, NangoClient, RetryConfig, SecretKey, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeNango, Harness, TestStore};
 use serde_json::{Value, json};
 
-struct Setup {
-    fake: Arc<FakeNango>,
-    sink: SharedSink,
-    /// Arms the store's fault points.
-    faults: Arc<FaultInjector>,
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup_with(page_size: u32) -> Setup {
-    let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultInjector::new();
-    let sink: SharedSink = Arc::new(
-        SqliteStore::open_with(
-            dir.path().join("store.db"),
-            SqliteOptions::new().with_faults(faults.clone()),
-        )
+/// The fake, a SQLite store in a temporary directory and an engine reading pages of
+/// `page_size`.
+async fn setup_with(page_size: u32) -> Harness {
+    Harness::builder()
+        .page_size(page_size)
+        .start(TestStore::sqlite().await)
         .await
-        .unwrap(),
-    );
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()
-        .unwrap();
-    let engine = Engine::with_config(
-        client,
-        sink.clone(),
-        nango_sync::engine::EngineConfig {
-            page_size,
-            ..Default::default()
-        },
-    );
-    Setup {
-        fake,
-        sink,
-        faults,
-        engine,
-        _dir: dir,
-    }
 }
 
 fn ticket(id: &str, title: &str) -> Value {
@@ -61,16 +25,6 @@ fn ticket(id: &str, title: &str) -> Value {
 
 fn stream() -> StreamKey {
     StreamKey::new("github", "acme-prod", "Ticket")
-}
-
-/// The store's live records as `id -> payload`.
-async fn local_live(sink: &SharedSink, stream: &StreamKey) -> BTreeMap<String, Value> {
-    sink::read_all(&**sink, stream, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id.clone(), r.payload.to_value()))
-        .collect()
 }
 
 /// Every request the fake answered with an error status.
@@ -87,27 +41,16 @@ async fn multi_page_sync_then_incremental_fetches_only_changes() {
     let s = setup_with(100).await;
     let stream = stream();
     s.fake.generate(&stream, 1050, 300);
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.added, 1050);
     assert_eq!(report.pages, 11, "1050 records in pages of 100");
     assert!(report.full, "a first sync is a full read");
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
 
     // Nothing changed: one request, nothing written, cursor kept.
     let before = s.fake.request_count();
     let cursor = s.sink.stream_state(&stream).await.unwrap().cursor;
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(s.fake.request_count() - before, 1);
     assert_eq!(report.counts.total(), 0);
     assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, cursor);
@@ -124,16 +67,9 @@ async fn multi_page_sync_then_incremental_fetches_only_changes() {
         &stream,
         ids.iter().map(|id| ticket(id, "changed")).collect(),
     );
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!((report.counts.updated, report.counts.total()), (2, 2));
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
     assert_eq!(
         rejected_requests(&s.fake),
         Vec::<String>::new(),
@@ -147,21 +83,14 @@ async fn short_pages_from_a_byte_budget_do_not_end_the_run() {
     let stream = stream();
     s.fake.generate(&stream, 400, 400);
     s.fake.set_max_response_bytes(Some(20_000));
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert!(
         report.pages > 10,
         "expected many short pages, got {}",
         report.pages
     );
     assert_eq!(report.counts.added, 400);
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
 }
 
 #[tokio::test]
@@ -170,11 +99,7 @@ async fn empty_stream_and_empty_last_page() {
     let stream = stream();
     s.fake
         .add_connection(&stream.integration, &stream.connection);
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!((report.pages, report.counts.total()), (1, 0));
     assert_eq!(s.sink.stream_state(&stream).await.unwrap().cursor, None);
     // Exactly one page of records: the last page of the next run is empty.
@@ -182,17 +107,10 @@ async fn empty_stream_and_empty_last_page() {
         &stream,
         (0..100).map(|i| ticket(&format!("t{i:03}"), "x")).collect(),
     );
-    s.engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream).await.unwrap();
     let cursor = s.sink.stream_state(&stream).await.unwrap().cursor;
     assert!(cursor.is_some());
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.total(), 0);
     assert_eq!(
         s.sink.stream_state(&stream).await.unwrap().cursor,
@@ -232,10 +150,7 @@ async fn record_changed_while_paging_appears_again_on_a_later_page() {
     );
     let local = s.sink.get(&stream, &first.id).await.unwrap().unwrap();
     assert_eq!(local.payload.to_value()["title"], "changed while paging");
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
 }
 
 #[tokio::test]
@@ -251,20 +166,13 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
             ticket("d", "D"),
         ],
     );
-    s.engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream).await.unwrap();
 
     // Delete with {id} payload keeps the old payload; a full-payload delete takes it.
     s.fake.delete(&stream, &["a"]);
     s.fake
         .delete_with_payload(&stream, vec![ticket("b", "B at deletion")]);
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.deleted, 2);
     let a = s.sink.get(&stream, "a").await.unwrap().unwrap();
     assert!(a.is_deleted());
@@ -275,15 +183,11 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
     );
     let b = s.sink.get(&stream, "b").await.unwrap().unwrap();
     assert_eq!(b.payload.to_value(), ticket("b", "B at deletion"));
-    assert!(!local_live(&s.sink, &stream).await.contains_key("a"));
+    assert!(!s.local_live(&stream).await.contains_key("a"));
 
     // Undelete brings it back.
     s.fake.save(&stream, vec![ticket("a", "A again")]);
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.added, 1);
     let a = s.sink.get(&stream, "a").await.unwrap().unwrap();
     assert!(!a.is_deleted());
@@ -292,11 +196,7 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
     // Prune: nothing new for an incremental run; a full re-read sees the pruned
     // versions and keeps the payloads.
     assert_eq!(s.fake.prune(&stream, &["c", "d"]), 2);
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.total(), 0);
     let report = s.engine.sync(&stream, &SyncOptions::full()).await.unwrap();
     assert_eq!(report.swept, 0);
@@ -308,7 +208,7 @@ async fn deletes_undeletes_and_prunes_keep_the_right_payload() {
             "pruned {id} keeps its payload"
         );
     }
-    assert_eq!(local_live(&s.sink, &stream).await.len(), 3);
+    assert_eq!(s.local_live(&stream).await.len(), 3);
 }
 
 #[tokio::test]
@@ -319,25 +219,16 @@ async fn full_reread_sweeps_records_gone_after_a_hard_reset() {
         &stream,
         vec![ticket("a", "A"), ticket("b", "B"), ticket("c", "C")],
     );
-    s.engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream).await.unwrap();
     s.fake.hard_reset(&stream);
     s.fake
         .save(&stream, vec![ticket("a", "A"), ticket("z", "Z")]);
     // Incremental: the re-added records come, the vanished ones cannot be known.
-    s.engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(local_live(&s.sink, &stream).await.len(), 4);
+    s.sync(&stream).await.unwrap();
+    assert_eq!(s.local_live(&stream).await.len(), 4);
     let report = s.engine.sync(&stream, &SyncOptions::full()).await.unwrap();
     assert_eq!(report.swept, 2);
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
     let b = s.sink.get(&stream, "b").await.unwrap().unwrap();
     assert!(b.is_deleted() && b.meta.deleted_at.is_some());
 }
@@ -361,16 +252,10 @@ async fn two_streams_stay_isolated() {
         .await;
     assert!(results.iter().all(Result::is_ok));
     s.fake.delete(&tickets, &["1"]);
-    s.engine
-        .sync(&tickets, &SyncOptions::default())
-        .await
-        .unwrap();
-    assert!(local_live(&s.sink, &tickets).await.is_empty());
-    assert_eq!(
-        local_live(&s.sink, &other).await["1"]["title"],
-        "other connection"
-    );
-    assert_eq!(local_live(&s.sink, &users).await["1"]["name"], "user");
+    s.sync(&tickets).await.unwrap();
+    assert!(s.local_live(&tickets).await.is_empty());
+    assert_eq!(s.local_live(&other).await["1"]["title"], "other connection");
+    assert_eq!(s.local_live(&users).await["1"]["name"], "user");
     let statuses = s.sink.streams().await.unwrap();
     assert_eq!(statuses.len(), 3);
 }
@@ -423,11 +308,7 @@ async fn wrong_secret_key_is_a_clear_error_and_writes_nothing() {
 async fn unknown_connection_is_a_permanent_error() {
     let s = setup_with(100).await;
     let stream = StreamKey::new("github", "no-such-connection", "Ticket");
-    let err = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap_err();
+    let err = s.sync(&stream).await.unwrap_err();
     assert_eq!(err.nango_code(), Some("unknown_connection"), "{err}");
     assert_eq!(s.fake.request_count(), 1, "a 400 is not retried");
 }
@@ -438,11 +319,7 @@ async fn store_failure_between_records_and_cursor_leaves_nothing_and_the_next_ru
     let stream = stream();
     s.fake.generate(&stream, 250, 250);
     s.faults.arm(FaultPoint::AfterRecords);
-    let err = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap_err();
+    let err = s.sync(&stream).await.unwrap_err();
     assert!(matches!(err.root(), Error::Store { .. }), "{err}");
     assert_eq!(
         s.sink.stream_state(&stream).await.unwrap().cursor,
@@ -457,16 +334,9 @@ async fn store_failure_between_records_and_cursor_leaves_nothing_and_the_next_ru
             .is_empty(),
         "the page's records are not visible"
     );
-    let report = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream).await.unwrap();
     assert_eq!(report.counts.added, 250);
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.assert_converged(&stream).await;
 }
 
 #[tokio::test]
@@ -495,14 +365,8 @@ async fn store_failure_on_a_later_page_keeps_the_earlier_pages() {
     assert_eq!(stored.len(), 100, "exactly the first page is stored");
     let last = s.fake.records(&stream)[99].meta.cursor.clone();
     assert_eq!(state.cursor, Some(last), "the cursor is the first page's");
-    s.engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(
-        local_live(&s.sink, &stream).await,
-        s.fake.live_payloads(&stream)
-    );
+    s.sync(&stream).await.unwrap();
+    s.assert_converged(&stream).await;
 }
 
 /// A payload Nango restored after a prune (the record saved again, unchanged) does not
@@ -517,25 +381,17 @@ async fn full_reread_takes_back_a_payload_restored_after_a_prune() {
     s.fake
         .save(&stream, vec![a.clone(), ticket("b", "Still pruned")]);
     s.fake.prune(&stream, &["a", "b"]);
-    let first = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let first = s.sync(&stream).await.unwrap();
     assert_eq!(first.counts.added, 2);
     let bare = |id: &str| json!({ "id": id });
     assert_eq!(
-        local_live(&s.sink, &stream).await,
+        s.local_live(&stream).await,
         BTreeMap::from([("a".into(), bare("a")), ("b".into(), bare("b"))]),
         "read pruned: only ids exist anywhere"
     );
 
     s.fake.save(&stream, vec![a.clone()]);
-    let incremental = s
-        .engine
-        .sync(&stream, &SyncOptions::default())
-        .await
-        .unwrap();
+    let incremental = s.sync(&stream).await.unwrap();
     assert_eq!(incremental.counts.total(), 0, "the cursor did not move");
 
     let full = s
@@ -552,7 +408,7 @@ async fn full_reread_takes_back_a_payload_restored_after_a_prune() {
     assert_eq!(full.counts.updated, 1, "the restore counts as an update");
     assert_eq!(full.counts.unchanged, 1);
     assert_eq!(
-        local_live(&s.sink, &stream).await,
+        s.local_live(&stream).await,
         BTreeMap::from([("a".into(), a), ("b".into(), bare("b"))])
     );
     let stored = s.sink.get(&stream, "a").await.unwrap().unwrap();

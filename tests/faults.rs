@@ -1,24 +1,18 @@
 //! Every fault the fake Nango can inject, at the first request and in the middle of a
 //! run: retried or a clear permanent error, and never lost or corrupted data.
-#![cfg(all(feature = "testkit", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nango_sync::engine::{EngineConfig, Progress};
-use nango_sync::sink::{self, SharedSink, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
-use nango_sync::{Engine, Error, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{Error, RetryConfig, StreamKey, SyncOptions};
+use nango_sync_testkit::{Fault, Harness, TestStore};
 
-struct Setup {
-    fake: Arc<FakeNango>,
-    sink: SharedSink,
-    engine: Engine,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(retry: RetryConfig, timeout: Duration) -> Setup {
+/// The fake, a SQLite store and an engine (pages of 100) whose client retries with
+/// `retry` and waits at most `timeout` per request.
+async fn setup(retry: RetryConfig, timeout: Duration) -> Harness {
     setup_with(
         retry,
         timeout,
@@ -30,58 +24,17 @@ async fn setup(retry: RetryConfig, timeout: Duration) -> Setup {
     .await
 }
 
-async fn setup_with(retry: RetryConfig, timeout: Duration, config: EngineConfig) -> Setup {
-    let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("f.db")).await.unwrap());
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
+async fn setup_with(retry: RetryConfig, timeout: Duration, config: EngineConfig) -> Harness {
+    Harness::builder()
         .retry(retry)
         .timeout(timeout)
-        .build()
-        .unwrap();
-    let engine = Engine::with_config(client, sink.clone(), config);
-    Setup {
-        fake,
-        sink,
-        engine,
-        _dir: dir,
-    }
+        .engine_config(config)
+        .start(TestStore::sqlite().await)
+        .await
 }
 
 fn stream() -> StreamKey {
     StreamKey::new("github", "acme", "Ticket")
-}
-
-async fn assert_converged(s: &Setup) {
-    let local: std::collections::BTreeMap<String, serde_json::Value> =
-        sink::read_all(&*s.sink, &stream(), false)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id.clone(), r.payload.to_value()))
-            .collect();
-    assert_eq!(local, s.fake.live_payloads(&stream()));
-}
-
-/// The cursor is always the one of a committed page: its record is stored.
-async fn assert_cursor_consistent(s: &Setup) {
-    let state = s.sink.stream_state(&stream()).await.unwrap();
-    if let Some(cursor) = state.cursor {
-        let upstream = s.fake.records(&stream());
-        let at = upstream
-            .iter()
-            .position(|r| r.meta.cursor == cursor)
-            .expect("the stored cursor is a real position");
-        for r in &upstream[..=at] {
-            assert!(
-                s.sink.get(&stream(), &r.id).await.unwrap().is_some(),
-                "{} is before the cursor but not stored",
-                r.id
-            );
-        }
-    }
 }
 
 fn retryable_faults() -> Vec<Fault> {
@@ -105,12 +58,11 @@ async fn retryable_faults_at_the_first_request_are_retried() {
         s.fake.generate(&stream(), 250, 250);
         s.fake.inject(fault.clone());
         let report = s
-            .engine
-            .sync(&stream(), &SyncOptions::default())
+            .sync(&stream())
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
         assert_eq!(report.counts.added, 250, "{fault:?}");
-        assert_converged(&s).await;
+        s.assert_converged(&stream()).await;
     }
 }
 
@@ -135,7 +87,7 @@ async fn retryable_faults_in_the_middle_of_a_run_are_retried() {
             .await
             .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
         assert_eq!(report.counts.added, 450, "{fault:?}");
-        assert_converged(&s).await;
+        s.assert_converged(&stream()).await;
     }
 }
 
@@ -164,13 +116,10 @@ async fn permanent_faults_stop_the_run_with_a_clear_error_and_keep_what_was_comm
             err.to_string().contains("github/acme/Ticket"),
             "the error names the stream: {err}"
         );
-        assert_cursor_consistent(&s).await;
+        s.assert_cursor_covered(&stream()).await;
         // The next run converges.
-        s.engine
-            .sync(&stream(), &SyncOptions::default())
-            .await
-            .unwrap();
-        assert_converged(&s).await;
+        s.sync(&stream()).await.unwrap();
+        s.assert_converged(&stream()).await;
     }
 }
 
@@ -185,11 +134,7 @@ async fn persistent_server_errors_give_up_within_the_policy() {
     for _ in 0..3 {
         s.fake.inject(Fault::Status(503));
     }
-    let err = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap_err();
+    let err = s.sync(&stream()).await.unwrap_err();
     assert!(
         matches!(err.root(), Error::Nango { status: 503, .. }),
         "{err}"
@@ -213,10 +158,7 @@ async fn retry_after_zero_still_waits_the_minimum() {
     s.fake.inject(Fault::RateLimited { retry_after: 0 });
     s.fake.inject(Fault::RateLimited { retry_after: 0 });
     let started = Instant::now();
-    s.engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream()).await.unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(600),
         "two 429s with Retry-After: 0 waited only {:?}",
@@ -240,10 +182,7 @@ async fn a_rejected_stored_cursor_turns_into_a_full_reread_with_sweep() {
     )
     .await;
     s.fake.generate(&stream(), 120, 120);
-    s.engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream()).await.unwrap();
     // Plant a cursor Nango does not understand, as an old-format cursor would be.
     let state = s.sink.stream_state(&stream()).await.unwrap();
     let bogus =
@@ -268,11 +207,7 @@ async fn a_rejected_stored_cursor_turns_into_a_full_reread_with_sweep() {
         .map(|r| r.payload.clone())
         .collect();
     s.fake.save(&stream(), again);
-    let report = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream()).await.unwrap();
     assert!(report.full, "a rejected cursor gives a full re-read");
     assert_eq!(
         report.full_reason,
@@ -287,7 +222,7 @@ async fn a_rejected_stored_cursor_turns_into_a_full_reread_with_sweep() {
             .unwrap()
             .is_deleted()
     );
-    assert_converged(&s).await;
+    s.assert_converged(&stream()).await;
     let status = s.sink.streams().await.unwrap();
     let last_run = status[0].last_run.as_ref().unwrap();
     assert!(last_run.full);
@@ -308,21 +243,14 @@ async fn a_failing_probe_keeps_the_cursor_and_reports_the_original_error() {
     )
     .await;
     s.fake.generate(&stream(), 30, 30);
-    s.engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream()).await.unwrap();
     let before = s.sink.stream_state(&stream()).await.unwrap();
     s.fake.generate(&stream(), 5, 5);
     // Nango is down: the request with the cursor and the probe without one both fail.
     for _ in 0..4 {
         s.fake.inject(Fault::Status(500));
     }
-    let err = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap_err();
+    let err = s.sync(&stream()).await.unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains(", cursor "),
@@ -335,14 +263,10 @@ async fn a_failing_probe_keeps_the_cursor_and_reports_the_original_error() {
         "{last_run:?}"
     );
     // Nango is back: an incremental run, not a full re-read.
-    let report = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream()).await.unwrap();
     assert!(!report.full);
     assert_eq!(report.counts.added, 5);
-    assert_converged(&s).await;
+    s.assert_converged(&stream()).await;
 }
 
 /// One scenario: records, a sync, more records, a sync, then a write committed late
@@ -360,15 +284,9 @@ async fn late_write_scenario(overlap: Option<Duration>) -> bool {
     )
     .await;
     s.fake.generate(&stream(), 50, 25);
-    s.engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream()).await.unwrap();
     s.fake.generate(&stream(), 30, 10);
-    s.engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    s.sync(&stream()).await.unwrap();
     let cursor = s.sink.stream_state(&stream()).await.unwrap().cursor;
     let hwm = s
         .fake
@@ -389,11 +307,7 @@ async fn late_write_scenario(overlap: Option<Duration>) -> bool {
         s.fake.records(&stream()).last().unwrap().id != "late-1",
         "the late record sits behind the newest one"
     );
-    let report = s
-        .engine
-        .sync(&stream(), &SyncOptions::default())
-        .await
-        .unwrap();
+    let report = s.sync(&stream()).await.unwrap();
     assert!(!report.full);
     assert_eq!(
         s.sink.stream_state(&stream()).await.unwrap().cursor,
@@ -403,16 +317,12 @@ async fn late_write_scenario(overlap: Option<Duration>) -> bool {
     let stored = s.sink.get(&stream(), "late-1").await.unwrap().is_some();
     if stored {
         // A late write breaks atomic progress from outside; the window restores it.
-        assert_cursor_consistent(&s).await;
-        assert_converged(&s).await;
+        s.assert_cursor_covered(&stream()).await;
+        s.assert_converged(&stream()).await;
         // Again: the window re-reads what the store holds, all unchanged.
-        let again = s
-            .engine
-            .sync(&stream(), &SyncOptions::default())
-            .await
-            .unwrap();
+        let again = s.sync(&stream()).await.unwrap();
         assert_eq!(again.counts.added + again.counts.updated, 0, "{again:?}");
-        assert_converged(&s).await;
+        s.assert_converged(&stream()).await;
     }
     stored
 }

@@ -1,15 +1,14 @@
 //! Secret keys never appear in logs, `Debug` output or error messages, even of runs
 //! that fail and retry.
-#![cfg(all(feature = "testkit", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nango_sync::sink::{SharedSink, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
 use nango_sync::webhook::WebhookVerifier;
 use nango_sync::{Engine, NangoClient, RetryConfig, SecretKey, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault, Harness, TestStore};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -51,9 +50,8 @@ fn secrets_stay_out_of_logs_debug_and_errors() {
             .unwrap();
             let stream = StreamKey::new("github", "acme", "Ticket");
             fake.generate(&stream, 30, 30);
-            let dir = tempfile::tempdir().unwrap();
-            let sink: SharedSink =
-                Arc::new(SqliteStore::open(dir.path().join("s.db")).await.unwrap());
+            let store = TestStore::sqlite().await;
+            let sink = store.sink.clone();
             for key in [secret, wrong] {
                 let client = NangoClient::builder()
                     .host(fake.url())
@@ -109,16 +107,8 @@ fn secrets_stay_out_of_logs_debug_and_errors() {
 
 #[tokio::test]
 async fn hostile_stream_keys_are_data_not_sql() {
-    let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let sink: SharedSink = Arc::new(SqliteStore::open(dir.path().join("h.db")).await.unwrap());
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()
-        .unwrap();
-    let engine = Engine::new(client, sink.clone());
+    let h = Harness::start(TestStore::sqlite().await).await;
+    let (fake, sink, engine) = (&h.fake, &h.sink, &h.engine);
     let hostile = [
         StreamKey::new("github", "acme'; DROP TABLE nango_records;--", "Ticket"),
         StreamKey::new(

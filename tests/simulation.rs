@@ -19,7 +19,6 @@
 //! Each store runs `NANGO_SYNC_SIM_SEEDS` seeds (default 150 to 300 per store); a failure
 //! prints its seed, and `NANGO_SYNC_SIM_SEED=<n>` replays exactly that seed.
 //! `scripts/sim-campaign.sh` runs thousands of seeds per store (not part of CI).
-#![cfg(feature = "testkit")]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,8 +27,8 @@ use std::time::Duration;
 use nango_sync::engine::{EngineConfig, Progress};
 use nango_sync::sink::fault::{FaultInjector, FaultPoint};
 use nango_sync::sink::{self, SharedSink};
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
-use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{Engine, RetryConfig, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault, TestStore};
 use serde_json::{Value, json};
 
 /// A small seeded generator (splitmix64), so a failing seed can be replayed.
@@ -208,9 +207,8 @@ async fn run_seed(
     );
     let stream = StreamKey::new("sim", format!("seed-{seed}"), "Ticket");
     fake.add_connection(&stream.integration, &stream.connection);
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
+    let client = fake
+        .client_builder()
         .retry(RetryConfig {
             max_attempts: 5,
             ..RetryConfig::fast()
@@ -411,17 +409,13 @@ async fn run_seed(
     Ok(())
 }
 
-/// Run the seeds on `store`, whose commits check `faults`.
-async fn simulate(
-    store: SharedSink,
-    faults: Arc<FaultInjector>,
-    backend: &'static str,
-    default_seeds: u64,
-) {
+/// Run the seeds on `store`, whose commits check its fault injector.
+async fn simulate(store: TestStore, default_seeds: u64) {
+    let backend = store.sink.backend();
     let seeds = seeds(default_seeds);
     let started = std::time::Instant::now();
     for &seed in &seeds {
-        if let Err(e) = run_seed(seed, &store, &faults, backend).await {
+        if let Err(e) = run_seed(seed, &store.sink, &store.faults, backend).await {
             panic!(
                 "simulation failed on store {backend} with seed {seed}: {e}\n  replay with NANGO_SYNC_SIM_SEED={seed}"
             );
@@ -436,60 +430,23 @@ async fn simulate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_memory() {
-    let faults = FaultInjector::new();
-    let options = nango_sync::sink::MemoryOptions::new().with_faults(faults.clone());
-    simulate(
-        Arc::new(nango_sync::sink::MemoryStore::with_options(options)),
-        faults,
-        "memory",
-        300,
-    )
-    .await;
+    simulate(TestStore::memory(), 300).await;
 }
 
 #[cfg(feature = "sqlite")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultInjector::new();
-    let options = nango_sync::sink::sqlite::SqliteOptions::new().with_faults(faults.clone());
-    let store = nango_sync::sink::SqliteStore::open_with(dir.path().join("sim.db"), options)
-        .await
-        .unwrap();
-    simulate(Arc::new(store), faults, "sqlite", 200).await;
+    simulate(TestStore::sqlite().await, 200).await;
 }
 
 #[cfg(feature = "sled")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sled() {
-    let dir = tempfile::tempdir().unwrap();
-    let faults = FaultInjector::new();
-    let options = nango_sync::sink::sled::SledOptions::new().with_faults(faults.clone());
-    let store = nango_sync::sink::SledStore::open_with(dir.path().join("sim"), options)
-        .await
-        .unwrap();
-    simulate(Arc::new(store), faults, "sled", 200).await;
+    simulate(TestStore::sled().await, 200).await;
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_postgres() {
-    let url = std::env::var("NANGO_SYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "NANGO_SYNC_TEST_POSTGRES_URL is not set: the PostgreSQL tests need a server. \
-             Run them with scripts/test.sh (or scripts/pg.sh cargo test ...)."
-        )
-    });
-    let schema = format!("nsim_{}", uuid::Uuid::new_v4().simple());
-    let faults = FaultInjector::new();
-    let store = nango_sync::sink::PostgresStore::connect_with(
-        &url,
-        nango_sync::sink::postgres::PostgresOptions::new()
-            .with_schema(&schema)
-            .with_pool_size(4)
-            .with_faults(faults.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
-    simulate(Arc::new(store), faults, "postgres", 150).await;
+    simulate(TestStore::postgres().await, 150).await;
 }

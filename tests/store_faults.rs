@@ -1,25 +1,23 @@
 //! Store faults: a SQLite file locked by another connection (the run waits for it and
 //! goes on, or fails with an error naming the lock) and a full disk (a clear error, then
 //! the store reopens with its last committed state and converges).
-#![cfg(all(feature = "testkit", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use nango_sync::engine::EngineConfig;
 use nango_sync::sink::{self, SharedSink, SqliteStore, sqlite::SqliteOptions};
-use nango_sync::testkit::{FakeConfig, FakeNango};
-use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{Engine, RetryConfig, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeConfig, FakeNango, TestStore};
 
 fn stream() -> StreamKey {
     StreamKey::new("github", "acme", "Ticket")
 }
 
 fn engine(fake: &FakeNango, sink: SharedSink, commit_retry: RetryConfig) -> Engine {
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
+    let client = fake
+        .client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap();
@@ -35,14 +33,7 @@ fn engine(fake: &FakeNango, sink: SharedSink, commit_retry: RetryConfig) -> Engi
 }
 
 async fn assert_converged(fake: &FakeNango, sink: &SharedSink) {
-    let local: std::collections::BTreeMap<String, serde_json::Value> =
-        sink::read_all(&**sink, &stream(), false)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id.clone(), r.payload.to_value()))
-            .collect();
-    assert_eq!(local, fake.live_payloads(&stream()));
+    nango_sync_testkit::assert_converged(fake, &**sink, &stream()).await;
 }
 
 /// Hold `BEGIN EXCLUSIVE` on the file from another connection for `hold`.
@@ -62,16 +53,10 @@ fn lock_for(path: std::path::PathBuf, hold: Duration) -> std::thread::JoinHandle
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_sqlite_file_is_waited_for() {
     let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let sink: SharedSink = Arc::new(
-        SqliteStore::open_with(
-            &path,
-            SqliteOptions::new().with_busy_timeout(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap(),
-    );
+    let store =
+        TestStore::sqlite_with(SqliteOptions::new().with_busy_timeout(Duration::from_millis(200)))
+            .await;
+    let (sink, path) = (store.sink.clone(), store.path().to_owned());
     fake.generate(&stream(), 120, 120);
     let engine = engine(&fake, sink.clone(), EngineConfig::default().commit_retry);
     // Longer than the busy timeout: the engine's commit retries wait it out.
@@ -88,16 +73,10 @@ async fn a_locked_sqlite_file_is_waited_for() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_file_locked_for_too_long_is_a_clear_error() {
     let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("l.db");
-    let sink: SharedSink = Arc::new(
-        SqliteStore::open_with(
-            &path,
-            SqliteOptions::new().with_busy_timeout(Duration::from_millis(100)),
-        )
-        .await
-        .unwrap(),
-    );
+    let store =
+        TestStore::sqlite_with(SqliteOptions::new().with_busy_timeout(Duration::from_millis(100)))
+            .await;
+    let (sink, path) = (store.sink.clone(), store.path().to_owned());
     fake.generate(&stream(), 60, 60);
     let engine = engine(
         &fake,
@@ -130,13 +109,13 @@ async fn a_sqlite_file_locked_for_too_long_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_a_clear_error_and_the_store_keeps_its_last_commit() {
     let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("full.db");
     // Small pages and a cap of 40 pages: room for a few pages of records only.
     let small = SqliteOptions::new()
         .with_page_size(4096)
         .with_max_page_count(40);
-    let sink: SharedSink = Arc::new(SqliteStore::open_with(&path, small).await.unwrap());
+    let store = TestStore::sqlite_with(small).await;
+    let path = store.path().to_owned();
+    let sink = store.sink.clone();
     for _ in 0..8 {
         fake.generate(&stream(), 100, 100);
     }
@@ -151,6 +130,7 @@ async fn a_full_disk_is_a_clear_error_and_the_store_keeps_its_last_commit() {
     let held = sink::read_all(&*sink, &stream(), true).await.unwrap().len();
     drop(engine1);
     drop(sink);
+    drop(store.sink);
     // Reopen without the cap ("space freed"): the last committed state is there, and the
     // cursor covers exactly what is stored.
     let sink: SharedSink = Arc::new(SqliteStore::open(&path).await.unwrap());
@@ -178,28 +158,13 @@ async fn a_full_disk_is_a_clear_error_and_the_store_keeps_its_last_commit() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_in_the_middle_of_a_sync_is_retried_and_converges() {
-    let missing = |name: &str| {
-        panic!(
-            "{name} is not set: the PostgreSQL tests need a server. \
-             Run them with scripts/test.sh (or scripts/pg.sh cargo test ...)."
-        )
-    };
-    let url = std::env::var("NANGO_SYNC_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| missing("NANGO_SYNC_TEST_POSTGRES_URL"));
-    let restart = std::env::var("NANGO_SYNC_TEST_PG_RESTART")
-        .unwrap_or_else(|_| missing("NANGO_SYNC_TEST_PG_RESTART"));
+    let restart = nango_sync_testkit::stores::postgres_restart_command();
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
-    let schema = format!("nrs_{}", uuid::Uuid::new_v4().simple());
-    let sink: SharedSink = Arc::new(
-        nango_sync::sink::PostgresStore::connect_with(
-            &url,
-            nango_sync::sink::postgres::PostgresOptions::new()
-                .with_schema(&schema)
-                .with_pool_size(2),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}")),
-    );
+    let store = TestStore::postgres_with(
+        nango_sync::sink::postgres::PostgresOptions::new().with_pool_size(2),
+    )
+    .await;
+    let sink = store.sink.clone();
     for _ in 0..6 {
         fake.generate(&stream(), 500, 500);
     }

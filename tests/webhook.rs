@@ -1,6 +1,6 @@
 //! Webhooks end to end: the fake Nango, the receiver served on loopback, the scheduler
 //! and a SQLite store.
-#![cfg(all(feature = "webhook", feature = "testkit", feature = "sqlite"))]
+#![cfg(all(feature = "webhook", feature = "sqlite"))]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,12 +9,11 @@ use std::time::Duration;
 use nango_sync::StoredRecord;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
 use nango_sync::sink::{
-    self, Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, SharedSink, SqliteStore,
-    StreamState, StreamStatus,
+    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, SharedSink, StreamState, StreamStatus,
 };
-use nango_sync::testkit::{FakeConfig, FakeNango, WebhookSettings};
 use nango_sync::webhook::{WebhookEvent, WebhookReceiver, WebhookVerifier, router};
-use nango_sync::{Engine, NangoClient, RetryConfig, SecretKey, StreamKey};
+use nango_sync::{Engine, SecretKey, StreamKey};
+use nango_sync_testkit::{FakeConfig, FakeNango, TestStore, WebhookSettings, local_live};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -28,7 +27,7 @@ struct Setup {
     receiver: WebhookReceiver,
     url: String,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
+    _store: TestStore,
 }
 
 async fn setup(config: SchedulerConfig) -> Setup {
@@ -37,25 +36,15 @@ async fn setup(config: SchedulerConfig) -> Setup {
 
 async fn setup_with(config: SchedulerConfig, gate: Option<Arc<Gate>>) -> Setup {
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
-    let dir = tempfile::tempdir().unwrap();
-    let sqlite: SharedSink = Arc::new(
-        SqliteStore::open(dir.path().join("store.db"))
-            .await
-            .unwrap(),
-    );
+    let store = TestStore::sqlite().await;
     let sink: SharedSink = match gate {
         Some(gate) => Arc::new(GatedSink {
-            inner: sqlite,
+            inner: store.sink.clone(),
             gate,
         }),
-        None => sqlite,
+        None => store.sink.clone(),
     };
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()
-        .unwrap();
+    let client = fake.client_builder().build().unwrap();
     let engine = Engine::new(client, sink.clone());
     let scheduler = Scheduler::new(engine, config);
     let receiver = WebhookReceiver::new(
@@ -73,7 +62,7 @@ async fn setup_with(config: SchedulerConfig, gate: Option<Arc<Gate>>) -> Setup {
         receiver,
         url,
         http: reqwest::Client::new(),
-        _dir: dir,
+        _store: store,
     }
 }
 
@@ -131,12 +120,7 @@ impl Setup {
     }
 
     async fn local(&self, stream: &StreamKey) -> BTreeMap<String, Value> {
-        sink::read_all(&*self.sink, stream, false)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id.clone(), r.payload.to_value()))
-            .collect()
+        local_live(&*self.sink, stream).await
     }
 
     /// Wait (generously) until the store holds exactly what the fake holds.
@@ -633,7 +617,7 @@ async fn the_fake_signs_sorts_and_retries_like_nango() {
     assert!(h("user-agent").unwrap().starts_with("nango/"));
     let value: Value = serde_json::from_str(body).unwrap();
     assert_eq!(
-        &nango_sync::testkit::canonical_json(&value),
+        &nango_sync_testkit::fake::canonical_json(&value),
         body,
         "keys sorted"
     );

@@ -286,7 +286,12 @@ impl NangoClientBuilder {
 }
 
 /// Install rustls' ring provider as the process default, once.
-pub(crate) fn install_crypto_provider() {
+///
+/// reqwest is built without a TLS provider of its own; the client installs this one
+/// before it builds its HTTP client. Public for other reqwest clients in the same
+/// process (the test kit's webhook sender).
+#[doc(hidden)]
+pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // Fails only when another provider was installed first, which is fine.

@@ -1,5 +1,5 @@
 //! Failure injection between the steps of a commit, for tests of atomicity (cargo
-//! feature `fault-injection`, which `testkit` enables).
+//! feature `fault-injection`, which the `nango-sync-testkit` crate enables).
 //!
 //! A store is given a [`FaultInjector`] through its options (`with_faults`); its commit
 //! checks the injector at each [`FaultPoint`], and an armed point fails the next commit

@@ -57,9 +57,6 @@ pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use self::postgres::PostgresStore;
 
-#[cfg(feature = "testkit")]
-pub mod conformance;
-
 /// The persistent state of one stream, read at the start of a run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamState {
@@ -285,7 +282,7 @@ pub struct StreamStatus {
 ///   number.
 ///
 /// A store's commit is [`commit::prepare`] applied in one transaction of the store; the
-/// conformance suite (feature `testkit`) compares every store with the in-memory
+/// conformance suite (crate `nango-sync-testkit`) compares every store with the in-memory
 /// reference.
 pub trait RecordSink: Debug + Send + Sync + 'static {
     /// The backend's name: `memory`, `sqlite`, `sled` or `postgres`.

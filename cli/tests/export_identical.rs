@@ -1,30 +1,17 @@
 //! The same upstream history synced into every store gives byte-identical
 //! `nango-sync export` output.
-#![cfg(all(
-    feature = "cli",
-    feature = "sqlite",
-    feature = "sled",
-    feature = "postgres"
-))]
+#![cfg(all(feature = "sqlite", feature = "sled", feature = "postgres"))]
 
 use std::process::Command;
 use std::sync::Arc;
 
 use nango_sync::sink::{self, SharedSink};
-use nango_sync::testkit::{FakeConfig, FakeNango};
-use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{Engine, StreamKey, SyncOptions};
+use nango_sync_testkit::stores::fresh_postgres_url;
+use nango_sync_testkit::{FakeConfig, FakeNango};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nango-sync");
-
-fn postgres_url() -> String {
-    let base = std::env::var("NANGO_SYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!("NANGO_SYNC_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
-    });
-    let schema = format!("nsx_{}", uuid::Uuid::new_v4().simple());
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}schema={schema}")
-}
 
 fn export(url: &str, stream: &StreamKey, include_deleted: bool) -> String {
     let mut cmd = Command::new(BIN);
@@ -82,14 +69,9 @@ async fn every_store_exports_the_same_bytes() {
     let urls = vec![
         format!("sqlite://{}", dir.path().join("e.db").display()),
         format!("sled://{}", dir.path().join("e.sled").display()),
-        postgres_url(),
+        fresh_postgres_url(),
     ];
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()
-        .unwrap();
+    let client = fake.client_builder().build().unwrap();
     let mut sinks: Vec<SharedSink> = vec![Arc::new(sink::MemoryStore::new())];
     for url in &urls {
         sinks.push(sink::open(url).await.unwrap());

@@ -5,13 +5,11 @@
 //! status, error codes, record ids and order, payloads, last actions, which change step
 //! each timestamp belongs to, the uuids inside cursors, and `next_cursor`.
 
-#![cfg(feature = "testkit")]
-
 use std::collections::{BTreeSet, HashMap};
 
 use base64::Engine as _;
-use nango_sync::testkit::{FakeConfig, FakeNango};
 use nango_sync::{StreamKey, Timestamp};
+use nango_sync_testkit::{FakeConfig, FakeNango};
 use serde_json::Value;
 
 const TRANSCRIPT: &str = include_str!("data/nango-records-transcript.jsonl");
@@ -544,7 +542,7 @@ async fn fake_answers_like_nango_for_every_transcript_step() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(steps.len(), 57);
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    nango_sync::client::install_crypto_provider();
     let fake = FakeNango::start(FakeConfig {
         first_internal_connection_id: 9101,
         utc_offset_minutes: 0,

@@ -233,7 +233,7 @@ fn push_words(r: &mut SplitMix64, n: u64, out: &mut String) -> usize {
 /// Append a date in 2025-2026, seconds precision, ending in `Z` (no quotes).
 fn push_iso(r: &mut SplitMix64, base_days: u64, out: &mut String) {
     let secs = 1_735_689_600 + (base_days % 690) * 86_400 + r.below(86_400);
-    crate::time::Timestamp::from_micros(secs as i64 * 1_000_000).write_utc_z(out);
+    nango_sync::time::Timestamp::from_micros(secs as i64 * 1_000_000).write_utc_z(out);
 }
 
 fn person(r: &mut SplitMix64, out: &mut String) {

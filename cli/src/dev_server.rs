@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nango_sync::testkit::{FakeConfig, FakeNango};
 use nango_sync::{SecretKey, StreamKey};
+use nango_sync_testkit::{FakeConfig, FakeNango};
 
 /// Arguments of `dev-server`.
 #[derive(Debug, Args)]
@@ -69,7 +69,7 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
     }
     writeln!(
         out,
-        "control API: {}/_fake (see the nango_sync::testkit docs); Ctrl-C stops",
+        "control API: {}/_fake (see the nango_sync_testkit::fake docs); Ctrl-C stops",
         fake.url()
     )?;
     out.flush()?;

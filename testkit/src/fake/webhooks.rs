@@ -29,10 +29,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::{Effect, FakeNango, Shared};
-use crate::record::StreamKey;
-use crate::secret::SecretKey;
-use crate::time::Timestamp;
-use crate::webhook::{HMAC_HEADER, LEGACY_HEADER, WebhookVerifier};
+use nango_sync::SecretKey;
+use nango_sync::record::StreamKey;
+use nango_sync::time::Timestamp;
+use nango_sync::webhook::{HMAC_HEADER, LEGACY_HEADER, WebhookVerifier};
 
 /// Where and how the fake sends webhooks.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,7 +215,7 @@ fn sync_body(stream: &StreamKey, full: bool, counts: Option<(usize, usize, usize
 /// JSON text with the keys of every object sorted (Nango's `stringify` of its webhook
 /// bodies), whatever the map order of this build's `serde_json`.
 pub fn canonical_json(v: &Value) -> String {
-    crate::record::canonical_json(v)
+    nango_sync::record::canonical_json(v)
 }
 
 /// POST one webhook with Nango's retry policy.
@@ -237,7 +237,7 @@ async fn deliver(
     if settings.drop_all {
         return d;
     }
-    crate::client::install_crypto_provider();
+    nango_sync::client::install_crypto_provider();
     let http = match reqwest::Client::builder()
         .timeout(settings.timeout)
         .redirect(reqwest::redirect::Policy::none())
@@ -384,12 +384,14 @@ mod tests {
         let s = StreamKey::new("github", "acme", "Ticket");
         let full: Value = serde_json::from_str(&sync_body(&s, true, None)).unwrap();
         assert_eq!(full["checkpoints"]["from"], Value::Null);
-        let parsed = crate::webhook::WebhookEvent::parse(sync_body(&s, true, None).as_bytes());
-        assert!(matches!(parsed, Ok(crate::webhook::WebhookEvent::Sync(w)) if w.is_full_sync()));
-        let inc = sync_body(&s, false, Some((0, 0, 0)));
-        let parsed = crate::webhook::WebhookEvent::parse(inc.as_bytes());
+        let parsed = nango_sync::webhook::WebhookEvent::parse(sync_body(&s, true, None).as_bytes());
         assert!(
-            matches!(parsed, Ok(crate::webhook::WebhookEvent::Sync(w)) if !w.is_full_sync() && w.stream() == s)
+            matches!(parsed, Ok(nango_sync::webhook::WebhookEvent::Sync(w)) if w.is_full_sync())
+        );
+        let inc = sync_body(&s, false, Some((0, 0, 0)));
+        let parsed = nango_sync::webhook::WebhookEvent::parse(inc.as_bytes());
+        assert!(
+            matches!(parsed, Ok(nango_sync::webhook::WebhookEvent::Sync(w)) if !w.is_full_sync() && w.stream() == s)
         );
     }
 }

@@ -1,18 +1,16 @@
 //! The fake Nango server: pagination at scale, byte budget, ordering, faults, the control
 //! API, determinism, and the crate's own client against it.
 
-#![cfg(feature = "testkit")]
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
 use nango_sync::{Cursor, NangoClient, RecordsQuery, RetryConfig, StreamKey, Timestamp};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault};
 use serde_json::{Value, json};
 
 fn setup() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    nango_sync::client::install_crypto_provider();
 }
 
 async fn fake() -> FakeNango {

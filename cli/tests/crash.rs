@@ -2,15 +2,16 @@
 //! moments while upstream keeps changing, restarted until it finishes. After every kill
 //! the store opens and its cursor never points past a record it does not hold; at the end
 //! the store's live records equal the fake's.
-#![cfg(all(feature = "cli", feature = "sqlite", unix))]
+#![cfg(all(feature = "sqlite", unix))]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
+use nango_sync::StreamKey;
 use nango_sync::sink;
-use nango_sync::testkit::{FakeConfig, FakeNango};
-use nango_sync::{StreamKey, Timestamp};
+#[cfg(feature = "postgres")]
+use nango_sync_testkit::stores::fresh_postgres_url;
+use nango_sync_testkit::{FakeConfig, FakeNango, assert_converged, assert_cursor_covered};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nango-sync");
@@ -38,19 +39,7 @@ impl Rng {
     }
 }
 
-/// `(last_modified_at, uuid)` of a cursor of the fake (base64 of `"<ts>||<uuid>"`).
-/// Only tests decode cursors; the engine treats them as opaque.
-fn decode_cursor(c: &str) -> (Timestamp, uuid::Uuid) {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(c)
-        .expect("base64 cursor");
-    let text = String::from_utf8(bytes).unwrap();
-    let (ts, id) = text.split_once("||").expect("ts||uuid");
-    (Timestamp::parse(ts).unwrap(), id.parse().unwrap())
-}
-
-/// Atomic progress: every upstream record at or before the stored cursor is stored with
-/// its current version.
+/// Atomic progress, checked on the store as the killed process left it.
 async fn check_cursor_invariant(
     url: &str,
     fake: &FakeNango,
@@ -61,26 +50,8 @@ async fn check_cursor_invariant(
     let store = sink::open(url)
         .await
         .unwrap_or_else(|e| panic!("seed {seed}, kill {kill}: store does not open: {e}"));
-    let state = store.stream_state(stream).await.unwrap();
-    let Some(cursor) = state.cursor else { return };
-    let (ts, id) = decode_cursor(cursor.as_str());
-    for r in fake.records(stream) {
-        if (r.meta.last_modified_at, r.uuid) > (ts, id) {
-            continue;
-        }
-        let stored = store.get(stream, &r.id).await.unwrap();
-        let stored = stored.unwrap_or_else(|| {
-            panic!(
-                "seed {seed}, kill {kill}: {} is before the cursor but not stored",
-                r.id
-            )
-        });
-        assert_eq!(
-            stored.meta.last_modified_at, r.meta.last_modified_at,
-            "seed {seed}, kill {kill}: {} is before the cursor but stored at another version",
-            r.id
-        );
-    }
+    eprintln!("seed {seed}, kill {kill}: checking the cursor");
+    assert_cursor_covered(fake, &*store, stream).await;
 }
 
 async fn crash_until_done(url: &str, seed: u64) {
@@ -183,23 +154,8 @@ async fn crash_until_done(url: &str, seed: u64) {
         );
     }
     let store = sink::open(url).await.unwrap();
-    let local: std::collections::BTreeMap<String, serde_json::Value> =
-        sink::read_all(&*store, &stream, false)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.id.clone(), r.payload.to_value()))
-            .collect();
-    let upstream = fake.live_payloads(&stream);
-    assert_eq!(
-        local.len(),
-        upstream.len(),
-        "seed {seed}: live record count"
-    );
-    assert!(
-        local == upstream,
-        "seed {seed}: the store's live records differ from the fake's"
-    );
+    eprintln!("seed {seed}: checking convergence");
+    assert_converged(&fake, &*store, &stream).await;
 }
 
 fn seed() -> u64 {
@@ -233,10 +189,5 @@ async fn sled_survives_sigkill_at_random_moments() {
 #[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_survives_sigkill_at_random_moments() {
-    let base = std::env::var("NANGO_SYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!("NANGO_SYNC_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
-    });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{sep}schema=crash_{}", uuid::Uuid::new_v4().simple());
-    crash_until_done(&url, seed() + 2).await;
+    crash_until_done(&fresh_postgres_url(), seed() + 2).await;
 }

@@ -8,8 +8,8 @@
 use serde_json::Value;
 
 use super::{Effect, FakeNango, normalize_all};
-use crate::record::StreamKey;
-use crate::time::Timestamp;
+use nango_sync::record::StreamKey;
+use nango_sync::time::Timestamp;
 
 impl FakeNango {
     /// Save one record (insert, update or undelete, like [`FakeNango::save`]) as a write

@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::generate;
 use super::json::{Normalized, push_str_lit};
 use super::{Effect, FakeRecord};
-use crate::record::{Cursor, LastAction, Metadata, StreamKey};
-use crate::time::Timestamp;
+use nango_sync::record::{Cursor, LastAction, Metadata, StreamKey};
+use nango_sync::time::Timestamp;
 
 /// A position in a stream: `(last_modified_at, internal uuid)`.
 pub(crate) type Pos = (Timestamp, Uuid);

@@ -1,22 +1,16 @@
 //! `nango-sync serve` as a real process: webhooks, health, status, discovery, and a
 //! SIGTERM in the middle of a run.
-#![cfg(all(
-    feature = "webhook",
-    feature = "testkit",
-    feature = "sqlite",
-    feature = "cli"
-))]
+#![cfg(feature = "sqlite")]
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use nango_sync::sink::{self, SqliteStore};
-use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
 use nango_sync::webhook::WebhookVerifier;
 use nango_sync::{RecordSink, SecretKey, StreamKey};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault, assert_converged};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -79,7 +73,7 @@ async fn start(fake: &FakeNango, args: &[&str], env: &[(&str, &str)]) -> Serve {
 
 /// An HTTP client (the crate builds reqwest without a default TLS provider).
 fn http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    nango_sync::client::install_crypto_provider();
     reqwest::Client::new()
 }
 
@@ -376,14 +370,8 @@ async fn sigterm_during_a_run_leaves_the_store_consistent_and_the_next_start_res
         "the restart resumed from the cursor: {resumed:?}"
     );
     serve.terminate().await;
-    let store = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let local: BTreeMap<String, Value> = sink::read_all(&*store, &stream, false)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| (r.id.clone(), r.payload.to_value()))
-        .collect();
-    assert_eq!(local, fake.live_payloads(&stream));
+    let store = SqliteStore::open(&db).await.unwrap();
+    assert_converged(&fake, &store, &stream).await;
     let state = store.stream_state(&stream).await.unwrap();
     assert_eq!(state.full_read, None);
     assert_eq!(state.generation, 1);

@@ -1,4 +1,4 @@
-//! Test kit: a fake Nango server for tests and local development.
+//! A fake Nango server for tests and local development.
 //!
 //! [`FakeNango`] is an in-process HTTP server (axum, `127.0.0.1:0` by default) that
 //! answers `GET /records` the way Nango's server does, checked against a transcript of
@@ -9,7 +9,7 @@
 //! ([`FakeNango::records`], [`FakeNango::live_payloads`]) as the oracle of convergence.
 //!
 //! ```no_run
-//! use nango_sync::testkit::{FakeConfig, FakeNango};
+//! use nango_sync_testkit::{FakeConfig, FakeNango};
 //! use nango_sync::{NangoClient, RecordsQuery, StreamKey};
 //!
 //! # async fn example() -> nango_sync::Result<()> {
@@ -125,9 +125,9 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::record::{Metadata, StreamKey};
-use crate::secret::SecretKey;
-use crate::time::Timestamp;
+use nango_sync::SecretKey;
+use nango_sync::record::{Metadata, StreamKey};
+use nango_sync::time::Timestamp;
 
 mod generate;
 mod http;
@@ -336,10 +336,13 @@ impl Shared {
         effect
     }
 
-    pub(crate) fn prune_until(&self, stream: &StreamKey, until_cursor: &str) -> crate::Result<u64> {
-        let pos = state::decode_cursor(until_cursor).ok_or_else(|| {
-            crate::Error::invalid("cursor", "not a cursor of Nango's current format")
-        })?;
+    pub(crate) fn prune_until(
+        &self,
+        stream: &StreamKey,
+        until_cursor: &str,
+    ) -> nango_sync::Result<u64> {
+        let pos = state::decode_cursor(until_cursor)
+            .ok_or_else(|| invalid("cursor", "not a cursor of Nango's current format"))?;
         let mut st = self.write();
         let (s, clock) = st.stream_and_clock(stream);
         Ok(s.prune(Some(pos), None, clock))
@@ -448,6 +451,14 @@ impl Shared {
     }
 }
 
+/// The position a cursor of the fake (or of Nango) names: `(last_modified_at, internal
+/// uuid)`, the order of [`FakeNango::records`] (a record's own position is
+/// `(meta.last_modified_at, uuid)`). `None` when `cursor` is not one. Only tests decode
+/// cursors; the engine treats them as opaque.
+pub fn decode_cursor(cursor: &str) -> Option<(Timestamp, uuid::Uuid)> {
+    state::decode_cursor(cursor)
+}
+
 /// A fake Nango server running in this process. Dropping it stops the server.
 pub struct FakeNango {
     shared: Arc<Shared>,
@@ -462,6 +473,14 @@ impl std::fmt::Debug for FakeNango {
             .field("addr", &self.addr)
             .field("secret_key", &self.shared.secret)
             .finish()
+    }
+}
+
+/// An [`Error::Invalid`](nango_sync::Error::Invalid).
+fn invalid(what: &'static str, detail: impl Into<String>) -> nango_sync::Error {
+    nango_sync::Error::Invalid {
+        what,
+        detail: detail.into(),
     }
 }
 
@@ -480,15 +499,13 @@ fn secret_from_seed(seed: u64) -> SecretKey {
 
 impl FakeNango {
     /// Bind and start serving (on the current tokio runtime).
-    pub async fn start(config: FakeConfig) -> crate::Result<FakeNango> {
+    pub async fn start(config: FakeConfig) -> nango_sync::Result<FakeNango> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| {
-                crate::Error::invalid("listen address", format!("{}: {e}", config.listen))
-            })?;
-        let addr = listener.local_addr().map_err(|e| {
-            crate::Error::invalid("listen address", format!("{}: {e}", config.listen))
-        })?;
+            .map_err(|e| invalid("listen address", format!("{}: {e}", config.listen)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| invalid("listen address", format!("{}: {e}", config.listen)))?;
         let secret = config
             .secret_key
             .clone()
@@ -540,6 +557,15 @@ impl FakeNango {
         self.shared.secret.clone()
     }
 
+    /// A client builder for this fake: its URL, its secret key and the short waits of
+    /// [`RetryConfig::fast`](nango_sync::RetryConfig::fast).
+    pub fn client_builder(&self) -> nango_sync::NangoClientBuilder {
+        nango_sync::NangoClient::builder()
+            .host(self.url())
+            .secret_key(self.secret_key())
+            .retry(nango_sync::RetryConfig::fast())
+    }
+
     /// Register a connection (idempotent). [`FakeNango::save`] and the other mutations
     /// register their stream's connection too.
     pub fn add_connection(&self, integration: &str, connection: &str) {
@@ -583,7 +609,7 @@ impl FakeNango {
     /// Prune every record up to and including the position of `until_cursor` (Nango's
     /// `PATCH /records/prune`): payload emptied to `{id}`, `pruned_at` set, nothing else
     /// changes. Returns how many records were pruned (already pruned ones are skipped).
-    pub fn prune_until(&self, stream: &StreamKey, until_cursor: &str) -> crate::Result<u64> {
+    pub fn prune_until(&self, stream: &StreamKey, until_cursor: &str) -> nango_sync::Result<u64> {
         self.shared.prune_until(stream, until_cursor)
     }
 

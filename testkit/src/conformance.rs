@@ -20,38 +20,38 @@
 //! shared handle ([`SharedSink`]) instead.
 //!
 //! [`conformance_tests!`](crate::conformance_tests) generates one `#[tokio::test]` per
-//! check, from the same list [`run_all`] runs:
+//! check, from the same list [`run_all`] runs. The library's stores have factories in
+//! [`stores`](crate::stores) ([`sqlite_factory`](crate::stores::sqlite_factory), ...); a
+//! store of your own takes a closure:
 //!
 //! ```no_run
-//! # #[cfg(feature = "sqlite")]
-//! mod sqlite {
+//! mod my_store {
 //!     use std::sync::Arc;
 //!
-//!     use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
 //!     use nango_sync::sink::fault::FaultInjector;
-//!     use nango_sync::sink::{SqliteStore, sqlite::SqliteOptions};
+//!     use nango_sync::sink::{MemoryOptions, MemoryStore};
+//!     use nango_sync_testkit::conformance::{Open, Shared, StoreFactory};
 //!
-//!     /// Each fresh store a new file in one directory, kept as long as the factory.
-//!     fn stores() -> impl StoreFactory<Store = SqliteStore> {
-//!         let dir = tempfile::tempdir().unwrap();
-//!         let mut n = 0;
-//!         move |open: Open, faults: Arc<FaultInjector>| {
-//!             n += usize::from(open == Open::Fresh);
-//!             let path = dir.path().join(format!("{n}.db"));
-//!             let options = SqliteOptions::new().with_faults(faults);
-//!             async move { SqliteStore::open_with(path, options).await.unwrap() }
+//!     /// A new store for each check (this one is not durable: no reopen).
+//!     fn stores() -> impl StoreFactory<Store = MemoryStore> {
+//!         |open: Open, faults: Arc<FaultInjector>| {
+//!             assert_eq!(open, Open::Fresh);
+//!             async move { MemoryStore::with_options(MemoryOptions::new().with_faults(faults)) }
 //!         }
 //!     }
 //!
-//!     nango_sync::conformance_tests!(stores(), durable);
+//!     nango_sync_testkit::conformance_tests!(stores());
 //!
 //!     mod shared {
 //!         use super::*;
-//!         nango_sync::conformance_tests!(Shared(stores()), durable);
+//!         nango_sync_testkit::conformance_tests!(Shared(stores()));
 //!     }
 //! }
 //! # fn main() {}
 //! ```
+//!
+//! A durable store adds `durable` (`conformance_tests!(stores(), durable)`) and reopens
+//! the last fresh store when asked for [`Open::Reopen`].
 //!
 //! Every check panics with a message naming the backend and what differed.
 
@@ -62,15 +62,15 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
-use crate::merge::Counts;
-use crate::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
-use crate::sink::fault::{FaultInjector, FaultPoint};
-use crate::sink::{
+use nango_sync::merge::Counts;
+use nango_sync::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
+use nango_sync::sink::fault::{FaultInjector, FaultPoint};
+use nango_sync::sink::{
     Commit, CommitOutcome, FullRead, ListQuery, MemoryStore, RecordSink, RunSummary, SharedSink,
     StreamState, StreamStatus, read_all,
 };
-use crate::time::Timestamp;
+use nango_sync::time::Timestamp;
+use nango_sync::{Error, Result};
 
 /// What a store factory is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,9 +172,13 @@ impl Holdings {
         let statuses = statuses(store).await;
         let mut streams = BTreeMap::new();
         for s in &statuses {
-            let records = read_all(store as &dyn crate::sink::DynRecordSink, &s.stream, true)
-                .await
-                .unwrap_or_else(|e| panic!("{b}: list failed: {e}"));
+            let records = read_all(
+                store as &dyn nango_sync::sink::DynRecordSink,
+                &s.stream,
+                true,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{b}: list failed: {e}"));
             let lines = records
                 .iter()
                 .map(|r| (r.to_export_line(), r.seq))
@@ -337,13 +341,13 @@ pub async fn run_all<F: StoreFactory>(stores: &mut F, durable: bool) {
 }
 
 /// Generates one `#[tokio::test]` per conformance check, from the suite's one list of
-/// checks (the list [`run_all`](crate::sink::conformance::run_all) runs).
+/// checks (the list [`run_all`](crate::conformance::run_all) runs).
 ///
 /// `conformance_tests!(FACTORY)` generates the checks every store runs;
 /// `conformance_tests!(FACTORY, durable)` also the checks of durable stores
-/// ([`reopen_keeps_everything`](crate::sink::conformance::reopen_keeps_everything)).
+/// ([`reopen_keeps_everything`](crate::conformance::reopen_keeps_everything)).
 /// `FACTORY` is an expression giving a
-/// [`StoreFactory`](crate::sink::conformance::StoreFactory), evaluated once per test;
+/// [`StoreFactory`](crate::conformance::StoreFactory), evaluated once per test;
 /// the tests run on tokio's multi-thread runtime, so the calling crate depends on
 /// `tokio` with its `macros` and `rt-multi-thread` features.
 #[macro_export]
@@ -382,7 +386,7 @@ macro_rules! conformance_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let mut stores = $factory;
-                $crate::sink::conformance::$check(&mut stores).await;
+                $crate::conformance::$check(&mut stores).await;
             }
         )*
         $crate::conformance_tests!(@durable $durability ($factory) [$($durable),*]);
@@ -392,7 +396,7 @@ macro_rules! conformance_tests {
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
                 let mut stores = $factory;
-                $crate::sink::conformance::$check(&mut stores).await;
+                $crate::conformance::$check(&mut stores).await;
             }
         )*
     };
@@ -532,7 +536,7 @@ async fn all<S: RecordSink>(
     include_deleted: bool,
 ) -> Vec<StoredRecord> {
     read_all(
-        store as &dyn crate::sink::DynRecordSink,
+        store as &dyn nango_sync::sink::DynRecordSink,
         stream,
         include_deleted,
     )
@@ -1583,7 +1587,7 @@ fn sample_run() -> RunSummary {
         pages: 3,
         counts: counts(5, 4, 3, 2, 1),
         full: true,
-        full_reason: Some(crate::sink::FullReadReason::CursorRejected),
+        full_reason: Some(nango_sync::sink::FullReadReason::CursorRejected),
         high_water_mark: Some(Timestamp::from_micros(1_700_000_000_123_456)),
         error: Some("store: 'x'; \"y\" -- %".into()),
     }

@@ -17,8 +17,8 @@ use super::json::{Normalized, normalize_record, str_lit};
 use super::query::{Issue, RecordsParams, parse_pairs, validate_headers, validate_records_query};
 use super::state::{Pos, RecRef, Renderer, State as Store, decode_cursor};
 use super::{Effect, Fault, LoggedRequest, Shared};
-use crate::record::StreamKey;
-use crate::time::Timestamp;
+use nango_sync::record::StreamKey;
+use nango_sync::time::Timestamp;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new().fallback(handle).with_state(shared)

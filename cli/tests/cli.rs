@@ -1,6 +1,6 @@
 //! The command-line contract: `dev-server`, `sync`, `export`, `status`, exit codes and
 //! one-line errors, with the real binary.
-#![cfg(all(feature = "cli", feature = "sqlite"))]
+#![cfg(feature = "sqlite")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -275,5 +275,30 @@ fn a_password_in_a_failing_sink_url_is_never_printed() {
                 "{args:?}: the error names the store, redacted: {stderr}"
             );
         }
+    }
+}
+
+/// The installed tool opens every store: `sqlite://`, `sled://` and `postgres://`.
+#[cfg(all(feature = "sled", feature = "postgres"))]
+#[test]
+fn status_opens_every_store_of_a_default_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let urls = [
+        format!("sqlite://{}", dir.path().join("s.db").display()),
+        format!("sled://{}", dir.path().join("s.sled").display()),
+        nango_sync_testkit::stores::fresh_postgres_url(),
+    ];
+    for url in &urls {
+        let out = Command::new(BIN)
+            .args(["status", "--sink", url])
+            .env_remove("NANGO_SYNC_LOG")
+            .output()
+            .expect("run nango-sync");
+        assert!(
+            out.status.success(),
+            "status --sink {url}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).is_empty(), "{url}: {}", text(&out.stderr));
     }
 }

@@ -56,8 +56,8 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use nango_sync::engine::EngineConfig;
 use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
-use nango_sync::testkit::{FakeConfig, FakeNango, GenerateSpec};
 use nango_sync::{Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]

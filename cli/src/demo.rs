@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use nango_sync::sink::{self, SharedSink};
-use nango_sync::testkit::{FakeConfig, FakeNango};
 use nango_sync::{Counts, Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
+use nango_sync_testkit::{FakeConfig, FakeNango};
 
 use crate::output::{self, Reporter};
 

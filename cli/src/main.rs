@@ -1,8 +1,14 @@
-//! `nango-sync`: the command-line tool of the nango-sync engine.
+//! `nango-sync`: the command-line tool of the nango-sync engine (crate `nango-sync-cli`).
 //!
 //! A thin layer over the library: it parses arguments, runs one command, and turns any
 //! error into one clear line on stderr and a non-zero exit status. Progress goes to
 //! stderr, data to stdout.
+//!
+//! Every store is built in by default (cargo features `sqlite`, `sled` and `postgres`,
+//! which enable the library's), so `--sink` takes `sqlite://`, `sled://` and
+//! `postgres://` URLs; a build without one of them says which feature to enable. The
+//! `dev-server`, `demo` and `bench` commands serve the fake Nango of
+//! `nango-sync-testkit`. Install with `cargo install --path cli` from the repository.
 
 use std::process::ExitCode;
 

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::time::Timestamp;
+use nango_sync::time::Timestamp;
 
 /// One validation issue: `{code, message, path}`.
 #[derive(Debug, Clone, PartialEq)]
