@@ -16,4 +16,4 @@ export NANGO_SYNC_SIM_SEEDS=$seeds
 if [[ -n "${SIM_FROM:-}" ]]; then
     export NANGO_SYNC_SIM_FROM=$SIM_FROM
 fi
-exec scripts/pg.sh cargo test --release --all-features --test simulation -- --test-threads 2 --nocapture
+exec scripts/pg.sh cargo test --release -p nango-sync --all-features --test simulation -- --test-threads 2 --nocapture

@@ -36,27 +36,36 @@ const HOW_TO_START: &str = "the PostgreSQL tests need a server. Run the tests wi
     PostgreSQL and sets it, or set NANGO_SYNC_TEST_POSTGRES_URL=postgres://USER@HOST:PORT/DB \
     to a server of your own (each test works in a schema of its own)";
 
+/// How to get a server a test may restart.
+const HOW_TO_RESTART: &str = "this test restarts the PostgreSQL server of the tests. \
+    Run it with scripts/test.sh (or scripts/pg.sh cargo test ...), which starts a \
+    throwaway PostgreSQL and sets both NANGO_SYNC_TEST_POSTGRES_URL and this variable \
+    (a shell command that restarts that server)";
+
 /// The URL of the PostgreSQL server of the tests, from `NANGO_SYNC_TEST_POSTGRES_URL`.
 ///
 /// # Panics
 /// When the variable is not set, with a message saying how to start a server: a test
 /// that needs PostgreSQL fails rather than skips.
+#[track_caller]
 pub fn postgres_server_url() -> String {
-    required_env(POSTGRES_URL_VAR)
+    required_env(POSTGRES_URL_VAR, HOW_TO_START)
 }
 
 /// The command that restarts the server of the tests, from `NANGO_SYNC_TEST_PG_RESTART`.
 ///
 /// # Panics
 /// When the variable is not set, like [`postgres_server_url`].
+#[track_caller]
 pub fn postgres_restart_command() -> String {
-    required_env(POSTGRES_RESTART_VAR)
+    required_env(POSTGRES_RESTART_VAR, HOW_TO_RESTART)
 }
 
-fn required_env(name: &str) -> String {
+#[track_caller]
+fn required_env(name: &str, how: &str) -> String {
     match std::env::var(name) {
         Ok(value) if !value.is_empty() => value,
-        _ => panic!("{name} is not set: {HOW_TO_START}"),
+        _ => panic!("{name} is not set: {how}"),
     }
 }
 
@@ -70,6 +79,7 @@ pub fn unique_schema() -> String {
 ///
 /// # Panics
 /// Like [`postgres_server_url`].
+#[track_caller]
 pub fn fresh_postgres_url() -> String {
     let base = postgres_server_url();
     let sep = if base.contains('?') { '&' } else { '?' };
