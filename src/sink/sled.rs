@@ -1,6 +1,12 @@
 //! The sled store (`sled://DIR`, cargo feature `sled`): an embedded, pure-Rust key-value
 //! store, for applications that want no SQL engine.
 //!
+//! sled 0.34 is beta software (its authors say so, and its 1.0 line has another on-disk
+//! format). For a desktop application, where a process can be killed or the machine lose
+//! power at any moment, the SQLite store is the safer choice; this store recovers from
+//! the one crash outcome of sled 0.34 found to leave a directory that will not open (see
+//! [Recovery](#recovery)).
+//!
 //! # Layout
 //!
 //! Everything lives in ONE sled tree (`nango_sync`), because a sled [`Batch`] is atomic
@@ -14,7 +20,7 @@
 //! | `0x00 "seq"` | the last commit's sequence number |
 //! | `0x00 "sid"` | the last stream number handed out |
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
-//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error (JSON) |
+//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags), the cursor, then the payload JSON verbatim |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
@@ -30,6 +36,10 @@
 //! `list` sees the state before or after a commit, never a mix (sled's own iterators are
 //! not isolated from a concurrent batch). Every sled call runs on tokio's blocking pool.
 //!
+//! sled allows one process at a time in a directory (it locks the `db` file); `open`
+//! waits for that lock up to [`SledOptions::with_lock_wait`] (5 s by default), then
+//! fails with an error saying that another process uses the store.
+//!
 //! # Durability
 //!
 //! By default ([`Durability::EveryCommit`]) the store flushes sled to disk after each
@@ -38,11 +48,27 @@
 //! background thread: faster, but a crash can lose the last commits of the interval.
 //! Because a commit is one batch, what is lost is always whole commits, cursors included,
 //! so a sync simply resumes from the older cursor.
+//!
+//! # Recovery
+//!
+//! sled 0.34 writes a *snapshot* of its page table each time a database is opened
+//! (`snap.<LSN>.generating`, then renamed to `snap.<LSN>`); a process killed while it
+//! writes one leaves the `.generating` file behind, and sled then refuses to open the
+//! directory ("Read corrupted data"), on every later attempt. Opening this store
+//! removes such a leftover first, while holding sled's own lock on the directory, logs
+//! a warning naming each file removed, then checks the store (see
+//! [`SledStore::check`]) and refuses to open it if the check finds a problem. Why the
+//! removal is safe is explained, from sled's code, in the `recovery` module's source.
+//! [`SledStore::recovery`] tells what an open recovered from.
+//!
+//! A store that still cannot be opened is reported as [`Error::Damaged`];
+//! [`crate::repair`] moves it aside and rebuilds it from Nango.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -59,6 +85,12 @@ use crate::sink::{
 };
 use crate::time::Timestamp;
 
+mod check;
+mod recovery;
+
+pub use check::StoreCheck;
+pub use recovery::{Recovery, RemovedSnapshot};
+
 const BACKEND: &str = "sled";
 const TREE: &str = "nango_sync";
 const FORMAT: u64 = 1;
@@ -66,6 +98,7 @@ const FORMAT: u64 = 1;
 const KEY_FORMAT: &[u8] = b"\x00format";
 const KEY_SEQ: &[u8] = b"\x00seq";
 const KEY_SID: &[u8] = b"\x00sid";
+const TAG_META: u8 = 0;
 const TAG_INDEX: u8 = b'i';
 const TAG_STREAM: u8 = b's';
 const TAG_RECORD: u8 = b'r';
@@ -88,6 +121,8 @@ pub enum Durability {
 pub struct SledOptions {
     durability: Durability,
     cache_capacity: Option<u64>,
+    snapshot_after_ops: Option<u64>,
+    lock_wait: Option<Duration>,
 }
 
 impl SledOptions {
@@ -113,19 +148,56 @@ impl SledOptions {
         self.cache_capacity = Some(bytes);
         self
     }
+
+    /// Have sled write a snapshot after every `n` writes (commits, run records, upstream
+    /// errors); `0` turns it off (the default). For crash tests of sled's snapshots.
+    ///
+    /// sled 0.34 writes a snapshot only while it opens a database: its own
+    /// `Config::snapshot_after_ops` is kept for compatibility but does nothing. So this
+    /// store closes its sled database and opens it again after every `n` writes, which
+    /// makes sled write a snapshot of the log written since the last one. Operations
+    /// wait while that happens (a flush, a scan of the new log, a snapshot write with an
+    /// `fsync`). Also reachable from a sink URL: `sled://DIR?snapshot_after_ops=N`.
+    pub fn with_snapshot_after_ops(mut self, n: u64) -> Self {
+        self.snapshot_after_ops = (n > 0).then_some(n);
+        self
+    }
+
+    /// How long opening waits for the directory's lock, which another process (or
+    /// another handle of this process being dropped) may hold: 5 s unless set.
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    fn lock_wait(&self) -> Duration {
+        self.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT)
+    }
 }
 
 /// A store in a sled directory. See the [module documentation](self) for its layout,
-/// concurrency and durability.
+/// concurrency, durability and recovery.
 pub struct SledStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     faults: Arc<FaultInjector>,
+}
+
+struct Shared {
+    path: PathBuf,
+    options: SledOptions,
+    /// The open database. Replaced under the write lock (so no operation is in flight)
+    /// when the store reopens sled to have it write a snapshot
+    /// ([`SledOptions::with_snapshot_after_ops`]); holds the reason when that failed.
+    slot: RwLock<std::result::Result<Inner, String>>,
+    /// Writes so far, counted only with `snapshot_after_ops`.
+    writes: AtomicU64,
+    /// What the first open recovered from.
+    recovery: Option<Recovery>,
 }
 
 struct Inner {
     db: ::sled::Db,
     tree: Tree,
-    path: PathBuf,
     durability: Durability,
     /// Serializes writers (commits, runs, errors): they read, then write.
     write: Mutex<()>,
@@ -136,18 +208,26 @@ struct Inner {
 impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore")
-            .field("path", &self.inner.path)
-            .field("durability", &self.inner.durability)
+            .field("path", &self.shared.path)
+            .field("options", &self.shared.options)
             .finish_non_exhaustive()
     }
 }
 
+/// Map a sled error: corruption is [`Error::Damaged`], anything else a store error.
+fn sled_error(operation: impl Into<String>, e: ::sled::Error) -> Error {
+    match e {
+        ::sled::Error::Corruption { .. } => Error::damaged(BACKEND, operation, e.to_string()),
+        e => Error::store(BACKEND, operation, false, e),
+    }
+}
+
 fn sled_err(operation: &'static str) -> impl Fn(::sled::Error) -> Error {
-    move |e| Error::store(BACKEND, operation, false, e)
+    move |e| sled_error(operation, e)
 }
 
 fn corrupt(what: impl fmt::Display) -> Error {
-    Error::store(BACKEND, "read", false, format!("corrupt store: {what}"))
+    Error::damaged(BACKEND, "read", format!("corrupt store: {what}"))
 }
 
 impl SledStore {
@@ -156,64 +236,160 @@ impl SledStore {
         Self::open_with(path, SledOptions::default()).await
     }
 
-    /// Open (or create) the store in directory `path`.
+    /// Open (or create) the store in directory `path`, first recovering from an
+    /// interrupted snapshot (see [Recovery](self#recovery)).
     pub async fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(path, options))
+        let (p, o) = (path.clone(), options.clone());
+        let (inner, recovery) = tokio::task::spawn_blocking(move || Inner::open(&p, &o))
             .await
             .map_err(|e| {
                 Error::store(BACKEND, "open", false, format!("open task failed: {e}"))
             })??;
         Ok(SledStore {
-            inner: Arc::new(inner),
+            shared: Arc::new(Shared {
+                path,
+                options,
+                slot: RwLock::new(Ok(inner)),
+                writes: AtomicU64::new(0),
+                recovery,
+            }),
             faults: Arc::new(FaultInjector::default()),
         })
     }
 
     /// The directory of the store.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.shared.path
     }
 
-    /// Run `f` on tokio's blocking pool.
+    /// What opening the store recovered from (interrupted snapshots removed, and the
+    /// check made afterwards), or `None` when it found nothing to recover from.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.shared.recovery.as_ref()
+    }
+
+    /// Check the whole store: every key known and decodable, every stream's index entry
+    /// and row matching, each stream's live and deleted record counts equal to the
+    /// records it holds, every record's sequence number at most the store's, and the
+    /// record whose cursor is a stream's cursor present. Reads every record; commits wait
+    /// only while a batch is applied. Run by `open` after a recovery.
+    pub async fn check(&self) -> Result<StoreCheck> {
+        self.blocking("check", |inner, _| inner.check()).await
+    }
+
+    /// Run `f` on tokio's blocking pool, with the open database.
     async fn blocking<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner, &FaultInjector) -> Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&self.shared);
         let faults = Arc::clone(&self.faults);
-        tokio::task::spawn_blocking(move || f(&inner, &faults))
-            .await
-            .map_err(|e| Error::store(BACKEND, operation, false, format!("task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let slot = shared.slot.read().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Ok(inner) => f(inner, &faults),
+                Err(why) => Err(Error::store(
+                    BACKEND,
+                    operation,
+                    false,
+                    format!(
+                        "the store at {} is closed: reopening it failed: {why}",
+                        shared.path.display()
+                    ),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| Error::store(BACKEND, operation, false, format!("task failed: {e}")))?
+    }
+
+    /// Count a write; every `snapshot_after_ops` writes, reopen sled so that it writes a
+    /// snapshot.
+    async fn wrote(&self) {
+        let Some(n) = self.shared.options.snapshot_after_ops else {
+            return;
+        };
+        if !(self.shared.writes.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        // A failure is logged and kept in the slot: the write itself has landed.
+        let _ = tokio::task::spawn_blocking(move || shared.reopen()).await;
     }
 }
 
-/// How long `open` waits for the directory's lock, which another handle of this process
-/// (being dropped, its background flusher still running) or another process may hold.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+impl Shared {
+    /// Close the database and open it again, which makes sled write a snapshot. Waits
+    /// for the operations in flight (they hold the slot's read lock).
+    fn reopen(&self) {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Ok(inner) => {
+                if let Err(e) = inner.db.flush() {
+                    tracing::error!(path = %self.path.display(), error = %e, "sled flush before a reopen failed; the store stays open");
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        // Dropping the old handles closes sled (its flusher thread is joined).
+        *slot = Err("it was being reopened".to_string());
+        *slot = match Inner::open(&self.path, &self.options) {
+            Ok((inner, _)) => Ok(inner),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "reopening the sled store (to have sled write a snapshot) failed; the store is closed");
+                Err(e.to_string())
+            }
+        };
+    }
+}
 
-/// Open, retrying while the database's file lock is held elsewhere, up to [`LOCK_WAIT`].
+/// How long `open` waits for the directory's lock unless [`SledOptions::with_lock_wait`]
+/// says otherwise.
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// Open, retrying while the database's file lock is held elsewhere, up to `wait`.
 fn open_waiting_for_lock(
     config: &::sled::Config,
-) -> std::result::Result<::sled::Db, ::sled::Error> {
+    path: &Path,
+    wait: Duration,
+) -> Result<::sled::Db> {
     let started = std::time::Instant::now();
     loop {
         match config.open() {
-            Err(::sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+            Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() < wait {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                return Err(Error::store(
+                    BACKEND,
+                    format!("open sled database at {}", path.display()),
+                    true,
+                    format!(
+                        "another process uses the store (sled allows one process at a time; waited {} ms for its lock on {})",
+                        wait.as_millis(),
+                        path.join("db").display()
+                    ),
+                ));
             }
-            other => return other,
+            other => {
+                return other.map_err(|e| {
+                    sled_error(format!("open sled database at {}", path.display()), e)
+                });
+            }
         }
     }
 }
 
 impl Inner {
-    fn open(path: PathBuf, options: SledOptions) -> Result<Inner> {
-        let mut config = ::sled::Config::new().path(&path).cache_capacity(
+    /// Recover from an interrupted snapshot, open sled, check the format, and check the
+    /// whole store when something was recovered.
+    fn open(path: &Path, options: &SledOptions) -> Result<(Inner, Option<Recovery>)> {
+        let removed = recovery::remove_interrupted_snapshots(path, options.lock_wait())?;
+        let mut config = ::sled::Config::new().path(path).cache_capacity(
             options
                 .cache_capacity
                 .unwrap_or(SledOptions::DEFAULT_CACHE_CAPACITY),
@@ -221,15 +397,9 @@ impl Inner {
         if let Durability::Periodic(every) = options.durability {
             config = config.flush_every_ms(Some(every.as_millis().max(1) as u64));
         }
-        let open_err = |e: ::sled::Error| {
-            Error::store(
-                BACKEND,
-                format!("open sled database at {}", path.display()),
-                false,
-                e,
-            )
-        };
-        let db = open_waiting_for_lock(&config).map_err(open_err)?;
+        let operation = || format!("open sled database at {}", path.display());
+        let open_err = |e: ::sled::Error| sled_error(operation(), e);
+        let db = open_waiting_for_lock(&config, path, options.lock_wait())?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
@@ -237,7 +407,7 @@ impl Inner {
                 if format != FORMAT {
                     return Err(Error::store(
                         BACKEND,
-                        format!("open sled database at {}", path.display()),
+                        operation(),
                         false,
                         format!(
                             "on-disk format {format} is not supported by this nango-sync (it reads format {FORMAT})"
@@ -257,14 +427,34 @@ impl Inner {
                 )));
             }
         }
-        Ok(Inner {
+        let inner = Inner {
             db,
             tree,
-            path,
             durability: options.durability,
             write: Mutex::new(()),
             apply: RwLock::new(()),
-        })
+        };
+        if removed.is_empty() {
+            return Ok((inner, None));
+        }
+        let check = inner.check()?;
+        if !check.is_consistent() {
+            return Err(Error::damaged(
+                BACKEND,
+                operation(),
+                format!(
+                    "after removing an interrupted snapshot, the store is inconsistent: {}",
+                    check.problems.join("; ")
+                ),
+            ));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            streams = check.streams,
+            records = check.records,
+            "sled store checked after recovering from an interrupted snapshot: consistent"
+        );
+        Ok((inner, Some(Recovery { removed, check })))
     }
 
     fn lock_write(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -431,6 +621,14 @@ impl Inner {
         deleted += swept as i64;
 
         faults.check(BACKEND, FaultPoint::AfterRecords)?;
+        if commit.cursor != row.state.cursor {
+            // Remember which record the new cursor belongs to, for `check`. (A cursor
+            // that is not the page's last record's is not tracked.)
+            row.cursor_record = match (commit.records.last(), &commit.cursor) {
+                (Some(last), Some(cursor)) if last.meta.cursor == *cursor => Some(last.id.clone()),
+                _ => None,
+            };
+        }
         row.state = next_state(&row.state, &commit);
         row.totals.add(&counts);
         row.live = u64::try_from(live).map_err(|_| corrupt("negative live record count"))?;
@@ -549,8 +747,11 @@ impl RecordSink for SledStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.blocking("commit", move |inner, faults| inner.commit(faults, commit))
-            .await
+        let outcome = self
+            .blocking("commit", move |inner, faults| inner.commit(faults, commit))
+            .await?;
+        self.wrote().await;
+        Ok(outcome)
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
@@ -558,7 +759,9 @@ impl RecordSink for SledStore {
         self.blocking("record_run", move |inner, _| {
             inner.update_row(&stream, "record_run", |row| row.last_run = Some(run))
         })
-        .await
+        .await?;
+        self.wrote().await;
+        Ok(())
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
@@ -568,7 +771,9 @@ impl RecordSink for SledStore {
                 row.upstream_error = error
             })
         })
-        .await
+        .await?;
+        self.wrote().await;
+        Ok(())
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -605,6 +810,10 @@ struct StreamRow {
     deleted: u64,
     last_run: Option<RunSummary>,
     upstream_error: Option<String>,
+    /// The id of the record whose cursor became the stream's cursor (the last record of
+    /// the commit that moved it), when it was one; checked by [`SledStore::check`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cursor_record: Option<String>,
 }
 
 impl StreamRow {
@@ -617,6 +826,7 @@ impl StreamRow {
             deleted: 0,
             last_run: None,
             upstream_error: None,
+            cursor_record: None,
         }
     }
 
