@@ -249,6 +249,10 @@ impl Error {
     }
 
     /// Build an [`Error::Damaged`].
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "sled", feature = "postgres")),
+        allow(dead_code)
+    )]
     pub(crate) fn damaged(
         backend: &'static str,
         operation: impl Into<String>,

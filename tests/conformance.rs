@@ -463,6 +463,41 @@ mod sled {
     }
 
     #[tokio::test]
+    async fn a_replaced_log_is_reported_damaged_not_opened_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        // Garbage for a log and no snapshot: sled itself opens that as a new, empty
+        // database.
+        let len = std::fs::metadata(path.join("db")).unwrap().len() as usize;
+        std::fs::write(path.join("db"), vec![0x5a; len]).unwrap();
+        for name in snapshot_files(&path) {
+            std::fs::remove_file(path.join(name)).unwrap();
+        }
+        let err = SledStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        assert!(
+            err.to_string().contains("holds none of the store's data"),
+            "{err}"
+        );
+        // And it stays refused.
+        assert!(SledStore::open(&path).await.unwrap_err().is_damaged_store());
+    }
+
+    #[tokio::test]
+    async fn a_store_made_before_the_marker_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let marker = path.join("nango-sync-store");
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        let store = SledStore::open(&path).await.unwrap();
+        assert_eq!(streams(&store).await.len(), 2);
+        assert!(marker.exists());
+    }
+
+    #[tokio::test]
     async fn unusable_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
@@ -512,10 +547,25 @@ mod sqlite {
         })
         .await;
     }
+
+    #[tokio::test]
+    async fn garbage_file_is_reported_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        std::fs::write(&path, vec![0x5a; 100_000]).unwrap();
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("damaged") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+    }
 }
 
 #[cfg(feature = "postgres")]
 mod postgres {
+    use nango_sync::RecordSink;
     use nango_sync::sink::PostgresStore;
     use nango_sync::sink::conformance::{self, Open};
 
@@ -582,6 +632,58 @@ mod postgres {
         let sink = nango_sync::sink::open(&server_url()).await.unwrap();
         assert_eq!(sink.backend(), "postgres");
         assert!(sink.streams().await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_table_is_reported_damaged() {
+        let schema = unique_schema();
+        let store = connect(&schema).await;
+        conformance::commit_advances_cursor(&store).await;
+        drop(store);
+        let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE \"{schema}\".records"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let err = PostgresStore::builder(server_url())
+            .schema(&schema)
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        assert!(err.to_string().contains("records"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_and_refuses_writes() {
+        let schema = unique_schema();
+        let store = connect(&schema).await;
+        conformance::commit_advances_cursor(&store).await;
+        let before = RecordSink::streams(&store).await.unwrap();
+        let ro = PostgresStore::builder(server_url())
+            .schema(&schema)
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap();
+        assert_eq!(RecordSink::streams(&ro).await.unwrap(), before);
+        let err = ro
+            .set_upstream_error(&before[0].stream, Some("x"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+        // A schema that does not exist is not created by a read-only open.
+        let missing = unique_schema();
+        let err = PostgresStore::builder(server_url())
+            .schema(&missing)
+            .read_only(true)
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("there is no schema"), "{err}");
     }
 
     #[tokio::test]

@@ -104,6 +104,7 @@ pub struct PostgresBuilder {
     schema: String,
     pool_size: u32,
     acquire_timeout: Duration,
+    read_only: bool,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -113,6 +114,7 @@ impl fmt::Debug for PostgresBuilder {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("read_only", &self.read_only)
             .finish()
     }
 }
@@ -126,6 +128,7 @@ impl PostgresBuilder {
             schema: DEFAULT_SCHEMA.to_string(),
             pool_size: 8,
             acquire_timeout: Duration::from_secs(30),
+            read_only: false,
         }
     }
 
@@ -149,22 +152,39 @@ impl PostgresBuilder {
         self
     }
 
-    /// Connect, and create or upgrade the schema.
+    /// Open an existing store without changing it: no schema is created or migrated
+    /// (the schema must exist, at the version this nango-sync writes), and every session
+    /// is read-only (`default_transaction_read_only`), so writes fail. For reading a store
+    /// another process owns, or one being repaired.
+    pub fn read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Connect, create or upgrade the schema (unless [`read_only`](Self::read_only)),
+    /// and check that its tables are there. A schema whose tables are missing or altered
+    /// is reported as [`Error::Damaged`].
     pub async fn connect(self) -> Result<PostgresStore> {
         validate_schema(&self.schema)?;
         let shown = redact_url(&self.url);
         let options = PgConnectOptions::from_str(&self.url)
             .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
             .application_name("nango-sync");
+        let read_only = self.read_only;
         let pool = PgPoolOptions::new()
-            .after_connect(|conn, _| Box::pin(session_setup(conn)))
+            .after_connect(move |conn, _| Box::pin(session_setup(conn, read_only)))
             .max_connections(self.pool_size)
             .acquire_timeout(self.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(|e| classify(format!("connect to {shown}"), e))?;
         let quoted = format!("\"{}\"", self.schema);
-        migrate(&pool, &self.schema, &quoted).await?;
+        if self.read_only {
+            check_version(&pool, &self.schema, &quoted).await?;
+        } else {
+            migrate(&pool, &self.schema, &quoted).await?;
+        }
+        check_tables(&pool, &self.schema, &quoted).await?;
         Ok(PostgresStore {
             sql: Statements::new(&quoted),
             pool,
@@ -815,11 +835,161 @@ fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
 /// so a page's statements pass `jit_above_cost` once the table holds some 100,000 rows,
 /// and compiling then took 10-20 ms per statement, more than the work itself. A server
 /// without the setting (before PostgreSQL 11) is used as it is.
-async fn session_setup(conn: &mut sqlx::PgConnection) -> std::result::Result<(), sqlx::Error> {
-    match sqlx::raw_sql("SET jit = off").execute(conn).await {
-        Err(sqlx::Error::Database(_)) | Ok(_) => Ok(()),
-        Err(e) => Err(e),
+async fn session_setup(
+    conn: &mut sqlx::PgConnection,
+    read_only: bool,
+) -> std::result::Result<(), sqlx::Error> {
+    match sqlx::raw_sql("SET jit = off").execute(&mut *conn).await {
+        Err(sqlx::Error::Database(_)) | Ok(_) => {}
+        Err(e) => return Err(e),
     }
+    if read_only {
+        sqlx::raw_sql("SET default_transaction_read_only = on")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// For a read-only open: the schema exists and is at the version this nango-sync writes.
+async fn check_version(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("open schema {schema}");
+    if !schema_exists_in(pool, schema).await? {
+        return Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!("there is no schema {schema}"),
+        ));
+    }
+    let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {quoted}.schema_migrations"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| classify(operation(), e))?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    match version {
+        Some(v) if v == latest => Ok(()),
+        Some(v) if v > latest => Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!(
+                "the schema is at version {v}, newer than this nango-sync knows ({latest}); upgrade nango-sync"
+            ),
+        )),
+        other => Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "the schema is at version {}, not {latest}, and a read-only open does not migrate",
+                other.unwrap_or(0)
+            ),
+        )),
+    }
+}
+
+/// The store's tables are there with the columns the store uses, and the commit counter
+/// has its one row; otherwise the schema is damaged.
+async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("check the tables of schema {schema}");
+    let probes = [
+        format!(
+            "SELECT stream_id, key_hash, integration, connection, model, variant, cursor, generation, \
+               full_read, added, updated, deleted, unchanged, stale, live_records, deleted_records, \
+               last_run, upstream_error FROM {quoted}.streams LIMIT 0"
+        ),
+        format!(
+            "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
+               pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
+        ),
+    ];
+    for sql in probes {
+        if let Err(e) = sqlx::query(AssertSqlSafe(sql)).execute(pool).await {
+            return Err(match &e {
+                sqlx::Error::Database(db)
+                    if db.code().is_some_and(|c| c == "42P01" || c == "42703") =>
+                {
+                    Error::damaged(BACKEND, operation(), db.message().to_string())
+                }
+                _ => classify(operation(), e),
+            });
+        }
+    }
+    let rows: std::result::Result<Vec<i64>, sqlx::Error> = sqlx::query_scalar(AssertSqlSafe(
+        format!("SELECT seq FROM {quoted}.commit_seq"),
+    ))
+    .fetch_all(pool)
+    .await;
+    match rows {
+        Ok(rows) if rows.len() == 1 => Ok(()),
+        Ok(rows) => Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "{quoted}.commit_seq holds {} rows instead of one",
+                rows.len()
+            ),
+        )),
+        Err(sqlx::Error::Database(db))
+            if db.code().is_some_and(|c| c == "42P01" || c == "42703") =>
+        {
+            Err(Error::damaged(
+                BACKEND,
+                operation(),
+                db.message().to_string(),
+            ))
+        }
+        Err(e) => Err(classify(operation(), e)),
+    }
+}
+
+async fn schema_exists_in(pool: &PgPool, schema: &str) -> Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| classify(format!("look for schema {schema}"), e))
+}
+
+/// One connection to the database of `url`, for schema operations.
+async fn admin_pool(url: &str) -> Result<PgPool> {
+    let shown = redact_url(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
+        .application_name("nango-sync");
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|e| classify(format!("connect to {shown}"), e))
+}
+
+/// Whether the database of `url` holds a schema named `schema`.
+pub(crate) async fn schema_exists(url: &str, schema: &str) -> Result<bool> {
+    validate_schema(schema)?;
+    let pool = admin_pool(url).await?;
+    let exists = schema_exists_in(&pool, schema).await;
+    pool.close().await;
+    exists
+}
+
+/// Rename schema `from` to `to` (which must not exist) in the database of `url`.
+pub(crate) async fn rename_schema(url: &str, from: &str, to: &str) -> Result<()> {
+    validate_schema(from)?;
+    validate_schema(to)?;
+    let pool = admin_pool(url).await?;
+    // Both names are validated; they are quoted identifiers, never values.
+    let result = sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER SCHEMA \"{from}\" RENAME TO \"{to}\""
+    )))
+    .execute(&pool)
+    .await
+    .map_err(|e| classify(format!("rename schema {from} to {to}"), e));
+    pool.close().await;
+    result.map(|_| ())
 }
 
 /// Create the schema if needed and apply the migrations it lacks, under an advisory lock.
@@ -865,7 +1035,21 @@ async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
         sqlx::raw_sql(AssertSqlSafe(sql.replace("{schema}", quoted)))
             .execute(&mut *tx)
             .await
-            .map_err(err("apply migration"))?;
+            .map_err(|e| match &e {
+                // 42P07: a table of the migration exists though the migration is not
+                // recorded.
+                sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "42P07") => {
+                    Error::damaged(
+                        BACKEND,
+                        format!("migrate schema {schema}"),
+                        format!(
+                            "{} (migration {version} is not recorded in {schema}.schema_migrations)",
+                            db.message()
+                        ),
+                    )
+                }
+                _ => err("apply migration")(e),
+            })?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
         )))
@@ -944,8 +1128,14 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
-/// Classify a sqlx error: retryable when trying again can succeed.
+/// Classify a sqlx error: retryable when trying again can succeed; data or index
+/// corruption reported by the server (XX001, XX002) is [`Error::Damaged`].
 fn classify(operation: impl Into<String>, e: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &e
+        && db.code().is_some_and(|c| c == "XX001" || c == "XX002")
+    {
+        return Error::damaged(BACKEND, operation, db.message().to_string());
+    }
     let retryable = match &e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| retryable_sqlstate(&code)),

@@ -28,6 +28,11 @@
 //! are keyed by the stream's 8-byte number then the id's UTF-8 bytes, so a stream's
 //! records iterate in code-point order of ids, like every other store.
 //!
+//! Next to sled's own files, creating a store writes a file `nango-sync-store`. sled
+//! takes a log it cannot read at all (overwritten, replaced) for an empty one and starts
+//! it anew; with that file present, an empty database is reported as a damaged store
+//! instead of being used as a new one.
+//!
 //! # Concurrency
 //!
 //! Commits (and the other writes) are serialized by a mutex: a commit reads the stored
@@ -89,11 +94,16 @@ mod check;
 mod recovery;
 
 pub use check::StoreCheck;
+pub(crate) use recovery::lock_directory;
 pub use recovery::{Recovery, RemovedSnapshot};
 
 const BACKEND: &str = "sled";
 const TREE: &str = "nango_sync";
 const FORMAT: u64 = 1;
+
+/// A file written next to sled's own once the store is created (sled ignores it).
+const MARKER: &str = "nango-sync-store";
+const MARKER_TEXT: &str = "a nango-sync store: sled database, format 1\n";
 
 const KEY_FORMAT: &[u8] = b"\x00format";
 const KEY_SEQ: &[u8] = b"\x00seq";
@@ -399,8 +409,18 @@ impl Inner {
         }
         let operation = || format!("open sled database at {}", path.display());
         let open_err = |e: ::sled::Error| sled_error(operation(), e);
+        // Read before sled opens: sled takes a log it cannot read at all for an empty
+        // one (and starts it anew), so the marker is how an existing store is told apart.
+        let marker = path.join(MARKER);
+        let existed = marker.exists();
         let db = open_waiting_for_lock(&config, path, options.lock_wait())?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
+        let mark = || {
+            std::fs::write(&marker, MARKER_TEXT)
+                .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+                .and_then(|()| recovery::sync_directory(path))
+                .map_err(|e| Error::store(BACKEND, format!("write {}", marker.display()), false, e))
+        };
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
                 let format = be_u64(&v).ok_or_else(|| corrupt("format key"))?;
@@ -414,11 +434,26 @@ impl Inner {
                         ),
                     ));
                 }
+                if !existed {
+                    // A store made before the marker existed.
+                    mark()?;
+                }
+            }
+            None if tree.is_empty() && existed => {
+                return Err(Error::damaged(
+                    BACKEND,
+                    operation(),
+                    format!(
+                        "sled opened the store's database as an empty one: its log (`db`) is damaged or was replaced, and holds none of the store's data ({} says a store was made here)",
+                        marker.display()
+                    ),
+                ));
             }
             None if tree.is_empty() => {
                 tree.insert(KEY_FORMAT, &FORMAT.to_be_bytes())
                     .map_err(open_err)?;
                 db.flush().map_err(open_err)?;
+                mark()?;
             }
             None => {
                 return Err(corrupt(format!(

@@ -96,6 +96,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn sql_err(operation: &str, e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && matches!(
+            f.code,
+            rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+        )
+    {
+        return Error::damaged(BACKEND, operation, e.to_string());
+    }
     let retryable = matches!(
         &e,
         rusqlite::Error::SqliteFailure(f, _)

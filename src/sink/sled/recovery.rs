@@ -185,14 +185,14 @@ pub(super) fn remove_interrupted_snapshots(
     Ok(removed)
 }
 
-/// Make the directory's entries (the removals) durable.
+/// Make the directory's entries (removals, new files) durable.
 #[cfg(unix)]
-fn sync_directory(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
 #[cfg(not(unix))]
-fn sync_directory(_dir: &Path) -> io::Result<()> {
+pub(super) fn sync_directory(_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
