@@ -282,8 +282,8 @@ impl SledStore {
     /// Check the whole store: every key known and decodable, every stream's index entry
     /// and row matching, each stream's live and deleted record counts equal to the
     /// records it holds, every record's sequence number at most the store's, and the
-    /// record whose cursor is a stream's cursor present. Reads every record; commits wait
-    /// only while a batch is applied. Run by `open` after a recovery.
+    /// record whose cursor is a stream's cursor present. Reads every record (writes wait
+    /// until it is done). Run by `open` after a recovery.
     pub async fn check(&self) -> Result<StoreCheck> {
         self.blocking("check", |inner, _| inner.check()).await
     }
@@ -971,14 +971,19 @@ struct RecordView<'a> {
 
 impl<'a> RecordView<'a> {
     fn new(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse(bytes).map_err(corrupt)
+    }
+
+    /// The view, or what is wrong with the value.
+    fn parse(bytes: &'a [u8]) -> std::result::Result<Self, &'static str> {
         if bytes.len() < HEADER || bytes[0] != RECORD_VERSION {
-            return Err(corrupt("record value has an unknown layout"));
+            return Err("record value has an unknown layout");
         }
         let len =
             u32::from_be_bytes(bytes[OFF_CURSOR_LEN..HEADER].try_into().expect("4 bytes")) as usize;
         let cursor_end = HEADER + len;
         if bytes.len() < cursor_end {
-            return Err(corrupt("record value is truncated"));
+            return Err("record value is truncated");
         }
         Ok(RecordView { bytes, cursor_end })
     }

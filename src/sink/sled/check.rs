@@ -191,18 +191,71 @@ fn record_problem(id: &[u8], value: &[u8]) -> Option<String> {
     if std::str::from_utf8(id).is_err() {
         return Some("the id is not UTF-8".into());
     }
-    let view = match RecordView::new(value) {
+    let view = match RecordView::parse(value) {
         Ok(view) => view,
-        Err(e) => return Some(e.to_string()),
+        Err(problem) => return Some(problem.into()),
     };
     if LastAction::from_code(value[super::OFF_ACTION]).is_none() {
         return Some("unknown last action".into());
     }
-    if let Err(e) = view.cursor() {
-        return Some(e.to_string());
+    if view.cursor().is_err() {
+        return Some("the cursor is not UTF-8".into());
     }
     if std::str::from_utf8(view.payload_bytes()).is_err() {
         return Some("the payload is not UTF-8".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Cursor, Metadata};
+    use crate::sink::sled::{HEADER, OFF_ACTION, encode_record};
+    use crate::time::Timestamp;
+
+    fn value(cursor: &str, payload: &[u8]) -> Vec<u8> {
+        let meta = Metadata {
+            first_seen_at: Timestamp::from_micros(1),
+            last_modified_at: Timestamp::from_micros(2),
+            last_action: LastAction::Added,
+            deleted_at: None,
+            pruned_at: None,
+            cursor: Cursor(cursor.into()),
+        };
+        encode_record(1, 0, &meta, payload)
+    }
+
+    #[test]
+    fn record_problems_are_named() {
+        assert_eq!(record_problem(b"a", &value("c", b"{}")), None);
+        assert_eq!(
+            record_problem(b"\xff", &value("c", b"{}")).as_deref(),
+            Some("the id is not UTF-8")
+        );
+        assert_eq!(
+            record_problem(b"a", &value("c", b"{}")[..HEADER - 1]).as_deref(),
+            Some("record value has an unknown layout")
+        );
+        assert_eq!(
+            record_problem(b"a", &value("cursor", b"")[..HEADER + 2]).as_deref(),
+            Some("record value is truncated")
+        );
+        let mut bad_action = value("c", b"{}");
+        bad_action[OFF_ACTION] = 99;
+        assert_eq!(
+            record_problem(b"a", &bad_action).as_deref(),
+            Some("unknown last action")
+        );
+        let mut bad_cursor = value("c", b"{}");
+        bad_cursor[HEADER] = 0xff;
+        assert_eq!(
+            record_problem(b"a", &bad_cursor).as_deref(),
+            Some("the cursor is not UTF-8")
+        );
+        assert_eq!(
+            record_problem(b"a", &value("c", b"{\xff}")).as_deref(),
+            Some("the payload is not UTF-8")
+        );
+    }
 }
