@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use nango_sync::DynRecordSink;
 use nango_sync::sink;
-use nango_sync::testkit::{FakeConfig, FakeNango, FakeRecord, GenerateSpec};
+use nango_sync::testkit::{FakeConfig, FakeNango, FakeRecord};
 use nango_sync::{StreamKey, Timestamp};
 use serde_json::json;
 
@@ -28,10 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_nango-sync");
 
 /// Kills per store in the normal test run; `NANGO_SYNC_CRASH_KILLS` asks for more.
 fn kills() -> usize {
-    std::env::var("NANGO_SYNC_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+    env_number("NANGO_SYNC_CRASH_KILLS", 30)
 }
 
 /// A small seeded generator (xorshift64*), so a failing run can be replayed.
@@ -333,6 +330,7 @@ struct SnapshotCampaign {
 #[cfg(feature = "sled")]
 async fn kill_during_snapshots(dir: &std::path::Path, seed: u64) -> SnapshotCampaign {
     use nango_sync::sink::SledStore;
+    use nango_sync::testkit::GenerateSpec;
 
     let records = env_number("NANGO_SYNC_SNAPSHOT_RECORDS", 8_000);
     let fake = FakeNango::start(FakeConfig {
