@@ -6,8 +6,8 @@
 //! For sled, another test kills the process while sled writes a snapshot (it makes sled
 //! write one every few writes, `sled://DIR?snapshot_after_ops=N`). Kill counts:
 //! `NANGO_SYNC_CRASH_KILLS` (random moments, 30 per store by default) and
-//! `NANGO_SYNC_SNAPSHOT_KILLS` (during snapshots, 10 by default, into a stream of
-//! `NANGO_SYNC_SNAPSHOT_RECORDS` records, 8,000 by default, of
+//! `NANGO_SYNC_SNAPSHOT_KILLS` (during snapshots, 8 by default, into a stream of
+//! `NANGO_SYNC_SNAPSHOT_RECORDS` records, 6,000 by default, of
 //! `NANGO_SYNC_SNAPSHOT_RECORD_BYTES` bytes, 700 by default); `scripts/crash-campaign.sh`
 //! runs hundreds of each. A small store has small snapshots, which a kill rarely cuts
 //! short: most of its leftovers are complete (sled alone would open them); at 50,000
@@ -254,7 +254,7 @@ async fn sled_survives_sigkill_at_random_moments() {
 /// for more (`scripts/crash-campaign.sh` asks for hundreds).
 #[cfg(feature = "sled")]
 fn snapshot_kills() -> usize {
-    env_number("NANGO_SYNC_SNAPSHOT_KILLS", 10)
+    env_number("NANGO_SYNC_SNAPSHOT_KILLS", 8)
 }
 
 fn env_number(name: &str, default: usize) -> usize {
@@ -332,7 +332,7 @@ async fn kill_during_snapshots(dir: &std::path::Path, seed: u64) -> SnapshotCamp
     use nango_sync::sink::SledStore;
     use nango_sync::testkit::GenerateSpec;
 
-    let records = env_number("NANGO_SYNC_SNAPSHOT_RECORDS", 8_000);
+    let records = env_number("NANGO_SYNC_SNAPSHOT_RECORDS", 6_000);
     let fake = FakeNango::start(FakeConfig {
         seed,
         ..FakeConfig::default()
@@ -340,6 +340,7 @@ async fn kill_during_snapshots(dir: &std::path::Path, seed: u64) -> SnapshotCamp
     .await
     .unwrap();
     let stream = StreamKey::new("demo-crm", "acme", "Contact");
+    let began = Instant::now();
     let record_bytes = env_number("NANGO_SYNC_SNAPSHOT_RECORD_BYTES", 700) as u32;
     fake.generate_with(
         &stream,
@@ -509,9 +510,10 @@ async fn kill_during_snapshots(dir: &std::path::Path, seed: u64) -> SnapshotCamp
         "seed {seed}: the store's live records differ from the fake's"
     );
     eprintln!(
-        "sled snapshot campaign, seed {seed}: {} kills in {:.0} s, {} sent while a snapshot was being written, {} left an interrupted snapshot, {} of them a directory sled alone refuses to open, {} opens recovered from one; {} runs finished before their kill; the store opened and was consistent after every kill and equals the fake at the end",
+        "sled snapshot campaign, seed {seed}: {} kills in {:.0} s ({:.0} s with the first and last syncs), {} sent while a snapshot was being written, {} left an interrupted snapshot, {} of them a directory sled alone refuses to open, {} opens recovered from one; {} runs finished before their kill; the store opened and was consistent after every kill and equals the fake at the end",
         seen.kills,
         started.elapsed().as_secs_f64(),
+        began.elapsed().as_secs_f64(),
         seen.during_snapshot,
         seen.left_partial_snapshot,
         seen.sled_alone_refuses,
