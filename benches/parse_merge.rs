@@ -71,6 +71,7 @@ fn bench_merge(c: &mut Criterion) {
                         last_modified_at: Timestamp::EPOCH,
                         cursor: "x".into(),
                         deleted: false,
+                        pruned: false,
                     })
                 }))
             })

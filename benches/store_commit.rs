@@ -130,11 +130,11 @@ fn stores(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> Vec<StoreFacto
                     let schema = format!("nango_sync_bench_{n}_{}", Timestamp::now().as_micros());
                     Arc::new(
                         handle
-                            .block_on(
-                                nango_sync::sink::PostgresStore::builder(url.clone())
-                                    .schema(schema)
-                                    .connect(),
-                            )
+                            .block_on(nango_sync::sink::PostgresStore::connect_with(
+                                &url,
+                                nango_sync::sink::postgres::PostgresOptions::new()
+                                    .with_schema(schema),
+                            ))
                             .unwrap(),
                     )
                 }),

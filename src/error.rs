@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use crate::page::PageError;
+
 /// A boxed error from an underlying library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -63,12 +65,13 @@ pub enum Error {
     },
 
     /// A page of records could not be understood.
-    #[error("malformed page from {request}: {detail}")]
+    #[error("malformed page from {request}: {source}")]
     MalformedPage {
         /// What was requested (the stream and the cursor it was read from).
         request: String,
         /// What was wrong, naming the record when it is known.
-        detail: String,
+        #[source]
+        source: PageError,
     },
 
     /// Retries were exhausted; the last error is attached.
@@ -153,13 +156,10 @@ pub enum Error {
         #[source]
         source: Box<Error>,
     },
-
-    /// The operation was cancelled (shutdown).
-    #[error("cancelled")]
-    Cancelled,
 }
 
-/// The kind of a [`Error::Transport`] failure.
+/// The kind of an [`Error::Transport`] failure: whether the request could be sent at
+/// all, and how it broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum TransportKind {
@@ -192,7 +192,8 @@ impl Error {
             Error::Nango { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             Error::NotJson { status, .. } => *status >= 500,
             Error::Transport { kind, .. } => *kind != TransportKind::Request,
-            // A truncated or garbled body is usually a broken connection.
+            // A body cut short is reported as a transport error (retryable); one that
+            // arrived whole and is still wrong will be wrong again.
             Error::MalformedPage { .. } => false,
             Error::Store { retryable, .. } => *retryable,
             Error::Stream { source, .. } => source.is_retryable(),
@@ -200,8 +201,7 @@ impl Error {
             | Error::Damaged { .. }
             | Error::CursorConflict { .. }
             | Error::Invalid { .. }
-            | Error::FeatureDisabled { .. }
-            | Error::Cancelled => false,
+            | Error::FeatureDisabled { .. } => false,
         }
     }
 
@@ -266,6 +266,18 @@ impl Error {
     }
 
     /// Build an [`Error::Store`].
+    #[cfg_attr(
+        not(any(
+            feature = "sqlite",
+            feature = "sled",
+            feature = "postgres",
+            feature = "fault-injection"
+        )),
+        allow(
+            dead_code,
+            reason = "only the memory store is built, and it never fails"
+        )
+    )]
     pub(crate) fn store(
         backend: &'static str,
         operation: impl Into<String>,

@@ -35,7 +35,19 @@
 //! ## Cargo features
 //!
 #![doc = include_str!("../features.md")]
-#![warn(missing_docs)]
+#![deny(
+    rustdoc::broken_intra_doc_links,
+    rustdoc::private_intra_doc_links,
+    rustdoc::bare_urls,
+    rustdoc::invalid_html_tags,
+    rustdoc::invalid_rust_codeblocks
+)]
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 
 pub mod client;
 pub mod engine;
@@ -54,10 +66,17 @@ pub mod testkit;
 
 pub use client::{NangoClient, NangoClientBuilder, RecordsQuery, RetryConfig};
 pub use engine::{Engine, RunReport, SyncOptions};
-pub use error::{Error, Result};
+pub use error::{BoxError, Error, Result, TransportKind};
 pub use merge::{Counts, Outcome};
-pub use page::Page;
+pub use page::{Page, PageError, PageErrorKind};
 pub use record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
-pub use secret::SecretKey;
-pub use sink::{Commit, CommitOutcome, DynRecordSink, RecordSink, SharedSink};
+pub use secret::{SecretKey, redact_url};
+pub use sink::{
+    Commit, CommitOutcome, DynRecordSink, FullReadReason, RecordSink, RunSummary, SharedSink,
+};
 pub use time::Timestamp;
+
+/// The README's examples, compiled by `cargo test --doc` so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -7,7 +7,13 @@
 //! For an incoming record `r` and the stored one `s` (same stream, same id):
 //! - no `s`: store `r`;
 //! - `r.last_modified_at < s.last_modified_at` (as instants): stale, ignore;
-//! - same instant and same cursor: the same version again, ignore (idempotent replay);
+//! - same instant and same cursor: the same version again, ignore (idempotent replay).
+//!   Exception, a **restore**: when the stored copy was pruned (or holds no field but
+//!   `id`) and the incoming one is not pruned and carries more than `id`, take the
+//!   incoming payload and metadata. Nango restores a pruned payload when the integration
+//!   saves the record again, without moving `last_modified_at` or the cursor, so only a
+//!   read from before the record's cursor (a full re-read) can see it. A restore counts as
+//!   `updated` (a tombstone's as `deleted`), like any other write of a newer payload;
 //! - otherwise `r` wins, with two exceptions for the payload:
 //!   - `r.pruned_at` is set: keep `s`'s payload, take `r`'s metadata;
 //!   - `r` is deleted and its payload has no field but `id`: keep `s`'s payload, mark
@@ -100,6 +106,10 @@ pub struct StoredVersion<'a> {
     pub cursor: &'a str,
     /// Whether the stored record is a tombstone.
     pub deleted: bool,
+    /// Whether the stored copy lacks its payload: it was pruned (its metadata has a
+    /// `pruned_at`) or its payload has no field but `id`. A same-version copy that is not
+    /// pruned then fills it in (a restore).
+    pub pruned: bool,
 }
 
 /// An owned [`StoredVersion`], for stores that read it out of a row.
@@ -111,6 +121,8 @@ pub struct StoredVersionBuf {
     pub cursor: String,
     /// Whether the stored record is a tombstone.
     pub deleted: bool,
+    /// See [`StoredVersion::pruned`].
+    pub pruned: bool,
 }
 
 impl StoredVersionBuf {
@@ -120,6 +132,7 @@ impl StoredVersionBuf {
             last_modified_at: self.last_modified_at,
             cursor: &self.cursor,
             deleted: self.deleted,
+            pruned: self.pruned,
         }
     }
 }
@@ -174,7 +187,23 @@ pub fn merge(incoming: &Record, stored: Option<StoredVersion<'_>>) -> Decision {
     if lma < s.last_modified_at {
         return Decision::Skip(Outcome::Stale);
     }
+    let outcome = || {
+        if deleted {
+            Outcome::Deleted
+        } else if s.deleted {
+            Outcome::Added
+        } else {
+            Outcome::Updated
+        }
+    };
     if lma == s.last_modified_at && incoming.meta.cursor.as_str() == s.cursor {
+        if s.pruned && incoming.meta.pruned_at.is_none() && !incoming.payload_is_bare {
+            // A restore: Nango refilled the payload under the same version.
+            return Decision::Write {
+                outcome: outcome(),
+                payload: PayloadChoice::Incoming,
+            };
+        }
         return Decision::Skip(Outcome::Unchanged);
     }
     let keep_stored = incoming.meta.pruned_at.is_some() || (deleted && incoming.payload_is_bare);
@@ -183,14 +212,25 @@ pub fn merge(incoming: &Record, stored: Option<StoredVersion<'_>>) -> Decision {
     } else {
         PayloadChoice::Incoming
     };
-    let outcome = if deleted {
-        Outcome::Deleted
-    } else if s.deleted {
-        Outcome::Added
-    } else {
-        Outcome::Updated
-    };
-    Decision::Write { outcome, payload }
+    Decision::Write {
+        outcome: outcome(),
+        payload,
+    }
+}
+
+/// Whether a stored payload has no field but `id` (`{"id": ...}`), as the JSON text a
+/// store holds. Cheap for real payloads: text longer than a bare object of this id could
+/// ever be is rejected without parsing.
+pub fn payload_text_is_bare(id: &str, payload: &str) -> bool {
+    // `{"id":"<id>"}` with every id byte escaped as `\uXXXX` (6 bytes) and generous
+    // whitespace is still shorter than this.
+    if payload.len() > 6 * id.len() + 64 {
+        return false;
+    }
+    match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(payload) {
+        Ok(map) => map.len() == 1 && map.contains_key("id"),
+        Err(_) => false,
+    }
 }
 
 /// Where the payload of a planned write comes from.
@@ -213,6 +253,18 @@ pub struct PlannedWrite {
     pub outcome: Outcome,
     /// Whether the store held a record with this id before the page.
     pub existed: bool,
+    /// The position of this id among the page's distinct ids, in order of first
+    /// appearance: the order in which `plan_page` looked them up.
+    pub slot: usize,
+}
+
+/// A distinct id of a [`PagePlan`] that writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Untouched {
+    /// Index of the first record of the page with this id.
+    pub index: usize,
+    /// See [`PlannedWrite::slot`].
+    pub slot: usize,
 }
 
 /// The merge rule applied to a whole page, with repeated ids within the page resolved.
@@ -220,16 +272,17 @@ pub struct PlannedWrite {
 pub struct PagePlan {
     /// At most one write per id, in page order of first appearance.
     pub writes: Vec<PlannedWrite>,
-    /// Indices of records (first appearance of their id) that write nothing; a full
-    /// re-read still marks them as seen.
-    pub untouched: Vec<usize>,
+    /// The ids that write nothing (stale or unchanged versions only), in order of
+    /// first appearance; a full re-read still marks them as seen.
+    pub untouched: Vec<Untouched>,
     /// The outcome of every record of the page.
     pub counts: Counts,
 }
 
 /// Apply the merge rule to every record of a page.
 ///
-/// `lookup` returns the stored version of an id (it is called once per distinct id).
+/// `lookup` returns the stored version of an id (it is called once per distinct id, in
+/// page order of first appearance).
 /// An id that appears twice in the page is merged against the earlier version of the
 /// same page, so the plan holds one final write per id, as if the records had been
 /// merged one by one.
@@ -268,6 +321,11 @@ where
                 last_modified_at: records[c].meta.last_modified_at,
                 cursor: records[c].meta.cursor.as_str(),
                 deleted: records[c].is_deleted(),
+                pruned: records[c].meta.pruned_at.is_some()
+                    || match slot.payload {
+                        PayloadSource::Page(p) => records[p].payload_is_bare,
+                        PayloadSource::Stored => slot.stored.as_ref().is_none_or(|s| s.pruned),
+                    },
             }),
             None => slot.stored.as_ref().map(StoredVersionBuf::as_version),
         };
@@ -285,6 +343,7 @@ where
                 payload,
                 outcome,
                 existed: slot.stored.is_some(),
+                slot: slot_ix,
             };
             match slot.write {
                 Some(w) => plan.writes[w] = write,
@@ -297,8 +356,12 @@ where
     }
     plan.untouched = slots
         .iter()
-        .filter(|s| s.write.is_none())
-        .map(|s| s.first)
+        .enumerate()
+        .filter(|(_, s)| s.write.is_none())
+        .map(|(slot, s)| Untouched {
+            index: s.first,
+            slot,
+        })
         .collect();
     plan
 }
@@ -330,6 +393,15 @@ mod tests {
             last_modified_at: Timestamp::from_micros(lma),
             cursor: cursor.into(),
             deleted,
+            pruned: false,
+        }
+    }
+
+    /// A stored version whose copy lacks its payload (pruned, or `{id}` only).
+    fn stored_pruned(lma: i64, cursor: &str, deleted: bool) -> StoredVersionBuf {
+        StoredVersionBuf {
+            pruned: true,
+            ..stored(lma, cursor, deleted)
         }
     }
 
@@ -394,6 +466,36 @@ mod tests {
                 Decision::Skip(Unchanged),
             ),
             (
+                "restore: the same version, no longer pruned, fills the payload in",
+                rec("a", 10, "c10", LastAction::Added, FULL),
+                Some(stored_pruned(10, "c10", false)),
+                write(Updated, Incoming),
+            ),
+            (
+                "restore of a tombstone's payload stays a tombstone",
+                rec("a", 10, "c10", LastAction::Deleted, FULL),
+                Some(stored_pruned(10, "c10", true)),
+                write(Deleted, Incoming),
+            ),
+            (
+                "the same version still pruned is unchanged",
+                pruned(rec("a", 10, "c10", LastAction::Added, FULL)),
+                Some(stored_pruned(10, "c10", false)),
+                Decision::Skip(Unchanged),
+            ),
+            (
+                "the same version with only {id} has nothing to fill in",
+                rec("a", 10, "c10", LastAction::Added, BARE),
+                Some(stored_pruned(10, "c10", false)),
+                Decision::Skip(Unchanged),
+            ),
+            (
+                "a stale unpruned copy does not restore",
+                rec("a", 9, "c9", LastAction::Updated, FULL),
+                Some(stored_pruned(10, "c10", false)),
+                Decision::Skip(Stale),
+            ),
+            (
                 "update",
                 rec("a", 11, "c11", LastAction::Updated, FULL),
                 Some(stored(10, "c10", false)),
@@ -452,6 +554,35 @@ mod tests {
     }
 
     #[test]
+    fn bare_payload_text() {
+        let cases = [
+            ("a", r#"{"id":"a"}"#, true),
+            ("a", r#"{ "id" : "a" }"#, true),
+            ("a", r#"{"id":"a","t":1}"#, false),
+            ("a", r#"{}"#, false),
+            ("a", r#"not json"#, false),
+            ("é", r#"{"id":"\u00e9"}"#, true),
+        ];
+        for (id, text, bare) in cases {
+            assert_eq!(payload_text_is_bare(id, text), bare, "{text}");
+        }
+        let long = format!(r#"{{"id":"a","pad":"{}"}}"#, "x".repeat(500));
+        assert!(!payload_text_is_bare("a", &long));
+    }
+
+    #[test]
+    fn a_restore_within_one_page_merges_against_the_pruned_version() {
+        let mut first = rec("a", 10, "c10", LastAction::Added, BARE);
+        first.meta.pruned_at = Some(Timestamp::from_micros(20));
+        let page = vec![first, rec("a", 10, "c10", LastAction::Added, FULL)];
+        let plan = plan_page(&page, |_| None);
+        assert_eq!(plan.writes.len(), 1);
+        assert_eq!(plan.writes[0].payload, PayloadSource::Page(1));
+        assert_eq!(plan.counts.added, 1);
+        assert_eq!(plan.counts.updated, 1);
+    }
+
+    #[test]
     fn timestamps_compare_as_instants_not_text() {
         // Same instant, rendered in two zones upstream, parsed into one Timestamp.
         let a = Timestamp::parse("2026-11-26T14:47:55.147815-05:00").unwrap();
@@ -463,6 +594,7 @@ mod tests {
             last_modified_at: b,
             cursor: "x".into(),
             deleted: false,
+            pruned: false,
         };
         assert_eq!(
             merge(&r, Some(s.as_version())),
@@ -509,10 +641,17 @@ mod tests {
                 index: 2,
                 payload: PayloadSource::Stored,
                 outcome: Outcome::Deleted,
-                existed: true
+                existed: true,
+                slot: 2,
             }
         );
-        assert_eq!(plan.untouched, vec![3, 4]);
+        assert_eq!(
+            plan.untouched,
+            [
+                Untouched { index: 3, slot: 3 },
+                Untouched { index: 4, slot: 4 }
+            ]
+        );
     }
 
     #[test]
@@ -546,7 +685,8 @@ mod tests {
                 index: 2,
                 payload: PayloadSource::Page(0),
                 outcome: Outcome::Deleted,
-                existed: true
+                existed: true,
+                slot: 0,
             }
         );
         assert_eq!(plan.writes.len(), 2);

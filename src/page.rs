@@ -5,6 +5,7 @@
 //! `_nango_metadata`, with every value byte-for-byte as Nango sent it.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 
 use serde::Deserialize;
@@ -24,25 +25,94 @@ pub struct Page {
     pub next_cursor: Option<Cursor>,
 }
 
+/// Why a response body is not a page: what kind of problem, and a message naming the
+/// record (its index, and its id when it was read) and what was wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct PageError {
+    kind: PageErrorKind,
+    detail: String,
+}
+
+/// The kind of a [`PageError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PageErrorKind {
+    /// The body is not valid UTF-8.
+    NotUtf8,
+    /// The body ends before the page does: an answer cut short (usually a broken
+    /// connection, worth trying again).
+    Truncated,
+    /// The body is not JSON.
+    Syntax,
+    /// The body is JSON but not a page of records: a missing field, a record without
+    /// `id`, unreadable `_nango_metadata`, ...
+    Invalid,
+    /// Something follows the page in the body.
+    TrailingData,
+}
+
+impl PageError {
+    fn new(kind: PageErrorKind, detail: String) -> Self {
+        PageError { kind, detail }
+    }
+
+    /// The error of the JSON parser, classified, and named by the place it arose in.
+    fn json(at: Option<Place>, e: &serde_json::Error) -> Self {
+        let kind = match e.classify() {
+            serde_json::error::Category::Eof => PageErrorKind::Truncated,
+            serde_json::error::Category::Data => PageErrorKind::Invalid,
+            serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+                PageErrorKind::Syntax
+            }
+        };
+        let place = at.map(|p| p.to_string()).unwrap_or_default();
+        let detail = match kind {
+            PageErrorKind::Truncated => {
+                format!("the body ends before the page does ({place}{e})")
+            }
+            _ => format!("{place}{e}"),
+        };
+        PageError::new(kind, detail)
+    }
+
+    /// What kind of problem this is.
+    pub fn kind(&self) -> PageErrorKind {
+        self.kind
+    }
+
+    /// Whether the body was cut short (see [`PageErrorKind::Truncated`]).
+    pub fn is_truncated(&self) -> bool {
+        self.kind == PageErrorKind::Truncated
+    }
+}
+
 impl Page {
     /// Parse a response body of `GET /records`.
-    ///
-    /// The error message names the record (its index, and its id when it was read) and
-    /// what was wrong with it.
-    pub fn parse(body: &[u8]) -> Result<Page, String> {
+    pub fn parse(body: &[u8]) -> Result<Page, PageError> {
         // One UTF-8 check of the whole body; parsing from `str` then validates no span
         // again (from bytes, every raw value and string would be checked on its own).
         let text = std::str::from_utf8(body).map_err(|e| {
-            format!(
-                "the page is not valid UTF-8 (at byte {} of {})",
-                e.valid_up_to(),
-                body.len()
+            PageError::new(
+                PageErrorKind::NotUtf8,
+                format!(
+                    "the page is not valid UTF-8 (at byte {} of {})",
+                    e.valid_up_to(),
+                    body.len()
+                ),
             )
         })?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let page = PageSeed.deserialize(&mut de).map_err(|e| e.to_string())?;
-        de.end()
-            .map_err(|e| format!("trailing data after the page: {e}"))?;
+        let at = RefCell::new(None);
+        let page = PageSeed { at: &at }
+            .deserialize(&mut de)
+            .map_err(|e| PageError::json(at.take(), &e))?;
+        de.end().map_err(|e| {
+            PageError::new(
+                PageErrorKind::TrailingData,
+                format!("trailing data after the page: {e}"),
+            )
+        })?;
         Ok(page)
     }
 
@@ -61,16 +131,45 @@ impl Page {
     }
 }
 
-struct PageSeed;
+/// Where in the page an error arose: the record (its index, its id when it was read)
+/// and the field. Parsing errors keep their own type (and so their category: a body cut
+/// short stays an end-of-input error); the place is noted beside them, only when one
+/// happens, and put in front of the message.
+struct Place {
+    index: usize,
+    id: Option<String>,
+    field: Option<&'static str>,
+}
 
-impl<'de> DeserializeSeed<'de> for PageSeed {
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "record {}", self.index)?;
+        if let Some(id) = &self.id {
+            write!(f, " (id {id:?})")?;
+        }
+        f.write_str(": ")?;
+        if let Some(field) = self.field {
+            write!(f, "{field}: ")?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the place of an error is noted.
+type At<'a> = &'a RefCell<Option<Place>>;
+
+struct PageSeed<'a> {
+    at: At<'a>,
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed<'_> {
     type Value = Page;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Page, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for PageSeed {
+impl<'de> Visitor<'de> for PageSeed<'_> {
     type Value = Page;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -86,7 +185,7 @@ impl<'de> Visitor<'de> for PageSeed {
                     let c: Option<Key<'de>> = map.next_value()?;
                     next_cursor = Some(c.map(|k| Cursor(k.0.into_owned())));
                 }
-                "records" => records = Some(map.next_value_seed(RecordsSeed)?),
+                "records" => records = Some(map.next_value_seed(RecordsSeed { at: self.at })?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -129,34 +228,40 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-struct RecordsSeed;
+struct RecordsSeed<'a> {
+    at: At<'a>,
+}
 
-impl<'de> DeserializeSeed<'de> for RecordsSeed {
+impl<'de> DeserializeSeed<'de> for RecordsSeed<'_> {
     type Value = Vec<Record>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<Record>, D::Error> {
         d.deserialize_seq(self)
     }
 }
 
-impl<'de> Visitor<'de> for RecordsSeed {
+impl<'de> Visitor<'de> for RecordsSeed<'_> {
     type Value = Vec<Record>;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an array of records")
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Record>, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(10_000));
-        while let Some(r) = seq.next_element_seed(RecordSeed { index: out.len() })? {
+        while let Some(r) = seq.next_element_seed(RecordSeed {
+            index: out.len(),
+            at: self.at,
+        })? {
             out.push(r);
         }
         Ok(out)
     }
 }
 
-struct RecordSeed {
+struct RecordSeed<'a> {
     index: usize,
+    at: At<'a>,
 }
 
-impl<'de> DeserializeSeed<'de> for RecordSeed {
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     type Value = Record;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Record, D::Error> {
         d.deserialize_map(self)
@@ -193,7 +298,7 @@ fn snippet(text: &str) -> String {
     }
 }
 
-impl<'de> Visitor<'de> for RecordSeed {
+impl<'de> Visitor<'de> for RecordSeed<'_> {
     type Value = Record;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -201,10 +306,15 @@ impl<'de> Visitor<'de> for RecordSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Record, A::Error> {
-        let ctx = |id: &Option<String>, what: &dyn fmt::Display| -> String {
-            match id {
-                Some(id) => format!("record {} (id {id:?}): {what}", self.index),
-                None => format!("record {}: {what}", self.index),
+        // Note where an error arose (on the error path only) and pass the error on as
+        // it is.
+        let place = |id: &Option<String>, field: Option<&'static str>| {
+            let at = self.at;
+            let index = self.index;
+            let id = id.clone();
+            move |e: A::Error| {
+                *at.borrow_mut() = Some(Place { index, id, field });
+                e
             }
         };
         let mut id: Option<String> = None;
@@ -214,26 +324,26 @@ impl<'de> Visitor<'de> for RecordSeed {
         let mut fields = 0usize;
         while let Some(key) = map
             .next_key::<Key<'de>>()
-            .map_err(|e| de::Error::custom(ctx(&id, &e)))?
+            .map_err(|e| place(&id, None)(e))?
         {
             match key.0.as_ref() {
                 "_nango_metadata" => {
-                    let m: MetaDe<'de> = map.next_value().map_err(|e| {
-                        de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}")))
-                    })?;
-                    meta = Some(m.into_metadata().map_err(|e| {
-                        de::Error::custom(ctx(&id, &format!("_nango_metadata: {e}")))
-                    })?);
+                    let field = Some("_nango_metadata");
+                    let m: MetaDe<'de> = map.next_value().map_err(|e| place(&id, field)(e))?;
+                    let m = m
+                        .into_metadata()
+                        .map_err(|e| place(&id, field)(de::Error::custom(e)))?;
+                    meta = Some(m);
                 }
                 "id" => {
                     if id.is_some() {
-                        return Err(de::Error::custom(ctx(&id, &"duplicate id field")));
+                        return Err(place(&id, None)(de::Error::custom("duplicate id field")));
                     }
-                    let v: IdValue = map
-                        .next_value()
-                        .map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    let v: IdValue = map.next_value().map_err(|e| place(&id, None)(e))?;
                     if v.0.is_empty() {
-                        return Err(de::Error::custom(ctx(&None, &"id is an empty string")));
+                        return Err(place(&None, None)(de::Error::custom(
+                            "id is an empty string",
+                        )));
                     }
                     if fields > 0 {
                         payload.push(',');
@@ -244,9 +354,7 @@ impl<'de> Visitor<'de> for RecordSeed {
                     id = Some(v.0);
                 }
                 other => {
-                    let raw: &'de RawValue = map
-                        .next_value()
-                        .map_err(|e| de::Error::custom(ctx(&id, &e)))?;
+                    let raw: &'de RawValue = map.next_value().map_err(|e| place(&id, None)(e))?;
                     if fields > 0 {
                         payload.push(',');
                     }
@@ -266,9 +374,14 @@ impl<'de> Visitor<'de> for RecordSeed {
             }
         }
         payload.push('}');
-        let id = id.ok_or_else(|| de::Error::custom(ctx(&None, &"missing id")))?;
-        let meta = meta
-            .ok_or_else(|| de::Error::custom(ctx(&Some(id.clone()), &"missing _nango_metadata")))?;
+        let Some(id) = id else {
+            return Err(place(&None, None)(de::Error::custom("missing id")));
+        };
+        let Some(meta) = meta else {
+            return Err(place(&Some(id), None)(de::Error::custom(
+                "missing _nango_metadata",
+            )));
+        };
         Ok(Record {
             id,
             payload: RawJson::from_trusted(payload),
@@ -394,6 +507,8 @@ mod tests {
         let at = body.len();
         body.extend_from_slice(b"\xff\"}]}");
         let err = Page::parse(&body).unwrap_err();
+        assert_eq!(err.kind(), PageErrorKind::NotUtf8);
+        let err = err.to_string();
         assert!(err.contains("not valid UTF-8"), "{err}");
         assert!(err.contains(&format!("at byte {at}")), "{err}");
     }
@@ -408,28 +523,38 @@ mod tests {
 
     #[test]
     fn errors_name_the_record_and_the_problem() {
-        let cases: Vec<(String, &str)> = vec![
+        use PageErrorKind::*;
+        let ok = format!(r#"{{"id":"ok","_nango_metadata":{META}}}"#);
+        let cases: Vec<(String, PageErrorKind, &str)> = vec![
             (
                 body(
                     &[&format!(r#"{{"title":"x","_nango_metadata":{META}}}"#)],
                     None,
                 ),
+                Invalid,
                 "record 0: missing id",
             ),
             (
                 body(&[r#"{"id":"a"}"#], None),
+                Invalid,
                 "record 0 (id \"a\"): missing _nango_metadata",
             ),
-            (body(&[r#"[1,2]"#], None), "record 0 to be a JSON object"),
-            (body(&[r#""str""#], None), "record 0 to be a JSON object"),
+            (
+                body(&[r#"[1,2]"#], None),
+                Invalid,
+                "record 0 to be a JSON object",
+            ),
+            (
+                body(&[r#""str""#], None),
+                Invalid,
+                "record 0 to be a JSON object",
+            ),
             (
                 body(
-                    &[
-                        &format!(r#"{{"id":"ok","_nango_metadata":{META}}}"#),
-                        &format!(r#"{{"id":{{}},"_nango_metadata":{META}}}"#),
-                    ],
+                    &[&ok, &format!(r#"{{"id":{{}},"_nango_metadata":{META}}}"#)],
                     None,
                 ),
+                Invalid,
                 "record 1: id must be a string or a number",
             ),
             (
@@ -440,6 +565,7 @@ mod tests {
                     )],
                     None,
                 ),
+                Invalid,
                 "record 0 (id \"a\"): _nango_metadata: unknown last_action \"MOVED\"",
             ),
             (
@@ -450,34 +576,48 @@ mod tests {
                     )],
                     None,
                 ),
+                Invalid,
                 "last_modified_at: invalid timestamp",
             ),
             (
                 r#"{"next_cursor":null}"#.to_string(),
+                Invalid,
                 "missing field `records`",
             ),
             (
                 r#"{"records":[]}"#.to_string(),
+                Invalid,
                 "missing field `next_cursor`",
             ),
             (
                 r#"{"next_cursor":null,"records":[{"id":"a","#.to_string(),
+                Truncated,
+                "EOF",
+            ),
+            (
+                format!(r#"{{"next_cursor":"n","records":[{ok}"#),
+                Truncated,
                 "EOF",
             ),
             (
                 "<html><body>Nango</body></html>".to_string(),
+                Syntax,
                 "expected value",
             ),
             (
                 r#"{"next_cursor":null,"records":[]} x"#.to_string(),
+                TrailingData,
                 "trailing",
             ),
         ];
-        for (input, expected) in cases {
+        for (input, kind, expected) in cases {
             let err = Page::parse(input.as_bytes()).unwrap_err();
+            assert_eq!(err.kind(), kind, "{input}\n  gave {err}");
+            assert_eq!(err.is_truncated(), kind == Truncated, "{input}");
+            let text = err.to_string();
             assert!(
-                err.contains(expected),
-                "{input}\n  gave {err}\n  expected {expected}"
+                text.contains(expected),
+                "{input}\n  gave {text}\n  expected {expected}"
             );
         }
     }

@@ -322,6 +322,13 @@ impl StoredRecord {
         self.meta.is_deleted()
     }
 
+    /// The record, unless it is a tombstone. A tombstone keeps the last payload the
+    /// store held, so a typed read that must not see deleted records goes through this:
+    /// `sink.get(&stream, id).await?.and_then(StoredRecord::live)`.
+    pub fn live(self) -> Option<StoredRecord> {
+        (!self.is_deleted()).then_some(self)
+    }
+
     /// Deserialize the payload into the application's own type.
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         self.payload.deserialize()
@@ -407,6 +414,29 @@ fn write_canonical(out: &mut String, v: &serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_leaves_out_tombstones() {
+        let record = |action: LastAction| StoredRecord {
+            id: "a".into(),
+            payload: RawJson::from_trusted(r#"{"id":"a","title":"kept"}"#),
+            meta: Metadata {
+                first_seen_at: Timestamp::from_micros(1),
+                last_modified_at: Timestamp::from_micros(2),
+                last_action: action,
+                deleted_at: None,
+                pruned_at: None,
+                cursor: Cursor("c".into()),
+            },
+            seq: 1,
+        };
+        let live = record(LastAction::Updated);
+        assert_eq!(live.clone().live(), Some(live));
+        assert_eq!(record(LastAction::Deleted).live(), None);
+        let mut swept = record(LastAction::Updated);
+        swept.meta.deleted_at = Some(Timestamp::from_micros(3));
+        assert_eq!(swept.live(), None, "deleted_at alone makes a tombstone");
+    }
 
     #[test]
     fn stream_key_validation_follows_nango_rules() {

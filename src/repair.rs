@@ -289,7 +289,7 @@ mod imp {
             progress: options.progress.clone(),
         };
         let mut report = RepairReport {
-            store: shown(url),
+            store: crate::redact_url(url),
             moved_to: moved.describe(),
             old_store_readable: old.is_some(),
             old_store_error: old_error.clone(),
@@ -356,14 +356,6 @@ mod imp {
             "store repaired: moved aside and rebuilt from Nango"
         );
         Ok(report)
-    }
-
-    /// The URL with its password hidden.
-    fn shown(url: &str) -> String {
-        #[cfg(feature = "postgres")]
-        return crate::sink::postgres::redact_url(url);
-        #[cfg(not(feature = "postgres"))]
-        url.to_string()
     }
 
     /// Walk the old and new records of `stream` in id order (every store lists in
@@ -535,12 +527,14 @@ mod imp {
                 )),
                 #[cfg(feature = "postgres")]
                 Moved::Schema { url, schema } => Ok(std::sync::Arc::new(
-                    crate::sink::postgres::PostgresStore::builder(url.clone())
-                        .schema(schema.clone())
-                        .read_only(true)
-                        .pool_size(2)
-                        .connect()
-                        .await?,
+                    crate::sink::postgres::PostgresStore::connect_with(
+                        url,
+                        crate::sink::postgres::PostgresOptions::new()
+                            .with_schema(schema.clone())
+                            .with_read_only(true)
+                            .with_pool_size(2),
+                    )
+                    .await?,
                 )),
             }
         }
@@ -604,7 +598,7 @@ mod imp {
                 #[cfg(feature = "postgres")]
                 Place::Postgres { url, schema } => format!(
                     "the PostgreSQL store in schema {schema} of {}",
-                    crate::sink::postgres::redact_url(url)
+                    crate::redact_url(url)
                 ),
             }
         }
@@ -700,12 +694,14 @@ mod imp {
                 }
                 #[cfg(feature = "postgres")]
                 Place::Postgres { url, schema } => Ok(std::sync::Arc::new(
-                    crate::sink::postgres::PostgresStore::builder(url.clone())
-                        .schema(schema.clone())
-                        .read_only(true)
-                        .pool_size(2)
-                        .connect()
-                        .await?,
+                    crate::sink::postgres::PostgresStore::connect_with(
+                        url,
+                        crate::sink::postgres::PostgresOptions::new()
+                            .with_schema(schema.clone())
+                            .with_read_only(true)
+                            .with_pool_size(2),
+                    )
+                    .await?,
                 )),
             }
         }

@@ -228,3 +228,52 @@ fn errors_are_one_line_with_a_non_zero_exit() {
         );
     }
 }
+
+#[test]
+fn a_password_in_a_failing_sink_url_is_never_printed() {
+    // `sslmode=bogus` makes the URL fail at once, in every build: with the `postgres`
+    // feature as an invalid URL, without it as a backend not compiled in. Either way
+    // the error names the store by its URL, which must come out redacted.
+    let password = "hunter2-do-not-print";
+    let urls = [
+        format!("postgres://app:{password}@127.0.0.1:1/db?sslmode=bogus"),
+        format!("postgres://app@127.0.0.1:1/db?sslmode=bogus&password={password}"),
+        format!("postgresql://app@127.0.0.1:1/db?pass%77ord={password}&sslmode=bogus"),
+    ];
+    for url in &urls {
+        for args in [
+            vec!["status", "--sink", url],
+            vec!["status", "--sink", url, "--json"],
+            vec![
+                "export",
+                "--sink",
+                url,
+                "--integration",
+                "demo-crm",
+                "--connection",
+                "acme",
+                "--model",
+                "Contact",
+            ],
+        ] {
+            let out = Command::new(BIN)
+                .args(&args)
+                .env_remove("NANGO_SYNC_LOG")
+                .output()
+                .expect("run nango-sync");
+            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            assert!(!out.status.success(), "{args:?} should fail");
+            assert!(
+                !stdout.contains(password) && !stderr.contains(password),
+                "{args:?}: the password was printed:\nstdout: {stdout}\nstderr: {stderr}"
+            );
+            let error_lines: Vec<&str> =
+                stderr.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(error_lines.len(), 1, "{args:?}: {stderr:?}");
+            assert!(
+                error_lines[0].contains("127.0.0.1:1/db") && error_lines[0].contains("***"),
+                "{args:?}: the error names the store, redacted: {stderr}"
+            );
+        }
+    }
+}

@@ -1,126 +1,107 @@
-//! Every store runs the same conformance suite (`nango_sync::sink::conformance`).
+//! Every store runs the same conformance suite (`nango_sync::sink::conformance`), each
+//! history also on the in-memory reference store, whose exports and statuses the store
+//! must match.
 //!
-//! One module per store, gated by the store's cargo feature. The PostgreSQL tests need a
+//! One module per store, gated by the store's cargo feature; `conformance_tests!`
+//! generates one test per check of the suite's list, and its `shared` submodule runs
+//! them again through the shared handle (`SharedSink`). The PostgreSQL tests need a
 //! server: `scripts/test.sh` starts a throwaway one and exports
 //! `NANGO_SYNC_TEST_POSTGRES_URL`; without it they fail (they never skip).
 #![cfg(feature = "testkit")]
 
-/// One `#[tokio::test]` per check of the suite. `$fresh` is an async fn returning a
-/// `Harness` whose `store` field is a new, empty store (other fields keep its resources
-/// alive for the test).
-macro_rules! conformance_tests {
-    ($fresh:path) => {
-        conformance_tests!(@each $fresh;
-            fresh_stream_has_no_cursor,
-            commit_advances_cursor,
-            replayed_commit_is_idempotent,
-            cursor_conflict_writes_nothing,
-            injected_failure_leaves_nothing,
-            streams_are_isolated,
-            large_commit,
-            merge_outcomes_are_counted,
-            full_read_sweeps_unseen_records,
-            seq_is_monotonic_and_per_record,
-            list_pages_in_code_point_order,
-            stream_status_is_reported,
-            run_and_upstream_error_round_trip,
-            reads_during_commit_see_old_or_new,
-            hostile_strings_round_trip,
-        );
-    };
-    (@each $fresh:path; $($check:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $check() {
-                let harness = $fresh().await;
-                nango_sync::sink::conformance::$check(&harness.store).await;
-            }
-        )*
-    };
-}
-
 mod memory {
-    use nango_sync::sink::MemoryStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use std::sync::Arc;
 
-    pub struct Harness {
-        pub store: MemoryStore,
-    }
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::{MemoryOptions, MemoryStore};
 
-    async fn fresh() -> Harness {
-        Harness {
-            store: MemoryStore::new(),
+    fn stores() -> impl StoreFactory<Store = MemoryStore> {
+        |open: Open, faults: Arc<FaultInjector>| {
+            assert_eq!(open, Open::Fresh, "the memory store is not durable");
+            async move { MemoryStore::with_options(MemoryOptions::new().with_faults(faults)) }
         }
     }
 
-    conformance_tests!(fresh);
+    nango_sync::conformance_tests!(stores());
 
-    #[tokio::test]
-    async fn run_all_passes() {
-        conformance::run_all(
-            |open| {
-                assert_eq!(open, Open::Fresh, "the memory store is not durable");
-                async { MemoryStore::new() }
-            },
-            false,
-        )
-        .await;
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_all_runs_every_check() {
+        conformance::run_all(&mut stores(), false).await;
     }
 }
 
 #[cfg(feature = "sled")]
 mod sled {
     use std::path::Path;
+    use std::sync::Arc;
     use std::time::Duration;
 
-    use nango_sync::sink::RunSummary;
-    use nango_sync::sink::conformance::{self, Open};
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
     use nango_sync::sink::sled::{Durability, SledOptions};
-    use nango_sync::sink::{DynRecordSink, SledStore, StreamStatus, read_all};
-    use nango_sync::{RecordSink, StoredRecord, Timestamp};
+    use nango_sync::sink::{
+        Commit, CommitOutcome, FullRead, RunSummary, SledStore, StreamStatus, read_all,
+    };
+    use nango_sync::{
+        Cursor, LastAction, Metadata, RawJson, Record, RecordSink, StoredRecord, StreamKey,
+        Timestamp,
+    };
+    use serde_json::json;
+    use tempfile::TempDir;
 
-    // `RecordSink` and `DynRecordSink` both name these methods: call the first.
+    /// Every stream's status.
     async fn streams(store: &SledStore) -> Vec<StreamStatus> {
         RecordSink::streams(store).await.unwrap()
     }
-    use tempfile::TempDir;
 
-    pub struct Harness {
-        pub store: SledStore,
-        _dir: TempDir,
-    }
-
-    async fn fresh() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path().join("db")).await.unwrap();
-        Harness { store, _dir: dir }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a directory of its own, kept until the factory is dropped.
+    fn stores_with(options: SledOptions) -> impl StoreFactory<Store = SledStore> {
         let mut dirs: Vec<TempDir> = Vec::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
             let path = dirs.last().expect("a fresh store first").path().join("db");
-            async move { SledStore::open(path).await.unwrap() }
-        })
-        .await;
+            let options = options.clone().with_faults(faults);
+            async move { SledStore::open_with(path, options).await.unwrap() }
+        }
+    }
+
+    fn stores() -> impl StoreFactory<Store = SledStore> {
+        stores_with(SledOptions::new())
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
+    }
+
+    /// The whole suite again with sled reopened (so writing a snapshot) after every
+    /// third write.
+    mod snapshots {
+        use super::*;
+        nango_sync::conformance_tests!(
+            stores_with(SledOptions::new().with_snapshot_after_ops(3)),
+            durable
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn periodic_durability_passes_the_suite_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = SledOptions::new()
-            .with_durability(Durability::Periodic(std::time::Duration::from_millis(50)));
-        let store = SledStore::open_with(dir.path().join("db"), options)
-            .await
-            .unwrap();
-        conformance::merge_outcomes_are_counted(&store).await;
-        conformance::full_read_sweeps_unseen_records(&store).await;
+    async fn periodic_durability_passes_the_merge_and_sweep_checks() {
+        let mut stores = stores_with(
+            SledOptions::new()
+                .with_durability(Durability::Periodic(std::time::Duration::from_millis(50))),
+        );
+        conformance::merge_outcomes_are_counted(&mut stores).await;
+        conformance::full_read_sweeps_unseen_records(&mut stores).await;
     }
 
     #[tokio::test]
@@ -136,11 +117,120 @@ mod sled {
     /// The name sled 0.34 gives a snapshot while writing it, at an LSN past any real one.
     const LEFTOVER: &str = "snap.00000000FFFFFFFF.generating";
 
-    /// A store holding two streams (10,000 records; merges, tombstones, a prune), closed.
+    fn ts(t: i64) -> Timestamp {
+        Timestamp::from_micros(1_790_000_000_000_000 + t)
+    }
+
+    /// A version of record `id` at instant `t` (its cursor too), with `payload`.
+    fn version(id: &str, t: i64, action: LastAction, payload: serde_json::Value) -> Record {
+        Record {
+            id: id.to_string(),
+            payload_is_bare: payload.as_object().is_some_and(|m| m.len() == 1),
+            payload: RawJson::from_trusted(payload.to_string()),
+            meta: Metadata {
+                first_seen_at: ts(t),
+                last_modified_at: ts(t),
+                last_action: action,
+                deleted_at: (action == LastAction::Deleted).then(|| ts(t)),
+                pruned_at: None,
+                cursor: Cursor(format!("cur-{t:012}")),
+            },
+        }
+    }
+
+    fn titled(id: &str, t: i64, action: LastAction, title: &str) -> Record {
+        version(id, t, action, json!({"id": id, "title": title}))
+    }
+
+    /// Commit `records` on top of the stream's cursor (moved to the last record's).
+    async fn commit_page(
+        store: &SledStore,
+        stream: &StreamKey,
+        records: Vec<Record>,
+        full_read: Option<FullRead>,
+    ) -> CommitOutcome {
+        let expected = RecordSink::stream_state(store, stream)
+            .await
+            .unwrap()
+            .cursor;
+        let cursor = records
+            .last()
+            .map(|r| r.meta.cursor.clone())
+            .or(expected.clone());
+        let mut commit = Commit::new(stream.clone(), expected, cursor, records);
+        commit.full_read = full_read;
+        RecordSink::commit(store, commit).await.unwrap()
+    }
+
+    /// A store holding two streams, closed: `large`, 10,000 records written by one
+    /// commit; `merge`, updates, a stale version, a delete with only its id (the payload
+    /// kept), a prune (the payload kept), and a full re-read whose sweep leaves a
+    /// tombstone.
     async fn filled_store(dir: &Path) {
         let store = SledStore::open(dir).await.unwrap();
-        conformance::large_commit(&store).await;
-        conformance::merge_outcomes_are_counted(&store).await;
+        let large = StreamKey::new("conformance", "large", "Ticket");
+        let records = (0..10_000)
+            .map(|i| {
+                titled(
+                    &format!("rec-{i:05}"),
+                    i,
+                    LastAction::Added,
+                    "a title of some length",
+                )
+            })
+            .collect();
+        commit_page(&store, &large, records, None).await;
+
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        let add = |id: &str, t| titled(id, t, LastAction::Added, "first");
+        commit_page(
+            &store,
+            &merge,
+            vec![add("a", 1), add("b", 2), add("c", 3), add("d", 4)],
+            None,
+        )
+        .await;
+        let mut pruned = version("c", 7, LastAction::Updated, json!({"id": "c"}));
+        pruned.meta.pruned_at = Some(ts(8));
+        let out = commit_page(
+            &store,
+            &merge,
+            vec![
+                titled("a", 5, LastAction::Updated, "second"),
+                titled("a", 1, LastAction::Added, "stale"),
+                version("b", 6, LastAction::Deleted, json!({"id": "b"})),
+                pruned,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!((out.counts.updated, out.counts.deleted), (2, 1), "{out:?}");
+        // A full re-read that sees `a` and a new `e`: its completing commit sweeps the
+        // live records it did not see, `c` and `d`.
+        let full = |complete| {
+            Some(FullRead {
+                generation: 1,
+                complete,
+            })
+        };
+        commit_page(
+            &store,
+            &merge,
+            vec![titled("a", 9, LastAction::Updated, "third")],
+            full(false),
+        )
+        .await;
+        let out = commit_page(
+            &store,
+            &merge,
+            vec![titled("e", 10, LastAction::Added, "new")],
+            full(true),
+        )
+        .await;
+        assert_eq!(
+            out.swept, 2,
+            "c and d are swept, b is a tombstone already: {out:?}"
+        );
         drop(store);
         // Open once more, so that sled writes a finished snapshot of all of it.
         drop(SledStore::open(dir).await.unwrap());
@@ -151,9 +241,13 @@ mod sled {
     async fn contents(store: &SledStore) -> Vec<(StreamStatus, Vec<StoredRecord>)> {
         let mut out = Vec::new();
         for status in streams(store).await {
-            let records = read_all(store as &dyn DynRecordSink, &status.stream, true)
-                .await
-                .unwrap();
+            let records = read_all(
+                store as &dyn nango_sync::sink::DynRecordSink,
+                &status.stream,
+                true,
+            )
+            .await
+            .unwrap();
             out.push((status, records));
         }
         out
@@ -215,7 +309,15 @@ mod sled {
             "the recovered store differs from the store before the interrupted snapshot"
         );
         // It takes commits again.
-        conformance::commit_advances_cursor(&store).await;
+        let stream = StreamKey::new("conformance", "after-recovery", "Ticket");
+        let out = commit_page(
+            &store,
+            &stream,
+            vec![titled("x", 1, LastAction::Added, "x")],
+            None,
+        )
+        .await;
+        assert_eq!(out.counts.added, 1);
         assert!(store.check().await.unwrap().is_consistent());
     }
 
@@ -265,7 +367,7 @@ mod sled {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reopen_keeps_everything_across_interrupted_snapshots() {
         let mut dirs: Vec<TempDir> = Vec::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        conformance::reopen_keeps_everything(&mut |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
@@ -274,8 +376,11 @@ mod sled {
                 std::fs::write(path.join(LEFTOVER), b"").unwrap();
             }
             async move {
-                let store = SledStore::open(&path).await.unwrap();
-                assert!(store.recovery().is_some() || !path.join(LEFTOVER).exists());
+                let store = SledStore::open_with(&path, SledOptions::new().with_faults(faults))
+                    .await
+                    .unwrap();
+                assert_eq!(store.recovery().is_some(), open == Open::Reopen);
+                assert!(!path.join(LEFTOVER).exists());
                 store
             }
         })
@@ -428,7 +533,18 @@ mod sled {
                 seen[write - 1]
             );
         }
-        conformance::full_read_sweeps_unseen_records(&store).await;
+        // Commits land across the reopens (a reopen after each second write).
+        let s = StreamKey::new("conformance", "snapshots", "Ticket");
+        for t in 1..=5 {
+            let out = commit_page(
+                &store,
+                &s,
+                vec![titled(&format!("s{t}"), t, LastAction::Added, "x")],
+                None,
+            )
+            .await;
+            assert_eq!(out.counts.added, 1);
+        }
         assert!(store.check().await.unwrap().is_consistent());
         let before = contents(&store).await;
         drop(store);
@@ -510,31 +626,18 @@ mod sled {
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
-    // The SQLite store is written on another branch; this module assumes its API:
-    // `SqliteStore::open(path).await`.
+    use std::sync::Arc;
+
     use nango_sync::sink::SqliteStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::sqlite::SqliteOptions;
     use tempfile::TempDir;
 
-    pub struct Harness {
-        pub store: SqliteStore,
-        _dir: TempDir,
-    }
-
-    async fn fresh() -> Harness {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("store.db"))
-            .await
-            .unwrap();
-        Harness { store, _dir: dir }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a directory of its own, kept until the factory is dropped.
+    fn stores() -> impl StoreFactory<Store = SqliteStore> {
         let mut dirs: Vec<TempDir> = Vec::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 dirs.push(tempfile::tempdir().unwrap());
             }
@@ -543,9 +646,16 @@ mod sqlite {
                 .expect("a fresh store first")
                 .path()
                 .join("store.db");
-            async move { SqliteStore::open(path).await.unwrap() }
-        })
-        .await;
+            let options = SqliteOptions::new().with_faults(faults);
+            async move { SqliteStore::open_with(path, options).await.unwrap() }
+        }
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test]
@@ -565,9 +675,12 @@ mod sqlite {
 
 #[cfg(feature = "postgres")]
 mod postgres {
-    use nango_sync::RecordSink;
-    use nango_sync::sink::PostgresStore;
-    use nango_sync::sink::conformance::{self, Open};
+    use std::sync::Arc;
+
+    use nango_sync::sink::conformance::{self, Open, Shared, StoreFactory};
+    use nango_sync::sink::fault::FaultInjector;
+    use nango_sync::sink::postgres::PostgresOptions;
+    use nango_sync::sink::{PostgresStore, RecordSink};
 
     /// The server `scripts/test.sh` started.
     fn server_url() -> String {
@@ -584,47 +697,54 @@ mod postgres {
         format!("nst_{}", uuid::Uuid::new_v4().simple())
     }
 
-    async fn connect(schema: &str) -> PostgresStore {
-        PostgresStore::builder(server_url())
-            .schema(schema)
-            .pool_size(4)
-            .connect()
+    async fn connect(options: PostgresOptions) -> PostgresStore {
+        PostgresStore::connect_with(&server_url(), options.with_pool_size(4))
             .await
             .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"))
     }
 
-    pub struct Harness {
-        pub store: PostgresStore,
-    }
-
-    async fn fresh() -> Harness {
-        Harness {
-            store: connect(&unique_schema()).await,
-        }
-    }
-
-    conformance_tests!(fresh);
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reopen_keeps_everything() {
+    /// Each fresh store in a schema of its own.
+    fn stores() -> impl StoreFactory<Store = PostgresStore> {
         let mut schema = String::new();
-        conformance::reopen_keeps_everything(&mut |open: Open| {
+        move |open: Open, faults: Arc<FaultInjector>| {
             if open == Open::Fresh {
                 schema = unique_schema();
             }
-            let schema = schema.clone();
-            async move { connect(&schema).await }
-        })
-        .await;
+            let options = PostgresOptions::new()
+                .with_schema(&schema)
+                .with_faults(faults);
+            connect(options)
+        }
+    }
+
+    nango_sync::conformance_tests!(stores(), durable);
+
+    mod shared {
+        use super::*;
+        nango_sync::conformance_tests!(Shared(stores()), durable);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_migrations_are_safe() {
         let schema = unique_schema();
-        let opens: Vec<_> = (0..6).map(|_| connect(&schema)).collect();
-        let stores = futures::future::join_all(opens).await;
-        conformance::commit_advances_cursor(&stores[0]).await;
-        conformance::fresh_stream_has_no_cursor(&stores[5]).await;
+        let opens: Vec<_> = (0..6)
+            .map(|_| connect(PostgresOptions::new().with_schema(&schema)))
+            .collect();
+        let mut stores = futures::future::join_all(opens).await;
+        let first = stores.remove(0);
+        let mut handed = Some(first);
+        conformance::commit_advances_cursor(&mut |open: Open, _faults: Arc<FaultInjector>| {
+            assert_eq!(open, Open::Fresh);
+            let store = handed.take().expect("one store for one check");
+            async move { store }
+        })
+        .await;
+        // The others share the one migrated schema: they see what the check wrote.
+        let expected = stores[0].streams().await.unwrap();
+        assert_eq!(expected.len(), 1, "{expected:?}");
+        for store in &stores[1..] {
+            assert_eq!(store.streams().await.unwrap(), expected);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,8 +757,9 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn missing_table_is_reported_damaged() {
         let schema = unique_schema();
-        let store = connect(&schema).await;
-        conformance::commit_advances_cursor(&store).await;
+        let store = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let stream = nango_sync::StreamKey::new("conformance", "damaged", "Ticket");
+        store.set_upstream_error(&stream, Some("x")).await.unwrap();
         drop(store);
         let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -648,11 +769,10 @@ mod postgres {
         .await
         .unwrap();
         pool.close().await;
-        let err = PostgresStore::builder(server_url())
-            .schema(&schema)
-            .connect()
-            .await
-            .unwrap_err();
+        let err =
+            PostgresStore::connect_with(&server_url(), PostgresOptions::new().with_schema(&schema))
+                .await
+                .unwrap_err();
         assert!(err.is_damaged_store(), "{err:?}");
         assert!(err.to_string().contains("records"), "{err}");
     }
@@ -660,16 +780,20 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn read_only_open_reads_and_refuses_writes() {
         let schema = unique_schema();
-        let store = connect(&schema).await;
-        conformance::commit_advances_cursor(&store).await;
-        let before = RecordSink::streams(&store).await.unwrap();
-        let ro = PostgresStore::builder(server_url())
-            .schema(&schema)
-            .read_only(true)
-            .connect()
+        let store = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let stream = nango_sync::StreamKey::new("conformance", "read-only", "Ticket");
+        store
+            .set_upstream_error(&stream, Some("before"))
             .await
             .unwrap();
-        assert_eq!(RecordSink::streams(&ro).await.unwrap(), before);
+        let before = store.streams().await.unwrap();
+        let ro = connect(
+            PostgresOptions::new()
+                .with_schema(&schema)
+                .with_read_only(true),
+        )
+        .await;
+        assert_eq!(ro.streams().await.unwrap(), before);
         let err = ro
             .set_upstream_error(&before[0].stream, Some("x"))
             .await
@@ -677,12 +801,14 @@ mod postgres {
         assert!(err.to_string().contains("read-only"), "{err}");
         // A schema that does not exist is not created by a read-only open.
         let missing = unique_schema();
-        let err = PostgresStore::builder(server_url())
-            .schema(&missing)
-            .read_only(true)
-            .connect()
-            .await
-            .unwrap_err();
+        let err = PostgresStore::connect_with(
+            &server_url(),
+            PostgresOptions::new()
+                .with_schema(&missing)
+                .with_read_only(true),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("there is no schema"), "{err}");
     }
 
@@ -698,11 +824,10 @@ mod postgres {
             "pg_catalog",
             &"a".repeat(64),
         ] {
-            let err = PostgresStore::builder(server_url())
-                .schema(bad)
-                .connect()
-                .await
-                .unwrap_err();
+            let err =
+                PostgresStore::connect_with(&server_url(), PostgresOptions::new().with_schema(bad))
+                    .await
+                    .unwrap_err();
             assert!(err.to_string().contains("schema"), "{bad:?}: {err}");
         }
     }
@@ -710,28 +835,33 @@ mod postgres {
     #[tokio::test]
     async fn dead_server_error_hides_the_password() {
         // Port 1 on localhost: nothing listens there.
-        let url = "postgres://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2";
-        let err = PostgresStore::builder(url)
-            .acquire_timeout(std::time::Duration::from_secs(3))
-            .connect()
+        for url in [
+            "postgres://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=2",
+            "postgres://user@127.0.0.1:1/db?connect_timeout=2&password=s3cret-pw",
+        ] {
+            let err = PostgresStore::connect_with(
+                url,
+                PostgresOptions::new().with_acquire_timeout(std::time::Duration::from_secs(3)),
+            )
             .await
             .unwrap_err();
-        let msg = format!("{err} / {err:?}");
-        assert!(!msg.contains("s3cret-pw"), "password leaked: {msg}");
-        assert!(
-            msg.contains("127.0.0.1:1"),
-            "the error names the server: {msg}"
-        );
-        assert!(
-            err.is_retryable(),
-            "a refused connection is retryable: {msg}"
-        );
+            let msg = format!("{err} / {err:?}");
+            assert!(!msg.contains("s3cret-pw"), "password leaked: {msg}");
+            assert!(
+                msg.contains("127.0.0.1:1"),
+                "the error names the server: {msg}"
+            );
+            assert!(
+                err.is_retryable(),
+                "a refused connection is retryable: {msg}"
+            );
+        }
     }
 
     #[tokio::test]
     async fn debug_output_hides_the_password() {
         let url = server_url();
-        let store = connect(&unique_schema()).await;
+        let store = connect(PostgresOptions::new().with_schema(unique_schema())).await;
         let debug = format!("{store:?}");
         assert!(debug.contains("PostgresStore"), "{debug}");
         if let Some(pw) = url
@@ -741,10 +871,16 @@ mod postgres {
         {
             assert!(!debug.contains(pw.1), "password in Debug: {debug}");
         }
-        let with_pw = PostgresStore::builder("postgres://u:hunter2@127.0.0.1:1/db");
+        let err = PostgresStore::connect_with(
+            "postgres://u:hunter2@127.0.0.1:notaport/db",
+            PostgresOptions::new(),
+        )
+        .await
+        .unwrap_err();
+        let msg = format!("{err} / {err:?}");
         assert!(
-            !format!("{with_pw:?}").contains("hunter2"),
-            "password in the builder's Debug"
+            !msg.contains("hunter2"),
+            "password in an invalid-URL error: {msg}"
         );
     }
 }

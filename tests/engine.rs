@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use nango_sync::sink::{self, FaultPoint, ListQuery, SharedSink, SqliteStore};
+use nango_sync::sink::fault::{FaultInjector, FaultPoint};
+use nango_sync::sink::sqlite::SqliteOptions;
+use nango_sync::sink::{self, ListQuery, SharedSink, SqliteStore};
 use nango_sync::testkit::{FakeConfig, FakeNango};
 use nango_sync::{Engine, Error, NangoClient, RetryConfig, SecretKey, StreamKey, SyncOptions};
 use serde_json::{Value, json};
@@ -12,6 +14,8 @@ use serde_json::{Value, json};
 struct Setup {
     fake: Arc<FakeNango>,
     sink: SharedSink,
+    /// Arms the store's fault points.
+    faults: Arc<FaultInjector>,
     engine: Engine,
     _dir: tempfile::TempDir,
 }
@@ -19,10 +23,14 @@ struct Setup {
 async fn setup_with(page_size: u32) -> Setup {
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
+    let faults = FaultInjector::new();
     let sink: SharedSink = Arc::new(
-        SqliteStore::open(dir.path().join("store.db"))
-            .await
-            .unwrap(),
+        SqliteStore::open_with(
+            dir.path().join("store.db"),
+            SqliteOptions::new().with_faults(faults.clone()),
+        )
+        .await
+        .unwrap(),
     );
     let client = NangoClient::builder()
         .host(fake.url())
@@ -41,6 +49,7 @@ async fn setup_with(page_size: u32) -> Setup {
     Setup {
         fake,
         sink,
+        faults,
         engine,
         _dir: dir,
     }
@@ -428,7 +437,7 @@ async fn store_failure_between_records_and_cursor_leaves_nothing_and_the_next_ru
     let s = setup_with(100).await;
     let stream = stream();
     s.fake.generate(&stream, 250, 250);
-    s.sink.faults().arm(FaultPoint::AfterRecords);
+    s.faults.arm(FaultPoint::AfterRecords);
     let err = s
         .engine
         .sync(&stream, &SyncOptions::default())
@@ -466,12 +475,12 @@ async fn store_failure_on_a_later_page_keeps_the_earlier_pages() {
     let stream = stream();
     s.fake.generate(&stream, 250, 250);
     // Fail the second commit: arm after the first one landed.
-    let sink = s.sink.clone();
+    let faults = s.faults.clone();
     let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let options = SyncOptions {
         progress: Some(Arc::new(move |_p: &nango_sync::engine::Progress| {
             if !armed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                sink.faults().arm(FaultPoint::BeforeCommit);
+                faults.arm(FaultPoint::BeforeCommit);
             }
         })),
         ..SyncOptions::default()
@@ -493,5 +502,62 @@ async fn store_failure_on_a_later_page_keeps_the_earlier_pages() {
     assert_eq!(
         local_live(&s.sink, &stream).await,
         s.fake.live_payloads(&stream)
+    );
+}
+
+/// A payload Nango restored after a prune (the record saved again, unchanged) does not
+/// move the cursor: an incremental run cannot see it, and a full re-read takes it back.
+#[tokio::test]
+async fn full_reread_takes_back_a_payload_restored_after_a_prune() {
+    let s = setup_with(100).await;
+    let stream = stream();
+    s.fake
+        .add_connection(&stream.integration, &stream.connection);
+    let a = ticket("a", "Restored");
+    s.fake
+        .save(&stream, vec![a.clone(), ticket("b", "Still pruned")]);
+    s.fake.prune(&stream, &["a", "b"]);
+    let first = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.counts.added, 2);
+    let bare = |id: &str| json!({ "id": id });
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        BTreeMap::from([("a".into(), bare("a")), ("b".into(), bare("b"))]),
+        "read pruned: only ids exist anywhere"
+    );
+
+    s.fake.save(&stream, vec![a.clone()]);
+    let incremental = s
+        .engine
+        .sync(&stream, &SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(incremental.counts.total(), 0, "the cursor did not move");
+
+    let full = s
+        .engine
+        .sync(
+            &stream,
+            &SyncOptions {
+                full: true,
+                ..SyncOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(full.counts.updated, 1, "the restore counts as an update");
+    assert_eq!(full.counts.unchanged, 1);
+    assert_eq!(
+        local_live(&s.sink, &stream).await,
+        BTreeMap::from([("a".into(), a), ("b".into(), bare("b"))])
+    );
+    let stored = s.sink.get(&stream, "a").await.unwrap().unwrap();
+    assert_eq!(
+        stored.meta.pruned_at, None,
+        "pruned_at cleared like upstream"
     );
 }

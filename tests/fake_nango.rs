@@ -836,3 +836,114 @@ async fn server_keeps_serving_while_tests_mutate_and_shuts_down() {
         "stopped"
     );
 }
+
+/// Nango's records store, re-saving a pruned record: the upsert rewrites the pruned row,
+/// so the payload comes back and `pruned_at` is cleared, but nothing moves
+/// `last_modified_at` or the cursor. Read by the wire, step by step: an incremental read
+/// after the re-save sees nothing; a full read returns the restored payload under the
+/// cursor it had.
+#[tokio::test]
+async fn resaving_a_pruned_record_restores_its_payload_in_place() {
+    let fake = fake().await;
+    let s = stream();
+    let a = json!({"id": "a", "title": "ay", "n": 1});
+    fake.save(&s, vec![a.clone(), json!({"id": "b", "title": "bee"})]);
+    assert_eq!(fake.prune(&s, &["a", "b"]), 2);
+
+    let read = |query: &'static str| {
+        let fake = &fake;
+        async move {
+            let (status, _, body) = get(fake, query).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let pruned = read("model=Ticket").await;
+    let records = pruned["records"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        let keys: BTreeSet<&str> = r.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from(["id", "_nango_metadata"]),
+            "pruned: {r}"
+        );
+        assert!(r["_nango_metadata"]["pruned_at"].is_string(), "{r}");
+    }
+    let by_id = |rs: &[Value], id: &str| rs.iter().find(|r| r["id"] == id).unwrap().clone();
+    let last_cursor = records[1]["_nango_metadata"]["cursor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The integration saves "a" again, unchanged.
+    let effect = fake.save(&s, vec![a.clone()]);
+    assert_eq!(effect.unchanged, ["a"], "an identical re-save is no change");
+
+    let (status, _, body) = get(
+        &fake,
+        &format!("model=Ticket&cursor={}", urlencode(&last_cursor)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"next_cursor": null, "records": []}),
+        "an incremental read does not see a restore"
+    );
+
+    let full = read("model=Ticket").await;
+    let after = full["records"].as_array().unwrap();
+    assert_eq!(after.len(), 2);
+    let (ra, rb) = (by_id(after, "a"), by_id(after, "b"));
+    let (pa, pb) = (by_id(&records, "a"), by_id(&records, "b"));
+    for field in ["cursor", "last_modified_at", "first_seen_at", "last_action"] {
+        assert_eq!(
+            ra["_nango_metadata"][field], pa["_nango_metadata"][field],
+            "a restore keeps {field}"
+        );
+    }
+    assert_eq!(ra["_nango_metadata"]["pruned_at"], Value::Null);
+    assert_eq!(ra["title"], "ay");
+    assert_eq!(ra["n"], 1);
+    assert_eq!(rb, pb, "b was not saved again: still pruned");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Nango's routes are not strict about a trailing slash, and its Node SDK sends
+/// `GET /records/?...`: the fake answers both forms alike, and an unknown path with 404.
+#[tokio::test]
+async fn routes_accept_a_trailing_slash() {
+    let fake = fake().await;
+    let s = stream();
+    fake.save(&s, vec![json!({"id": "a"})]);
+    let http = reqwest::Client::new();
+    let send = |path: &str| {
+        http.get(format!("{}{path}?model=Ticket", fake.url()))
+            .header("Connection-Id", &s.connection)
+            .header("Provider-Config-Key", &s.integration)
+            .header(
+                "Authorization",
+                format!("Bearer {}", fake.secret_key().expose()),
+            )
+            .send()
+    };
+    let plain = send("/records").await.unwrap();
+    assert_eq!(plain.status(), 200);
+    let plain = json_body(plain).await;
+    let slashed = send("/records/").await.unwrap();
+    assert_eq!(slashed.status(), 200);
+    assert_eq!(json_body(slashed).await, plain);
+    assert_eq!(send("/recordz/").await.unwrap().status(), 404);
+}

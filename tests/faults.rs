@@ -274,7 +274,10 @@ async fn a_rejected_stored_cursor_turns_into_a_full_reread_with_sweep() {
         .await
         .unwrap();
     assert!(report.full, "a rejected cursor gives a full re-read");
-    assert_eq!(report.full_reason, Some("Nango rejected the stored cursor"));
+    assert_eq!(
+        report.full_reason,
+        Some(nango_sync::FullReadReason::CursorRejected)
+    );
     assert_eq!(report.swept, 1);
     assert!(
         s.sink

@@ -10,10 +10,15 @@
 //!   deleted is live locally;
 //! - payloads: the fake's latest payload; for a pruned record the last full payload the
 //!   store could read (the latest one when the store held it before the prune:
-//!   a prune never wipes a payload).
+//!   a prune never wipes a payload);
+//! - restores: re-saving a pruned record unchanged makes Nango refill its payload without
+//!   moving its cursor, which an incremental run cannot see. Until a full re-read from the
+//!   start has run, such a record may still hold what the store had (its `{id}` or an
+//!   earlier payload of it); after one, it must hold the restored payload.
 //!
-//! Each store runs `NANGO_SYNC_SIM_SEEDS` seeds (default 150); a failure prints its seed,
-//! and `NANGO_SYNC_SIM_SEED=<n>` replays exactly that seed.
+//! Each store runs `NANGO_SYNC_SIM_SEEDS` seeds (default 150 to 300 per store); a failure
+//! prints its seed, and `NANGO_SYNC_SIM_SEED=<n>` replays exactly that seed.
+//! `scripts/sim-campaign.sh` runs thousands of seeds per store (not part of CI).
 #![cfg(feature = "testkit")]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -21,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nango_sync::engine::{EngineConfig, Progress};
-use nango_sync::sink::{self, FaultPoint, SharedSink};
+use nango_sync::sink::fault::{FaultInjector, FaultPoint};
+use nango_sync::sink::{self, SharedSink};
 use nango_sync::testkit::{FakeConfig, FakeNango, Fault};
 use nango_sync::{Engine, NangoClient, RetryConfig, StreamKey, SyncOptions};
 use serde_json::{Value, json};
@@ -45,7 +51,8 @@ impl Rng {
     }
 }
 
-/// The seeds to run: `NANGO_SYNC_SIM_SEED` (one), or `NANGO_SYNC_SIM_SEEDS` (count).
+/// The seeds to run: `NANGO_SYNC_SIM_SEED` (one), or `NANGO_SYNC_SIM_FROM` (default 1)
+/// to `NANGO_SYNC_SIM_SEEDS`.
 fn seeds(default: u64) -> Vec<u64> {
     if let Some(one) = std::env::var("NANGO_SYNC_SIM_SEED")
         .ok()
@@ -53,11 +60,10 @@ fn seeds(default: u64) -> Vec<u64> {
     {
         return vec![one];
     }
-    let n = std::env::var("NANGO_SYNC_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default);
-    (1..=n).collect()
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let n = env("NANGO_SYNC_SIM_SEEDS").unwrap_or(default);
+    let from = env("NANGO_SYNC_SIM_FROM").unwrap_or(1);
+    (from..=n).collect()
 }
 
 /// Prints the seed when a step panics (an unwrap of the test's own plumbing).
@@ -86,6 +92,9 @@ struct Model {
     verified: HashMap<String, nango_sync::Timestamp>,
     /// A hard reset happened since the last successful full run.
     reset_pending: bool,
+    /// Records whose payload Nango restored (without moving them) since the last
+    /// successful full run from the start, with the version that was restored.
+    restored: HashMap<String, (nango_sync::Timestamp, String)>,
 }
 
 fn payload(rng: &mut Rng, id: &str) -> Value {
@@ -146,7 +155,11 @@ async fn check_oracle(
                 r.id
             ));
         };
-        if r.meta.pruned_at.is_none() {
+        let restore_unseen = model
+            .restored
+            .get(&r.id)
+            .is_some_and(|(t, c)| *t == r.meta.last_modified_at && *c == r.meta.cursor.as_str());
+        if r.meta.pruned_at.is_none() && !restore_unseen {
             if got != saved {
                 return Err(format!(
                     "step {step}: {} holds {got}, upstream {saved}",
@@ -177,7 +190,12 @@ async fn check_oracle(
     Ok(())
 }
 
-async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Result<(), String> {
+async fn run_seed(
+    seed: u64,
+    store: &SharedSink,
+    faults: &FaultInjector,
+    backend: &'static str,
+) -> Result<(), String> {
     let _guard = SeedGuard(seed, backend);
     let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
     let fake = Arc::new(
@@ -246,7 +264,22 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                         .or_default()
                         .push(r.clone());
                 }
+                let before: HashMap<String, bool> = fake
+                    .records(&stream)
+                    .into_iter()
+                    .map(|r| (r.id.clone(), r.meta.pruned_at.is_some()))
+                    .collect();
                 fake.save(&stream, records);
+                for r in fake.records(&stream) {
+                    if before.get(&r.id) == Some(&true) && r.meta.pruned_at.is_none() {
+                        // Restored in place: moved records are not pruned either, so
+                        // the oracle checks the version too.
+                        model.restored.insert(
+                            r.id.clone(),
+                            (r.meta.last_modified_at, r.meta.cursor.as_str().to_owned()),
+                        );
+                    }
+                }
             }
             25..=31 => {
                 let ids = pick_ids(&mut rng, 2);
@@ -315,7 +348,7 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                             } else {
                                 FaultPoint::BeforeCommit
                             };
-                            store.faults().arm(point);
+                            faults.arm(point);
                             expect_failure = true;
                         }
                         _ => {}
@@ -339,7 +372,7 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                     .sync_until(&stream, &options, notify.notified())
                     .await;
                 fake.clear_faults();
-                store.faults().disarm();
+                faults.disarm();
                 if trace {
                     eprintln!(
                         "  run full={full} stop_after={stop_after:?} expect_failure={expect_failure}: {:?}",
@@ -356,9 +389,10 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
                         // A resumed full re-read cannot notice records that vanished
                         // after its first part saw them: only one from the start can.
                         if report.full
-                            && report.full_reason != Some("resuming an interrupted full re-read")
+                            && report.full_reason != Some(nango_sync::FullReadReason::Resuming)
                         {
                             model.reset_pending = false;
+                            model.restored.clear();
                         }
                         check_oracle(&fake, store, &stream, &mut model, step).await?;
                     }
@@ -377,11 +411,17 @@ async fn run_seed(seed: u64, store: &SharedSink, backend: &'static str) -> Resul
     Ok(())
 }
 
-async fn simulate(store: SharedSink, backend: &'static str, default_seeds: u64) {
+/// Run the seeds on `store`, whose commits check `faults`.
+async fn simulate(
+    store: SharedSink,
+    faults: Arc<FaultInjector>,
+    backend: &'static str,
+    default_seeds: u64,
+) {
     let seeds = seeds(default_seeds);
     let started = std::time::Instant::now();
     for &seed in &seeds {
-        if let Err(e) = run_seed(seed, &store, backend).await {
+        if let Err(e) = run_seed(seed, &store, &faults, backend).await {
             panic!(
                 "simulation failed on store {backend} with seed {seed}: {e}\n  replay with NANGO_SYNC_SIM_SEED={seed}"
             );
@@ -396,8 +436,11 @@ async fn simulate(store: SharedSink, backend: &'static str, default_seeds: u64) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_memory() {
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::MemoryOptions::new().with_faults(faults.clone());
     simulate(
-        Arc::new(nango_sync::sink::MemoryStore::new()),
+        Arc::new(nango_sync::sink::MemoryStore::with_options(options)),
+        faults,
         "memory",
         300,
     )
@@ -408,20 +451,24 @@ async fn simulation_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = nango_sync::sink::SqliteStore::open(dir.path().join("sim.db"))
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::sqlite::SqliteOptions::new().with_faults(faults.clone());
+    let store = nango_sync::sink::SqliteStore::open_with(dir.path().join("sim.db"), options)
         .await
         .unwrap();
-    simulate(Arc::new(store), "sqlite", 200).await;
+    simulate(Arc::new(store), faults, "sqlite", 200).await;
 }
 
 #[cfg(feature = "sled")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulation_sled() {
     let dir = tempfile::tempdir().unwrap();
-    let store = nango_sync::sink::SledStore::open(dir.path().join("sim"))
+    let faults = FaultInjector::new();
+    let options = nango_sync::sink::sled::SledOptions::new().with_faults(faults.clone());
+    let store = nango_sync::sink::SledStore::open_with(dir.path().join("sim"), options)
         .await
         .unwrap();
-    simulate(Arc::new(store), "sled", 200).await;
+    simulate(Arc::new(store), faults, "sled", 200).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -434,11 +481,15 @@ async fn simulation_postgres() {
         )
     });
     let schema = format!("nsim_{}", uuid::Uuid::new_v4().simple());
-    let store = nango_sync::sink::PostgresStore::builder(url)
-        .schema(&schema)
-        .pool_size(4)
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
-    simulate(Arc::new(store), "postgres", 150).await;
+    let faults = FaultInjector::new();
+    let store = nango_sync::sink::PostgresStore::connect_with(
+        &url,
+        nango_sync::sink::postgres::PostgresOptions::new()
+            .with_schema(&schema)
+            .with_pool_size(4)
+            .with_faults(faults.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
+    simulate(Arc::new(store), faults, "postgres", 150).await;
 }

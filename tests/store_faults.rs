@@ -67,10 +67,7 @@ async fn a_locked_sqlite_file_is_waited_for() {
     let sink: SharedSink = Arc::new(
         SqliteStore::open_with(
             &path,
-            SqliteOptions {
-                busy_timeout: Duration::from_millis(200),
-                ..SqliteOptions::default()
-            },
+            SqliteOptions::new().with_busy_timeout(Duration::from_millis(200)),
         )
         .await
         .unwrap(),
@@ -96,10 +93,7 @@ async fn a_sqlite_file_locked_for_too_long_is_a_clear_error() {
     let sink: SharedSink = Arc::new(
         SqliteStore::open_with(
             &path,
-            SqliteOptions {
-                busy_timeout: Duration::from_millis(100),
-                ..SqliteOptions::default()
-            },
+            SqliteOptions::new().with_busy_timeout(Duration::from_millis(100)),
         )
         .await
         .unwrap(),
@@ -139,11 +133,9 @@ async fn a_full_disk_is_a_clear_error_and_the_store_keeps_its_last_commit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("full.db");
     // Small pages and a cap of 40 pages: room for a few pages of records only.
-    let small = SqliteOptions {
-        page_size: 4096,
-        max_page_count: Some(40),
-        ..SqliteOptions::default()
-    };
+    let small = SqliteOptions::new()
+        .with_page_size(4096)
+        .with_max_page_count(40);
     let sink: SharedSink = Arc::new(SqliteStore::open_with(&path, small).await.unwrap());
     for _ in 0..8 {
         fake.generate(&stream(), 100, 100);
@@ -199,12 +191,14 @@ async fn a_postgres_restart_in_the_middle_of_a_sync_is_retried_and_converges() {
     let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     let schema = format!("nrs_{}", uuid::Uuid::new_v4().simple());
     let sink: SharedSink = Arc::new(
-        nango_sync::sink::PostgresStore::builder(url)
-            .schema(&schema)
-            .pool_size(2)
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}")),
+        nango_sync::sink::PostgresStore::connect_with(
+            &url,
+            nango_sync::sink::postgres::PostgresOptions::new()
+                .with_schema(&schema)
+                .with_pool_size(2),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}")),
     );
     for _ in 0..6 {
         fake.generate(&stream(), 500, 500);

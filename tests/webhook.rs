@@ -9,8 +9,8 @@ use std::time::Duration;
 use nango_sync::StoredRecord;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
 use nango_sync::sink::{
-    self, Commit, CommitOutcome, FaultInjector, ListQuery, RecordSink, RunSummary, SharedSink,
-    SqliteStore, StreamState, StreamStatus,
+    self, Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, SharedSink, SqliteStore,
+    StreamState, StreamStatus,
 };
 use nango_sync::testkit::{FakeConfig, FakeNango, WebhookSettings};
 use nango_sync::webhook::{WebhookEvent, WebhookReceiver, WebhookVerifier, router};
@@ -264,6 +264,7 @@ async fn during_a_key_rotation_the_previous_key_is_accepted() {
 
 /// Holds every commit while closed, so a test can keep a run in flight for as long as
 /// it needs (a burst of webhooks over loopback HTTP takes a while on a loaded machine).
+#[derive(Debug)]
 struct Gate {
     open: tokio::sync::watch::Sender<bool>,
     waiting: std::sync::atomic::AtomicUsize,
@@ -282,6 +283,7 @@ impl Gate {
 }
 
 /// A store whose commits wait at the [`Gate`].
+#[derive(Debug)]
 struct GatedSink {
     inner: SharedSink,
     gate: Arc<Gate>,
@@ -327,9 +329,6 @@ impl RecordSink for GatedSink {
     }
     async fn streams(&self) -> nango_sync::Result<Vec<StreamStatus>> {
         self.inner.streams().await
-    }
-    fn faults(&self) -> &FaultInjector {
-        self.inner.faults()
     }
 }
 

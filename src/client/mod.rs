@@ -323,18 +323,18 @@ impl NangoClient {
                 )
                 .await?;
             let body = self.read_json_body(&describe, resp).await?;
-            Page::parse(&body).map_err(|detail| {
-                if detail.contains("EOF while parsing") {
+            Page::parse(&body).map_err(|e| {
+                if e.is_truncated() {
                     // A body cut short: the connection broke, try again.
                     Error::Transport {
                         request: describe.clone(),
                         kind: TransportKind::Io,
-                        source: format!("truncated body: {detail}").into(),
+                        source: Box::new(e),
                     }
                 } else {
                     Error::MalformedPage {
                         request: describe.clone(),
-                        detail,
+                        source: e,
                     }
                 }
             })

@@ -64,7 +64,8 @@ use crate::merge::Counts;
 use crate::page::Page;
 use crate::record::{Cursor, StreamKey};
 use crate::sink::{
-    Commit, CommitOutcome, DynRecordSink, FullRead, RunSummary, SharedSink, StreamState,
+    Commit, CommitOutcome, DynRecordSink, FullRead, FullReadReason, RunSummary, SharedSink,
+    StreamState,
 };
 use crate::time::Timestamp;
 
@@ -115,7 +116,7 @@ fn default_commit_retry() -> RetryConfig {
 #[derive(Debug, Default)]
 struct RunTrack {
     full: bool,
-    full_reason: Option<&'static str>,
+    full_reason: Option<FullReadReason>,
     high_water_mark: Option<Timestamp>,
 }
 
@@ -205,7 +206,7 @@ pub struct RunReport {
     /// Whether the run was a full re-read.
     pub full: bool,
     /// Why the run was a full re-read, if it was.
-    pub full_reason: Option<&'static str>,
+    pub full_reason: Option<FullReadReason>,
     /// The stream's cursor after the run.
     pub cursor: Option<Cursor>,
 }
@@ -343,7 +344,7 @@ impl Engine {
                 pages: r.pages,
                 counts: r.counts,
                 full: r.full,
-                full_reason: r.full_reason.map(str::to_string),
+                full_reason: r.full_reason,
                 high_water_mark: track.high_water_mark,
                 error: stopped.then(|| {
                     "stopped by shutdown before the end; the next run resumes from the stored cursor"
@@ -356,7 +357,7 @@ impl Engine {
                 pages: 0,
                 counts: Counts::default(),
                 full: track.full,
-                full_reason: track.full_reason.map(str::to_string),
+                full_reason: track.full_reason,
                 high_water_mark: track.high_water_mark,
                 error: Some(e.to_string()),
             },
@@ -408,7 +409,7 @@ impl Engine {
         };
         info!(
             full = plan.full.is_some(),
-            reason = plan.reason.unwrap_or("incremental"),
+            reason = plan.reason.map_or("incremental", FullReadReason::as_str),
             "run starts"
         );
 
@@ -704,16 +705,13 @@ impl Engine {
     }
 }
 
-/// The reason of a run that resumes an interrupted full re-read.
-const RESUMING: &str = "resuming an interrupted full re-read";
-
 /// How a run starts.
 struct RunPlan {
     start: Option<Cursor>,
     /// The generation of a full re-read, when the run is one.
     full: Option<u64>,
     modified_after: Option<Timestamp>,
-    reason: Option<&'static str>,
+    reason: Option<FullReadReason>,
 }
 
 impl RunPlan {
@@ -726,7 +724,7 @@ impl RunPlan {
                 start: None,
                 full: Some(state.full_read.unwrap_or(state.generation) + 1),
                 modified_after: None,
-                reason: Some("requested"),
+                reason: Some(FullReadReason::Requested),
             };
         }
         if let Some(g) = state.full_read {
@@ -735,7 +733,7 @@ impl RunPlan {
                 start: state.cursor.clone(),
                 full: Some(g),
                 modified_after: None,
-                reason: Some(RESUMING),
+                reason: Some(FullReadReason::Resuming),
             };
         }
         match &state.cursor {
@@ -755,7 +753,7 @@ impl RunPlan {
                 start: None,
                 full: Some(state.generation + 1),
                 modified_after: None,
-                reason: Some("first sync"),
+                reason: Some(FullReadReason::FirstSync),
             },
         }
     }
@@ -765,7 +763,7 @@ impl RunPlan {
             start: None,
             full: Some(state.full_read.unwrap_or(state.generation) + 1),
             modified_after: None,
-            reason: Some(RunSummary::REJECTED_CURSOR),
+            reason: Some(FullReadReason::CursorRejected),
         }
     }
 }

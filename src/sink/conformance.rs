@@ -1,30 +1,73 @@
-//! The store conformance suite: one set of checks that every [`RecordSink`] runs unchanged.
+//! The store conformance suite: one list of checks that every [`RecordSink`] runs
+//! unchanged.
 //!
-//! The in-memory store is the reference implementation; the SQLite, sled and PostgreSQL
-//! stores must behave exactly like it: same cursors, same sequence numbers, same merge
-//! outcomes and counts, same tombstones and sweep, same list order (code-point order of
-//! ids), and all-or-nothing commits even when a failure is injected between the steps of
-//! a commit ([`FaultPoint`]).
+//! The in-memory store is the reference implementation. Each check writes a history to
+//! the store under test and, commit by commit, to a [`MemoryStore`]: every commit must
+//! have the same outcome on both (the same sequence number, counts and sweep, or the
+//! same cursor conflict), and at the end of the check both stores must hold the same
+//! thing: the same statuses (state, totals, record counts, last run, upstream error)
+//! and the same exports (every record, tombstones included, as its export line, with
+//! its sequence number). A commit the store under test fails (an injected fault) is not
+//! given to the reference, so the comparison also proves it left nothing behind. On top
+//! of that, each check asserts what the history must produce, so the reference itself
+//! is checked.
 //!
-//! Each check is a public async function. Most take a store (`&S`) and expect to be the
-//! only writer while they run; they use stream keys of their own, so several checks can
-//! share one store one after the other. Checks that need a new or a re-opened store take
-//! a factory closure `FnMut(Open) -> Future<Output = S>` (see [`Open`]). [`run_all`] runs
-//! every check.
+//! Each check is a public async function taking a [`StoreFactory`], which makes the
+//! stores it needs: a new one ([`Open::Fresh`]), and for the checks of durable stores
+//! the same one opened again ([`Open::Reopen`]). A factory passes the check's
+//! [`FaultInjector`] to the store's options (`with_faults`), so checks can fail a
+//! commit between its steps ([`FaultPoint`]). [`Shared`] runs the checks through the
+//! shared handle ([`SharedSink`]) instead.
 //!
-//! Every check panics with a message naming the backend and what differed; a backend's
-//! test file calls them from `#[tokio::test]` functions (see `tests/conformance.rs`).
+//! [`conformance_tests!`](crate::conformance_tests) generates one `#[tokio::test]` per
+//! check, from the same list [`run_all`] runs:
+//!
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! mod sqlite {
+//!     use std::sync::Arc;
+//!
+//!     use nango_sync::sink::conformance::{Open, Shared, StoreFactory};
+//!     use nango_sync::sink::fault::FaultInjector;
+//!     use nango_sync::sink::{SqliteStore, sqlite::SqliteOptions};
+//!
+//!     /// Each fresh store a new file in one directory, kept as long as the factory.
+//!     fn stores() -> impl StoreFactory<Store = SqliteStore> {
+//!         let dir = tempfile::tempdir().unwrap();
+//!         let mut n = 0;
+//!         move |open: Open, faults: Arc<FaultInjector>| {
+//!             n += usize::from(open == Open::Fresh);
+//!             let path = dir.path().join(format!("{n}.db"));
+//!             let options = SqliteOptions::new().with_faults(faults);
+//!             async move { SqliteStore::open_with(path, options).await.unwrap() }
+//!         }
+//!     }
+//!
+//!     nango_sync::conformance_tests!(stores(), durable);
+//!
+//!     mod shared {
+//!         use super::*;
+//!         nango_sync::conformance_tests!(Shared(stores()), durable);
+//!     }
+//! }
+//! # fn main() {}
+//! ```
+//!
+//! Every check panics with a message naming the backend and what differed.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::merge::Counts;
 use crate::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
+use crate::sink::fault::{FaultInjector, FaultPoint};
 use crate::sink::{
-    Commit, CommitOutcome, DynRecordSink, FaultPoint, FullRead, ListQuery, RecordSink, RunSummary,
+    Commit, CommitOutcome, FullRead, ListQuery, MemoryStore, RecordSink, RunSummary, SharedSink,
     StreamState, StreamStatus, read_all,
 };
 use crate::time::Timestamp;
@@ -39,32 +82,327 @@ pub enum Open {
     Reopen,
 }
 
-/// Run every check. `open` makes stores: each check gets an [`Open::Fresh`] store, and
-/// when `durable` is set, [`reopen_keeps_everything`] also asks for [`Open::Reopen`].
-pub async fn run_all<S, F, Fut>(mut open: F, durable: bool)
+/// Makes the stores the checks run on.
+///
+/// Implemented by closures `FnMut(Open, Arc<FaultInjector>) -> impl Future<Output = S>`.
+pub trait StoreFactory {
+    /// The store under test.
+    type Store: RecordSink;
+
+    /// A store (see [`Open`]) whose commits check `faults` at their [`FaultPoint`]s.
+    fn open(&mut self, open: Open, faults: Arc<FaultInjector>)
+    -> impl Future<Output = Self::Store>;
+}
+
+impl<F, Fut, S> StoreFactory for F
 where
-    S: RecordSink,
-    F: FnMut(Open) -> Fut,
+    F: FnMut(Open, Arc<FaultInjector>) -> Fut,
     Fut: Future<Output = S>,
+    S: RecordSink,
 {
-    fresh_stream_has_no_cursor(&open(Open::Fresh).await).await;
-    commit_advances_cursor(&open(Open::Fresh).await).await;
-    replayed_commit_is_idempotent(&open(Open::Fresh).await).await;
-    cursor_conflict_writes_nothing(&open(Open::Fresh).await).await;
-    injected_failure_leaves_nothing(&open(Open::Fresh).await).await;
-    streams_are_isolated(&open(Open::Fresh).await).await;
-    large_commit(&open(Open::Fresh).await).await;
-    merge_outcomes_are_counted(&open(Open::Fresh).await).await;
-    full_read_sweeps_unseen_records(&open(Open::Fresh).await).await;
-    seq_is_monotonic_and_per_record(&open(Open::Fresh).await).await;
-    list_pages_in_code_point_order(&open(Open::Fresh).await).await;
-    stream_status_is_reported(&open(Open::Fresh).await).await;
-    run_and_upstream_error_round_trip(&open(Open::Fresh).await).await;
-    reads_during_commit_see_old_or_new(&open(Open::Fresh).await).await;
-    hostile_strings_round_trip(&open(Open::Fresh).await).await;
-    if durable {
-        reopen_keeps_everything(&mut open).await;
+    type Store = S;
+
+    fn open(&mut self, open: Open, faults: Arc<FaultInjector>) -> impl Future<Output = S> {
+        self(open, faults)
     }
+}
+
+/// The stores of a factory, used through the shared handle ([`SharedSink`], the
+/// object-safe twin behind an `Arc`).
+#[derive(Debug, Clone)]
+pub struct Shared<F>(pub F);
+
+impl<F: StoreFactory> StoreFactory for Shared<F> {
+    type Store = SharedSink;
+
+    async fn open(&mut self, open: Open, faults: Arc<FaultInjector>) -> SharedSink {
+        Arc::new(self.0.open(open, faults).await)
+    }
+}
+
+/// The store under test and the reference it is compared with: a [`RecordSink`] that
+/// gives every commit, run and upstream error to both (reads go to the store under
+/// test only).
+#[derive(Debug)]
+struct Mirrored<S> {
+    store: S,
+    reference: MemoryStore,
+    /// Commits reach both stores in the same order.
+    order: tokio::sync::Mutex<()>,
+}
+
+impl<S: RecordSink> Mirrored<S> {
+    /// Check that the store under test holds what the reference holds: the same
+    /// statuses, and for every stream the same state and the same records (as export
+    /// lines, with their sequence numbers).
+    async fn assert_matches_reference(&self) {
+        let b = self.store.backend();
+        let got = Holdings::read(&self.store).await;
+        let want = Holdings::read(&self.reference).await;
+        assert_eq!(
+            got.statuses, want.statuses,
+            "{b}: statuses differ from the reference store's"
+        );
+        for (stream, want) in &want.streams {
+            let got = got.streams.get(stream);
+            assert_eq!(
+                got,
+                Some(want),
+                "{b}: {stream:?} differs from the reference store's (state, then export lines with seq)"
+            );
+        }
+        assert_eq!(
+            got.streams.len(),
+            want.streams.len(),
+            "{b}: streams differ from the reference store's"
+        );
+    }
+}
+
+/// What a store holds, in a form every store gives alike.
+#[derive(Debug, PartialEq)]
+struct Holdings {
+    statuses: Vec<StreamStatus>,
+    streams: BTreeMap<StreamKey, (StreamState, Vec<(String, u64)>)>,
+}
+
+impl Holdings {
+    async fn read<S: RecordSink>(store: &S) -> Holdings {
+        let b = store.backend();
+        let statuses = statuses(store).await;
+        let mut streams = BTreeMap::new();
+        for s in &statuses {
+            let records = read_all(store as &dyn crate::sink::DynRecordSink, &s.stream, true)
+                .await
+                .unwrap_or_else(|e| panic!("{b}: list failed: {e}"));
+            let lines = records
+                .iter()
+                .map(|r| (r.to_export_line(), r.seq))
+                .collect();
+            streams.insert(s.stream.clone(), (s.state.clone(), lines));
+        }
+        Holdings { statuses, streams }
+    }
+}
+
+impl<S: RecordSink> RecordSink for Mirrored<S> {
+    fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
+        self.store.stream_state(stream).await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        let _order = self.order.lock().await;
+        let b = self.store.backend();
+        let got = self.store.commit(commit.clone()).await;
+        match &got {
+            Ok(outcome) => {
+                let want = self.reference.commit(commit).await.unwrap_or_else(|e| {
+                    panic!("{b}: a commit the store accepted fails on the reference store: {e}")
+                });
+                assert_eq!(
+                    outcome, &want,
+                    "{b}: the commit's outcome differs from the reference store's"
+                );
+            }
+            Err(e @ Error::CursorConflict { .. }) => match self.reference.commit(commit).await {
+                Err(want @ Error::CursorConflict { .. }) => assert_eq!(
+                    e.to_string(),
+                    want.to_string(),
+                    "{b}: the cursor conflict differs from the reference store's"
+                ),
+                other => panic!(
+                    "{b}: the store reports a cursor conflict ({e}), the reference store {other:?}"
+                ),
+            },
+            // Any other failure (an injected fault) must leave nothing behind: the
+            // reference does not take the commit, and the comparison at the end of the
+            // check finds whatever the store kept of it.
+            Err(_) => {}
+        }
+        got
+    }
+
+    async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
+        self.store.get(stream, id).await
+    }
+
+    async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
+        self.store.list(stream, query).await
+    }
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
+        let _order = self.order.lock().await;
+        self.store.record_run(stream, run).await?;
+        self.reference
+            .record_run(stream, run)
+            .await
+            .expect("the memory store records runs");
+        Ok(())
+    }
+
+    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
+        let _order = self.order.lock().await;
+        self.store.set_upstream_error(stream, error).await?;
+        self.reference
+            .set_upstream_error(stream, error)
+            .await
+            .expect("the memory store records upstream errors");
+        Ok(())
+    }
+
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        self.store.last_run(stream).await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        self.store.streams().await
+    }
+}
+
+/// One check's store: the store under test mirrored to the reference, and the fault
+/// injector the store was opened with. Dropping it without
+/// [`Subject::finish`] panics, so no check forgets the comparison.
+struct Subject<S: RecordSink> {
+    mirrored: Option<Mirrored<S>>,
+    faults: Arc<FaultInjector>,
+}
+
+impl<S: RecordSink> Subject<S> {
+    async fn fresh<F: StoreFactory<Store = S>>(stores: &mut F) -> Self {
+        let faults = FaultInjector::new();
+        let store = stores.open(Open::Fresh, faults.clone()).await;
+        Subject {
+            mirrored: Some(Mirrored {
+                store,
+                reference: MemoryStore::new(),
+                order: tokio::sync::Mutex::new(()),
+            }),
+            faults,
+        }
+    }
+
+    /// The store, mirrored.
+    fn store(&self) -> &Mirrored<S> {
+        self.mirrored
+            .as_ref()
+            .expect("a subject holds its store until it finishes")
+    }
+
+    /// Close the store under test and open it again (the reference keeps its state).
+    async fn reopen<F: StoreFactory<Store = S>>(&mut self, stores: &mut F) {
+        let old = self.mirrored.take().expect("a store to reopen");
+        let Mirrored {
+            store, reference, ..
+        } = old;
+        drop(store);
+        let store = stores.open(Open::Reopen, self.faults.clone()).await;
+        self.mirrored = Some(Mirrored {
+            store,
+            reference,
+            order: tokio::sync::Mutex::new(()),
+        });
+    }
+
+    /// Compare the store with the reference, and end the check.
+    async fn finish(mut self) {
+        let mirrored = self.mirrored.take().expect("finish once");
+        mirrored.assert_matches_reference().await;
+    }
+}
+
+impl<S: RecordSink> Drop for Subject<S> {
+    fn drop(&mut self) {
+        if self.mirrored.is_some() && !std::thread::panicking() {
+            panic!("a conformance check ended without comparing its store with the reference");
+        }
+    }
+}
+
+impl<S: RecordSink> fmt::Debug for Subject<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subject")
+            .field("mirrored", &self.mirrored)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run every check of the list, in order, on stores of `stores`; with `durable`, also
+/// the checks of durable stores.
+pub async fn run_all<F: StoreFactory>(stores: &mut F, durable: bool) {
+    crate::conformance_tests!(@list run (stores, durable));
+}
+
+/// Generates one `#[tokio::test]` per conformance check, from the suite's one list of
+/// checks (the list [`run_all`](crate::sink::conformance::run_all) runs).
+///
+/// `conformance_tests!(FACTORY)` generates the checks every store runs;
+/// `conformance_tests!(FACTORY, durable)` also the checks of durable stores
+/// ([`reopen_keeps_everything`](crate::sink::conformance::reopen_keeps_everything)).
+/// `FACTORY` is an expression giving a
+/// [`StoreFactory`](crate::sink::conformance::StoreFactory), evaluated once per test;
+/// the tests run on tokio's multi-thread runtime, so the calling crate depends on
+/// `tokio` with its `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::conformance_tests!(@list tests ($factory, transient));
+    };
+    ($factory:expr, durable) => {
+        $crate::conformance_tests!(@list tests ($factory, durable));
+    };
+    // The list: the checks every store runs, then those of durable stores.
+    (@list $mode:ident $args:tt) => {
+        $crate::conformance_tests!(@$mode $args [
+            fresh_stream_has_no_cursor,
+            commit_advances_cursor,
+            replayed_commit_is_idempotent,
+            cursor_conflict_writes_nothing,
+            injected_failure_leaves_nothing,
+            streams_are_isolated,
+            large_commit,
+            merge_outcomes_are_counted,
+            restored_payload_fills_a_pruned_copy,
+            full_read_sweeps_unseen_records,
+            seq_is_monotonic_and_per_record,
+            list_pages_in_code_point_order,
+            stream_status_is_reported,
+            run_and_upstream_error_round_trip,
+            reads_during_commit_see_old_or_new,
+            hostile_strings_round_trip,
+        ] [
+            reopen_keeps_everything,
+        ]);
+    };
+    (@tests ($factory:expr, $durability:ident) [$($check:ident),* $(,)?] [$($durable:ident),* $(,)?]) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let mut stores = $factory;
+                $crate::sink::conformance::$check(&mut stores).await;
+            }
+        )*
+        $crate::conformance_tests!(@durable $durability ($factory) [$($durable),*]);
+    };
+    (@durable durable ($factory:expr) [$($check:ident),*]) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let mut stores = $factory;
+                $crate::sink::conformance::$check(&mut stores).await;
+            }
+        )*
+    };
+    (@durable transient ($factory:expr) [$($check:ident),*]) => {};
+    (@run ($stores:expr, $durable:expr) [$($check:ident),* $(,)?] [$($durable_check:ident),* $(,)?]) => {{
+        $( $check(&mut *$stores).await; )*
+        if $durable {
+            $( $durable_check(&mut *$stores).await; )*
+        }
+    }};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -193,9 +531,13 @@ async fn all<S: RecordSink>(
     stream: &StreamKey,
     include_deleted: bool,
 ) -> Vec<StoredRecord> {
-    read_all(store as &dyn DynRecordSink, stream, include_deleted)
-        .await
-        .unwrap_or_else(|e| panic!("{}: list failed: {e}", backend(store)))
+    read_all(
+        store as &dyn crate::sink::DynRecordSink,
+        stream,
+        include_deleted,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: list failed: {e}", backend(store)))
 }
 
 async fn statuses<S: RecordSink>(store: &S) -> Vec<StreamStatus> {
@@ -291,9 +633,90 @@ fn assert_seen(backend: &str, what: &str, actual: Option<&StoredRecord>, expecte
 // Checks
 // ---------------------------------------------------------------------------------------
 
+/// Nango restores a pruned payload (the record saved again) without moving its cursor:
+/// the same version, no longer pruned, fills in the payload of a copy that was read
+/// pruned (`{id}` only), and clears the `pruned_at` of a copy whose payload the store
+/// kept. It counts as `updated` and takes the commit's sequence number; the same restore
+/// read again is unchanged.
+pub async fn restored_payload_fills_a_pruned_copy<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let s = stream("restore");
+    // "a" first read pruned; "b" held in full, then read pruned (payload kept).
+    commit_page(store, &s, vec![added("b", 5, "bee")]).await;
+    let o1 = commit_page(store, &s, vec![pruned("a", 10), pruned("b", 11)]).await;
+    assert_eq!(o1.counts, counts(1, 1, 0, 0, 0), "{b}: pruned page");
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.payload.to_value()),
+        Some(json!({"id": "a"})),
+        "{b}: a first read pruned holds only its id"
+    );
+    // Restores: the same versions (same instant, same cursor), unpruned and full.
+    let restore_a = version(
+        "a",
+        10,
+        LastAction::Updated,
+        json!({"id": "a", "title": "ay"}),
+    );
+    let restore_b = version(
+        "b",
+        11,
+        LastAction::Updated,
+        json!({"id": "b", "title": "bee"}),
+    );
+    let o2 = commit_page(store, &s, vec![restore_a.clone(), restore_b.clone()]).await;
+    assert_eq!(
+        o2.counts,
+        counts(0, 2, 0, 0, 0),
+        "{b}: restores count as updated"
+    );
+    assert!(
+        o2.seq > o1.seq,
+        "{b}: a restore takes a new sequence number"
+    );
+    for (want, title) in [(&restore_a, "ay"), (&restore_b, "bee")] {
+        let got = get(store, &s, &want.id).await;
+        assert_seen(
+            b,
+            "restored record",
+            got.as_ref(),
+            &Seen {
+                id: want.id.clone(),
+                payload: json!({"id": want.id, "title": title}),
+                meta: want.meta.clone(),
+                seq: o2.seq,
+            },
+        );
+    }
+    // The same restore again (a replayed page) changes nothing.
+    let o3 = commit_page(store, &s, vec![restore_a, restore_b]).await;
+    assert_eq!(
+        o3.counts,
+        counts(0, 0, 0, 2, 0),
+        "{b}: a restore read again"
+    );
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.seq),
+        Some(o2.seq),
+        "{b}: an unchanged record keeps its sequence number"
+    );
+    // A version still pruned never replaces a payload.
+    let o4 = commit_page(store, &s, vec![pruned("a", 10)]).await;
+    assert_eq!(o4.counts, counts(0, 0, 0, 1, 0), "{b}: still pruned");
+    assert_eq!(
+        get(store, &s, "a").await.map(|r| r.payload.to_value()),
+        Some(json!({"id": "a", "title": "ay"})),
+        "{b}: the restored payload stays"
+    );
+    subject.finish().await;
+}
+
 /// A stream never committed has the default state (no cursor, generation 0), no records,
 /// and is not listed by `streams()`.
-pub async fn fresh_stream_has_no_cursor<S: RecordSink>(store: &S) {
+pub async fn fresh_stream_has_no_cursor<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("fresh");
     assert_eq!(
@@ -313,11 +736,14 @@ pub async fn fresh_stream_has_no_cursor<S: RecordSink>(store: &S) {
         status(store, &s).await.is_none(),
         "{b}: reading a stream must not create it"
     );
+    subject.finish().await;
 }
 
 /// A commit moves the cursor to the page's cursor and stores the records; an empty page
 /// keeps the cursor (and still is a commit with its own sequence number).
-pub async fn commit_advances_cursor<S: RecordSink>(store: &S) {
+pub async fn commit_advances_cursor<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("advance");
     let out = commit_page(store, &s, vec![added("a", 1, "one"), added("b", 2, "two")]).await;
@@ -364,11 +790,14 @@ pub async fn commit_advances_cursor<S: RecordSink>(store: &S) {
         .expect("stream listed after a commit");
     assert_eq!(st.live_records, 2, "{b}: live records");
     assert_eq!(st.totals, counts(2, 1, 0, 0, 0), "{b}: totals");
+    subject.finish().await;
 }
 
 /// Committing the same page again (as after a crash between commit and acknowledgement)
 /// changes nothing: every record counts as unchanged and keeps its sequence number.
-pub async fn replayed_commit_is_idempotent<S: RecordSink>(store: &S) {
+pub async fn replayed_commit_is_idempotent<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("replay");
     let records = vec![
@@ -401,11 +830,14 @@ pub async fn replayed_commit_is_idempotent<S: RecordSink>(store: &S) {
         (2, 1),
         "{b}: live/deleted after replay"
     );
+    subject.finish().await;
 }
 
 /// A commit whose expected cursor is not the stored one is rejected with
 /// [`Error::CursorConflict`] and writes nothing, on a new and on an existing stream.
-pub async fn cursor_conflict_writes_nothing<S: RecordSink>(store: &S) {
+pub async fn cursor_conflict_writes_nothing<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("conflict");
     let fresh = stream("conflict-fresh");
@@ -464,12 +896,15 @@ pub async fn cursor_conflict_writes_nothing<S: RecordSink>(store: &S) {
         counts(0, 1, 0, 0, 0),
         "{b}: the right commit applies after a conflict"
     );
+    subject.finish().await;
 }
 
 /// A failure injected at each [`FaultPoint`] leaves nothing visible (records, cursor,
 /// sequence numbers, counts, sweep) and the same commit then succeeds, with the sequence
 /// number the failed one would have had.
-pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
+pub async fn injected_failure_leaves_nothing<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     for point in [FaultPoint::AfterRecords, FaultPoint::BeforeCommit] {
         let s = stream(&format!("fault-{point:?}"));
@@ -488,7 +923,7 @@ pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
         // A first commit on a new stream: the stream must not appear.
         let before = snapshot(store, &[&s, &new_stream]).await;
         let c = page(store, &new_stream, vec![added("x", 1, "x")]).await;
-        store.faults().arm(point);
+        subject.faults.arm(point);
         let err = store
             .commit(c.clone())
             .await
@@ -522,7 +957,7 @@ pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
             ],
         )
         .await;
-        store.faults().arm(point);
+        subject.faults.arm(point);
         assert!(
             store.commit(c.clone()).await.is_err(),
             "{b}: {point:?}: armed commit succeeded"
@@ -551,7 +986,7 @@ pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
             complete: true,
         });
         let before = snapshot(store, &[&s, &new_stream]).await;
-        store.faults().arm(point);
+        subject.faults.arm(point);
         assert!(
             store.commit(c.clone()).await.is_err(),
             "{b}: {point:?}: armed sweep succeeded"
@@ -577,23 +1012,20 @@ pub async fn injected_failure_leaves_nothing<S: RecordSink>(store: &S) {
             "{b}: {point:?}: generation after the sweep"
         );
     }
+    subject.finish().await;
 }
 
 /// A durable store keeps everything when it is closed and opened again: records,
 /// tombstones, cursors, generations, full reads in progress, counts, runs, upstream
 /// errors and the sequence counter.
-pub async fn reopen_keeps_everything<S, F, Fut>(open: &mut F)
-where
-    S: RecordSink,
-    F: FnMut(Open) -> Fut,
-    Fut: Future<Output = S>,
-{
+pub async fn reopen_keeps_everything<F: StoreFactory>(stores: &mut F) {
     let s1 = stream("reopen-1");
     let s2 = stream("reopen-2").with_variant("eu");
-    let store = open(Open::Fresh).await;
-    let b = backend(&store);
+    let mut subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
     commit_page(
-        &store,
+        store,
         &s1,
         vec![
             added("a", 1, "one"),
@@ -602,13 +1034,13 @@ where
         ],
     )
     .await;
-    commit_page(&store, &s1, vec![deleted_bare("b", 4), pruned("c", 5)]).await;
-    let mut c = page(&store, &s2, vec![added("x", 1, "x")]).await;
+    commit_page(store, &s1, vec![deleted_bare("b", 4), pruned("c", 5)]).await;
+    let mut c = page(store, &s2, vec![added("x", 1, "x")]).await;
     c.full_read = Some(FullRead {
         generation: 3,
         complete: false,
     });
-    let last = commit(&store, c).await;
+    let last = commit(store, c).await;
     let run = RunSummary {
         started_at: ts(10),
         finished_at: ts(20),
@@ -624,36 +1056,39 @@ where
         .set_upstream_error(&s2, Some("sync failed: 'x'"))
         .await
         .unwrap();
-    let before = snapshot(&store, &[&s1, &s2]).await;
-    drop(store);
+    let before = snapshot(store, &[&s1, &s2]).await;
 
-    let store = open(Open::Reopen).await;
-    let after = snapshot(&store, &[&s1, &s2]).await;
+    subject.reopen(stores).await;
+    let store = subject.store();
+    let after = snapshot(store, &[&s1, &s2]).await;
     assert_eq!(after, before, "{b}: the reopened store differs");
     assert_eq!(
         after.records[&s2].0.full_read,
         Some(3),
         "{b}: full read in progress kept"
     );
-    let out = commit_page(&store, &s1, vec![updated("a", 6, "uno")]).await;
+    let out = commit_page(store, &s1, vec![updated("a", 6, "uno")]).await;
     assert_eq!(
         out.seq,
         last.seq + 1,
         "{b}: the sequence continues after a reopen"
     );
-    drop(store);
 
-    let store = open(Open::Reopen).await;
+    subject.reopen(stores).await;
+    let store = subject.store();
     assert_eq!(
-        get(&store, &s1, "a").await.map(|r| r.seq),
+        get(store, &s1, "a").await.map(|r| r.seq),
         Some(out.seq),
         "{b}: second reopen"
     );
+    subject.finish().await;
 }
 
 /// Streams that differ in any one key field never see each other's records, cursors
 /// or counts.
-pub async fn streams_are_isolated<S: RecordSink>(store: &S) {
+pub async fn streams_are_isolated<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let base = StreamKey::new("iso", "conn", "Ticket");
     let variants = [
@@ -713,11 +1148,14 @@ pub async fn streams_are_isolated<S: RecordSink>(store: &S) {
             "{b}: delete leaked into {s:?}"
         );
     }
+    subject.finish().await;
 }
 
 /// One commit of 10,000 records stores all of them, and replaying it counts 10,000
 /// unchanged records.
-pub async fn large_commit<S: RecordSink>(store: &S) {
+pub async fn large_commit<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("large");
     const N: usize = 10_000;
@@ -757,12 +1195,15 @@ pub async fn large_commit<S: RecordSink>(store: &S) {
         st.live_records, N as u64,
         "{b}: live records after large commit"
     );
+    subject.finish().await;
 }
 
 /// The merge rule's outcomes, scripted: add, update, stale, same version, delete with
 /// `{id}` (keeps the payload), undelete, delete with a full payload, prune (keeps the
 /// payload), a page mixing outcomes, and a repeated id inside one page.
-pub async fn merge_outcomes_are_counted<S: RecordSink>(store: &S) {
+pub async fn merge_outcomes_are_counted<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("merge");
     let title = |v: &str, id: &str| json!({"id": id, "title": v});
@@ -942,12 +1383,15 @@ pub async fn merge_outcomes_are_counted<S: RecordSink>(store: &S) {
         (4, 1),
         "{b}: live and deleted records"
     );
+    subject.finish().await;
 }
 
 /// A full re-read stamps a new generation on every record it sees; its completing
 /// commit marks every live record it did not see as deleted (`deleted_at == commit.now`,
 /// counted in `swept` and `deleted`), keeps their payload, and sets the generation.
-pub async fn full_read_sweeps_unseen_records<S: RecordSink>(store: &S) {
+pub async fn full_read_sweeps_unseen_records<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("sweep");
     let other = stream("sweep-other");
@@ -1073,12 +1517,15 @@ pub async fn full_read_sweeps_unseen_records<S: RecordSink>(store: &S) {
         "{b}: counts after the second re-read"
     );
     assert_eq!(st.state.generation, 2);
+    subject.finish().await;
 }
 
 /// Commit sequence numbers grow by one per successful commit of the store (across
 /// streams), and every record carries the sequence number of the commit that last
 /// changed it (unchanged and stale versions leave it).
-pub async fn seq_is_monotonic_and_per_record<S: RecordSink>(store: &S) {
+pub async fn seq_is_monotonic_and_per_record<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("seq");
     let t = stream("seq-other");
@@ -1126,6 +1573,7 @@ pub async fn seq_is_monotonic_and_per_record<S: RecordSink>(store: &S) {
         "{b}: record_run/set_upstream_error must not use sequence numbers"
     );
     assert_eq!(get(store, &s, "a").await.unwrap().seq, o6.seq);
+    subject.finish().await;
 }
 
 fn sample_run() -> RunSummary {
@@ -1135,7 +1583,7 @@ fn sample_run() -> RunSummary {
         pages: 3,
         counts: counts(5, 4, 3, 2, 1),
         full: true,
-        full_reason: Some("Nango rejected the stored cursor".into()),
+        full_reason: Some(crate::sink::FullReadReason::CursorRejected),
         high_water_mark: Some(Timestamp::from_micros(1_700_000_000_123_456)),
         error: Some("store: 'x'; \"y\" -- %".into()),
     }
@@ -1144,7 +1592,9 @@ fn sample_run() -> RunSummary {
 /// `list` returns records in code-point (UTF-8 byte) order of ids, unicode included,
 /// pages with `after_id` (which need not exist) and `limit`, and skips tombstones unless
 /// asked.
-pub async fn list_pages_in_code_point_order<S: RecordSink>(store: &S) {
+pub async fn list_pages_in_code_point_order<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("list");
     let ids = [
@@ -1278,11 +1728,14 @@ pub async fn list_pages_in_code_point_order<S: RecordSink>(store: &S) {
             .is_empty(),
         "{b}: unknown stream"
     );
+    subject.finish().await;
 }
 
 /// `streams()` lists every stream with its state, totals, live and deleted record counts,
 /// last run and upstream error.
-pub async fn stream_status_is_reported<S: RecordSink>(store: &S) {
+pub async fn stream_status_is_reported<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s1 = stream("status-1");
     let s2 = stream("status-2").with_variant("v");
@@ -1352,11 +1805,14 @@ pub async fn stream_status_is_reported<S: RecordSink>(store: &S) {
         1,
         "{b}: {s2:?}"
     );
+    subject.finish().await;
 }
 
 /// `record_run` and `set_upstream_error` round-trip, replace the previous value, and
 /// leave records and cursors alone.
-pub async fn run_and_upstream_error_round_trip<S: RecordSink>(store: &S) {
+pub async fn run_and_upstream_error_round_trip<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("runs");
     commit_page(store, &s, vec![added("a", 1, "a")]).await;
@@ -1425,11 +1881,14 @@ pub async fn run_and_upstream_error_round_trip<S: RecordSink>(store: &S) {
     );
     // The stream still commits from no cursor.
     commit_page(store, &fresh, vec![added("a", 1, "a")]).await;
+    subject.finish().await;
 }
 
 /// A `list` that runs while large commits are applied sees the state before or after
 /// each commit, never a mix of the two.
-pub async fn reads_during_commit_see_old_or_new<S: RecordSink>(store: &S) {
+pub async fn reads_during_commit_see_old_or_new<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let s = stream("concurrent");
     const N: usize = 3_000;
@@ -1496,12 +1955,15 @@ pub async fn reads_during_commit_see_old_or_new<S: RecordSink>(store: &S) {
         reads >= 1 && rounds_seen.contains(&(ROUNDS - 1)),
         "{b}: reader saw {rounds_seen:?}"
     );
+    subject.finish().await;
 }
 
 /// Quotes, `;`, `'--`, `%`, `_`, backslashes, unicode, emoji and 255-character strings
 /// in every key field (integration, connection, model, variant, record id, cursor) are
 /// stored and read back verbatim, and never collide.
-pub async fn hostile_strings_round_trip<S: RecordSink>(store: &S) {
+pub async fn hostile_strings_round_trip<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
     let b = backend(store);
     let long: String = std::iter::repeat_n('é', 250)
         .chain("'😀;%\\".chars())
@@ -1607,4 +2069,5 @@ pub async fn hostile_strings_round_trip<S: RecordSink>(store: &S) {
         }
         other => panic!("{b}: expected a conflict, got {other:?}"),
     }
+    subject.finish().await;
 }

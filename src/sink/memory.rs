@@ -1,28 +1,47 @@
-//! The in-memory store: the reference implementation of [`RecordSink`].
+//! The in-memory store (`memory://`): the reference implementation of [`RecordSink`].
 //!
-//! Everything lives in one `BTreeMap` behind a mutex. A commit plans its writes with the
-//! merge rule, checks the fault points, and only then applies them, so a failed commit
-//! changes nothing. Useful for tests and for applications that only need a cache.
+//! Everything lives in one `BTreeMap` behind a mutex. A commit is prepared by
+//! [`commit::prepare`](super::commit::prepare) and applied under the lock; the store has
+//! no transaction to roll back, so it checks both fault points before it changes
+//! anything, and a failed commit changes nothing. The conformance suite compares every
+//! other store with this one. Useful for tests and for applications that only need a
+//! cache.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Mutex;
 
-use crate::error::{Error, Result};
-use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
-use crate::record::{LastAction, StoredRecord, StreamKey};
+use crate::error::Result;
+use crate::merge::{Counts, StoredVersionBuf, payload_text_is_bare};
+use crate::record::{StoredRecord, StreamKey};
+use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
-    StreamState, StreamStatus,
+    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
 
 const BACKEND: &str = "memory";
+
+/// Options of a [`MemoryStore`].
+#[derive(Debug, Clone, Default)]
+pub struct MemoryOptions {
+    faults: Faults,
+}
+
+impl MemoryOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    crate::sink::fault::with_faults_option!();
+}
 
 /// An in-memory store (not durable).
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
-    faults: FaultInjector,
+    faults: Faults,
 }
 
 #[derive(Debug, Default)]
@@ -52,45 +71,19 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// An empty store with `options`.
+    pub fn with_options(options: MemoryOptions) -> Self {
+        MemoryStore {
+            inner: Mutex::default(),
+            faults: options.faults,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-applied commit (commits are
         // applied after every check), so a poisoned lock is safe to reuse.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-pub(crate) fn check_cursor(stream: &StreamKey, state: &StreamState, commit: &Commit) -> Result<()> {
-    if state.cursor != commit.expected_cursor {
-        return Err(Error::CursorConflict {
-            stream: stream.to_string(),
-            expected: commit.expected_cursor.as_ref().map(|c| c.0.clone()),
-            actual: state.cursor.as_ref().map(|c| c.0.clone()),
-        });
-    }
-    Ok(())
-}
-
-/// The stream state after a commit.
-pub(crate) fn next_state(state: &StreamState, commit: &Commit) -> StreamState {
-    let mut next = state.clone();
-    next.cursor = commit.cursor.clone();
-    match commit.full_read {
-        Some(f) if f.complete => {
-            next.generation = f.generation;
-            next.full_read = None;
-        }
-        Some(f) => next.full_read = Some(f.generation),
-        None => {}
-    }
-    next
-}
-
-/// The generation stamped on records a commit writes or sees.
-pub(crate) fn stamp_generation(state: &StreamState, commit: &Commit) -> u64 {
-    commit
-        .full_read
-        .map(|f| f.generation)
-        .unwrap_or(state.generation)
 }
 
 impl RecordSink for MemoryStore {
@@ -112,93 +105,77 @@ impl RecordSink for MemoryStore {
         let seq = inner.seq + 1;
         let empty = StreamData::default();
         let data = inner.streams.get(&commit.stream).unwrap_or(&empty);
-        check_cursor(&commit.stream, &data.state, &commit)?;
-        let plan = plan_page(&commit.records, |id| {
-            data.records.get(id).map(|row| StoredVersionBuf {
-                last_modified_at: row.record.meta.last_modified_at,
-                cursor: row.record.meta.cursor.0.clone(),
-                deleted: row.record.is_deleted(),
-            })
-        });
-        let gen_stamp = stamp_generation(&data.state, &commit);
-        // Stage every change; apply only after the fault points passed.
-        let mut staged: Vec<Row> = Vec::with_capacity(plan.writes.len());
-        for w in &plan.writes {
-            let r = &commit.records[w.index];
-            let payload = match w.payload {
-                PayloadSource::Page(i) => commit.records[i].payload.clone(),
-                PayloadSource::Stored => match data.records.get(&r.id) {
-                    Some(row) => row.record.payload.clone(),
-                    None => r.payload.clone(),
+        let prepared = commit::prepare(&data.state, &commit, |id| {
+            Ok(data.records.get(id).map(|row| Stored {
+                version: StoredVersionBuf {
+                    last_modified_at: row.record.meta.last_modified_at,
+                    cursor: row.record.meta.cursor.0.clone(),
+                    deleted: row.record.is_deleted(),
+                    pruned: row.record.meta.pruned_at.is_some()
+                        || payload_text_is_bare(id, row.record.payload.as_str()),
                 },
-            };
-            staged.push(Row {
-                record: StoredRecord {
-                    id: r.id.clone(),
-                    payload,
-                    meta: r.meta.clone(),
-                    seq,
-                },
-                seen_gen: gen_stamp,
-            });
-        }
-        let touched: Vec<&str> = plan
-            .untouched
-            .iter()
-            .map(|&i| commit.records[i].id.as_str())
-            .collect();
-        self.faults.check(BACKEND, FaultPoint::AfterRecords)?;
-        let state = next_state(&data.state, &commit);
-        self.faults.check(BACKEND, FaultPoint::BeforeCommit)?;
+                handle: (),
+            }))
+        })?;
+        // No transaction to roll back: every check comes before the first change.
+        self.faults.after_records(BACKEND)?;
+        self.faults.before_commit(BACKEND)?;
 
-        // Apply.
-        let touched: Vec<String> = touched.into_iter().map(str::to_owned).collect();
+        let generation = prepared.generation();
         let data = inner.streams.entry(commit.stream.clone()).or_default();
-        for row in staged {
-            data.records.insert(row.record.id.clone(), row);
-        }
-        if commit.full_read.is_some() {
-            for id in &touched {
-                if let Some(row) = data.records.get_mut(id) {
-                    row.seen_gen = gen_stamp;
+        for w in prepared.writes() {
+            let r = w.record;
+            let payload = match &w.kind {
+                WriteKind::Insert { payload } | WriteKind::Replace { payload, .. } => {
+                    Some(*payload)
+                }
+                WriteKind::KeepPayload { .. } => None,
+            };
+            // The lock is held since the lookups: a row found then is here now.
+            match data.records.get_mut(&r.id) {
+                Some(row) => {
+                    if let Some(payload) = payload {
+                        row.record.payload = payload.clone();
+                    }
+                    row.record.meta = r.meta.clone();
+                    row.record.seq = seq;
+                    row.seen_gen = generation;
+                }
+                None => {
+                    let record = StoredRecord {
+                        id: r.id.clone(),
+                        payload: payload.unwrap_or(&r.payload).clone(),
+                        meta: r.meta.clone(),
+                        seq,
+                    };
+                    let row = Row {
+                        record,
+                        seen_gen: generation,
+                    };
+                    data.records.insert(r.id.clone(), row);
                 }
             }
         }
-        let mut counts = plan.counts;
+        for s in prepared.seen() {
+            if let Some(row) = data.records.get_mut(s.id) {
+                row.seen_gen = generation;
+            }
+        }
         let mut swept = 0;
-        if let Some(f) = commit.full_read.filter(|f| f.complete) {
+        if let Some(sweep) = prepared.sweep() {
             for row in data.records.values_mut() {
-                if row.seen_gen < f.generation && !row.record.is_deleted() {
-                    row.record.meta.last_action = LastAction::Deleted;
-                    row.record.meta.deleted_at = Some(commit.now);
+                if sweep.sweeps(row.seen_gen, row.record.is_deleted()) {
+                    sweep.tombstone(&mut row.record.meta);
                     row.record.seq = seq;
                     swept += 1;
                 }
             }
         }
-        counts.deleted += swept;
-        data.state = state;
-        data.totals.add(&counts);
+        let done = prepared.finish(seq, swept);
+        data.state = done.state;
+        data.totals.add(&done.outcome.counts);
         inner.seq = seq;
-        Ok(CommitOutcome { seq, counts, swept })
-    }
-
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        self.lock()
-            .streams
-            .entry(stream.clone())
-            .or_default()
-            .last_run = Some(run.clone());
-        Ok(())
-    }
-
-    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
-        self.lock()
-            .streams
-            .entry(stream.clone())
-            .or_default()
-            .upstream_error = error.map(str::to_owned);
-        Ok(())
+        Ok(done.outcome)
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -229,6 +206,24 @@ impl RecordSink for MemoryStore {
             .collect())
     }
 
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
+        self.lock()
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .last_run = Some(run.clone());
+        Ok(())
+    }
+
+    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
+        self.lock()
+            .streams
+            .entry(stream.clone())
+            .or_default()
+            .upstream_error = error.map(str::to_owned);
+        Ok(())
+    }
+
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
         let inner = self.lock();
         Ok(inner
@@ -247,9 +242,5 @@ impl RecordSink for MemoryStore {
                 }
             })
             .collect())
-    }
-
-    fn faults(&self) -> &FaultInjector {
-        &self.faults
     }
 }

@@ -13,11 +13,17 @@
 //!
 //! [`open`] knows every scheme in every build, and says which feature to enable when a
 //! backend was not compiled in.
+//!
+//! Every store commits the same way: [`commit::prepare`] decides what a commit writes
+//! (a pure step no backend owns), and the store applies it in one transaction. Each
+//! store takes its options as `XOptions::new().with_*(..)`, opened by
+//! `XStore::open_with` (`connect_with` for PostgreSQL); with the `fault-injection`
+//! feature, `with_faults` arms failures between the steps of a commit for tests.
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +32,15 @@ use crate::merge::Counts;
 use crate::record::{Cursor, Record, StoredRecord, StreamKey};
 use crate::time::Timestamp;
 
+pub mod commit;
+
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
+mod fault;
+
 mod memory;
-pub use memory::MemoryStore;
+pub use memory::{MemoryOptions, MemoryStore};
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -175,11 +188,10 @@ pub struct RunSummary {
     pub counts: Counts,
     /// Whether it was a full re-read.
     pub full: bool,
-    /// Why it was a full re-read (`"first sync"`, `"requested"`, `"Nango rejected the
-    /// stored cursor"`, ...), when it was one. `status` shows a warning when Nango
+    /// Why it was a full re-read, when it was one. `status` shows a warning when Nango
     /// rejected the cursor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub full_reason: Option<String>,
+    pub full_reason: Option<FullReadReason>,
     /// The stream's high-water mark after the run: the latest `last_modified_at` the
     /// store is known to hold (carried over from earlier runs). It anchors the optional
     /// overlap window ([`crate::engine::EngineConfig::overlap`]); `None` when unknown.
@@ -190,14 +202,49 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The reason of a full re-read caused by Nango rejecting the stored cursor.
-    pub const REJECTED_CURSOR: &'static str = "Nango rejected the stored cursor";
-
     /// Whether the run was a full re-read because Nango rejected the stored cursor
     /// (worth a warning: a cursor Nango no longer understands, usually after an upgrade
     /// of Nango's cursor format).
     pub fn cursor_was_rejected(&self) -> bool {
-        self.full_reason.as_deref() == Some(Self::REJECTED_CURSOR)
+        self.full_reason == Some(FullReadReason::CursorRejected)
+    }
+}
+
+/// Why a run is a full re-read with sweep. Kept in the run summary as its text
+/// ([`FullReadReason::as_str`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FullReadReason {
+    /// The stream had no cursor: its first sync.
+    #[serde(rename = "first sync")]
+    FirstSync,
+    /// Asked for ([`SyncOptions::full`](crate::SyncOptions::full), a full-sync webhook).
+    #[serde(rename = "requested")]
+    Requested,
+    /// Nango answered requests with the stored cursor with an error, and without a
+    /// cursor normally.
+    #[serde(rename = "Nango rejected the stored cursor")]
+    CursorRejected,
+    /// A full re-read an earlier run left unfinished, resumed from its cursor.
+    #[serde(rename = "resuming an interrupted full re-read")]
+    Resuming,
+}
+
+impl FullReadReason {
+    /// The text kept in run summaries and shown by `status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FullReadReason::FirstSync => "first sync",
+            FullReadReason::Requested => "requested",
+            FullReadReason::CursorRejected => "Nango rejected the stored cursor",
+            FullReadReason::Resuming => "resuming an interrupted full re-read",
+        }
+    }
+}
+
+impl std::fmt::Display for FullReadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -220,63 +267,31 @@ pub struct StreamStatus {
     pub upstream_error: Option<String>,
 }
 
-/// A step inside a commit where a test can make the store fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum FaultPoint {
-    /// After the page's records were written, before the cursor is written.
-    AfterRecords = 1,
-    /// After the cursor was written, before the transaction commits.
-    BeforeCommit = 2,
-}
-
-/// Failure injection between the steps of a commit, for tests of atomicity.
-///
-/// Every store checks it at each [`FaultPoint`]; an armed point fails the next commit
-/// that reaches it, once. Disarmed, a check is one atomic load.
-#[derive(Debug, Default)]
-pub struct FaultInjector {
-    armed: AtomicU8,
-}
-
-impl FaultInjector {
-    /// Make the next commit that reaches `point` fail.
-    pub fn arm(&self, point: FaultPoint) {
-        self.armed.store(point as u8, Ordering::SeqCst);
-    }
-
-    /// Disarm whatever point is armed (a test step that ended before any commit reached it).
-    pub fn disarm(&self) {
-        self.armed.store(0, Ordering::SeqCst);
-    }
-
-    /// Fail here if this point is armed (and disarm it).
-    pub fn check(&self, backend: &'static str, point: FaultPoint) -> Result<()> {
-        if self.armed.load(Ordering::Relaxed) == point as u8
-            && self
-                .armed
-                .compare_exchange(point as u8, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            return Err(Error::store(
-                backend,
-                "commit",
-                false,
-                format!("injected failure at {point:?}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A store of records and stream state.
 ///
 /// Methods return `impl Future + Send`; [`DynRecordSink`] is the object-safe twin that
 /// every `RecordSink` implements, so an application can choose a backend at run time
-/// and hold a [`SharedSink`].
-pub trait RecordSink: Send + Sync + 'static {
+/// and hold a [`SharedSink`] (which is a `RecordSink` too).
+///
+/// The methods fall in two groups:
+///
+/// - **the data path**: [`stream_state`](Self::stream_state) and
+///   [`commit`](Self::commit), which the engine's runs use, and the reads of the
+///   application, [`get`](Self::get) and [`list`](Self::list);
+/// - **bookkeeping**: what `status` shows about streams and runs, kept apart from the
+///   records and the cursor: [`record_run`](Self::record_run),
+///   [`set_upstream_error`](Self::set_upstream_error), [`last_run`](Self::last_run) and
+///   [`streams`](Self::streams). None of them moves a cursor or uses a commit sequence
+///   number.
+///
+/// A store's commit is [`commit::prepare`] applied in one transaction of the store; the
+/// conformance suite (feature `testkit`) compares every store with the in-memory
+/// reference.
+pub trait RecordSink: Debug + Send + Sync + 'static {
     /// The backend's name: `memory`, `sqlite`, `sled` or `postgres`.
     fn backend(&self) -> &'static str;
+
+    // The data path.
 
     /// The stream's state (default state for a stream never committed).
     fn stream_state(&self, stream: &StreamKey) -> impl Future<Output = Result<StreamState>> + Send;
@@ -285,6 +300,22 @@ pub trait RecordSink: Send + Sync + 'static {
     /// set the stream's cursor and counters, and, for the last commit of a full re-read,
     /// sweep. All of it or nothing.
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<CommitOutcome>> + Send;
+
+    /// One record by id, tombstones included (see [`StoredRecord::live`]).
+    fn get(
+        &self,
+        stream: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
+
+    /// A stream's records in id order (code-point order), a page at a time.
+    fn list(
+        &self,
+        stream: &StreamKey,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+
+    // Bookkeeping.
 
     /// Keep `run` as the stream's last run.
     fn record_run(
@@ -299,23 +330,6 @@ pub trait RecordSink: Send + Sync + 'static {
         stream: &StreamKey,
         error: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
-
-    /// One record by id (tombstones included).
-    fn get(
-        &self,
-        stream: &StreamKey,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
-
-    /// A stream's records in id order (code-point order), a page at a time.
-    fn list(
-        &self,
-        stream: &StreamKey,
-        query: &ListQuery,
-    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
-
-    /// Every stream the store knows, with its status.
-    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 
     /// The last run kept for `stream` ([`RecordSink::record_run`]), if any. The default
     /// goes through [`RecordSink::streams`]; the engine asks only when an overlap window
@@ -334,29 +348,20 @@ pub trait RecordSink: Send + Sync + 'static {
         }
     }
 
-    /// The failure injector of this store (tests only).
-    fn faults(&self) -> &FaultInjector;
+    /// Every stream the store knows, with its status.
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 }
 
 /// A boxed future, for [`DynRecordSink`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The object-safe twin of [`RecordSink`], implemented for every `RecordSink`.
+/// The object-safe twin of [`RecordSink`], implemented for every `RecordSink`: each
+/// method is the `RecordSink` method of the same name, its future boxed.
 #[allow(missing_docs)]
-pub trait DynRecordSink: Send + Sync + 'static {
+pub trait DynRecordSink: Debug + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>>;
-    fn set_upstream_error<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        error: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>>;
     fn get<'a>(
         &'a self,
         stream: &'a StreamKey,
@@ -367,9 +372,18 @@ pub trait DynRecordSink: Send + Sync + 'static {
         stream: &'a StreamKey,
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
-    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>>;
     fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>>;
-    fn faults(&self) -> &FaultInjector;
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -381,20 +395,6 @@ impl<T: RecordSink> DynRecordSink for T {
     }
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>> {
         Box::pin(RecordSink::commit(self, commit))
-    }
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(RecordSink::record_run(self, stream, run))
-    }
-    fn set_upstream_error<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        error: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
     fn get<'a>(
         &'a self,
@@ -410,19 +410,62 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
         Box::pin(RecordSink::list(self, stream, query))
     }
-    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
-        Box::pin(RecordSink::streams(self))
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::record_run(self, stream, run))
+    }
+    fn set_upstream_error<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
     fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>> {
         Box::pin(RecordSink::last_run(self, stream))
     }
-    fn faults(&self) -> &FaultInjector {
-        RecordSink::faults(self)
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
+        Box::pin(RecordSink::streams(self))
     }
 }
 
 /// A store chosen at run time.
 pub type SharedSink = Arc<dyn DynRecordSink>;
+
+/// The shared handle is a store too: generic code (the conformance suite, an
+/// application's own wrappers) takes it like any backend.
+impl RecordSink for SharedSink {
+    fn backend(&self) -> &'static str {
+        DynRecordSink::backend(&**self)
+    }
+    async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
+        DynRecordSink::stream_state(&**self, stream).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        DynRecordSink::commit(&**self, commit).await
+    }
+    async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
+        DynRecordSink::get(&**self, stream, id).await
+    }
+    async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
+        DynRecordSink::list(&**self, stream, query).await
+    }
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
+        DynRecordSink::record_run(&**self, stream, run).await
+    }
+    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
+        DynRecordSink::set_upstream_error(&**self, stream, error).await
+    }
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        DynRecordSink::last_run(&**self, stream).await
+    }
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        DynRecordSink::streams(&**self).await
+    }
+}
 
 /// Every record of a stream, in id order, read page by page.
 pub async fn read_all(
@@ -528,11 +571,13 @@ pub async fn open(url: &str) -> Result<SharedSink> {
         #[cfg(feature = "postgres")]
         SinkUrl::Postgres(url) => {
             let (url, schema) = split_schema_param(&url);
-            let mut builder = postgres::PostgresStore::builder(url);
+            let mut options = postgres::PostgresOptions::new();
             if let Some(schema) = schema {
-                builder = builder.schema(schema);
+                options = options.with_schema(schema);
             }
-            Ok(Arc::new(builder.connect().await?))
+            Ok(Arc::new(
+                postgres::PostgresStore::connect_with(&url, options).await?,
+            ))
         }
         #[cfg(not(feature = "postgres"))]
         SinkUrl::Postgres(_) => Err(Error::FeatureDisabled {
@@ -621,6 +666,29 @@ mod tests {
                 Some("s".into())
             )
         );
+    }
+
+    #[test]
+    fn full_read_reasons_keep_their_stored_text() {
+        for reason in [
+            FullReadReason::FirstSync,
+            FullReadReason::Requested,
+            FullReadReason::CursorRejected,
+            FullReadReason::Resuming,
+        ] {
+            let json = serde_json::to_string(&reason).unwrap();
+            assert_eq!(json, format!("{:?}", reason.as_str()));
+            assert_eq!(
+                serde_json::from_str::<FullReadReason>(&json).unwrap(),
+                reason
+            );
+        }
+        // A run summary written before the reasons were typed reads back.
+        let old = r#"{"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z","pages":1,
+            "counts":{"added":1,"updated":0,"deleted":0,"unchanged":0,"stale":0},"full":true,
+            "full_reason":"Nango rejected the stored cursor","error":null}"#;
+        let run: RunSummary = serde_json::from_str(old).unwrap();
+        assert!(run.cursor_was_rejected());
     }
 
     #[test]

@@ -90,6 +90,12 @@ async fn route(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
+    // Nango's routing is not strict: `/records/` is `/records` (its Node SDK sends
+    // `GET /records/?...`).
+    let path = match path.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        _ => path,
+    };
     match (method, path) {
         (m, "/records") if m == Method::GET => records(shared, raw_query, headers).await,
         (m, "/records/prune") if m == Method::PATCH => {

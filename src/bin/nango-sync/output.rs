@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nango_sync::engine::{Progress, ProgressFn};
-use nango_sync::{RunReport, StreamKey};
+use nango_sync::{FullReadReason, RunReport, StreamKey};
 
 /// Shows the progress of runs.
 pub struct Reporter {
@@ -134,7 +134,7 @@ pub fn report_line(r: &RunReport) -> String {
     if r.full {
         line.push_str(&format!(
             "; full read ({}), {} swept",
-            r.full_reason.unwrap_or("requested"),
+            r.full_reason.map_or("requested", FullReadReason::as_str),
             r.swept
         ));
     }
@@ -158,40 +158,9 @@ pub fn report_json(r: &RunReport) -> serde_json::Value {
     })
 }
 
-/// A URL with its password replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo
-                .split_once(':')
-                .map(|(u, _)| format!("{u}:***"))
-                .unwrap_or_else(|| userinfo.to_string());
-            format!("{scheme}://{user}@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:secret@h:5432/db?x=1"),
-            "postgres://u:***@h:5432/db?x=1"
-        );
-        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
-    }
 
     #[test]
     fn thousands_separators() {

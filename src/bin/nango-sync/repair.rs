@@ -9,7 +9,7 @@ use clap::Args;
 use nango_sync::StreamKey;
 use nango_sync::repair::{RepairOptions, RepairReport};
 
-use crate::output::{self, Reporter};
+use crate::output::Reporter;
 use crate::sync::NangoArgs;
 
 /// Arguments of `repair`.
@@ -67,7 +67,7 @@ pub async fn run(args: RepairArgs) -> Result<ExitCode> {
     let report = nango_sync::repair::repair(&args.sink, client, options).await;
     reporter.finish();
     let report =
-        report.with_context(|| format!("cannot repair {}", output::redact_url(&args.sink)))?;
+        report.with_context(|| format!("cannot repair {}", nango_sync::redact_url(&args.sink)))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     if args.json {

@@ -168,7 +168,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
 
 pub async fn open_sink(url: &str) -> Result<SharedSink> {
     sink::open(url).await.map_err(|e| {
-        let shown = output::redact_url(url);
+        let shown = nango_sync::redact_url(url);
         if e.is_damaged_store() {
             // One line, the cause first and what to do last.
             anyhow::anyhow!("cannot open the store {shown}: {e}{}", repair_hint(&e, url))
@@ -183,7 +183,7 @@ pub fn repair_hint(e: &nango_sync::Error, url: &str) -> String {
     if e.is_damaged_store() {
         format!(
             "; to rebuild it from Nango, run `nango-sync repair --sink {}` (the damaged store is moved aside, not deleted)",
-            output::redact_url(url)
+            nango_sync::redact_url(url)
         )
     } else {
         String::new()
@@ -277,7 +277,7 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if streams.is_empty() {
-        writeln!(out, "no streams in {}", output::redact_url(&args.sink))?;
+        writeln!(out, "no streams in {}", nango_sync::redact_url(&args.sink))?;
     }
     for s in &streams {
         writeln!(out, "{}", s.stream)?;

@@ -2,9 +2,12 @@
 
 use std::collections::HashMap;
 
-use super::{
-    Inner, KEY_FORMAT, KEY_SEQ, KEY_SID, RecordView, StreamRow, TAG_INDEX, TAG_META, TAG_RECORD,
-    TAG_STREAM, be_u64, index_key, record_prefix, sled_err,
+use super::Inner;
+use super::error::sled_err;
+use super::rows::{OFF_ACTION, OFF_SEQ, RecordView, StreamRow};
+use super::schema::{
+    KEY_FORMAT, KEY_SEQ, KEY_SID, TAG_INDEX, TAG_META, TAG_RECORD, TAG_STREAM, be_u64, index_key,
+    record_prefix,
 };
 use crate::error::Result;
 use crate::record::LastAction;
@@ -117,7 +120,7 @@ impl Inner {
                             } else {
                                 entry.0 += 1;
                             }
-                            let record_seq = view.u64_at(super::OFF_SEQ);
+                            let record_seq = view.u64_at(OFF_SEQ);
                             if record_seq > max_record_seq.0 {
                                 max_record_seq = (record_seq, key.to_vec());
                             }
@@ -195,7 +198,7 @@ fn record_problem(id: &[u8], value: &[u8]) -> Option<String> {
         Ok(view) => view,
         Err(problem) => return Some(problem.into()),
     };
-    if LastAction::from_code(value[super::OFF_ACTION]).is_none() {
+    if LastAction::from_code(value[OFF_ACTION]).is_none() {
         return Some("unknown last action".into());
     }
     if view.cursor().is_err() {
@@ -211,7 +214,7 @@ fn record_problem(id: &[u8], value: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::record::{Cursor, Metadata};
-    use crate::sink::sled::{HEADER, OFF_ACTION, encode_record};
+    use crate::sink::sled::rows::{HEADER, encode_record};
     use crate::time::Timestamp;
 
     fn value(cursor: &str, payload: &[u8]) -> Vec<u8> {

@@ -68,8 +68,15 @@
 //!
 //! A store that still cannot be opened is reported as [`Error::Damaged`];
 //! [`crate::repair`] moves it aside and rebuilds it from Nango.
+//!
+//! # Files
+//!
+//! `mod.rs` the store, its opening and its [`RecordSink`] implementation, `options.rs`
+//! [`SledOptions`], `schema.rs` the keys, the format version and the marker file,
+//! `apply.rs` a commit applied, `rows.rs` stream rows and record values, `error.rs` the
+//! error mapping, `recovery.rs` the removal of interrupted snapshots, `check.rs`
+//! [`SledStore::check`].
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -77,119 +84,41 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use ::sled::{Batch, IVec, Tree};
-use serde::{Deserialize, Serialize};
+use ::sled::{Batch, Tree};
 
-use super::memory::{check_cursor, next_state, stamp_generation};
 use crate::error::{Error, Result};
-use crate::merge::{Counts, PayloadSource, StoredVersionBuf, plan_page};
-use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
+use crate::record::{StoredRecord, StreamKey};
+use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, FaultInjector, FaultPoint, ListQuery, RecordSink, RunSummary,
-    StreamState, StreamStatus,
+    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
-use crate::time::Timestamp;
 
+mod apply;
 mod check;
+mod error;
+mod options;
 mod recovery;
+mod rows;
+mod schema;
 
 pub use check::StoreCheck;
+use error::{corrupt, lock_held, sled_err, sled_error, task_err};
+pub use options::{Durability, SledOptions};
 pub(crate) use recovery::lock_directory;
 pub use recovery::{Recovery, RemovedSnapshot};
+use rows::{RecordView, StreamRow};
+use schema::{
+    FORMAT, KEY_FORMAT, KEY_SID, MARKER, MARKER_TEXT, TAG_STREAM, TREE, be_u64, index_key,
+    record_prefix, stream_row_key,
+};
 
 const BACKEND: &str = "sled";
-const TREE: &str = "nango_sync";
-const FORMAT: u64 = 1;
-
-/// A file written next to sled's own once the store is created (sled ignores it).
-const MARKER: &str = "nango-sync-store";
-const MARKER_TEXT: &str = "a nango-sync store: sled database, format 1\n";
-
-const KEY_FORMAT: &[u8] = b"\x00format";
-const KEY_SEQ: &[u8] = b"\x00seq";
-const KEY_SID: &[u8] = b"\x00sid";
-const TAG_META: u8 = 0;
-const TAG_INDEX: u8 = b'i';
-const TAG_STREAM: u8 = b's';
-const TAG_RECORD: u8 = b'r';
-
-/// When the sled store writes commits to disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Durability {
-    /// Flush after every commit, before `commit` returns (the default): a commit that
-    /// returned `Ok` survives a crash of the process or the machine.
-    #[default]
-    EveryCommit,
-    /// Let sled's background thread flush at this interval. A crash can lose the commits
-    /// of the last interval (whole commits, their cursors included; never part of one).
-    Periodic(Duration),
-}
-
-/// Options of a [`SledStore`].
-#[derive(Debug, Clone, Default)]
-pub struct SledOptions {
-    durability: Durability,
-    cache_capacity: Option<u64>,
-    snapshot_after_ops: Option<u64>,
-    lock_wait: Option<Duration>,
-}
-
-impl SledOptions {
-    /// Default options: flush every commit, a page cache of
-    /// [`SledOptions::DEFAULT_CACHE_CAPACITY`] bytes.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// When commits are written to disk (see [`Durability`]).
-    pub fn with_durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
-        self
-    }
-
-    /// The page cache used unless [`SledOptions::with_cache_capacity`] sets another:
-    /// 64 MiB. (sled's own default, 1 GiB, made a 1,000,000-record sync peak above
-    /// 2 GB of RSS.)
-    pub const DEFAULT_CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
-
-    /// The size of sled's page cache, in bytes.
-    pub fn with_cache_capacity(mut self, bytes: u64) -> Self {
-        self.cache_capacity = Some(bytes);
-        self
-    }
-
-    /// Have sled write a snapshot after every `n` writes (commits, run records, upstream
-    /// errors); `0` turns it off (the default). For crash tests of sled's snapshots.
-    ///
-    /// sled 0.34 writes a snapshot only while it opens a database: its own
-    /// `Config::snapshot_after_ops` is kept for compatibility but does nothing. So this
-    /// store closes its sled database and opens it again after every `n` writes, which
-    /// makes sled write a snapshot of the log written since the last one. Operations
-    /// wait while that happens (a flush, a scan of the new log, a snapshot write with an
-    /// `fsync`). Also reachable from a sink URL: `sled://DIR?snapshot_after_ops=N`.
-    pub fn with_snapshot_after_ops(mut self, n: u64) -> Self {
-        self.snapshot_after_ops = (n > 0).then_some(n);
-        self
-    }
-
-    /// How long opening waits for the directory's lock, which another process (or
-    /// another handle of this process being dropped) may hold: 5 s unless set.
-    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
-        self.lock_wait = Some(wait);
-        self
-    }
-
-    fn lock_wait(&self) -> Duration {
-        self.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT)
-    }
-}
 
 /// A store in a sled directory. See the [module documentation](self) for its layout,
 /// concurrency, durability and recovery.
 pub struct SledStore {
     shared: Arc<Shared>,
-    faults: Arc<FaultInjector>,
+    faults: Faults,
 }
 
 struct Shared {
@@ -224,22 +153,6 @@ impl fmt::Debug for SledStore {
     }
 }
 
-/// Map a sled error: corruption is [`Error::Damaged`], anything else a store error.
-fn sled_error(operation: impl Into<String>, e: ::sled::Error) -> Error {
-    match e {
-        ::sled::Error::Corruption { .. } => Error::damaged(BACKEND, operation, e.to_string()),
-        e => Error::store(BACKEND, operation, false, e),
-    }
-}
-
-fn sled_err(operation: &'static str) -> impl Fn(::sled::Error) -> Error {
-    move |e| sled_error(operation, e)
-}
-
-fn corrupt(what: impl fmt::Display) -> Error {
-    Error::damaged(BACKEND, "read", format!("corrupt store: {what}"))
-}
-
 impl SledStore {
     /// Open (or create) the store in directory `path`, with default [`SledOptions`].
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -250,6 +163,7 @@ impl SledStore {
     /// interrupted snapshot (see [Recovery](self#recovery)).
     pub async fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let faults = options.faults.clone();
         let (p, o) = (path.clone(), options.clone());
         let (inner, recovery) = tokio::task::spawn_blocking(move || Inner::open(&p, &o))
             .await
@@ -264,7 +178,7 @@ impl SledStore {
                 writes: AtomicU64::new(0),
                 recovery,
             }),
-            faults: Arc::new(FaultInjector::default()),
+            faults,
         })
     }
 
@@ -292,10 +206,10 @@ impl SledStore {
     async fn blocking<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner, &FaultInjector) -> Result<T> + Send + 'static,
+        F: FnOnce(&Inner, &Faults) -> Result<T> + Send + 'static,
     {
         let shared = Arc::clone(&self.shared);
-        let faults = Arc::clone(&self.faults);
+        let faults = self.faults.clone();
         tokio::task::spawn_blocking(move || {
             let slot = shared.slot.read().unwrap_or_else(|p| p.into_inner());
             match &*slot {
@@ -312,7 +226,7 @@ impl SledStore {
             }
         })
         .await
-        .map_err(|e| Error::store(BACKEND, operation, false, format!("task failed: {e}")))?
+        .map_err(|e| task_err(operation, e))?
     }
 
     /// Count a write; every `snapshot_after_ops` writes, reopen sled so that it writes a
@@ -356,10 +270,6 @@ impl Shared {
     }
 }
 
-/// How long `open` waits for the directory's lock unless [`SledOptions::with_lock_wait`]
-/// says otherwise.
-const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
-
 /// Open, retrying while the database's file lock is held elsewhere, up to `wait`.
 fn open_waiting_for_lock(
     config: &::sled::Config,
@@ -374,16 +284,7 @@ fn open_waiting_for_lock(
                     std::thread::sleep(Duration::from_millis(20));
                     continue;
                 }
-                return Err(Error::store(
-                    BACKEND,
-                    format!("open sled database at {}", path.display()),
-                    true,
-                    format!(
-                        "another process uses the store (sled allows one process at a time; waited {} ms for its lock on {})",
-                        wait.as_millis(),
-                        path.join("db").display()
-                    ),
-                ));
+                return Err(lock_held(path, wait));
             }
             other => {
                 return other.map_err(|e| {
@@ -548,134 +449,6 @@ impl Inner {
         Ok((sid, StreamRow::new(stream.clone())))
     }
 
-    fn commit(&self, faults: &FaultInjector, commit: Commit) -> Result<CommitOutcome> {
-        let _w = self.lock_write();
-        let seq = self.get_u64(KEY_SEQ)? + 1;
-        let mut batch = Batch::default();
-        let (sid, mut row) = self.row_for_write(&commit.stream, &mut batch)?;
-        check_cursor(&commit.stream, &row.state, &commit)?;
-
-        // Read the stored versions (one get per distinct id) and plan with the merge rule.
-        let mut key = record_prefix(sid);
-        let prefix_len = key.len();
-        let mut stored: HashMap<String, IVec> = HashMap::new();
-        let mut read_error = None;
-        let plan = plan_page(&commit.records, |id| {
-            key.truncate(prefix_len);
-            key.extend_from_slice(id.as_bytes());
-            match self.tree.get(&key) {
-                Ok(Some(v)) => match RecordView::new(&v).and_then(|view| view.version()) {
-                    Ok(version) => {
-                        stored.insert(id.to_owned(), v);
-                        Some(version)
-                    }
-                    Err(e) => {
-                        read_error.get_or_insert(e);
-                        None
-                    }
-                },
-                Ok(None) => None,
-                Err(e) => {
-                    read_error.get_or_insert(sled_err("read")(e));
-                    None
-                }
-            }
-        });
-        if let Some(e) = read_error {
-            return Err(e);
-        }
-
-        let gen_stamp = stamp_generation(&row.state, &commit);
-        let mut live = row.live as i64;
-        let mut deleted = row.deleted as i64;
-        for w in &plan.writes {
-            let r = &commit.records[w.index];
-            let old = stored
-                .get(r.id.as_str())
-                .map(|v| RecordView::new(v))
-                .transpose()?;
-            let payload = match (w.payload, &old) {
-                (PayloadSource::Page(i), _) => commit.records[i].payload.as_str().as_bytes(),
-                (PayloadSource::Stored, Some(old)) => old.payload_bytes(),
-                (PayloadSource::Stored, None) => r.payload.as_str().as_bytes(),
-            };
-            match &old {
-                Some(old) if old.deleted() => deleted -= 1,
-                Some(_) => live -= 1,
-                None => {}
-            }
-            if r.is_deleted() {
-                deleted += 1;
-            } else {
-                live += 1;
-            }
-            key.truncate(prefix_len);
-            key.extend_from_slice(r.id.as_bytes());
-            batch.insert(
-                key.as_slice(),
-                encode_record(seq, gen_stamp, &r.meta, payload),
-            );
-        }
-        if commit.full_read.is_some() {
-            // Records seen unchanged (or stale) by a full re-read are marked as seen.
-            for &i in &plan.untouched {
-                let id = commit.records[i].id.as_str();
-                if let Some(v) = stored.get(id) {
-                    let mut value = v.to_vec();
-                    put_u64(&mut value, OFF_GEN, gen_stamp);
-                    key.truncate(prefix_len);
-                    key.extend_from_slice(id.as_bytes());
-                    batch.insert(key.as_slice(), value);
-                }
-            }
-        }
-        let mut counts = plan.counts;
-        let mut swept = 0u64;
-        if let Some(f) = commit.full_read.filter(|f| f.complete) {
-            let seen: HashSet<&str> = commit.records.iter().map(|r| r.id.as_str()).collect();
-            for item in self.tree.scan_prefix(record_prefix(sid)) {
-                let (k, v) = item.map_err(sled_err("sweep"))?;
-                let id = &k[prefix_len..];
-                if std::str::from_utf8(id).is_ok_and(|id| seen.contains(id)) {
-                    continue;
-                }
-                let view = RecordView::new(&v)?;
-                if view.seen_gen() < f.generation && !view.deleted() {
-                    let mut value = v.to_vec();
-                    value[OFF_ACTION] = LastAction::Deleted.code();
-                    value[OFF_FLAGS] |= FLAG_DELETED_AT | FLAG_DELETED;
-                    put_u64(&mut value, OFF_DELETED_AT, commit.now.as_micros() as u64);
-                    put_u64(&mut value, OFF_SEQ, seq);
-                    batch.insert(k, value);
-                    swept += 1;
-                }
-            }
-        }
-        counts.deleted += swept;
-        live -= swept as i64;
-        deleted += swept as i64;
-
-        faults.check(BACKEND, FaultPoint::AfterRecords)?;
-        if commit.cursor != row.state.cursor {
-            // Remember which record the new cursor belongs to, for `check`. (A cursor
-            // that is not the page's last record's is not tracked.)
-            row.cursor_record = match (commit.records.last(), &commit.cursor) {
-                (Some(last), Some(cursor)) if last.meta.cursor == *cursor => Some(last.id.clone()),
-                _ => None,
-            };
-        }
-        row.state = next_state(&row.state, &commit);
-        row.totals.add(&counts);
-        row.live = u64::try_from(live).map_err(|_| corrupt("negative live record count"))?;
-        row.deleted =
-            u64::try_from(deleted).map_err(|_| corrupt("negative deleted record count"))?;
-        batch.insert(&stream_row_key(sid)[..], row.to_json()?);
-        batch.insert(KEY_SEQ, &seq.to_be_bytes());
-        faults.check(BACKEND, FaultPoint::BeforeCommit)?;
-        self.apply(batch, "commit")?;
-        Ok(CommitOutcome { seq, counts, swept })
-    }
-
     /// Change a stream's row (creating the stream if needed).
     fn update_row(
         &self,
@@ -825,254 +598,5 @@ impl RecordSink for SledStore {
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
         self.blocking("streams", |inner, _| inner.streams()).await
-    }
-
-    fn faults(&self) -> &FaultInjector {
-        &self.faults
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Stream rows and keys
-// ---------------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, Deserialize)]
-struct StreamRow {
-    stream: StreamKey,
-    state: StreamState,
-    totals: Counts,
-    live: u64,
-    deleted: u64,
-    last_run: Option<RunSummary>,
-    upstream_error: Option<String>,
-    /// The id of the record whose cursor became the stream's cursor (the last record of
-    /// the commit that moved it), when it was one; checked by [`SledStore::check`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    cursor_record: Option<String>,
-}
-
-impl StreamRow {
-    fn new(stream: StreamKey) -> Self {
-        StreamRow {
-            stream,
-            state: StreamState::default(),
-            totals: Counts::default(),
-            live: 0,
-            deleted: 0,
-            last_run: None,
-            upstream_error: None,
-            cursor_record: None,
-        }
-    }
-
-    fn to_json(&self) -> Result<Vec<u8>> {
-        serde_json::to_vec(self).map_err(|e| Error::store(BACKEND, "encode stream row", false, e))
-    }
-}
-
-/// `'i'` then each field of the stream key, length-prefixed.
-fn index_key(stream: &StreamKey) -> Vec<u8> {
-    let fields = [
-        &stream.integration,
-        &stream.connection,
-        &stream.model,
-        &stream.variant,
-    ];
-    let mut key = Vec::with_capacity(1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>());
-    key.push(TAG_INDEX);
-    for f in fields {
-        key.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        key.extend_from_slice(f.as_bytes());
-    }
-    key
-}
-
-fn stream_row_key(sid: u64) -> [u8; 9] {
-    let mut key = [0u8; 9];
-    key[0] = TAG_STREAM;
-    key[1..].copy_from_slice(&sid.to_be_bytes());
-    key
-}
-
-/// `'r'` + sid: the prefix of a stream's record keys (room for an id after it).
-fn record_prefix(sid: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9 + 64);
-    key.push(TAG_RECORD);
-    key.extend_from_slice(&sid.to_be_bytes());
-    key
-}
-
-fn be_u64(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.try_into().ok()?))
-}
-
-// ---------------------------------------------------------------------------------------
-// Record values: a fixed header, the cursor, the payload
-// ---------------------------------------------------------------------------------------
-
-const RECORD_VERSION: u8 = 1;
-const OFF_SEQ: usize = 1;
-const OFF_GEN: usize = 9;
-const OFF_FIRST_SEEN: usize = 17;
-const OFF_LAST_MODIFIED: usize = 25;
-const OFF_ACTION: usize = 33;
-const OFF_FLAGS: usize = 34;
-const OFF_DELETED_AT: usize = 35;
-const OFF_PRUNED_AT: usize = 43;
-const OFF_CURSOR_LEN: usize = 51;
-const HEADER: usize = 55;
-const FLAG_DELETED_AT: u8 = 1;
-const FLAG_PRUNED_AT: u8 = 2;
-/// The record is a tombstone (`Metadata::is_deleted`), for filtering without decoding.
-const FLAG_DELETED: u8 = 4;
-
-fn put_u64(buf: &mut [u8], at: usize, v: u64) {
-    buf[at..at + 8].copy_from_slice(&v.to_be_bytes());
-}
-
-fn encode_record(seq: u64, seen_gen: u64, meta: &Metadata, payload: &[u8]) -> Vec<u8> {
-    let cursor = meta.cursor.as_str().as_bytes();
-    let mut v = Vec::with_capacity(HEADER + cursor.len() + payload.len());
-    v.push(RECORD_VERSION);
-    v.extend_from_slice(&seq.to_be_bytes());
-    v.extend_from_slice(&seen_gen.to_be_bytes());
-    v.extend_from_slice(&meta.first_seen_at.as_micros().to_be_bytes());
-    v.extend_from_slice(&meta.last_modified_at.as_micros().to_be_bytes());
-    v.push(meta.last_action.code());
-    let mut flags = 0;
-    if meta.deleted_at.is_some() {
-        flags |= FLAG_DELETED_AT;
-    }
-    if meta.pruned_at.is_some() {
-        flags |= FLAG_PRUNED_AT;
-    }
-    if meta.is_deleted() {
-        flags |= FLAG_DELETED;
-    }
-    v.push(flags);
-    v.extend_from_slice(
-        &meta
-            .deleted_at
-            .map_or(0, Timestamp::as_micros)
-            .to_be_bytes(),
-    );
-    v.extend_from_slice(&meta.pruned_at.map_or(0, Timestamp::as_micros).to_be_bytes());
-    v.extend_from_slice(&(cursor.len() as u32).to_be_bytes());
-    v.extend_from_slice(cursor);
-    v.extend_from_slice(payload);
-    v
-}
-
-/// A checked view of an encoded record value.
-struct RecordView<'a> {
-    bytes: &'a [u8],
-    cursor_end: usize,
-}
-
-impl<'a> RecordView<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self> {
-        Self::parse(bytes).map_err(corrupt)
-    }
-
-    /// The view, or what is wrong with the value.
-    fn parse(bytes: &'a [u8]) -> std::result::Result<Self, &'static str> {
-        if bytes.len() < HEADER || bytes[0] != RECORD_VERSION {
-            return Err("record value has an unknown layout");
-        }
-        let len =
-            u32::from_be_bytes(bytes[OFF_CURSOR_LEN..HEADER].try_into().expect("4 bytes")) as usize;
-        let cursor_end = HEADER + len;
-        if bytes.len() < cursor_end {
-            return Err("record value is truncated");
-        }
-        Ok(RecordView { bytes, cursor_end })
-    }
-
-    fn u64_at(&self, at: usize) -> u64 {
-        u64::from_be_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
-    }
-
-    fn ts_at(&self, at: usize) -> Timestamp {
-        Timestamp::from_micros(self.u64_at(at) as i64)
-    }
-
-    fn seen_gen(&self) -> u64 {
-        self.u64_at(OFF_GEN)
-    }
-
-    fn deleted(&self) -> bool {
-        self.bytes[OFF_FLAGS] & FLAG_DELETED != 0
-    }
-
-    fn cursor(&self) -> Result<&'a str> {
-        std::str::from_utf8(&self.bytes[HEADER..self.cursor_end])
-            .map_err(|_| corrupt("cursor is not UTF-8"))
-    }
-
-    fn payload_bytes(&self) -> &'a [u8] {
-        &self.bytes[self.cursor_end..]
-    }
-
-    fn version(&self) -> Result<StoredVersionBuf> {
-        Ok(StoredVersionBuf {
-            last_modified_at: self.ts_at(OFF_LAST_MODIFIED),
-            cursor: self.cursor()?.to_owned(),
-            deleted: self.deleted(),
-        })
-    }
-
-    fn to_record(&self, id: String) -> Result<StoredRecord> {
-        let flags = self.bytes[OFF_FLAGS];
-        let last_action = LastAction::from_code(self.bytes[OFF_ACTION])
-            .ok_or_else(|| corrupt("unknown last action"))?;
-        let payload = std::str::from_utf8(self.payload_bytes())
-            .map_err(|_| corrupt("payload is not UTF-8"))?;
-        Ok(StoredRecord {
-            id,
-            payload: RawJson::from_trusted(payload),
-            meta: Metadata {
-                first_seen_at: self.ts_at(OFF_FIRST_SEEN),
-                last_modified_at: self.ts_at(OFF_LAST_MODIFIED),
-                last_action,
-                deleted_at: (flags & FLAG_DELETED_AT != 0).then(|| self.ts_at(OFF_DELETED_AT)),
-                pruned_at: (flags & FLAG_PRUNED_AT != 0).then(|| self.ts_at(OFF_PRUNED_AT)),
-                cursor: Cursor(self.cursor()?.to_owned()),
-            },
-            seq: self.u64_at(OFF_SEQ),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stream_keys_are_length_prefixed() {
-        let a = StreamKey::new("ab", "c", "M");
-        let b = StreamKey::new("a", "bc", "M");
-        assert_ne!(index_key(&a), index_key(&b));
-    }
-
-    #[test]
-    fn record_values_round_trip() {
-        let meta = Metadata {
-            first_seen_at: Timestamp::from_micros(-5),
-            last_modified_at: Timestamp::from_micros(1_790_000_000_123_456),
-            last_action: LastAction::Deleted,
-            deleted_at: Some(Timestamp::from_micros(7)),
-            pruned_at: None,
-            cursor: Cursor("c'ü".into()),
-        };
-        let v = encode_record(9, 3, &meta, br#"{"id":"x"}"#);
-        let view = RecordView::new(&v).unwrap();
-        assert!(view.deleted());
-        assert_eq!(view.seen_gen(), 3);
-        let r = view.to_record("x".into()).unwrap();
-        assert_eq!(
-            (r.meta, r.seq, r.payload.as_str()),
-            (meta, 9, r#"{"id":"x"}"#)
-        );
-        assert!(RecordView::new(&v[..HEADER + 1]).is_err());
     }
 }

@@ -1,0 +1,225 @@
+//! A commit, applied: one transaction that locks the stream's row, reads the stored
+//! versions in one query, lets [`commit::prepare`] decide, and writes what it prepared
+//! with a few set-based statements.
+
+use std::collections::HashMap;
+
+use sqlx::postgres::{PgArguments, PgBindIterExt};
+use sqlx::query::Query;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::error::{classify, decode};
+use super::rows::{state_from_row, stream_hash, to_i64, to_u64};
+use super::{BACKEND, PostgresStore};
+use crate::error::{Error, Result};
+use crate::merge::StoredVersionBuf;
+use crate::record::{Metadata, StreamKey};
+use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::{Commit, CommitOutcome, StreamState};
+use crate::time::Timestamp;
+
+impl PostgresStore {
+    /// Apply `commit` inside `tx` (the caller commits or rolls back).
+    pub(super) async fn apply(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        commit: &Commit,
+    ) -> Result<CommitOutcome> {
+        let hash = stream_hash(&commit.stream);
+        let (stream_id, state) = self.lock_stream(tx, &commit.stream, &hash).await?;
+
+        // The stored versions of the page's ids, in one query, once the cursor is known
+        // to be the expected one.
+        commit::check_cursor(&state, commit)?;
+        let mut stored: HashMap<String, StoredVersionBuf> = HashMap::new();
+        if !commit.records.is_empty() {
+            let rows = sqlx::query(self.sql.stored_versions.clone())
+                .bind(stream_id)
+                .bind(commit.records.iter().map(|r| r.id.as_str()).bind_iter())
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(|e| classify("read stored versions", e))?;
+            stored.reserve(rows.len());
+            for row in rows {
+                let id: String = row.try_get(0).map_err(decode)?;
+                let version = StoredVersionBuf {
+                    last_modified_at: Timestamp::from_micros(row.try_get(1).map_err(decode)?),
+                    cursor: row.try_get(2).map_err(decode)?,
+                    deleted: row.try_get(3).map_err(decode)?,
+                    pruned: row.try_get(4).map_err(decode)?,
+                };
+                stored.insert(id, version);
+            }
+        }
+        // Each distinct id is looked up once: its version moves out of the map.
+        let prepared = commit::prepare(&state, commit, |id| {
+            Ok(stored.remove(id).map(|version| Stored {
+                version,
+                handle: (),
+            }))
+        })?;
+
+        let seq: i64 = sqlx::query_scalar(self.sql.next_seq.clone())
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(|e| classify("next commit number", e))?;
+        let stamp = (seq, to_i64(prepared.generation()));
+
+        // Three kinds of writes, each one statement when there are any: records the
+        // store does not hold are inserted (no conflict is possible: the stream's lock
+        // orders its commits, and the read above saw every record of the stream);
+        // stored records are overwritten by an upsert; stored records keeping their
+        // payload get only the metadata.
+        let mut inserts = Vec::new();
+        let mut overwrites = Vec::new();
+        let mut keeps = Vec::new();
+        for w in prepared.writes() {
+            match &w.kind {
+                WriteKind::Insert { payload } => inserts.push((w.record, *payload)),
+                WriteKind::Replace { payload, .. } => overwrites.push((w.record, *payload)),
+                WriteKind::KeepPayload { .. } => keeps.push(w.record),
+            }
+        }
+        for (sql, rows) in [
+            (&self.sql.insert_records, &inserts),
+            (&self.sql.upsert_records, &overwrites),
+        ] {
+            if !rows.is_empty() {
+                let q = sqlx::query(sql.clone())
+                    .bind(stream_id)
+                    .bind(rows.iter().map(|(r, _)| r.id.as_str()).bind_iter())
+                    .bind(rows.iter().map(|(_, p)| p.as_str()).bind_iter());
+                bind_metadata(q, || rows.iter().map(|(r, _)| &r.meta), stamp)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(|e| classify("write records", e))?;
+            }
+        }
+        if !keeps.is_empty() {
+            let q = sqlx::query(self.sql.update_metadata.clone())
+                .bind(stream_id)
+                .bind(keeps.iter().map(|r| r.id.as_str()).bind_iter());
+            let updated = bind_metadata(q, || keeps.iter().map(|r| &r.meta), stamp)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| classify("write records", e))?
+                .rows_affected();
+            if updated != keeps.len() as u64 {
+                // A record read above is gone: something outside nango-sync deleted it.
+                return Err(Error::store(
+                    BACKEND,
+                    "write records",
+                    true,
+                    format!(
+                        "{} of {} stored records changed during the commit",
+                        keeps.len() as u64 - updated.min(keeps.len() as u64),
+                        keeps.len()
+                    ),
+                ));
+            }
+        }
+        if !prepared.seen().is_empty() {
+            sqlx::query(self.sql.mark_seen.clone())
+                .bind(stream_id)
+                .bind(stamp.1)
+                .bind(prepared.seen().iter().map(|s| s.id).bind_iter())
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| classify("mark records seen", e))?;
+        }
+        let swept = match prepared.sweep() {
+            Some(sweep) => sqlx::query(self.sql.sweep.clone())
+                .bind(stream_id)
+                .bind(to_i64(sweep.generation))
+                .bind(sweep.deleted_at.as_micros())
+                .bind(seq)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| classify("sweep", e))?
+                .rows_affected(),
+            None => 0,
+        };
+        self.faults.after_records(BACKEND)?;
+
+        let done = prepared.finish(to_u64(seq), swept);
+        let (next, counts) = (&done.state, &done.outcome.counts);
+        sqlx::query(self.sql.update_stream.clone())
+            .bind(stream_id)
+            .bind(next.cursor.as_ref().map(|c| c.as_str()))
+            .bind(to_i64(next.generation))
+            .bind(next.full_read.map(to_i64))
+            .bind(to_i64(counts.added))
+            .bind(to_i64(counts.updated))
+            .bind(to_i64(counts.deleted))
+            .bind(to_i64(counts.unchanged))
+            .bind(to_i64(counts.stale))
+            .bind(done.live_delta)
+            .bind(done.deleted_delta)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| classify("write stream state", e))?;
+        self.faults.before_commit(BACKEND)?;
+        Ok(done.outcome)
+    }
+
+    /// The stream's id and state, locked until the transaction ends; the stream row is
+    /// created when missing.
+    async fn lock_stream(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        stream: &StreamKey,
+        hash: &[u8],
+    ) -> Result<(i64, StreamState)> {
+        for _ in 0..2 {
+            let row = sqlx::query(self.sql.lock_stream.clone())
+                .bind(hash)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(|e| classify("lock stream", e))?;
+            if let Some(row) = row {
+                let state = state_from_row(&row, 1)?;
+                return Ok((row.try_get(0).map_err(decode)?, state));
+            }
+            self.bind_stream(sqlx::query(self.sql.insert_stream.clone()), stream, hash)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| classify("create stream", e))?;
+        }
+        Err(Error::store(
+            BACKEND,
+            "lock stream",
+            true,
+            "the stream row vanished while it was created",
+        ))
+    }
+}
+
+/// Bind the metadata columns of a page write (one array per column, see
+/// [`Statements`](super::schema::Statements)), then the commit's sequence number and
+/// generation stamp.
+fn bind_metadata<'q, I>(
+    q: Query<'q, Postgres, PgArguments>,
+    metas: impl Fn() -> I,
+    (seq, generation): (i64, i64),
+) -> Query<'q, Postgres, PgArguments>
+where
+    I: Iterator<Item = &'q Metadata> + Clone + Send + 'q,
+{
+    q.bind(metas().map(|m| m.first_seen_at.as_micros()).bind_iter())
+        .bind(metas().map(|m| m.last_modified_at.as_micros()).bind_iter())
+        .bind(metas().map(|m| i16::from(m.last_action.code())).bind_iter())
+        .bind(
+            metas()
+                .map(|m| m.deleted_at.map(Timestamp::as_micros))
+                .bind_iter(),
+        )
+        .bind(
+            metas()
+                .map(|m| m.pruned_at.map(Timestamp::as_micros))
+                .bind_iter(),
+        )
+        .bind(metas().map(|m| m.cursor.as_str()).bind_iter())
+        .bind(metas().map(|m| m.is_deleted()).bind_iter())
+        .bind(seq)
+        .bind(generation)
+}

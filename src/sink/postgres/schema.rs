@@ -1,0 +1,356 @@
+//! The PostgreSQL schema: versioned migrations (`migrations/NNNN_name.sql`, applied by
+//! [`migrate`]), the checks of a connect ([`check_version`] for a read-only open,
+//! [`check_tables`]), the schema operations of `repair` ([`schema_exists`],
+//! [`rename_schema`]), and the statements over it, with the schema's name filled in once.
+//!
+//! Values are always bound; the only identifier formatted into SQL is the schema name,
+//! validated and quoted.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, SqlStr};
+
+use super::BACKEND;
+use super::error::{classify, is_missing_table_or_column};
+use super::options::validate_schema;
+use crate::error::{Error, Result};
+
+/// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+
+/// First key of the advisory lock taken while migrating (the second is the schema's hash).
+const MIGRATION_LOCK: i32 = 0x6e73_796e; // "nsyn"
+
+/// Create the schema if needed and apply the migrations it lacks, under an advisory lock.
+pub(super) async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let err = |op: &'static str| {
+        move |e: sqlx::Error| classify(format!("migrate schema {schema}: {op}"), e)
+    };
+    let mut tx = pool.begin().await.map_err(err("begin"))?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(MIGRATION_LOCK)
+        .bind(schema)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("lock"))?;
+    let setup = format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted}; \
+         CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations ( \
+           version bigint PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    );
+    sqlx::raw_sql(AssertSqlSafe(setup))
+        .execute(&mut *tx)
+        .await
+        .map_err(err("create schema"))?;
+    let current: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {quoted}.schema_migrations"
+    )))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(err("read version"))?;
+    let current = current.unwrap_or(0);
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(Error::store(
+            BACKEND,
+            format!("migrate schema {schema}"),
+            false,
+            format!(
+                "the schema is at version {current}, newer than this nango-sync knows ({latest}); upgrade nango-sync"
+            ),
+        ));
+    }
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        sqlx::raw_sql(AssertSqlSafe(sql.replace("{schema}", quoted)))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                // 42P07: a table of the migration exists though the migration is not
+                // recorded.
+                sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "42P07") => {
+                    Error::damaged(
+                        BACKEND,
+                        format!("migrate schema {schema}"),
+                        format!(
+                            "{} (migration {version} is not recorded in {schema}.schema_migrations)",
+                            db.message()
+                        ),
+                    )
+                }
+                _ => err("apply migration")(e),
+            })?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
+        )))
+        .bind(version)
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(err("record migration"))?;
+    }
+    tx.commit().await.map_err(err("commit"))
+}
+
+/// For a read-only open: the schema exists and is at the version this nango-sync writes.
+pub(super) async fn check_version(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("open schema {schema}");
+    if !schema_exists_in(pool, schema).await? {
+        return Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!("there is no schema {schema}"),
+        ));
+    }
+    let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {quoted}.schema_migrations"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| classify(operation(), e))?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    match version {
+        Some(v) if v == latest => Ok(()),
+        Some(v) if v > latest => Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!(
+                "the schema is at version {v}, newer than this nango-sync knows ({latest}); upgrade nango-sync"
+            ),
+        )),
+        other => Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "the schema is at version {}, not {latest}, and a read-only open does not migrate",
+                other.unwrap_or(0)
+            ),
+        )),
+    }
+}
+
+/// The store's tables are there with the columns the store uses, and the commit counter
+/// has its one row; otherwise the schema is damaged.
+pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("check the tables of schema {schema}");
+    let damaged = |e: sqlx::Error| {
+        if is_missing_table_or_column(&e) {
+            match e {
+                sqlx::Error::Database(db) => {
+                    Error::damaged(BACKEND, operation(), db.message().to_string())
+                }
+                other => classify(operation(), other),
+            }
+        } else {
+            classify(operation(), e)
+        }
+    };
+    let probes = [
+        format!(
+            "SELECT stream_id, key_hash, integration, connection, model, variant, cursor, generation, \
+               full_read, added, updated, deleted, unchanged, stale, live_records, deleted_records, \
+               last_run, upstream_error FROM {quoted}.streams LIMIT 0"
+        ),
+        format!(
+            "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
+               pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
+        ),
+    ];
+    for sql in probes {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .map_err(damaged)?;
+    }
+    let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT seq FROM {quoted}.commit_seq"
+    )))
+    .fetch_all(pool)
+    .await
+    .map_err(damaged)?;
+    if rows.len() != 1 {
+        return Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "{quoted}.commit_seq holds {} rows instead of one",
+                rows.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn schema_exists_in(pool: &PgPool, schema: &str) -> Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| classify(format!("look for schema {schema}"), e))
+}
+
+/// One connection to the database of `url`, for schema operations.
+async fn admin_pool(url: &str) -> Result<PgPool> {
+    let shown = crate::secret::redact_url(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
+        .application_name("nango-sync");
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|e| classify(format!("connect to {shown}"), e))
+}
+
+/// Whether the database of `url` holds a schema named `schema`.
+pub(crate) async fn schema_exists(url: &str, schema: &str) -> Result<bool> {
+    validate_schema(schema)?;
+    let pool = admin_pool(url).await?;
+    let exists = schema_exists_in(&pool, schema).await;
+    pool.close().await;
+    exists
+}
+
+/// Rename schema `from` to `to` (which must not exist) in the database of `url`.
+pub(crate) async fn rename_schema(url: &str, from: &str, to: &str) -> Result<()> {
+    validate_schema(from)?;
+    validate_schema(to)?;
+    let pool = admin_pool(url).await?;
+    // Both names are validated; they are quoted identifiers, never values.
+    let result = sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER SCHEMA \"{from}\" RENAME TO \"{to}\""
+    )))
+    .execute(&pool)
+    .await
+    .map_err(|e| classify(format!("rename schema {from} to {to}"), e));
+    pool.close().await;
+    result.map(|_| ())
+}
+
+/// The SQL of every statement, with the schema filled in once.
+pub(super) struct Statements {
+    pub(super) lock_stream: SqlStr,
+    pub(super) insert_stream: SqlStr,
+    pub(super) stored_versions: SqlStr,
+    pub(super) insert_records: SqlStr,
+    pub(super) update_metadata: SqlStr,
+    pub(super) next_seq: SqlStr,
+    pub(super) upsert_records: SqlStr,
+    pub(super) mark_seen: SqlStr,
+    pub(super) sweep: SqlStr,
+    pub(super) update_stream: SqlStr,
+    pub(super) stream_state: SqlStr,
+    pub(super) set_last_run: SqlStr,
+    pub(super) set_upstream_error: SqlStr,
+    pub(super) get: SqlStr,
+    pub(super) list_first: SqlStr,
+    pub(super) list_after: SqlStr,
+    pub(super) streams: SqlStr,
+}
+
+/// The columns a page write sets, and the rows it writes: `$2..$10` one array per
+/// column, `$11` the commit's sequence number, `$12` its generation stamp.
+const WRITE_COLUMNS: &str = "stream_id, id, payload, first_seen_at, last_modified_at, last_action, \
+     deleted_at, pruned_at, cursor, deleted, seq, seen_generation";
+const WRITE_VALUES: &str = "SELECT $1, u.id, u.payload::jsonb, u.first_seen_at, u.last_modified_at, u.last_action, \
+       u.deleted_at, u.pruned_at, u.cursor, u.deleted, $11, $12 \
+     FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
+                 $9::text[], $10::bool[]) \
+       AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted)";
+
+pub(super) const RECORD_COLUMNS: &str = "r.id, r.payload::text, r.first_seen_at, r.last_modified_at, r.last_action, r.deleted_at, r.pruned_at, r.cursor, r.seq";
+
+impl Statements {
+    pub(super) fn new(schema: &str) -> Self {
+        // `schema` is validated and quoted; every other value is a bind parameter.
+        let s = |sql: String| -> SqlStr {
+            sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.replace("{s}", schema)))
+        };
+        let upsert_stream = |column: &str| {
+            s(format!(
+                "INSERT INTO {{s}}.streams (key_hash, integration, connection, model, variant, {column}) \
+                 VALUES ($1, $2, $3, $4, $5, $6{cast}) \
+                 ON CONFLICT (key_hash) DO UPDATE SET {column} = EXCLUDED.{column}",
+                cast = if column == "last_run" { "::jsonb" } else { "" },
+            ))
+        };
+        let list = |after: &str| {
+            s(format!(
+                "SELECT {RECORD_COLUMNS} FROM {{s}}.records r \
+                 JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
+                 WHERE t.key_hash = $1 AND ($2 OR NOT r.deleted) {after} \
+                 ORDER BY r.id LIMIT $3"
+            ))
+        };
+        Statements {
+            lock_stream: s(
+                "SELECT stream_id, cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
+                    .into(),
+            ),
+            insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
+                .into()),
+            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned \
+                 FROM UNNEST($2::text[]) AS u(id) \
+                 CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
+                   o.pruned_at IS NOT NULL OR o.payload = jsonb_build_object('id', o.id) AS pruned \
+                   FROM {s}.records o \
+                   WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
+                .into()),
+            next_seq: s("UPDATE {s}.commit_seq SET seq = seq + 1 RETURNING seq".into()),
+            upsert_records: s(format!(
+                "INSERT INTO {{s}}.records AS r ({WRITE_COLUMNS}) {WRITE_VALUES} \
+                 ON CONFLICT (stream_id, id) DO UPDATE SET \
+                   payload = EXCLUDED.payload, first_seen_at = EXCLUDED.first_seen_at, \
+                   last_modified_at = EXCLUDED.last_modified_at, last_action = EXCLUDED.last_action, \
+                   deleted_at = EXCLUDED.deleted_at, pruned_at = EXCLUDED.pruned_at, cursor = EXCLUDED.cursor, \
+                   deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, seen_generation = EXCLUDED.seen_generation"
+            )),
+            insert_records: s(format!(
+                "INSERT INTO {{s}}.records ({WRITE_COLUMNS}) {WRITE_VALUES}"
+            )),
+            update_metadata: s(
+                "UPDATE {s}.records AS r SET first_seen_at = u.first_seen_at, \
+                   last_modified_at = u.last_modified_at, last_action = u.last_action, \
+                   deleted_at = u.deleted_at, pruned_at = u.pruned_at, cursor = u.cursor, \
+                   deleted = u.deleted, seq = $10, seen_generation = $11 \
+                 FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::int2[], $6::int8[], $7::int8[], \
+                             $8::text[], $9::bool[]) \
+                   AS u(id, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted) \
+                 WHERE r.stream_id = $1 AND r.id = u.id"
+                    .into(),
+            ),
+            mark_seen: s("UPDATE {s}.records AS r SET seen_generation = $2 \
+                 FROM UNNEST($3::text[]) AS u(id) \
+                 WHERE r.stream_id = $1 AND r.id = u.id AND r.seen_generation <> $2"
+                .into()),
+            sweep: s("UPDATE {s}.records SET last_action = 3, deleted_at = $3, deleted = true, seq = $4 \
+                 WHERE stream_id = $1 AND seen_generation < $2 AND NOT deleted"
+                .into()),
+            update_stream: s("UPDATE {s}.streams SET cursor = $2, generation = $3, full_read = $4, \
+                   added = added + $5, updated = updated + $6, deleted = deleted + $7, \
+                   unchanged = unchanged + $8, stale = stale + $9, \
+                   live_records = live_records + $10, deleted_records = deleted_records + $11 \
+                 WHERE stream_id = $1"
+                .into()),
+            stream_state: s("SELECT cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1".into()),
+            set_last_run: upsert_stream("last_run"),
+            set_upstream_error: upsert_stream("upstream_error"),
+            get: s(format!(
+                "SELECT {RECORD_COLUMNS} FROM {{s}}.records r JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
+                 WHERE t.key_hash = $1 AND r.id = $2"
+            )),
+            list_first: list(""),
+            list_after: list("AND r.id > $4"),
+            streams: s("SELECT integration, connection, model, variant, cursor, generation, full_read, \
+                   added, updated, deleted, unchanged, stale, live_records, deleted_records, \
+                   last_run::text, upstream_error \
+                 FROM {s}.streams ORDER BY integration, connection, model, variant"
+                .into()),
+        }
+    }
+}

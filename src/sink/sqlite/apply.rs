@@ -1,0 +1,192 @@
+//! A commit, applied: one `BEGIN IMMEDIATE` transaction that reads the stored versions,
+//! lets [`commit::prepare`] decide, and writes what it prepared.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::BACKEND;
+use super::error::sql_err;
+use super::rows::{ensure_stream, micros};
+use crate::error::Result;
+use crate::merge::{StoredVersionBuf, payload_text_is_bare};
+use crate::record::Cursor;
+use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::fault::Faults;
+use crate::sink::{Commit, CommitOutcome};
+use crate::time::Timestamp;
+
+/// Apply `commit` on the writer connection.
+pub(super) fn commit(
+    conn: &mut Connection,
+    faults: &Faults,
+    commit: Commit,
+) -> Result<CommitOutcome> {
+    let e = |e| sql_err("commit", e);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(e)?;
+    let (stream_id, state) = ensure_stream(&tx, &commit.stream).map_err(e)?;
+
+    // The stored versions of the page's ids, one indexed lookup per distinct id; the
+    // rowid is the handle the writes use.
+    let prepared = {
+        let mut select = tx
+            .prepare_cached(
+                "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3,
+                        pruned_at IS NOT NULL,
+                        CASE WHEN octet_length(payload) <= 64 + 6 * octet_length(id) THEN payload END
+                 FROM nango_records WHERE stream_id = ?1 AND id = ?2",
+            )
+            .map_err(e)?;
+        commit::prepare(&state, &commit, |id| {
+            select
+                .query_row(params![stream_id, id], |row| {
+                    Ok(Stored {
+                        handle: row.get::<_, i64>(0)?,
+                        version: StoredVersionBuf {
+                            last_modified_at: Timestamp::from_micros(row.get(1)?),
+                            cursor: row.get(2)?,
+                            deleted: row.get(3)?,
+                            pruned: row.get::<_, bool>(4)?
+                                || row
+                                    .get_ref(5)?
+                                    .as_str_or_null()?
+                                    .is_some_and(|p| payload_text_is_bare(id, p)),
+                        },
+                    })
+                })
+                .optional()
+                .map_err(e)
+        })?
+    };
+    let last_seq: i64 = tx
+        .query_row(
+            "SELECT value FROM nango_meta WHERE key = 'last_seq'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(e)?;
+    let seq = last_seq + 1;
+    let generation = prepared.generation() as i64;
+
+    {
+        // Within this IMMEDIATE transaction nobody else writes, so the lookups above
+        // decide between a plain insert and an update of the row in place.
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO nango_records (stream_id, id, payload, first_seen_at, last_modified_at, last_action,
+                     deleted_at, pruned_at, cursor, seen_gen, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .map_err(e)?;
+        let mut update = tx
+            .prepare_cached(
+                "UPDATE nango_records SET payload = ?2, first_seen_at = ?3, last_modified_at = ?4,
+                     last_action = ?5, deleted_at = ?6, pruned_at = ?7, cursor = ?8, seen_gen = ?9, seq = ?10
+                 WHERE record_id = ?1",
+            )
+            .map_err(e)?;
+        let mut keep_payload = tx
+            .prepare_cached(
+                "UPDATE nango_records SET first_seen_at = ?2, last_modified_at = ?3, last_action = ?4,
+                     deleted_at = ?5, pruned_at = ?6, cursor = ?7, seen_gen = ?8, seq = ?9
+                 WHERE record_id = ?1",
+            )
+            .map_err(e)?;
+        for w in prepared.writes() {
+            let m = &w.record.meta;
+            let (first, last, action) = (
+                m.first_seen_at.as_micros(),
+                m.last_modified_at.as_micros(),
+                m.last_action.code(),
+            );
+            let (deleted, pruned, cursor) =
+                (micros(m.deleted_at), micros(m.pruned_at), m.cursor.as_str());
+            match &w.kind {
+                WriteKind::Insert { payload } => insert.execute(params![
+                    stream_id,
+                    w.record.id,
+                    payload.as_str(),
+                    first,
+                    last,
+                    action,
+                    deleted,
+                    pruned,
+                    cursor,
+                    generation,
+                    seq,
+                ]),
+                WriteKind::Replace { stored, payload } => update.execute(params![
+                    stored,
+                    payload.as_str(),
+                    first,
+                    last,
+                    action,
+                    deleted,
+                    pruned,
+                    cursor,
+                    generation,
+                    seq,
+                ]),
+                WriteKind::KeepPayload { stored } => keep_payload.execute(params![
+                    stored, first, last, action, deleted, pruned, cursor, generation, seq,
+                ]),
+            }
+            .map_err(e)?;
+        }
+        if !prepared.seen().is_empty() {
+            let mut seen = tx
+                .prepare_cached("UPDATE nango_records SET seen_gen = ?2 WHERE record_id = ?1")
+                .map_err(e)?;
+            for s in prepared.seen() {
+                seen.execute(params![s.stored, generation]).map_err(e)?;
+            }
+        }
+    }
+    let swept = match prepared.sweep() {
+        Some(sweep) => tx
+            .prepare_cached(
+                "UPDATE nango_records SET last_action = 3, deleted_at = ?3, seq = ?4
+                 WHERE stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3",
+            )
+            .map_err(e)?
+            .execute(params![
+                stream_id,
+                sweep.generation as i64,
+                sweep.deleted_at.as_micros(),
+                seq
+            ])
+            .map_err(e)? as u64,
+        None => 0,
+    };
+    faults.after_records(BACKEND)?;
+
+    // Live and tombstone counts are counted when read (`streams`), not kept.
+    let done = prepared.finish(seq as u64, swept);
+    let (next, counts) = (&done.state, &done.outcome.counts);
+    tx.prepare_cached(
+        "UPDATE nango_streams SET cursor = ?2, generation = ?3, full_read = ?4,
+             added = added + ?5, updated = updated + ?6, deleted = deleted + ?7,
+             unchanged = unchanged + ?8, stale = stale + ?9
+         WHERE stream_id = ?1",
+    )
+    .map_err(e)?
+    .execute(params![
+        stream_id,
+        next.cursor.as_ref().map(Cursor::as_str),
+        next.generation as i64,
+        next.full_read.map(|g| g as i64),
+        counts.added as i64,
+        counts.updated as i64,
+        counts.deleted as i64,
+        counts.unchanged as i64,
+        counts.stale as i64,
+    ])
+    .map_err(e)?;
+    tx.prepare_cached("UPDATE nango_meta SET value = ?1 WHERE key = 'last_seq'")
+        .map_err(e)?
+        .execute([seq])
+        .map_err(e)?;
+    faults.before_commit(BACKEND)?;
+    tx.commit().map_err(e)?;
+    Ok(done.outcome)
+}

@@ -1,0 +1,558 @@
+//! The SQLite store (feature `sqlite`): one file, WAL mode, one writer, many readers.
+//!
+//! # Layout
+//!
+//! | table | what |
+//! |---|---|
+//! | `nango_streams` | one row per stream: key, cursor, full re-read generations, counters, last run |
+//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, and `seq`, the commit that last changed it; a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` |
+//! | `nango_meta` | schema version and the store's last commit sequence number |
+//! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
+//!
+//! The schema is created and upgraded by versioned migrations
+//! (`src/sink/sqlite/migrations/`) when a file is opened.
+//!
+//! # Atomicity and durability
+//!
+//! A [`Commit`] is one `BEGIN IMMEDIATE` transaction: the records, the stream's cursor,
+//! counters and sequence number are all written, or none is. The database runs in WAL
+//! mode. With the default `synchronous=NORMAL`, a process crash loses nothing committed;
+//! a power loss or OS crash can roll back the last commits (always whole commits, so the
+//! cursor never gets ahead of the records). [`SqliteOptions::with_synchronous_full`]
+//! makes every commit durable on disk before it returns, at a cost in throughput.
+//!
+//! # Threads
+//!
+//! `rusqlite` is blocking. The writer connection is used only inside
+//! `tokio::task::spawn_blocking`, behind a mutex; reads take connections of their own
+//! from a small pool, so they run while a commit is in progress and see the state
+//! before or after it, never a mix.
+//!
+//! # Files
+//!
+//! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
+//! [`SqliteOptions`], `schema.rs` and `migrations/` the schema, `apply.rs` a commit
+//! applied, `rows.rs` rows and their values, `error.rs` the error mapping.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+use crate::record::{StoredRecord, StreamKey};
+use crate::sink::fault::Faults;
+use crate::sink::{
+    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+};
+
+mod apply;
+mod error;
+mod options;
+mod rows;
+mod schema;
+
+use error::{sql_err, task_err};
+pub use options::SqliteOptions;
+use rows::{RECORD_COLUMNS, ensure_stream, record_from_row, stream_row};
+
+const BACKEND: &str = "sqlite";
+
+/// A store in one SQLite file (see the module documentation).
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Arc<Mutex<Connection>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    options: SqliteOptions,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic inside a transaction rolls it back when the transaction is dropped, so
+    // the connection behind a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SqliteStore {
+    /// Open (or create) the store at `path` with default options.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// Open (or create) the store at `path`.
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let (p, o) = (path.clone(), options.clone());
+        let writer = tokio::task::spawn_blocking(move || open_writer(&p, &o))
+            .await
+            .map_err(|e| task_err("open", e))??;
+        Ok(SqliteStore {
+            path,
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::default(),
+            options,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Faults) -> Result<T> + Send + 'static,
+    {
+        let writer = self.writer.clone();
+        let faults = self.options.faults.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&writer), &faults))
+            .await
+            .map_err(|e| task_err(operation, e))?
+    }
+
+    async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        let busy = self.options.busy_timeout;
+        tokio::task::spawn_blocking(move || {
+            let conn = lock(&readers).pop();
+            let conn = match conn {
+                Some(c) => c,
+                None => open_reader(&path, busy)?,
+            };
+            let out = f(&conn);
+            let mut pool = lock(&readers);
+            if pool.len() < 4 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| task_err(operation, e))?
+    }
+
+    /// Set one text column of the stream's row (`last_run` or `upstream_error`),
+    /// creating the row if needed.
+    async fn set_stream_column(
+        &self,
+        stream: &StreamKey,
+        operation: &'static str,
+        column: &'static str,
+        value: Option<String>,
+    ) -> Result<()> {
+        let key = stream.clone();
+        self.write(operation, move |c, _| {
+            let e = |e| sql_err(operation, e);
+            let (id, _) = ensure_stream(c, &key).map_err(e)?;
+            // `column` is one of two fixed names, never input.
+            c.prepare_cached(&format!(
+                "UPDATE nango_streams SET {column} = ?2 WHERE stream_id = ?1"
+            ))
+            .map_err(e)?
+            .execute(params![id, value])
+            .map_err(e)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        return Err(Error::store(
+            BACKEND,
+            "open",
+            false,
+            format!(
+                "the directory {} of the database file does not exist",
+                parent.display()
+            ),
+        ));
+    }
+    let open_err = |e: rusqlite::Error| sql_err(&format!("open {}", path.display()), e);
+    let mut conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(o.busy_timeout).map_err(open_err)?;
+    // page_size only takes effect on a new (empty) database, before WAL is on.
+    conn.execute_batch(&format!("PRAGMA page_size = {};", o.page_size))
+        .map_err(open_err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::store(
+            BACKEND,
+            "open",
+            false,
+            format!("could not enable WAL mode (got {mode})"),
+        ));
+    }
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+        if o.synchronous_full { "FULL" } else { "NORMAL" },
+        o.wal_autocheckpoint
+    ))
+    .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    schema::migrate(&mut conn)?;
+    if let Some(n) = o.max_page_count {
+        conn.query_row(&format!("PRAGMA max_page_count = {n}"), [], |_| Ok(()))
+            .map_err(open_err)?;
+    }
+    Ok(conn)
+}
+
+fn open_reader(path: &Path, busy: Duration) -> Result<Connection> {
+    let err = |e| sql_err("open a read connection", e);
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(err)?;
+    conn.busy_timeout(busy).map_err(err)?;
+    Ok(conn)
+}
+
+impl RecordSink for SqliteStore {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    async fn stream_state(&self, stream: &StreamKey) -> Result<StreamState> {
+        let key = stream.clone();
+        self.read("read the stream state", move |c| {
+            Ok(stream_row(c, &key)
+                .map_err(|e| sql_err("read the stream state", e))?
+                .map(|r| r.1)
+                .unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.write("commit", move |c, faults| apply::commit(c, faults, commit))
+            .await
+    }
+
+    async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
+        let key = stream.clone();
+        let id = id.to_owned();
+        self.read("get a record", move |c| {
+            let e = |e| sql_err("get a record", e);
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM nango_records WHERE id = ?5 AND stream_id =
+                 (SELECT stream_id FROM nango_streams WHERE integration = ?1 AND connection = ?2 AND model = ?3 AND variant = ?4)"
+            );
+            c.prepare_cached(&sql)
+                .map_err(e)?
+                .query_row(params![key.integration, key.connection, key.model, key.variant, id], record_from_row)
+                .optional()
+                .map_err(e)
+        })
+        .await
+    }
+
+    async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
+        let key = stream.clone();
+        let query = query.clone();
+        self.read("list records", move |c| {
+            let e = |e| sql_err("list records", e);
+            let deleted_filter =
+                if query.include_deleted { "" } else { "AND deleted_at IS NULL AND last_action != 3" };
+            let after = if query.after_id.is_some() { "AND id > ?5" } else { "AND ?5 IS NULL" };
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM nango_records WHERE stream_id =
+                 (SELECT stream_id FROM nango_streams WHERE integration = ?1 AND connection = ?2 AND model = ?3 AND variant = ?4)
+                 {after} {deleted_filter} ORDER BY id LIMIT ?6"
+            );
+            let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+            let mut stmt = c.prepare_cached(&sql).map_err(e)?;
+            let rows = stmt
+                .query_map(
+                    params![key.integration, key.connection, key.model, key.variant, query.after_id, limit],
+                    record_from_row,
+                )
+                .map_err(e)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+        })
+        .await
+    }
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
+        let json = serde_json::to_string(run)
+            .map_err(|e| Error::store(BACKEND, "record the run", false, e))?;
+        self.set_stream_column(stream, "record the run", "last_run", Some(json))
+            .await
+    }
+
+    async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
+        let error = error.map(str::to_owned);
+        self.set_stream_column(stream, "record the upstream error", "upstream_error", error)
+            .await
+    }
+
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        self.read("list streams", |c| {
+            let e = |e| sql_err("list streams", e);
+            let mut stmt = c.prepare_cached(&rows::statuses_sql()).map_err(e)?;
+            let rows = stmt.query_map([], rows::status_from_row).map_err(e)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::schema::{SCHEMA_VERSION, schema_version};
+    use super::*;
+    use crate::record::{Cursor, LastAction, Metadata, RawJson, Record};
+    use crate::sink::FullRead;
+    use crate::time::Timestamp;
+
+    fn record(id: &str, lma: i64, action: LastAction, payload: &str) -> Record {
+        Record {
+            id: id.into(),
+            payload: RawJson::from_trusted(payload),
+            payload_is_bare: payload == format!(r#"{{"id":"{id}"}}"#),
+            meta: Metadata {
+                first_seen_at: Timestamp::from_micros(1),
+                last_modified_at: Timestamp::from_micros(lma),
+                last_action: action,
+                deleted_at: (action == LastAction::Deleted).then_some(Timestamp::from_micros(lma)),
+                pruned_at: None,
+                cursor: Cursor(format!("c-{id}-{lma}")),
+            },
+        }
+    }
+
+    /// A database written by schema 1 (records in a `WITHOUT ROWID` table).
+    const SCHEMA_1: &str = "
+        CREATE TABLE nango_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE nango_streams (
+            stream_id INTEGER PRIMARY KEY, integration TEXT NOT NULL, connection TEXT NOT NULL,
+            model TEXT NOT NULL, variant TEXT NOT NULL, cursor TEXT,
+            generation INTEGER NOT NULL DEFAULT 0, full_read INTEGER,
+            added INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0,
+            deleted INTEGER NOT NULL DEFAULT 0, unchanged INTEGER NOT NULL DEFAULT 0,
+            stale INTEGER NOT NULL DEFAULT 0, last_run TEXT, upstream_error TEXT,
+            UNIQUE (integration, connection, model, variant));
+        CREATE TABLE nango_records (
+            stream_id INTEGER NOT NULL, id TEXT NOT NULL, payload TEXT NOT NULL,
+            first_seen_at INTEGER NOT NULL, last_modified_at INTEGER NOT NULL,
+            last_action INTEGER NOT NULL, deleted_at INTEGER, pruned_at INTEGER,
+            cursor TEXT NOT NULL, seen_gen INTEGER NOT NULL, seq INTEGER NOT NULL,
+            PRIMARY KEY (stream_id, id)) WITHOUT ROWID;
+        CREATE VIEW nango_records_view AS
+            SELECT s.integration, s.connection, s.model, s.variant, r.id, r.payload,
+                   r.last_action IN (3) OR r.deleted_at IS NOT NULL AS deleted,
+                   r.last_modified_at, r.seq
+            FROM nango_records r JOIN nango_streams s ON s.stream_id = r.stream_id;
+        INSERT INTO nango_meta VALUES ('last_seq', 2), ('schema_version', 1);
+        INSERT INTO nango_streams (stream_id, integration, connection, model, variant, cursor, added, deleted)
+            VALUES (7, 'github', 'acme', 'Ticket', 'base', 'c2', 2, 1);
+        INSERT INTO nango_records VALUES
+            (7, 'a', '{\"id\":\"a\",\"v\":1}', 1, 11, 3, 11, NULL, 'c-a-11', 0, 2),
+            (7, 'b', '{\"id\":\"b\"}', 1, 10, 1, NULL, NULL, 'c-b-10', 0, 1);";
+
+    #[tokio::test]
+    async fn a_schema_1_file_is_migrated_with_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA_1)
+            .unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.stream_state(&stream).await.unwrap().cursor,
+            Some(Cursor("c2".into()))
+        );
+        let a = store.get(&stream, "a").await.unwrap().unwrap();
+        assert!(a.is_deleted());
+        assert_eq!(a.payload.as_str(), r#"{"id":"a","v":1}"#);
+        assert_eq!((a.seq, a.meta.cursor.as_str()), (2, "c-a-11"));
+        let live = store.list(&stream, &ListQuery::default()).await.unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        // The migrated file takes new commits, which continue its sequence.
+        let out = store
+            .commit(Commit::new(
+                stream.clone(),
+                Some(Cursor("c2".into())),
+                Some(Cursor("c3".into())),
+                vec![
+                    record("b", 12, LastAction::Updated, r#"{"id":"b","v":2}"#),
+                    record("c", 12, LastAction::Added, r#"{"id":"c"}"#),
+                ],
+            ))
+            .await
+            .unwrap();
+        assert_eq!((out.seq, out.counts.updated, out.counts.added), (3, 1, 1));
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn).unwrap(), Some(SCHEMA_VERSION));
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM nango_records_view", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3);
+        // Reopening a current file changes nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(store.get(&stream, "c").await.unwrap().unwrap().seq, 3);
+    }
+
+    #[tokio::test]
+    async fn commits_merge_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            let out = store
+                .commit(Commit::new(
+                    stream.clone(),
+                    None,
+                    Some(Cursor("c1".into())),
+                    vec![
+                        record("a", 10, LastAction::Added, r#"{"id":"a","v":1}"#),
+                        record("b", 10, LastAction::Added, r#"{"id":"b"}"#),
+                    ],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(out.counts.added, 2);
+            assert_eq!(out.seq, 1);
+            let out = store
+                .commit(Commit::new(
+                    stream.clone(),
+                    Some(Cursor("c1".into())),
+                    Some(Cursor("c2".into())),
+                    vec![record("a", 11, LastAction::Deleted, r#"{"id":"a"}"#)],
+                ))
+                .await
+                .unwrap();
+            assert_eq!(out.counts.deleted, 1);
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.stream_state(&stream).await.unwrap().cursor,
+            Some(Cursor("c2".into()))
+        );
+        let a = store.get(&stream, "a").await.unwrap().unwrap();
+        assert!(a.is_deleted());
+        assert_eq!(
+            a.payload.as_str(),
+            r#"{"id":"a","v":1}"#,
+            "a {{id}}-only delete keeps the payload"
+        );
+        assert_eq!(a.seq, 2);
+        let live = store.list(&stream, &ListQuery::default()).await.unwrap();
+        assert_eq!(
+            live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        let all = store
+            .list(&stream, &ListQuery::default().with_deleted())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[cfg(feature = "fault-injection")]
+    #[tokio::test]
+    async fn injected_failure_after_records_leaves_nothing() {
+        use crate::sink::fault::{FaultInjector, FaultPoint};
+        let dir = tempfile::tempdir().unwrap();
+        let faults = FaultInjector::new();
+        let options = SqliteOptions::new().with_faults(faults.clone());
+        let store = SqliteStore::open_with(dir.path().join("s.db"), options)
+            .await
+            .unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        faults.arm(FaultPoint::AfterRecords);
+        let commit = Commit::new(
+            stream.clone(),
+            None,
+            Some(Cursor("c1".into())),
+            vec![record("a", 10, LastAction::Added, r#"{"id":"a"}"#)],
+        );
+        assert!(store.commit(commit.clone()).await.is_err());
+        assert_eq!(
+            store.stream_state(&stream).await.unwrap(),
+            StreamState::default()
+        );
+        assert!(store.get(&stream, "a").await.unwrap().is_none());
+        assert_eq!(
+            store.commit(commit).await.unwrap().seq,
+            1,
+            "the failed commit used no sequence number"
+        );
+    }
+
+    #[tokio::test]
+    async fn completing_full_read_sweeps_unseen_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("s.db")).await.unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let mut c = Commit::new(
+            stream.clone(),
+            None,
+            Some(Cursor("c1".into())),
+            vec![
+                record("a", 10, LastAction::Added, r#"{"id":"a"}"#),
+                record("b", 10, LastAction::Added, r#"{"id":"b"}"#),
+            ],
+        );
+        c.full_read = Some(FullRead {
+            generation: 1,
+            complete: true,
+        });
+        store.commit(c).await.unwrap();
+        let mut c = Commit::new(
+            stream.clone(),
+            Some(Cursor("c1".into())),
+            Some(Cursor("c1".into())),
+            vec![record("a", 10, LastAction::Added, r#"{"id":"a"}"#)],
+        );
+        c.full_read = Some(FullRead {
+            generation: 2,
+            complete: true,
+        });
+        let out = store.commit(c).await.unwrap();
+        assert_eq!(
+            (out.swept, out.counts.deleted, out.counts.unchanged),
+            (1, 1, 1)
+        );
+        assert!(store.get(&stream, "b").await.unwrap().unwrap().is_deleted());
+        assert!(!store.get(&stream, "a").await.unwrap().unwrap().is_deleted());
+        assert_eq!(store.stream_state(&stream).await.unwrap().generation, 2);
+    }
+
+    #[tokio::test]
+    async fn missing_directory_is_a_clear_error() {
+        let err = SqliteStore::open("/nonexistent-dir-for-nango-sync/x.db")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+}

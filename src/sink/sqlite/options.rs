@@ -1,0 +1,76 @@
+//! Options of the SQLite store.
+
+use std::time::Duration;
+
+use crate::sink::fault::Faults;
+
+/// Options of a [`SqliteStore`](super::SqliteStore): `SqliteOptions::new()` then
+/// `with_*`, passed to [`SqliteStore::open_with`](super::SqliteStore::open_with).
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub(super) synchronous_full: bool,
+    pub(super) busy_timeout: Duration,
+    pub(super) page_size: u32,
+    pub(super) wal_autocheckpoint: u32,
+    pub(super) max_page_count: Option<u64>,
+    pub(super) faults: Faults,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous_full: false,
+            busy_timeout: Duration::from_secs(5),
+            page_size: 16 * 1024,
+            wal_autocheckpoint: 4096,
+            max_page_count: None,
+            faults: Faults::default(),
+        }
+    }
+}
+
+impl SqliteOptions {
+    /// The defaults: `synchronous=NORMAL`, a 5 s busy timeout, 16 KiB pages, a
+    /// checkpoint every 4096 pages of WAL, no size cap.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `PRAGMA synchronous=FULL` instead of `NORMAL`: every commit is durable on disk
+    /// before it returns, at a cost in throughput (see the
+    /// [module documentation](super#atomicity-and-durability)).
+    pub fn with_synchronous_full(mut self, full: bool) -> Self {
+        self.synchronous_full = full;
+        self
+    }
+
+    /// How long a connection waits for a lock held by another process before failing
+    /// with a retryable "database is busy" error (default 5 s).
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Page size of a new database file, in bytes (default 16 KiB).
+    pub fn with_page_size(mut self, bytes: u32) -> Self {
+        self.page_size = bytes;
+        self
+    }
+
+    /// WAL size, in pages, at which SQLite checkpoints (default 4096: 64 MiB with
+    /// 16 KiB pages).
+    pub fn with_wal_autocheckpoint(mut self, pages: u32) -> Self {
+        self.wal_autocheckpoint = pages;
+        self
+    }
+
+    /// A cap on the database size, in pages (`PRAGMA max_page_count`; default: SQLite's
+    /// own). A commit that would grow the file past it fails like a full disk
+    /// (`SQLITE_FULL`) and the store keeps its last committed state.
+    pub fn with_max_page_count(mut self, pages: u64) -> Self {
+        self.max_page_count = Some(pages);
+        self
+    }
+
+    crate::sink::fault::with_faults_option!();
+}
