@@ -99,6 +99,20 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A store exists but is damaged: its files (or, for PostgreSQL, its tables) cannot
+    /// be read as they are, so the store cannot be opened or used. Nothing fixes it in
+    /// place; [`crate::repair`] moves it aside (it is kept, never deleted) and rebuilds
+    /// it by a full re-read from Nango.
+    #[error("{backend} store: {operation} failed: the store is damaged: {detail}")]
+    Damaged {
+        /// `sqlite`, `sled` or `postgres`.
+        backend: &'static str,
+        /// What was being done, naming the store's file, directory or schema.
+        operation: String,
+        /// What is wrong.
+        detail: String,
+    },
+
     /// A commit expected the stream to be at one cursor but the store holds another:
     /// another writer moved the stream.
     #[error(
@@ -184,6 +198,7 @@ impl Error {
             Error::Store { retryable, .. } => *retryable,
             Error::Stream { source, .. } => source.is_retryable(),
             Error::RetriesExhausted { .. }
+            | Error::Damaged { .. }
             | Error::CursorConflict { .. }
             | Error::Invalid { .. }
             | Error::FeatureDisabled { .. } => false,
@@ -210,6 +225,12 @@ impl Error {
         }
     }
 
+    /// Whether this is (or wraps) an [`Error::Damaged`]: a store that cannot be used as
+    /// it is and needs a repair ([`crate::repair`]).
+    pub fn is_damaged_store(&self) -> bool {
+        matches!(self.root(), Error::Damaged { .. })
+    }
+
     /// The innermost error: unwraps [`Error::Stream`] and [`Error::RetriesExhausted`].
     pub fn root(&self) -> &Error {
         match self {
@@ -223,6 +244,23 @@ impl Error {
     pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> Self {
         Error::Invalid {
             what,
+            detail: detail.into(),
+        }
+    }
+
+    /// Build an [`Error::Damaged`].
+    #[cfg_attr(
+        not(any(feature = "sqlite", feature = "sled", feature = "postgres")),
+        allow(dead_code)
+    )]
+    pub(crate) fn damaged(
+        backend: &'static str,
+        operation: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::Damaged {
+            backend,
+            operation: operation.into(),
             detail: detail.into(),
         }
     }

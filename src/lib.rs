@@ -55,6 +55,7 @@ mod error;
 pub mod merge;
 pub mod page;
 pub mod record;
+pub mod repair;
 mod secret;
 pub mod sink;
 pub mod time;

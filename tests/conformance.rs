@@ -28,10 +28,28 @@ mod memory {
 
 #[cfg(feature = "sled")]
 mod sled {
-    use nango_sync::sink::SledStore;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nango_sync::sink::fault::FaultInjector;
     use nango_sync::sink::sled::{Durability, SledOptions};
-    use nango_sync_testkit::conformance::{self, Shared, StoreFactory};
+    use nango_sync::sink::{
+        Commit, CommitOutcome, FullRead, RunSummary, SledStore, StreamStatus, read_all,
+    };
+    use nango_sync::{
+        Cursor, LastAction, Metadata, RawJson, Record, RecordSink, StoredRecord, StreamKey,
+        Timestamp,
+    };
+    use nango_sync_testkit::conformance::{self, Open, Shared, StoreFactory};
     use nango_sync_testkit::stores::sled_factory;
+    use serde_json::json;
+    use tempfile::TempDir;
+
+    /// Every stream's status.
+    async fn streams(store: &SledStore) -> Vec<StreamStatus> {
+        RecordSink::streams(store).await.unwrap()
+    }
 
     fn stores() -> impl StoreFactory<Store = SledStore> {
         sled_factory(SledOptions::new())
@@ -42,6 +60,16 @@ mod sled {
     mod shared {
         use super::*;
         nango_sync_testkit::conformance_tests!(Shared(stores()), durable);
+    }
+
+    /// The whole suite again with sled reopened (so writing a snapshot) after every
+    /// third write.
+    mod snapshots {
+        use super::*;
+        nango_sync_testkit::conformance_tests!(
+            sled_factory(SledOptions::new().with_snapshot_after_ops(3)),
+            durable
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,6 +90,507 @@ mod sled {
         assert_eq!(sink.backend(), "sled");
     }
 
+    // ---- Recovery from a snapshot sled was writing when its process died ----------
+
+    /// The name sled 0.34 gives a snapshot while writing it, at an LSN past any real one.
+    const LEFTOVER: &str = "snap.00000000FFFFFFFF.generating";
+
+    fn ts(t: i64) -> Timestamp {
+        Timestamp::from_micros(1_790_000_000_000_000 + t)
+    }
+
+    /// A version of record `id` at instant `t` (its cursor too), with `payload`.
+    fn version(id: &str, t: i64, action: LastAction, payload: serde_json::Value) -> Record {
+        Record {
+            id: id.to_string(),
+            payload_is_bare: payload.as_object().is_some_and(|m| m.len() == 1),
+            payload: RawJson::from_trusted(payload.to_string()),
+            meta: Metadata {
+                first_seen_at: ts(t),
+                last_modified_at: ts(t),
+                last_action: action,
+                deleted_at: (action == LastAction::Deleted).then(|| ts(t)),
+                pruned_at: None,
+                cursor: Cursor(format!("cur-{t:012}")),
+            },
+        }
+    }
+
+    fn titled(id: &str, t: i64, action: LastAction, title: &str) -> Record {
+        version(id, t, action, json!({"id": id, "title": title}))
+    }
+
+    /// Commit `records` on top of the stream's cursor (moved to the last record's).
+    async fn commit_page(
+        store: &SledStore,
+        stream: &StreamKey,
+        records: Vec<Record>,
+        full_read: Option<FullRead>,
+    ) -> CommitOutcome {
+        let expected = RecordSink::stream_state(store, stream)
+            .await
+            .unwrap()
+            .cursor;
+        let cursor = records
+            .last()
+            .map(|r| r.meta.cursor.clone())
+            .or(expected.clone());
+        let mut commit = Commit::new(stream.clone(), expected, cursor, records);
+        commit.full_read = full_read;
+        RecordSink::commit(store, commit).await.unwrap()
+    }
+
+    /// A store holding two streams, closed: `large`, 10,000 records written by one
+    /// commit; `merge`, updates, a stale version, a delete with only its id (the payload
+    /// kept), a prune (the payload kept), and a full re-read whose sweep leaves a
+    /// tombstone.
+    async fn filled_store(dir: &Path) {
+        let store = SledStore::open(dir).await.unwrap();
+        let large = StreamKey::new("conformance", "large", "Ticket");
+        let records = (0..10_000)
+            .map(|i| {
+                titled(
+                    &format!("rec-{i:05}"),
+                    i,
+                    LastAction::Added,
+                    "a title of some length",
+                )
+            })
+            .collect();
+        commit_page(&store, &large, records, None).await;
+
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        let add = |id: &str, t| titled(id, t, LastAction::Added, "first");
+        commit_page(
+            &store,
+            &merge,
+            vec![add("a", 1), add("b", 2), add("c", 3), add("d", 4)],
+            None,
+        )
+        .await;
+        let mut pruned = version("c", 7, LastAction::Updated, json!({"id": "c"}));
+        pruned.meta.pruned_at = Some(ts(8));
+        let out = commit_page(
+            &store,
+            &merge,
+            vec![
+                titled("a", 5, LastAction::Updated, "second"),
+                titled("a", 1, LastAction::Added, "stale"),
+                version("b", 6, LastAction::Deleted, json!({"id": "b"})),
+                pruned,
+            ],
+            None,
+        )
+        .await;
+        assert_eq!((out.counts.updated, out.counts.deleted), (2, 1), "{out:?}");
+        // A full re-read that sees `a` and a new `e`: its completing commit sweeps the
+        // live records it did not see, `c` and `d`.
+        let full = |complete| {
+            Some(FullRead {
+                generation: 1,
+                complete,
+            })
+        };
+        commit_page(
+            &store,
+            &merge,
+            vec![titled("a", 9, LastAction::Updated, "third")],
+            full(false),
+        )
+        .await;
+        let out = commit_page(
+            &store,
+            &merge,
+            vec![titled("e", 10, LastAction::Added, "new")],
+            full(true),
+        )
+        .await;
+        assert_eq!(
+            out.swept, 2,
+            "c and d are swept, b is a tombstone already: {out:?}"
+        );
+        drop(store);
+        // Open once more, so that sled writes a finished snapshot of all of it.
+        drop(SledStore::open(dir).await.unwrap());
+    }
+
+    /// Everything a reader can see: every stream's status and every record, tombstones
+    /// included.
+    async fn contents(store: &SledStore) -> Vec<(StreamStatus, Vec<StoredRecord>)> {
+        let mut out = Vec::new();
+        for status in streams(store).await {
+            let records = read_all(
+                store as &dyn nango_sync::sink::DynRecordSink,
+                &status.stream,
+                true,
+            )
+            .await
+            .unwrap();
+            out.push((status, records));
+        }
+        out
+    }
+
+    fn snapshot_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snap."))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// sled itself refuses the directory (the fixture reproduces the failure).
+    fn assert_sled_refuses(dir: &Path) {
+        match ::sled::open(dir) {
+            Err(::sled::Error::Corruption { .. }) => {}
+            Err(e) => panic!("sled failed otherwise than with a corruption error: {e}"),
+            Ok(_) => {
+                panic!("sled opened the directory: the fixture does not reproduce the failure")
+            }
+        }
+    }
+
+    /// Open, expecting a recovery that removed exactly `leftovers`, and the same contents.
+    async fn open_recovers(
+        dir: &Path,
+        leftovers: &[&str],
+        before: &[(StreamStatus, Vec<StoredRecord>)],
+    ) {
+        let store = SledStore::open(dir).await.unwrap_or_else(|e| {
+            panic!("the store does not open after an interrupted snapshot: {e}")
+        });
+        let recovery = store.recovery().expect("the open recovered");
+        let mut removed: Vec<String> = recovery
+            .removed
+            .iter()
+            .map(|r| r.path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(removed, leftovers, "the interrupted snapshots removed");
+        assert!(
+            recovery.check.is_consistent(),
+            "check after recovery: {:?}",
+            recovery.check.problems
+        );
+        assert_eq!(recovery.check.streams, before.len() as u64);
+        assert_eq!(
+            recovery.check.records,
+            before.iter().map(|(_, r)| r.len() as u64).sum::<u64>()
+        );
+        for name in leftovers {
+            assert!(!dir.join(name).exists(), "{name} is still there");
+        }
+        assert!(
+            contents(&store).await == before,
+            "the recovered store differs from the store before the interrupted snapshot"
+        );
+        // It takes commits again.
+        let stream = StreamKey::new("conformance", "after-recovery", "Ticket");
+        let out = commit_page(
+            &store,
+            &stream,
+            vec![titled("x", 1, LastAction::Added, "x")],
+            None,
+        )
+        .await;
+        assert_eq!(out.counts.added, 1);
+        assert!(store.check().await.unwrap().is_consistent());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn empty_interrupted_snapshot_is_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let before = contents(&SledStore::open(&path).await.unwrap()).await;
+        std::fs::write(path.join(LEFTOVER), b"").unwrap();
+        assert_sled_refuses(&path);
+        open_recovers(&path, &[LEFTOVER], &before).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partial_interrupted_snapshots_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let before = contents(&SledStore::open(&path).await.unwrap()).await;
+        let finished = snapshot_files(&path);
+        assert_eq!(finished.len(), 1, "one finished snapshot: {finished:?}");
+        // The first half of the real snapshot, as a write killed midway leaves it, under
+        // the name sled was writing it with...
+        let real = std::fs::read(path.join(&finished[0])).unwrap();
+        let partial = format!("{}.generating", finished[0]);
+        std::fs::write(path.join(&partial), &real[..real.len() / 2]).unwrap();
+        assert_sled_refuses(&path);
+        // ...and 256 KiB of garbage at a later position.
+        let garbage: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(path.join(LEFTOVER), &garbage).unwrap();
+        assert_sled_refuses(&path);
+        let mut leftovers = [partial.as_str(), LEFTOVER];
+        leftovers.sort();
+        open_recovers(&path, &leftovers, &before).await;
+        assert_eq!(
+            snapshot_files(&path)
+                .iter()
+                .filter(|n| n.ends_with(".generating"))
+                .count(),
+            0
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reopen_keeps_everything_across_interrupted_snapshots() {
+        let mut dirs: Vec<TempDir> = Vec::new();
+        conformance::reopen_keeps_everything(&mut |open: Open, faults: Arc<FaultInjector>| {
+            if open == Open::Fresh {
+                dirs.push(tempfile::tempdir().unwrap());
+            }
+            let path = dirs.last().expect("a fresh store first").path().join("db");
+            if open == Open::Reopen {
+                std::fs::write(path.join(LEFTOVER), b"").unwrap();
+            }
+            async move {
+                let store = SledStore::open_with(&path, SledOptions::new().with_faults(faults))
+                    .await
+                    .unwrap();
+                assert_eq!(store.recovery().is_some(), open == Open::Reopen);
+                assert!(!path.join(LEFTOVER).exists());
+                store
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_removed_while_another_process_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        std::fs::write(path.join(LEFTOVER), b"").unwrap();
+        // The lock sled takes (flock on `db`), held as another process would hold it.
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path.join("db"))
+            .unwrap();
+        holder.try_lock().unwrap();
+        let options = SledOptions::new().with_lock_wait(Duration::from_millis(300));
+        let err = SledStore::open_with(&path, options.clone())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("another process uses the store"), "{msg}");
+        assert!(
+            path.join(LEFTOVER).exists(),
+            "the leftover was removed while the lock was held"
+        );
+        // Released during the wait: the open recovers.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(holder);
+        });
+        let store = SledStore::open_with(&path, options.with_lock_wait(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        release.join().unwrap();
+        assert_eq!(store.recovery().unwrap().removed.len(), 1);
+        assert!(!path.join(LEFTOVER).exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_inconsistent_store_is_refused_after_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        // Remove one record behind the store's back: its stream's counts no longer match.
+        {
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            let (key, _) = tree.scan_prefix(b"r").next().unwrap().unwrap();
+            tree.remove(key).unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&path).await.unwrap();
+        let check = store.check().await.unwrap();
+        assert!(!check.is_consistent());
+        assert!(
+            check.problems[0]
+                .contains("10000 live and 0 deleted records, the store holds 9999 and 0"),
+            "{:?}",
+            check.problems
+        );
+        drop(store);
+        std::fs::write(path.join(LEFTOVER), b"").unwrap();
+        let err = SledStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err}");
+        assert!(err.to_string().contains("inconsistent"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_finds_a_missing_cursor_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let store = SledStore::open(&path).await.unwrap();
+        let large = streams(&store)
+            .await
+            .into_iter()
+            .find(|s| s.stream.connection == "large")
+            .unwrap();
+        let last = RecordSink::get(&store, &large.stream, "rec-09999")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(Some(&last.meta.cursor), large.state.cursor.as_ref());
+        drop(store);
+        {
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            let key = tree
+                .scan_prefix(b"r")
+                .keys()
+                .map(|k| k.unwrap())
+                .find(|k| k.ends_with(b"rec-09999"))
+                .unwrap();
+            // Replace it by another id: the counts still match, the cursor's record is gone.
+            let value = tree.remove(&key).unwrap().unwrap();
+            let mut other = key.to_vec();
+            other.extend_from_slice(b"-moved");
+            tree.insert(other, value).unwrap();
+            db.flush().unwrap();
+        }
+        let check = SledStore::open(&path).await.unwrap().check().await.unwrap();
+        assert_eq!(check.problems.len(), 1, "{:?}", check.problems);
+        assert!(
+            check.problems[0]
+                .contains("is the cursor of record \"rec-09999\", which the store does not hold"),
+            "{:?}",
+            check.problems
+        );
+    }
+
+    fn run(pages: u64) -> RunSummary {
+        RunSummary {
+            started_at: Timestamp::from_micros(1),
+            finished_at: Timestamp::from_micros(2),
+            pages,
+            counts: Default::default(),
+            full: false,
+            full_reason: None,
+            high_water_mark: None,
+            error: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_after_ops_makes_sled_write_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let store = SledStore::open_with(&path, SledOptions::new().with_snapshot_after_ops(2))
+            .await
+            .unwrap();
+        let stream = streams(&store).await[0].stream.clone();
+        let mut seen = vec![snapshot_files(&path)];
+        for pages in 1..=6 {
+            RecordSink::record_run(&store, &stream, &run(pages))
+                .await
+                .unwrap();
+            seen.push(snapshot_files(&path));
+        }
+        // sled wrote a snapshot after writes 2, 4 and 6, and at no other time.
+        for (write, names) in seen.iter().enumerate().skip(1) {
+            assert_eq!(
+                names != &seen[write - 1],
+                write % 2 == 0,
+                "write {write}: snapshots {:?} -> {names:?}",
+                seen[write - 1]
+            );
+        }
+        // Commits land across the reopens (a reopen after each second write).
+        let s = StreamKey::new("conformance", "snapshots", "Ticket");
+        for t in 1..=5 {
+            let out = commit_page(
+                &store,
+                &s,
+                vec![titled(&format!("s{t}"), t, LastAction::Added, "x")],
+                None,
+            )
+            .await;
+            assert_eq!(out.counts.added, 1);
+        }
+        assert!(store.check().await.unwrap().is_consistent());
+        let before = contents(&store).await;
+        drop(store);
+        assert!(contents(&SledStore::open(&path).await.unwrap()).await == before);
+
+        // Through a sink URL too.
+        let url = format!("sled://{}?snapshot_after_ops=1", path.display());
+        let sink = nango_sync::sink::open(&url).await.unwrap();
+        let first = snapshot_files(&path);
+        sink.record_run(&stream, &run(7)).await.unwrap();
+        assert_ne!(
+            snapshot_files(&path),
+            first,
+            "a write through the URL made a snapshot"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_log_is_reported_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let len = std::fs::metadata(path.join("db")).unwrap().len() as usize;
+        std::fs::write(path.join("db"), vec![0x5a; len]).unwrap();
+        let err = SledStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("damaged") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replaced_log_is_reported_damaged_not_opened_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        // Garbage for a log and no snapshot: sled itself opens that as a new, empty
+        // database.
+        let len = std::fs::metadata(path.join("db")).unwrap().len() as usize;
+        std::fs::write(path.join("db"), vec![0x5a; len]).unwrap();
+        for name in snapshot_files(&path) {
+            std::fs::remove_file(path.join(name)).unwrap();
+        }
+        let err = SledStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        assert!(
+            err.to_string().contains("holds none of the store's data"),
+            "{err}"
+        );
+        // And it stays refused.
+        assert!(SledStore::open(&path).await.unwrap_err().is_damaged_store());
+    }
+
+    #[tokio::test]
+    async fn a_store_made_before_the_marker_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let marker = path.join("nango-sync-store");
+        assert!(marker.exists());
+        std::fs::remove_file(&marker).unwrap();
+        let store = SledStore::open(&path).await.unwrap();
+        assert_eq!(streams(&store).await.len(), 2);
+        assert!(marker.exists());
+    }
+
     #[tokio::test]
     async fn unusable_directory_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -75,6 +604,7 @@ mod sled {
 
 #[cfg(feature = "sqlite")]
 mod sqlite {
+    use nango_sync::sink::SqliteStore;
     use nango_sync_testkit::conformance::Shared;
     use nango_sync_testkit::stores::sqlite_factory as stores;
 
@@ -83,6 +613,20 @@ mod sqlite {
     mod shared {
         use super::*;
         nango_sync_testkit::conformance_tests!(Shared(stores()), durable);
+    }
+
+    #[tokio::test]
+    async fn garbage_file_is_reported_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        std::fs::write(&path, vec![0x5a; 100_000]).unwrap();
+        let err = SqliteStore::open(&path).await.unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("damaged") && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
     }
 }
 
@@ -139,6 +683,64 @@ mod postgres {
         let sink = nango_sync::sink::open(&server_url()).await.unwrap();
         assert_eq!(sink.backend(), "postgres");
         assert!(sink.streams().await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn missing_table_is_reported_damaged() {
+        let schema = unique_schema();
+        let store = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let stream = nango_sync::StreamKey::new("conformance", "damaged", "Ticket");
+        store.set_upstream_error(&stream, Some("x")).await.unwrap();
+        drop(store);
+        let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE \"{schema}\".records"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        let err =
+            PostgresStore::connect_with(&server_url(), PostgresOptions::new().with_schema(&schema))
+                .await
+                .unwrap_err();
+        assert!(err.is_damaged_store(), "{err:?}");
+        assert!(err.to_string().contains("records"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_open_reads_and_refuses_writes() {
+        let schema = unique_schema();
+        let store = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let stream = nango_sync::StreamKey::new("conformance", "read-only", "Ticket");
+        store
+            .set_upstream_error(&stream, Some("before"))
+            .await
+            .unwrap();
+        let before = store.streams().await.unwrap();
+        let ro = connect(
+            PostgresOptions::new()
+                .with_schema(&schema)
+                .with_read_only(true),
+        )
+        .await;
+        assert_eq!(ro.streams().await.unwrap(), before);
+        let err = ro
+            .set_upstream_error(&before[0].stream, Some("x"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("read-only"), "{err}");
+        // A schema that does not exist is not created by a read-only open.
+        let missing = unique_schema();
+        let err = PostgresStore::connect_with(
+            &server_url(),
+            PostgresOptions::new()
+                .with_schema(&missing)
+                .with_read_only(true),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("there is no schema"), "{err}");
     }
 
     #[tokio::test]

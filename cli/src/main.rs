@@ -18,6 +18,7 @@ mod bench;
 mod demo;
 mod dev_server;
 mod output;
+mod repair;
 mod serve;
 mod sync;
 
@@ -45,6 +46,9 @@ enum Command {
     Export(sync::ExportArgs),
     /// Show every stream of a store: cursor, counts, last run, last error.
     Status(sync::StatusArgs),
+    /// Move a damaged store aside (it is kept) and rebuild it by a full re-read from
+    /// Nango of every stream it knew; reports what could not be rebuilt.
+    Repair(repair::RepairArgs),
     /// Keep streams fresh: receive Nango's webhooks, poll as a safety net, serve health.
     Serve(serve::ServeArgs),
     /// Serve a local fake Nango for building against (records API + control API).
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             Command::Sync(args) => sync::sync(args).await,
             Command::Export(args) => sync::export(args).await,
             Command::Status(args) => sync::status(args).await,
+            Command::Repair(args) => repair::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::DevServer(args) => dev_server::run(args).await,
             Command::Demo(args) => demo::run(args).await,

@@ -134,7 +134,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
             Ok(report) => reports.push(report),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {e}");
+                eprintln!("error: {e}{}", repair_hint(&e, &args.sink));
                 let _ = stream;
             }
         }
@@ -167,9 +167,27 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
 }
 
 pub async fn open_sink(url: &str) -> Result<SharedSink> {
-    sink::open(url)
-        .await
-        .with_context(|| format!("cannot open the store {}", nango_sync::redact_url(url)))
+    sink::open(url).await.map_err(|e| {
+        let shown = nango_sync::redact_url(url);
+        if e.is_damaged_store() {
+            // One line, the cause first and what to do last.
+            anyhow::anyhow!("cannot open the store {shown}: {e}{}", repair_hint(&e, url))
+        } else {
+            anyhow::Error::new(e).context(format!("cannot open the store {shown}"))
+        }
+    })
+}
+
+/// For a damaged store: what to do about it (empty for other errors).
+pub fn repair_hint(e: &nango_sync::Error, url: &str) -> String {
+    if e.is_damaged_store() {
+        format!(
+            "; to rebuild it from Nango, run `nango-sync repair --sink {}` (the damaged store is moved aside, not deleted)",
+            nango_sync::redact_url(url)
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Arguments of `export`.

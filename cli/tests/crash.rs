@@ -2,13 +2,23 @@
 //! moments while upstream keeps changing, restarted until it finishes. After every kill
 //! the store opens and its cursor never points past a record it does not hold; at the end
 //! the store's live records equal the fake's.
+//!
+//! For sled, another test kills the process while sled writes a snapshot (it makes sled
+//! write one every few writes, `sled://DIR?snapshot_after_ops=N`). Kill counts:
+//! `NANGO_SYNC_CRASH_KILLS` (random moments, 30 per store by default) and
+//! `NANGO_SYNC_SNAPSHOT_KILLS` (during snapshots, 8 by default, into a stream of
+//! `NANGO_SYNC_SNAPSHOT_RECORDS` records, 6,000 by default, of
+//! `NANGO_SYNC_SNAPSHOT_RECORD_BYTES` bytes, 700 by default); `scripts/crash-campaign.sh`
+//! runs hundreds of each. A small store has small snapshots, which a kill rarely cuts
+//! short: most of its leftovers are complete (sled alone would open them); at 50,000
+//! records most are partial, as in the field.
 #![cfg(all(feature = "sqlite", unix))]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nango_sync::StreamKey;
-use nango_sync::sink;
+use nango_sync::sink::{self, DynRecordSink};
 #[cfg(feature = "postgres")]
 use nango_sync_testkit::stores::fresh_postgres_url;
 use nango_sync_testkit::{FakeConfig, FakeNango, assert_converged, assert_cursor_covered};
@@ -18,10 +28,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_nango-sync");
 
 /// Kills per store in the normal test run; `NANGO_SYNC_CRASH_KILLS` asks for more.
 fn kills() -> usize {
-    std::env::var("NANGO_SYNC_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30)
+    env_number("NANGO_SYNC_CRASH_KILLS", 30)
 }
 
 /// A small seeded generator (xorshift64*), so a failing run can be replayed.
@@ -39,19 +46,61 @@ impl Rng {
     }
 }
 
-/// Atomic progress, checked on the store as the killed process left it.
+/// Names the seed and the kill when a check panics (so a failure can be replayed).
+struct Replay {
+    seed: u64,
+    kill: Option<usize>,
+}
+
+impl Drop for Replay {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            match self.kill {
+                Some(kill) => eprintln!(
+                    "failed after kill {kill}; replay with NANGO_SYNC_CRASH_SEED={}",
+                    self.seed
+                ),
+                None => eprintln!(
+                    "failed at the end; replay with NANGO_SYNC_CRASH_SEED={}",
+                    self.seed
+                ),
+            }
+        }
+    }
+}
+
+/// Atomic progress: every record of the fake at or before the stored cursor is stored
+/// with its current version.
 async fn check_cursor_invariant(
-    url: &str,
+    store: &dyn DynRecordSink,
     fake: &FakeNango,
     stream: &StreamKey,
     kill: usize,
     seed: u64,
 ) {
-    let store = sink::open(url)
+    let _replay = Replay {
+        seed,
+        kill: Some(kill),
+    };
+    assert_cursor_covered(fake, store, stream).await;
+}
+
+/// Convergence: the store's live records equal the fake's.
+async fn check_converged(
+    store: &dyn DynRecordSink,
+    fake: &FakeNango,
+    stream: &StreamKey,
+    seed: u64,
+) {
+    let _replay = Replay { seed, kill: None };
+    assert_converged(fake, store, stream).await;
+}
+
+/// Open the store after a kill (it must open).
+async fn reopen(url: &str, kill: usize, seed: u64) -> nango_sync::SharedSink {
+    sink::open(url)
         .await
-        .unwrap_or_else(|e| panic!("seed {seed}, kill {kill}: store does not open: {e}"));
-    eprintln!("seed {seed}, kill {kill}: checking the cursor");
-    assert_cursor_covered(fake, &*store, stream).await;
+        .unwrap_or_else(|e| panic!("seed {seed}, kill {kill}: store does not open: {e}"))
 }
 
 async fn crash_until_done(url: &str, seed: u64) {
@@ -108,11 +157,11 @@ async fn crash_until_done(url: &str, seed: u64) {
                 .unwrap();
             panic!("seed {seed}, kill {kill}: sync failed on its own: {err}");
         }
-        check_cursor_invariant(url, &fake, &stream, kill, seed).await;
+        check_cursor_invariant(&*reopen(url, kill, seed).await, &fake, &stream, kill, seed).await;
+        let recs = fake.records(&stream);
         // Upstream moves on between restarts.
         match rng.below(4) {
             0 => {
-                let recs = fake.records(&stream);
                 let picked: Vec<serde_json::Value> = (0..20)
                     .map(|_| {
                         let mut p = recs[rng.below(recs.len() as u64) as usize].payload.clone();
@@ -124,7 +173,6 @@ async fn crash_until_done(url: &str, seed: u64) {
                 fake.save(&stream, picked);
             }
             1 => {
-                let recs = fake.records(&stream);
                 let ids: Vec<String> = (0..10)
                     .map(|_| recs[rng.below(recs.len() as u64) as usize].id.clone())
                     .collect();
@@ -140,6 +188,9 @@ async fn crash_until_done(url: &str, seed: u64) {
         killed_mid_run * 2 >= total,
         "seed {seed}: only {killed_mid_run} of {total} kills hit a running sync"
     );
+    eprintln!(
+        "{url}: {total} kills at random moments (seed {seed}), {killed_mid_run} of them during a sync; the store opened and kept the cursor invariant after every kill"
+    );
     // Let it finish.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -154,8 +205,7 @@ async fn crash_until_done(url: &str, seed: u64) {
         );
     }
     let store = sink::open(url).await.unwrap();
-    eprintln!("seed {seed}: checking convergence");
-    assert_converged(&fake, &*store, &stream).await;
+    check_converged(&*store, &fake, &stream, seed).await;
 }
 
 fn seed() -> u64 {
@@ -184,6 +234,280 @@ async fn sled_survives_sigkill_at_random_moments() {
         seed() + 1,
     )
     .await;
+}
+
+/// Kills during sled snapshots in the normal test run; `NANGO_SYNC_SNAPSHOT_KILLS` asks
+/// for more (`scripts/crash-campaign.sh` asks for hundreds).
+#[cfg(feature = "sled")]
+fn snapshot_kills() -> usize {
+    env_number("NANGO_SYNC_SNAPSHOT_KILLS", 8)
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
+        Err(_) => default,
+    }
+}
+
+/// The names of the snapshots sled is writing in `dir` (`snap.<LSN>.generating`).
+#[cfg(feature = "sled")]
+fn snapshots_in_progress(dir: &std::path::Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snap.") && n.ends_with(".generating"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Copy a sled directory (files and `blobs/`).
+#[cfg(feature = "sled")]
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Whether sled alone (without this store's recovery) opens the directory: tried on a
+/// copy, so the directory itself is left as the kill left it.
+#[cfg(feature = "sled")]
+fn sled_alone_opens(dir: &std::path::Path) -> bool {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir, copy.path());
+    ::sled::open(copy.path()).is_ok()
+}
+
+/// What a campaign of kills during snapshots saw.
+#[cfg(feature = "sled")]
+#[derive(Debug, Default)]
+struct SnapshotCampaign {
+    /// Kills sent.
+    kills: usize,
+    /// Kills sent while a snapshot was being written (its `.generating` file seen).
+    during_snapshot: usize,
+    /// Kills after which the `.generating` file was still there: the process died
+    /// inside sled's snapshot write, before the rename.
+    left_partial_snapshot: usize,
+    /// Of those, the directories sled alone refuses to open (the leftover is partial):
+    /// the failure this store recovers from.
+    sled_alone_refuses: usize,
+    /// Opens that recovered (removed a leftover) and found the store consistent.
+    recovered: usize,
+    /// Runs that ended before their kill.
+    finished_first: usize,
+}
+
+/// `nango-sync sync` into sled with a snapshot every few writes, killed (SIGKILL) while
+/// sled writes a snapshot, many times; upstream changes between the runs. After every
+/// kill the store opens (recovering from the interrupted snapshot), passes its check and
+/// keeps the cursor invariant; at the end it equals the fake.
+#[cfg(feature = "sled")]
+async fn kill_during_snapshots(dir: &std::path::Path, seed: u64) -> SnapshotCampaign {
+    use nango_sync::sink::SledStore;
+    use nango_sync_testkit::GenerateSpec;
+
+    let records = env_number("NANGO_SYNC_SNAPSHOT_RECORDS", 6_000);
+    let fake = FakeNango::start(FakeConfig {
+        seed,
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let stream = StreamKey::new("demo-crm", "acme", "Contact");
+    let began = Instant::now();
+    let record_bytes = env_number("NANGO_SYNC_SNAPSHOT_RECORD_BYTES", 700) as u32;
+    fake.generate_with(
+        &stream,
+        GenerateSpec {
+            record_bytes,
+            ..GenerateSpec::new(records, 1000)
+        },
+    );
+    let url = format!("sled://{}?snapshot_after_ops=3", dir.display());
+    let sync = |full: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sync", "--sink", &url])
+            .args(["--integration", "demo-crm", "--connection", "acme"])
+            .args(["--model", "Contact", "--page-size", "100"])
+            .env("NANGO_HOST", fake.url())
+            .env("NANGO_SECRET_KEY", fake.secret_key().expose())
+            .env_remove("NANGO_SYNC_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if full {
+            cmd.arg("--full");
+        }
+        cmd
+    };
+    // A first sync to the end, so that the store (and each snapshot) has its full size.
+    let out = sync(false).output().unwrap();
+    assert!(
+        out.status.success(),
+        "seed {seed}: the first sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rng = Rng(seed | 1);
+    let mut seen = SnapshotCampaign::default();
+    let total = snapshot_kills();
+    let started = Instant::now();
+    while seen.kills < total {
+        let mut child = sync(rng.below(5) == 0).spawn().unwrap();
+        // Kill at the 1st or 2nd snapshot of the run (the first is written while the
+        // store opens, the next ones every 3 writes), a few microseconds after its file
+        // appears, so that the kill lands at different points of the write.
+        let target = 1 + rng.below(2) as usize;
+        let delay = if rng.below(4) == 0 {
+            Duration::from_micros(rng.below(200))
+        } else {
+            Duration::ZERO
+        };
+        let mut snapshots = std::collections::HashSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut killed_in_snapshot = false;
+        let finished = loop {
+            if child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            snapshots.extend(snapshots_in_progress(dir));
+            if snapshots.len() >= target {
+                if !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
+                killed_in_snapshot = !snapshots_in_progress(dir).is_empty();
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seed {seed}: no snapshot seen in 30 s"
+            );
+            std::thread::sleep(Duration::from_micros(20));
+        };
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if finished {
+            seen.finished_first += 1;
+            if !status.success() {
+                use std::io::Read;
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                panic!("seed {seed}: sync failed on its own: {err}");
+            }
+        } else {
+            seen.kills += 1;
+            seen.during_snapshot += usize::from(killed_in_snapshot);
+            if !snapshots_in_progress(dir).is_empty() {
+                seen.left_partial_snapshot += 1;
+                if !sled_alone_opens(dir) {
+                    seen.sled_alone_refuses += 1;
+                }
+            }
+        }
+        {
+            let store = SledStore::open(dir).await.unwrap_or_else(|e| {
+                panic!(
+                    "seed {seed}, kill {}: the store does not open: {e}",
+                    seen.kills
+                )
+            });
+            if store.recovery().is_some() {
+                seen.recovered += 1;
+            }
+            let check = store.check().await.unwrap();
+            assert!(
+                check.is_consistent(),
+                "seed {seed}, kill {}: {:?}",
+                seen.kills,
+                check.problems
+            );
+            check_cursor_invariant(&store, &fake, &stream, seen.kills, seed).await;
+            let recs = fake.records(&stream);
+            // Upstream moves on between restarts.
+            match rng.below(3) {
+                0 => {
+                    let picked: Vec<serde_json::Value> = (0..50)
+                        .map(|_| {
+                            let mut p = recs[rng.below(recs.len() as u64) as usize].payload.clone();
+                            p["snapshot_test"] = json!(seen.kills);
+                            p
+                        })
+                        .filter(|p| p.as_object().is_some_and(|o| o.len() > 2))
+                        .collect();
+                    fake.save(&stream, picked);
+                }
+                1 => {
+                    let ids: Vec<String> = (0..20)
+                        .map(|_| recs[rng.below(recs.len() as u64) as usize].id.clone())
+                        .collect();
+                    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                    fake.delete(&stream, &ids);
+                }
+                _ => {}
+            }
+        }
+        // New work: enough pages for a second snapshot in the next run.
+        fake.generate(&stream, 500, 250);
+    }
+    // Let it finish.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let out = sync(false).output().unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seed {seed}: sync never finished: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let store = sink::open(&url).await.unwrap();
+    check_converged(&*store, &fake, &stream, seed).await;
+    eprintln!(
+        "sled snapshot campaign, seed {seed}: {} kills in {:.0} s ({:.0} s with the first and last syncs), {} sent while a snapshot was being written, {} left an interrupted snapshot, {} of them a directory sled alone refuses to open, {} opens recovered from one; {} runs finished before their kill; the store opened and was consistent after every kill and equals the fake at the end",
+        seen.kills,
+        started.elapsed().as_secs_f64(),
+        began.elapsed().as_secs_f64(),
+        seen.during_snapshot,
+        seen.left_partial_snapshot,
+        seen.sled_alone_refuses,
+        seen.recovered,
+        seen.finished_first
+    );
+    seen
+}
+
+#[cfg(feature = "sled")]
+#[tokio::test(flavor = "multi_thread")]
+async fn sled_survives_sigkill_during_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen = kill_during_snapshots(&dir.path().join("snap.sled"), seed() + 3).await;
+    assert!(
+        seen.left_partial_snapshot * 4 >= seen.kills,
+        "only {} of {} kills landed inside a snapshot write: {seen:?}",
+        seen.left_partial_snapshot,
+        seen.kills
+    );
+    assert_eq!(
+        seen.recovered, seen.left_partial_snapshot,
+        "every interrupted snapshot is recovered from: {seen:?}"
+    );
 }
 
 #[cfg(feature = "postgres")]

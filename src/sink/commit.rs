@@ -139,6 +139,19 @@ impl Sweep<'_> {
     }
 }
 
+/// Which record the stream's cursor belongs to after a commit
+/// ([`Prepared::cursor_record`]), for a store that keeps track of it (sled's check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorRecord<'c> {
+    /// The cursor does not move: it belongs to the record it belonged to before.
+    Unchanged,
+    /// The cursor moves to the cursor of the page's last record, this one.
+    Record(&'c str),
+    /// The cursor moves to a cursor that is not the page's last record's (an empty
+    /// page, or a cursor that goes past the page): no record is known to carry it.
+    Untracked,
+}
+
 /// What a store writes to the stream's row after applying a commit, and returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finished {
@@ -319,6 +332,22 @@ impl<'c, H> Prepared<'c, H> {
     /// The stream's state after the commit.
     pub fn next_state(&self) -> &StreamState {
         &self.next
+    }
+
+    /// Which record the stream's cursor belongs to after the commit: see
+    /// [`CursorRecord`].
+    pub fn cursor_record(&self) -> CursorRecord<'c> {
+        let commit = self.commit;
+        // `prepare` checked that the stream is at the expected cursor.
+        if commit.cursor == commit.expected_cursor {
+            return CursorRecord::Unchanged;
+        }
+        match (commit.records.last(), &commit.cursor) {
+            (Some(last), Some(cursor)) if last.meta.cursor == *cursor => {
+                CursorRecord::Record(last.id.as_str())
+            }
+            _ => CursorRecord::Untracked,
+        }
     }
 
     /// Finish the commit numbered `seq`, whose sweep marked `swept` records deleted.
@@ -725,6 +754,64 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("disk on fire"), "{err}");
         assert_eq!(lookups, ["a", "b"], "no lookup after the error");
+    }
+
+    #[test]
+    fn the_cursor_record_is_the_last_record_when_the_cursor_moves_to_its_cursor() {
+        /// The cursor record of a commit moving the stream from `from` to `to`.
+        fn cursor_record(from: Option<&str>, to: Option<&str>, page: &[Record]) -> String {
+            let commit = Commit::new(
+                StreamKey::new("github", "acme", "Ticket"),
+                from.map(Cursor::from),
+                to.map(Cursor::from),
+                page.to_vec(),
+            );
+            let prepared = prepare(&state(from, 0, None), &commit, |_| Ok(None::<Stored<()>>))
+                .expect("no conflict");
+            format!("{:?}", prepared.cursor_record())
+        }
+        let page = [added("a", 1, "x"), added("b", 2, "y")];
+        let cases = [
+            (
+                "to the last record's cursor",
+                None,
+                Some("c2"),
+                &page[..],
+                r#"Record("b")"#,
+            ),
+            ("past the page", None, Some("c9"), &page[..], "Untracked"),
+            (
+                "to an earlier record's cursor",
+                None,
+                Some("c1"),
+                &page[..],
+                "Untracked",
+            ),
+            (
+                "an empty page moving it",
+                Some("c1"),
+                Some("c5"),
+                &[][..],
+                "Untracked",
+            ),
+            (
+                "an empty page keeping it",
+                Some("c1"),
+                Some("c1"),
+                &[][..],
+                "Unchanged",
+            ),
+            (
+                "a page keeping it",
+                Some("c2"),
+                Some("c2"),
+                &page[..],
+                "Unchanged",
+            ),
+        ];
+        for (name, from, to, page, want) in cases {
+            assert_eq!(cursor_record(from, to, page), want, "{name}");
+        }
     }
 
     #[test]

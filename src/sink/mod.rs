@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `memory://` | [`MemoryStore`], the reference implementation | always |
 //! | `sqlite://PATH` | `SqliteStore` | `sqlite` (default) |
-//! | `sled://DIR` | `SledStore` | `sled` |
+//! | `sled://DIR[?snapshot_after_ops=N]` | `SledStore` (`N`: see `SledOptions::with_snapshot_after_ops`) | `sled` |
 //! | `postgres://...[?schema=NAME]` | `PostgresStore` (tables in schema `NAME`, default `nango_sync`) | `postgres` |
 //!
 //! [`open`] knows every scheme in every build, and says which feature to enable when a
@@ -497,7 +497,7 @@ pub enum SinkUrl {
     Memory,
     /// `sqlite://PATH`
     Sqlite(std::path::PathBuf),
-    /// `sled://DIR`
+    /// `sled://DIR` (parameters after a `?` are checked and left out of the path)
     Sled(std::path::PathBuf),
     /// `postgres://...` or `postgresql://...` (the whole URL)
     Postgres(String),
@@ -513,7 +513,7 @@ impl SinkUrl {
                 format!("{url:?} has no scheme; use sqlite://PATH, sled://DIR or postgres://..."),
             )
         })?;
-        let path = |kind: &str| -> Result<std::path::PathBuf> {
+        let path = |kind: &str, rest: &str| -> Result<std::path::PathBuf> {
             if rest.is_empty() {
                 return Err(Error::invalid(
                     "sink URL",
@@ -524,8 +524,11 @@ impl SinkUrl {
         };
         match scheme {
             "memory" => Ok(SinkUrl::Memory),
-            "sqlite" => Ok(SinkUrl::Sqlite(path("sqlite")?)),
-            "sled" => Ok(SinkUrl::Sled(path("sled")?)),
+            "sqlite" => Ok(SinkUrl::Sqlite(path("sqlite", rest)?)),
+            "sled" => {
+                let (dir, _) = sled_url_parts(url, rest)?;
+                Ok(SinkUrl::Sled(path("sled", dir)?))
+            }
             "postgres" | "postgresql" => Ok(SinkUrl::Postgres(url.to_string())),
             other => Err(Error::invalid(
                 "sink URL",
@@ -550,7 +553,13 @@ pub async fn open(url: &str) -> Result<SharedSink> {
             feature: "sqlite",
         }),
         #[cfg(feature = "sled")]
-        SinkUrl::Sled(path) => Ok(Arc::new(sled::SledStore::open(path).await?)),
+        SinkUrl::Sled(path) => {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let (_, snapshot_after_ops) = sled_url_parts(url, rest)?;
+            let options =
+                sled::SledOptions::new().with_snapshot_after_ops(snapshot_after_ops.unwrap_or(0));
+            Ok(Arc::new(sled::SledStore::open_with(path, options).await?))
+        }
         #[cfg(not(feature = "sled"))]
         SinkUrl::Sled(_) => Err(Error::FeatureDisabled {
             scheme: "sled".into(),
@@ -573,6 +582,38 @@ pub async fn open(url: &str) -> Result<SharedSink> {
             feature: "postgres",
         }),
     }
+}
+
+/// Split the part of a `sled://DIR[?snapshot_after_ops=N]` URL after the scheme into the
+/// directory and the parameter (the only one a sled URL takes; see
+/// `SledOptions::with_snapshot_after_ops`). A `?` in a sled URL always starts its
+/// parameters.
+fn sled_url_parts<'a>(url: &str, rest: &'a str) -> Result<(&'a str, Option<u64>)> {
+    let Some((dir, query)) = rest.split_once('?') else {
+        return Ok((rest, None));
+    };
+    let mut snapshot_after_ops = None;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        match kv.split_once('=') {
+            Some(("snapshot_after_ops", n)) => {
+                snapshot_after_ops = Some(n.parse::<u64>().map_err(|_| {
+                    Error::invalid(
+                        "sink URL",
+                        format!("{url:?}: snapshot_after_ops must be a whole number, not {n:?}"),
+                    )
+                })?);
+            }
+            _ => {
+                return Err(Error::invalid(
+                    "sink URL",
+                    format!(
+                        "{url:?}: unknown parameter {kv:?} (a sled URL takes only snapshot_after_ops=N)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((dir, snapshot_after_ops))
 }
 
 /// Take the `schema=NAME` parameter out of a Postgres sink URL (nango-sync's own
@@ -666,7 +707,24 @@ mod tests {
             SinkUrl::Postgres("postgresql://u@h/db".into())
         );
         assert_eq!(SinkUrl::parse("memory://").unwrap(), SinkUrl::Memory);
-        for bad in ["demo.db", "mysql://x", "sqlite://", "sled://"] {
+        assert_eq!(
+            SinkUrl::parse("sled:///tmp/d?snapshot_after_ops=5").unwrap(),
+            SinkUrl::Sled("/tmp/d".into())
+        );
+        assert_eq!(
+            sled_url_parts("u", "/tmp/d?snapshot_after_ops=5").unwrap(),
+            ("/tmp/d", Some(5))
+        );
+        assert_eq!(sled_url_parts("u", "/tmp/d").unwrap(), ("/tmp/d", None));
+        for bad in [
+            "demo.db",
+            "mysql://x",
+            "sqlite://",
+            "sled://",
+            "sled://?snapshot_after_ops=1",
+            "sled:///tmp/d?snapshot_after_ops=x",
+            "sled:///tmp/d?cache=1",
+        ] {
             assert!(SinkUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -8,6 +8,10 @@
 //! that [`PostgresStore::connect_with`] applies in a transaction holding an advisory lock,
 //! so processes starting at the same time migrate once. The applied versions are kept in
 //! `<schema>.schema_migrations`; a database migrated by a newer nango-sync is refused.
+//! Every connect then checks that the tables are there with the columns the store uses
+//! (a schema whose tables were dropped or altered is [`Error::Damaged`]).
+//! [`PostgresOptions::with_read_only`] opens an existing store without migrating or
+//! writing anything.
 //!
 //! - `streams`: one row per stream (the four key fields, cursor, generation, counters,
 //!   last run as `jsonb`, upstream error);
@@ -64,8 +68,10 @@
 //!
 //! Lost connections, I/O errors, pool timeouts, serialization failures (40001),
 //! deadlocks (40P01), too many connections (53300) and server shutdowns (57P01..57P03)
-//! are retryable; other errors are not. The password of the URL never appears in
-//! errors or `Debug` output.
+//! are retryable; other errors are not. Data or index corruption reported by the server
+//! (XX001, XX002), missing tables, and tables of an unrecorded migration are
+//! [`Error::Damaged`]. The password of the URL never appears in errors or `Debug`
+//! output.
 //!
 //! # Files
 //!
@@ -98,6 +104,7 @@ use error::classify;
 pub use options::{DEFAULT_SCHEMA, PostgresOptions};
 use rows::{record_from_row, state_from_row, status_from_row, stream_hash};
 use schema::Statements;
+pub(crate) use schema::{rename_schema, schema_exists};
 
 const BACKEND: &str = "postgres";
 
@@ -130,22 +137,31 @@ impl PostgresStore {
         Self::connect_with(url, PostgresOptions::default()).await
     }
 
-    /// Connect to `url` with `options`, creating or upgrading the schema.
+    /// Connect to `url` with `options`, create or upgrade the schema (unless
+    /// [`with_read_only`](PostgresOptions::with_read_only)), and check that its tables are
+    /// there. A schema whose tables are missing or altered is reported as
+    /// [`Error::Damaged`].
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
         options::validate_schema(&options.schema)?;
         let shown = redact_url(url);
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
             .application_name("nango-sync");
+        let read_only = options.read_only;
         let pool = PgPoolOptions::new()
-            .after_connect(|conn, _| Box::pin(session_setup(conn)))
+            .after_connect(move |conn, _| Box::pin(session_setup(conn, read_only)))
             .max_connections(options.pool_size)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
             .await
             .map_err(|e| classify(format!("connect to {shown}"), e))?;
         let quoted = format!("\"{}\"", options.schema);
-        schema::migrate(&pool, &options.schema, &quoted).await?;
+        if options.read_only {
+            schema::check_version(&pool, &options.schema, &quoted).await?;
+        } else {
+            schema::migrate(&pool, &options.schema, &quoted).await?;
+        }
+        schema::check_tables(&pool, &options.schema, &quoted).await?;
         Ok(PostgresStore {
             sql: Statements::new(&quoted),
             pool,
@@ -299,9 +315,20 @@ impl RecordSink for PostgresStore {
 /// so a page's statements pass `jit_above_cost` once the table holds some 100,000 rows,
 /// and compiling then took 10-20 ms per statement, more than the work itself. A server
 /// without the setting (before PostgreSQL 11) is used as it is.
-async fn session_setup(conn: &mut sqlx::PgConnection) -> std::result::Result<(), sqlx::Error> {
-    match sqlx::raw_sql("SET jit = off").execute(conn).await {
-        Err(sqlx::Error::Database(_)) | Ok(_) => Ok(()),
-        Err(e) => Err(e),
+///
+/// A read-only store's sessions also run with `default_transaction_read_only = on`.
+async fn session_setup(
+    conn: &mut sqlx::PgConnection,
+    read_only: bool,
+) -> std::result::Result<(), sqlx::Error> {
+    match sqlx::raw_sql("SET jit = off").execute(&mut *conn).await {
+        Err(sqlx::Error::Database(_)) | Ok(_) => {}
+        Err(e) => return Err(e),
     }
+    if read_only {
+        sqlx::raw_sql("SET default_transaction_read_only = on")
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }

@@ -15,6 +15,7 @@ pub struct PostgresOptions {
     pub(super) schema: String,
     pub(super) pool_size: u32,
     pub(super) acquire_timeout: Duration,
+    pub(super) read_only: bool,
     pub(super) faults: Faults,
 }
 
@@ -24,6 +25,7 @@ impl Default for PostgresOptions {
             schema: DEFAULT_SCHEMA.to_string(),
             pool_size: 8,
             acquire_timeout: Duration::from_secs(30),
+            read_only: false,
             faults: Faults::default(),
         }
     }
@@ -52,6 +54,15 @@ impl PostgresOptions {
     /// How long an operation waits for a connection (and the first connect may take).
     pub fn with_acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
+        self
+    }
+
+    /// Open an existing store without changing it: no schema is created or migrated
+    /// (the schema must exist, at the version this nango-sync writes), and every session
+    /// is read-only (`default_transaction_read_only`), so writes fail. For reading a store
+    /// another process owns, or one being repaired.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
         self
     }
 

@@ -1,14 +1,20 @@
 //! The PostgreSQL schema: versioned migrations (`migrations/NNNN_name.sql`, applied by
-//! [`migrate`]) and the statements over it, with the schema's name filled in once.
+//! [`migrate`]), the checks of a connect ([`check_version`] for a read-only open,
+//! [`check_tables`]), the schema operations of `repair` ([`schema_exists`],
+//! [`rename_schema`]), and the statements over it, with the schema's name filled in once.
 //!
 //! Values are always bound; the only identifier formatted into SQL is the schema name,
 //! validated and quoted.
 
-use sqlx::postgres::PgPool;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, SqlStr};
 
 use super::BACKEND;
-use super::error::classify;
+use super::error::{classify, is_missing_table_or_column};
+use super::options::validate_schema;
 use crate::error::{Error, Result};
 
 /// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
@@ -60,7 +66,21 @@ pub(super) async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result
         sqlx::raw_sql(AssertSqlSafe(sql.replace("{schema}", quoted)))
             .execute(&mut *tx)
             .await
-            .map_err(err("apply migration"))?;
+            .map_err(|e| match &e {
+                // 42P07: a table of the migration exists though the migration is not
+                // recorded.
+                sqlx::Error::Database(db) if db.code().is_some_and(|c| c == "42P07") => {
+                    Error::damaged(
+                        BACKEND,
+                        format!("migrate schema {schema}"),
+                        format!(
+                            "{} (migration {version} is not recorded in {schema}.schema_migrations)",
+                            db.message()
+                        ),
+                    )
+                }
+                _ => err("apply migration")(e),
+            })?;
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {quoted}.schema_migrations (version, name) VALUES ($1, $2)"
         )))
@@ -71,6 +91,144 @@ pub(super) async fn migrate(pool: &PgPool, schema: &str, quoted: &str) -> Result
         .map_err(err("record migration"))?;
     }
     tx.commit().await.map_err(err("commit"))
+}
+
+/// For a read-only open: the schema exists and is at the version this nango-sync writes.
+pub(super) async fn check_version(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("open schema {schema}");
+    if !schema_exists_in(pool, schema).await? {
+        return Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!("there is no schema {schema}"),
+        ));
+    }
+    let version: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT max(version) FROM {quoted}.schema_migrations"
+    )))
+    .fetch_one(pool)
+    .await
+    .map_err(|e| classify(operation(), e))?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    match version {
+        Some(v) if v == latest => Ok(()),
+        Some(v) if v > latest => Err(Error::store(
+            BACKEND,
+            operation(),
+            false,
+            format!(
+                "the schema is at version {v}, newer than this nango-sync knows ({latest}); upgrade nango-sync"
+            ),
+        )),
+        other => Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "the schema is at version {}, not {latest}, and a read-only open does not migrate",
+                other.unwrap_or(0)
+            ),
+        )),
+    }
+}
+
+/// The store's tables are there with the columns the store uses, and the commit counter
+/// has its one row; otherwise the schema is damaged.
+pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
+    let operation = || format!("check the tables of schema {schema}");
+    let damaged = |e: sqlx::Error| {
+        if is_missing_table_or_column(&e) {
+            match e {
+                sqlx::Error::Database(db) => {
+                    Error::damaged(BACKEND, operation(), db.message().to_string())
+                }
+                other => classify(operation(), other),
+            }
+        } else {
+            classify(operation(), e)
+        }
+    };
+    let probes = [
+        format!(
+            "SELECT stream_id, key_hash, integration, connection, model, variant, cursor, generation, \
+               full_read, added, updated, deleted, unchanged, stale, live_records, deleted_records, \
+               last_run, upstream_error FROM {quoted}.streams LIMIT 0"
+        ),
+        format!(
+            "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
+               pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
+        ),
+    ];
+    for sql in probes {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .map_err(damaged)?;
+    }
+    let rows: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT seq FROM {quoted}.commit_seq"
+    )))
+    .fetch_all(pool)
+    .await
+    .map_err(damaged)?;
+    if rows.len() != 1 {
+        return Err(Error::damaged(
+            BACKEND,
+            operation(),
+            format!(
+                "{quoted}.commit_seq holds {} rows instead of one",
+                rows.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn schema_exists_in(pool: &PgPool, schema: &str) -> Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| classify(format!("look for schema {schema}"), e))
+}
+
+/// One connection to the database of `url`, for schema operations.
+async fn admin_pool(url: &str) -> Result<PgPool> {
+    let shown = crate::secret::redact_url(url);
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
+        .application_name("nango-sync");
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options)
+        .await
+        .map_err(|e| classify(format!("connect to {shown}"), e))
+}
+
+/// Whether the database of `url` holds a schema named `schema`.
+pub(crate) async fn schema_exists(url: &str, schema: &str) -> Result<bool> {
+    validate_schema(schema)?;
+    let pool = admin_pool(url).await?;
+    let exists = schema_exists_in(&pool, schema).await;
+    pool.close().await;
+    exists
+}
+
+/// Rename schema `from` to `to` (which must not exist) in the database of `url`.
+pub(crate) async fn rename_schema(url: &str, from: &str, to: &str) -> Result<()> {
+    validate_schema(from)?;
+    validate_schema(to)?;
+    let pool = admin_pool(url).await?;
+    // Both names are validated; they are quoted identifiers, never values.
+    let result = sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER SCHEMA \"{from}\" RENAME TO \"{to}\""
+    )))
+    .execute(&pool)
+    .await
+    .map_err(|e| classify(format!("rename schema {from} to {to}"), e));
+    pool.close().await;
+    result.map(|_| ())
 }
 
 /// The SQL of every statement, with the schema filled in once.

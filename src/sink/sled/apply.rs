@@ -1,6 +1,7 @@
 //! A commit, applied: under the writer lock, read the stored versions, let
 //! [`commit::prepare`] decide, and write what it prepared in one [`Batch`] with the
-//! stream's row and the sequence counter.
+//! stream's row (with the record its cursor belongs to, for the check) and the sequence
+//! counter.
 
 use ::sled::Batch;
 
@@ -9,7 +10,7 @@ use super::rows::{RecordView, encode_record, seen_by, tombstone};
 use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
 use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
-use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::commit::{self, CursorRecord, Stored, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{Commit, CommitOutcome};
 
@@ -75,6 +76,11 @@ impl Inner {
         }
         faults.after_records(BACKEND)?;
 
+        match prepared.cursor_record() {
+            CursorRecord::Unchanged => {}
+            CursorRecord::Record(id) => row.cursor_record = Some(id.to_owned()),
+            CursorRecord::Untracked => row.cursor_record = None,
+        }
         let done = prepared.finish(seq, swept);
         row.state = done.state;
         row.totals.add(&done.outcome.counts);

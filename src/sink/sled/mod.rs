@@ -1,6 +1,12 @@
 //! The sled store (`sled://DIR`, cargo feature `sled`): an embedded, pure-Rust key-value
 //! store, for applications that want no SQL engine.
 //!
+//! sled 0.34 is beta software (its authors say so, and its 1.0 line has another on-disk
+//! format). For a desktop application, where a process can be killed or the machine lose
+//! power at any moment, the SQLite store is the safer choice; this store recovers from
+//! the one crash outcome of sled 0.34 found to leave a directory that will not open (see
+//! [Recovery](#recovery)).
+//!
 //! # Layout
 //!
 //! Everything lives in ONE sled tree (`nango_sync`), because a sled [`Batch`] is atomic
@@ -14,13 +20,18 @@
 //! | `0x00 "seq"` | the last commit's sequence number |
 //! | `0x00 "sid"` | the last stream number handed out |
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
-//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error (JSON) |
+//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags), the cursor, then the payload JSON verbatim |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
 //! big-endian), so strings containing any bytes cannot make two streams collide. Records
 //! are keyed by the stream's 8-byte number then the id's UTF-8 bytes, so a stream's
 //! records iterate in code-point order of ids, like every other store.
+//!
+//! Next to sled's own files, creating a store writes a file `nango-sync-store`. sled
+//! takes a log it cannot read at all (overwritten, replaced) for an empty one and starts
+//! it anew; with that file present, an empty database is reported as a damaged store
+//! instead of being used as a new one.
 //!
 //! # Concurrency
 //!
@@ -30,6 +41,10 @@
 //! `list` sees the state before or after a commit, never a mix (sled's own iterators are
 //! not isolated from a concurrent batch). Every sled call runs on tokio's blocking pool.
 //!
+//! sled allows one process at a time in a directory (it locks the `db` file); `open`
+//! waits for that lock up to [`SledOptions::with_lock_wait`] (5 s by default), then
+//! fails with an error saying that another process uses the store.
+//!
 //! # Durability
 //!
 //! By default ([`Durability::EveryCommit`]) the store flushes sled to disk after each
@@ -38,18 +53,36 @@
 //! background thread: faster, but a crash can lose the last commits of the interval.
 //! Because a commit is one batch, what is lost is always whole commits, cursors included,
 //! so a sync simply resumes from the older cursor.
-
+//!
+//! # Recovery
+//!
+//! sled 0.34 writes a *snapshot* of its page table each time a database is opened
+//! (`snap.<LSN>.generating`, then renamed to `snap.<LSN>`); a process killed while it
+//! writes one leaves the `.generating` file behind, and sled then refuses to open the
+//! directory ("Read corrupted data"), on every later attempt. Opening this store
+//! removes such a leftover first, while holding sled's own lock on the directory, logs
+//! a warning naming each file removed, then checks the store (see
+//! [`SledStore::check`]) and refuses to open it if the check finds a problem. Why the
+//! removal is safe is explained, from sled's code, in the `recovery` module's source.
+//! [`SledStore::recovery`] tells what an open recovered from.
+//!
+//! A store that still cannot be opened is reported as [`Error::Damaged`];
+//! [`crate::repair`] moves it aside and rebuilds it from Nango.
 //!
 //! # Files
 //!
-//! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
-//! [`SledOptions`], `schema.rs` the keys and the format version, `apply.rs` a commit
-//! applied, `rows.rs` stream rows and record values, `error.rs` the error mapping.
+//! `mod.rs` the store, its opening and its [`RecordSink`] implementation, `options.rs`
+//! [`SledOptions`], `schema.rs` the keys, the format version and the marker file,
+//! `apply.rs` a commit applied, `rows.rs` stream rows and record values, `error.rs` the
+//! error mapping, `recovery.rs` the removal of interrupted snapshots, `check.rs`
+//! [`SledStore::check`].
 
 use std::fmt;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use ::sled::{Batch, Tree};
 
@@ -61,31 +94,49 @@ use crate::sink::{
 };
 
 mod apply;
+mod check;
 mod error;
 mod options;
+mod recovery;
 mod rows;
 mod schema;
 
-use error::{corrupt, sled_err, task_err};
+pub use check::StoreCheck;
+use error::{corrupt, lock_held, sled_err, sled_error, task_err};
 pub use options::{Durability, SledOptions};
+pub(crate) use recovery::lock_directory;
+pub use recovery::{Recovery, RemovedSnapshot};
 use rows::{RecordView, StreamRow};
 use schema::{
-    FORMAT, KEY_FORMAT, KEY_SID, TAG_STREAM, TREE, be_u64, index_key, record_prefix, stream_row_key,
+    FORMAT, KEY_FORMAT, KEY_SID, MARKER, MARKER_TEXT, TAG_STREAM, TREE, be_u64, index_key,
+    record_prefix, stream_row_key,
 };
 
 const BACKEND: &str = "sled";
 
 /// A store in a sled directory. See the [module documentation](self) for its layout,
-/// concurrency and durability.
+/// concurrency, durability and recovery.
 pub struct SledStore {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     faults: Faults,
+}
+
+struct Shared {
+    path: PathBuf,
+    options: SledOptions,
+    /// The open database. Replaced under the write lock (so no operation is in flight)
+    /// when the store reopens sled to have it write a snapshot
+    /// ([`SledOptions::with_snapshot_after_ops`]); holds the reason when that failed.
+    slot: RwLock<std::result::Result<Inner, String>>,
+    /// Writes so far, counted only with `snapshot_after_ops`.
+    writes: AtomicU64,
+    /// What the first open recovered from.
+    recovery: Option<Recovery>,
 }
 
 struct Inner {
     db: ::sled::Db,
     tree: Tree,
-    path: PathBuf,
     durability: Durability,
     /// Serializes writers (commits, runs, errors): they read, then write.
     write: Mutex<()>,
@@ -96,8 +147,8 @@ struct Inner {
 impl fmt::Debug for SledStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SledStore")
-            .field("path", &self.inner.path)
-            .field("durability", &self.inner.durability)
+            .field("path", &self.shared.path)
+            .field("options", &self.shared.options)
             .finish_non_exhaustive()
     }
 }
@@ -108,65 +159,148 @@ impl SledStore {
         Self::open_with(path, SledOptions::default()).await
     }
 
-    /// Open (or create) the store in directory `path`.
+    /// Open (or create) the store in directory `path`, first recovering from an
+    /// interrupted snapshot (see [Recovery](self#recovery)).
     pub async fn open_with(path: impl AsRef<Path>, options: SledOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let faults = options.faults.clone();
-        let inner = tokio::task::spawn_blocking(move || Inner::open(path, options))
+        let (p, o) = (path.clone(), options.clone());
+        let (inner, recovery) = tokio::task::spawn_blocking(move || Inner::open(&p, &o))
             .await
             .map_err(|e| {
                 Error::store(BACKEND, "open", false, format!("open task failed: {e}"))
             })??;
         Ok(SledStore {
-            inner: Arc::new(inner),
+            shared: Arc::new(Shared {
+                path,
+                options,
+                slot: RwLock::new(Ok(inner)),
+                writes: AtomicU64::new(0),
+                recovery,
+            }),
             faults,
         })
     }
 
     /// The directory of the store.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.shared.path
     }
 
-    /// Run `f` on tokio's blocking pool.
+    /// What opening the store recovered from (interrupted snapshots removed, and the
+    /// check made afterwards), or `None` when it found nothing to recover from.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.shared.recovery.as_ref()
+    }
+
+    /// Check the whole store: every key known and decodable, every stream's index entry
+    /// and row matching, each stream's live and deleted record counts equal to the
+    /// records it holds, every record's sequence number at most the store's, and the
+    /// record whose cursor is a stream's cursor present. Reads every record (writes wait
+    /// until it is done). Run by `open` after a recovery.
+    pub async fn check(&self) -> Result<StoreCheck> {
+        self.blocking("check", |inner, _| inner.check()).await
+    }
+
+    /// Run `f` on tokio's blocking pool, with the open database.
     async fn blocking<T, F>(&self, operation: &'static str, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner, &Faults) -> Result<T> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
+        let shared = Arc::clone(&self.shared);
         let faults = self.faults.clone();
-        tokio::task::spawn_blocking(move || f(&inner, &faults))
-            .await
-            .map_err(|e| task_err(operation, e))?
+        tokio::task::spawn_blocking(move || {
+            let slot = shared.slot.read().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Ok(inner) => f(inner, &faults),
+                Err(why) => Err(Error::store(
+                    BACKEND,
+                    operation,
+                    false,
+                    format!(
+                        "the store at {} is closed: reopening it failed: {why}",
+                        shared.path.display()
+                    ),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| task_err(operation, e))?
+    }
+
+    /// Count a write; every `snapshot_after_ops` writes, reopen sled so that it writes a
+    /// snapshot.
+    async fn wrote(&self) {
+        let Some(n) = self.shared.options.snapshot_after_ops else {
+            return;
+        };
+        if !(self.shared.writes.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(n) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        // A failure is logged and kept in the slot: the write itself has landed.
+        let _ = tokio::task::spawn_blocking(move || shared.reopen()).await;
     }
 }
 
-/// How long `open` waits for the directory's lock, which another handle of this process
-/// (being dropped, its background flusher still running) or another process may hold.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+impl Shared {
+    /// Close the database and open it again, which makes sled write a snapshot. Waits
+    /// for the operations in flight (they hold the slot's read lock).
+    fn reopen(&self) {
+        let mut slot = self.slot.write().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Ok(inner) => {
+                if let Err(e) = inner.db.flush() {
+                    tracing::error!(path = %self.path.display(), error = %e, "sled flush before a reopen failed; the store stays open");
+                    return;
+                }
+            }
+            Err(_) => return,
+        }
+        // Dropping the old handles closes sled (its flusher thread is joined).
+        *slot = Err("it was being reopened".to_string());
+        *slot = match Inner::open(&self.path, &self.options) {
+            Ok((inner, _)) => Ok(inner),
+            Err(e) => {
+                tracing::error!(path = %self.path.display(), error = %e, "reopening the sled store (to have sled write a snapshot) failed; the store is closed");
+                Err(e.to_string())
+            }
+        };
+    }
+}
 
-/// Open, retrying while the database's file lock is held elsewhere, up to [`LOCK_WAIT`].
+/// Open, retrying while the database's file lock is held elsewhere, up to `wait`.
 fn open_waiting_for_lock(
     config: &::sled::Config,
-) -> std::result::Result<::sled::Db, ::sled::Error> {
+    path: &Path,
+    wait: Duration,
+) -> Result<::sled::Db> {
     let started = std::time::Instant::now();
     loop {
         match config.open() {
-            Err(::sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < LOCK_WAIT =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
+            Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() < wait {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                return Err(lock_held(path, wait));
             }
-            other => return other,
+            other => {
+                return other.map_err(|e| {
+                    sled_error(format!("open sled database at {}", path.display()), e)
+                });
+            }
         }
     }
 }
 
 impl Inner {
-    fn open(path: PathBuf, options: SledOptions) -> Result<Inner> {
-        let mut config = ::sled::Config::new().path(&path).cache_capacity(
+    /// Recover from an interrupted snapshot, open sled, check the format, and check the
+    /// whole store when something was recovered.
+    fn open(path: &Path, options: &SledOptions) -> Result<(Inner, Option<Recovery>)> {
+        let removed = recovery::remove_interrupted_snapshots(path, options.lock_wait())?;
+        let mut config = ::sled::Config::new().path(path).cache_capacity(
             options
                 .cache_capacity
                 .unwrap_or(SledOptions::DEFAULT_CACHE_CAPACITY),
@@ -174,34 +308,53 @@ impl Inner {
         if let Durability::Periodic(every) = options.durability {
             config = config.flush_every_ms(Some(every.as_millis().max(1) as u64));
         }
-        let open_err = |e: ::sled::Error| {
-            Error::store(
-                BACKEND,
-                format!("open sled database at {}", path.display()),
-                false,
-                e,
-            )
-        };
-        let db = open_waiting_for_lock(&config).map_err(open_err)?;
+        let operation = || format!("open sled database at {}", path.display());
+        let open_err = |e: ::sled::Error| sled_error(operation(), e);
+        // Read before sled opens: sled takes a log it cannot read at all for an empty
+        // one (and starts it anew), so the marker is how an existing store is told apart.
+        let marker = path.join(MARKER);
+        let existed = marker.exists();
+        let db = open_waiting_for_lock(&config, path, options.lock_wait())?;
         let tree = db.open_tree(TREE).map_err(open_err)?;
+        let mark = || {
+            std::fs::write(&marker, MARKER_TEXT)
+                .and_then(|()| std::fs::File::open(&marker)?.sync_all())
+                .and_then(|()| recovery::sync_directory(path))
+                .map_err(|e| Error::store(BACKEND, format!("write {}", marker.display()), false, e))
+        };
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
                 let format = be_u64(&v).ok_or_else(|| corrupt("format key"))?;
                 if format != FORMAT {
                     return Err(Error::store(
                         BACKEND,
-                        format!("open sled database at {}", path.display()),
+                        operation(),
                         false,
                         format!(
                             "on-disk format {format} is not supported by this nango-sync (it reads format {FORMAT})"
                         ),
                     ));
                 }
+                if !existed {
+                    // A store made before the marker existed.
+                    mark()?;
+                }
+            }
+            None if tree.is_empty() && existed => {
+                return Err(Error::damaged(
+                    BACKEND,
+                    operation(),
+                    format!(
+                        "sled opened the store's database as an empty one: its log (`db`) is damaged or was replaced, and holds none of the store's data ({} says a store was made here)",
+                        marker.display()
+                    ),
+                ));
             }
             None if tree.is_empty() => {
                 tree.insert(KEY_FORMAT, &FORMAT.to_be_bytes())
                     .map_err(open_err)?;
                 db.flush().map_err(open_err)?;
+                mark()?;
             }
             None => {
                 return Err(corrupt(format!(
@@ -210,14 +363,34 @@ impl Inner {
                 )));
             }
         }
-        Ok(Inner {
+        let inner = Inner {
             db,
             tree,
-            path,
             durability: options.durability,
             write: Mutex::new(()),
             apply: RwLock::new(()),
-        })
+        };
+        if removed.is_empty() {
+            return Ok((inner, None));
+        }
+        let check = inner.check()?;
+        if !check.is_consistent() {
+            return Err(Error::damaged(
+                BACKEND,
+                operation(),
+                format!(
+                    "after removing an interrupted snapshot, the store is inconsistent: {}",
+                    check.problems.join("; ")
+                ),
+            ));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            streams = check.streams,
+            records = check.records,
+            "sled store checked after recovering from an interrupted snapshot: consistent"
+        );
+        Ok((inner, Some(Recovery { removed, check })))
     }
 
     fn lock_write(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -382,8 +555,11 @@ impl RecordSink for SledStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.blocking("commit", move |inner, faults| inner.commit(faults, commit))
-            .await
+        let outcome = self
+            .blocking("commit", move |inner, faults| inner.commit(faults, commit))
+            .await?;
+        self.wrote().await;
+        Ok(outcome)
     }
 
     async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
@@ -391,7 +567,9 @@ impl RecordSink for SledStore {
         self.blocking("record_run", move |inner, _| {
             inner.update_row(&stream, "record_run", |row| row.last_run = Some(run))
         })
-        .await
+        .await?;
+        self.wrote().await;
+        Ok(())
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
@@ -401,7 +579,9 @@ impl RecordSink for SledStore {
                 row.upstream_error = error
             })
         })
-        .await
+        .await?;
+        self.wrote().await;
+        Ok(())
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {

@@ -23,8 +23,14 @@ pub enum Durability {
 pub struct SledOptions {
     pub(super) durability: Durability,
     pub(super) cache_capacity: Option<u64>,
+    pub(super) snapshot_after_ops: Option<u64>,
+    pub(super) lock_wait: Option<Duration>,
     pub(super) faults: Faults,
 }
+
+/// How long opening waits for the directory's lock unless
+/// [`SledOptions::with_lock_wait`] says otherwise.
+const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(5);
 
 impl SledOptions {
     /// Default options: flush every commit, a page cache of
@@ -48,6 +54,32 @@ impl SledOptions {
     pub fn with_cache_capacity(mut self, bytes: u64) -> Self {
         self.cache_capacity = Some(bytes);
         self
+    }
+
+    /// Have sled write a snapshot after every `n` writes (commits, run records, upstream
+    /// errors); `0` turns it off (the default). For crash tests of sled's snapshots.
+    ///
+    /// sled 0.34 writes a snapshot only while it opens a database: its own
+    /// `Config::snapshot_after_ops` is kept for compatibility but does nothing. So this
+    /// store closes its sled database and opens it again after every `n` writes, which
+    /// makes sled write a snapshot of the log written since the last one. Operations
+    /// wait while that happens (a flush, a scan of the new log, a snapshot write with an
+    /// `fsync`). Also reachable from a sink URL: `sled://DIR?snapshot_after_ops=N`.
+    pub fn with_snapshot_after_ops(mut self, n: u64) -> Self {
+        self.snapshot_after_ops = (n > 0).then_some(n);
+        self
+    }
+
+    /// How long opening waits for the directory's lock, which another process (or
+    /// another handle of this process being dropped) may hold: 5 s unless set.
+    pub fn with_lock_wait(mut self, wait: Duration) -> Self {
+        self.lock_wait = Some(wait);
+        self
+    }
+
+    /// The wait for the directory's lock in force.
+    pub(super) fn lock_wait(&self) -> Duration {
+        self.lock_wait.unwrap_or(DEFAULT_LOCK_WAIT)
     }
 
     crate::sink::fault::with_faults_option!();

@@ -11,7 +11,8 @@ use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamK
 use crate::sink::{RunSummary, StreamState};
 use crate::time::Timestamp;
 
-/// A stream's row: its key, state, totals, record counts, last run and upstream error.
+/// A stream's row: its key, state, totals, record counts, last run, upstream error, and
+/// the record whose cursor is the stream's cursor.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct StreamRow {
     pub(super) stream: StreamKey,
@@ -21,6 +22,11 @@ pub(super) struct StreamRow {
     pub(super) deleted: u64,
     pub(super) last_run: Option<RunSummary>,
     pub(super) upstream_error: Option<String>,
+    /// The id of the record whose cursor became the stream's cursor (the last record of
+    /// the commit that moved it), when it was one; checked by
+    /// [`SledStore::check`](super::SledStore::check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cursor_record: Option<String>,
 }
 
 impl StreamRow {
@@ -33,6 +39,7 @@ impl StreamRow {
             deleted: 0,
             last_run: None,
             upstream_error: None,
+            cursor_record: None,
         }
     }
 
@@ -42,16 +49,16 @@ impl StreamRow {
 }
 
 const RECORD_VERSION: u8 = 1;
-const OFF_SEQ: usize = 1;
+pub(super) const OFF_SEQ: usize = 1;
 const OFF_GEN: usize = 9;
 const OFF_FIRST_SEEN: usize = 17;
 const OFF_LAST_MODIFIED: usize = 25;
-const OFF_ACTION: usize = 33;
+pub(super) const OFF_ACTION: usize = 33;
 const OFF_FLAGS: usize = 34;
 const OFF_DELETED_AT: usize = 35;
 const OFF_PRUNED_AT: usize = 43;
 const OFF_CURSOR_LEN: usize = 51;
-const HEADER: usize = 55;
+pub(super) const HEADER: usize = 55;
 const FLAG_DELETED_AT: u8 = 1;
 const FLAG_PRUNED_AT: u8 = 2;
 /// The record is a tombstone (`Metadata::is_deleted`), for filtering without decoding.
@@ -121,19 +128,24 @@ pub(super) struct RecordView<'a> {
 
 impl<'a> RecordView<'a> {
     pub(super) fn new(bytes: &'a [u8]) -> Result<Self> {
+        Self::parse(bytes).map_err(corrupt)
+    }
+
+    /// The view, or what is wrong with the value.
+    pub(super) fn parse(bytes: &'a [u8]) -> std::result::Result<Self, &'static str> {
         if bytes.len() < HEADER || bytes[0] != RECORD_VERSION {
-            return Err(corrupt("record value has an unknown layout"));
+            return Err("record value has an unknown layout");
         }
         let len =
             u32::from_be_bytes(bytes[OFF_CURSOR_LEN..HEADER].try_into().expect("4 bytes")) as usize;
         let cursor_end = HEADER + len;
         if bytes.len() < cursor_end {
-            return Err(corrupt("record value is truncated"));
+            return Err("record value is truncated");
         }
         Ok(RecordView { bytes, cursor_end })
     }
 
-    fn u64_at(&self, at: usize) -> u64 {
+    pub(super) fn u64_at(&self, at: usize) -> u64 {
         u64::from_be_bytes(self.bytes[at..at + 8].try_into().expect("8 bytes"))
     }
 
@@ -149,7 +161,7 @@ impl<'a> RecordView<'a> {
         self.bytes[OFF_FLAGS] & FLAG_DELETED != 0
     }
 
-    fn cursor(&self) -> Result<&'a str> {
+    pub(super) fn cursor(&self) -> Result<&'a str> {
         std::str::from_utf8(&self.bytes[HEADER..self.cursor_end])
             .map_err(|_| corrupt("cursor is not UTF-8"))
     }

@@ -1,4 +1,5 @@
-//! The sled store's layout: one tree, its keys, and the on-disk format version.
+//! The sled store's layout: one tree, its keys, the on-disk format version, and the
+//! marker file beside sled's own.
 //!
 //! See the [module documentation](super#layout) for the table of keys. Record values
 //! are encoded by [`rows`](super::rows).
@@ -10,12 +11,19 @@ pub(super) const TREE: &str = "nango_sync";
 /// The on-disk format this build reads and writes.
 pub(super) const FORMAT: u64 = 1;
 
+/// A file written next to sled's own once the store is created (sled ignores it): an
+/// empty database beside it is a damaged store, not a new one.
+pub(super) const MARKER: &str = "nango-sync-store";
+pub(super) const MARKER_TEXT: &str = "a nango-sync store: sled database, format 1\n";
+
 pub(super) const KEY_FORMAT: &[u8] = b"\x00format";
 pub(super) const KEY_SEQ: &[u8] = b"\x00seq";
 pub(super) const KEY_SID: &[u8] = b"\x00sid";
-const TAG_INDEX: u8 = b'i';
+/// The first byte of the store's own keys (format, seq, sid).
+pub(super) const TAG_META: u8 = 0;
+pub(super) const TAG_INDEX: u8 = b'i';
 pub(super) const TAG_STREAM: u8 = b's';
-const TAG_RECORD: u8 = b'r';
+pub(super) const TAG_RECORD: u8 = b'r';
 
 /// `'i'` then each field of the stream key, length-prefixed.
 pub(super) fn index_key(stream: &StreamKey) -> Vec<u8> {

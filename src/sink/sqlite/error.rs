@@ -1,13 +1,23 @@
 //! The SQLite store's one error mapping: rusqlite errors into [`Error::Store`], busy and
-//! locked databases retryable.
+//! locked databases retryable, or [`Error::Damaged`] for a file that is not a database
+//! or is corrupt.
 
 use crate::error::Error;
 
 use super::BACKEND;
 
 /// Classify a rusqlite error: a busy or locked database is retryable; a full disk and a
-/// lock held by another process say so.
+/// lock held by another process say so; a file that is not a database, or a corrupt one,
+/// is [`Error::Damaged`].
 pub(super) fn sql_err(operation: &str, e: rusqlite::Error) -> Error {
+    if let rusqlite::Error::SqliteFailure(f, _) = &e
+        && matches!(
+            f.code,
+            rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
+        )
+    {
+        return Error::damaged(BACKEND, operation, e.to_string());
+    }
     let retryable = matches!(
         &e,
         rusqlite::Error::SqliteFailure(f, _)
