@@ -53,6 +53,7 @@ pub mod client;
 pub mod engine;
 mod error;
 pub mod merge;
+pub mod monitor;
 pub mod page;
 pub mod record;
 pub mod repair;
@@ -69,7 +70,8 @@ pub use page::{Page, PageError, PageErrorKind};
 pub use record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
 pub use secret::{SecretKey, redact_url};
 pub use sink::{
-    Commit, CommitOutcome, DynRecordSink, FullReadReason, RecordSink, RunSummary, SharedSink,
+    Commit, CommitOutcome, DynRecordSink, FullReadReason, RecordSink, RunId, RunOutcome,
+    RunSummary, SharedSink,
 };
 pub use time::Timestamp;
 

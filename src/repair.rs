@@ -287,6 +287,7 @@ mod imp {
             modified_after: None,
             page_size: Some(options.page_size),
             progress: options.progress.clone(),
+            ..SyncOptions::default()
         };
         let mut report = RepairReport {
             store: crate::redact_url(url),

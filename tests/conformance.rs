@@ -475,14 +475,18 @@ mod sled {
 
     fn run(pages: u64) -> RunSummary {
         RunSummary {
+            id: nango_sync::RunId::new(),
+            instance: String::new(),
             started_at: Timestamp::from_micros(1),
             finished_at: Timestamp::from_micros(2),
+            outcome: nango_sync::RunOutcome::Ok,
             pages,
             counts: Default::default(),
             full: false,
             full_reason: None,
             high_water_mark: None,
             error: None,
+            count_check: None,
         }
     }
 
@@ -497,7 +501,7 @@ mod sled {
         let stream = streams(&store).await[0].stream.clone();
         let mut seen = vec![snapshot_files(&path)];
         for pages in 1..=6 {
-            RecordSink::record_run(&store, &stream, &run(pages))
+            RecordSink::record_run(&store, &stream, &run(pages), 100)
                 .await
                 .unwrap();
             seen.push(snapshot_files(&path));
@@ -532,7 +536,7 @@ mod sled {
         let url = format!("sled://{}?snapshot_after_ops=1", path.display());
         let sink = nango_sync::sink::open(&url).await.unwrap();
         let first = snapshot_files(&path);
-        sink.record_run(&stream, &run(7)).await.unwrap();
+        sink.record_run(&stream, &run(7), 100).await.unwrap();
         assert_ne!(
             snapshot_files(&path),
             first,

@@ -9,7 +9,8 @@ use std::time::Duration;
 use nango_sync::StoredRecord;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
 use nango_sync::sink::{
-    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, SharedSink, StreamState, StreamStatus,
+    Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, SharedSink,
+    StreamState, StreamStatus,
 };
 use nango_sync::webhook::{WebhookEvent, WebhookReceiver, WebhookVerifier, router};
 use nango_sync::{Engine, SecretKey, StreamKey};
@@ -291,9 +292,6 @@ impl RecordSink for GatedSink {
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.commit(commit).await
     }
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> nango_sync::Result<()> {
-        self.inner.record_run(stream, run).await
-    }
     async fn set_upstream_error(
         &self,
         stream: &StreamKey,
@@ -313,6 +311,20 @@ impl RecordSink for GatedSink {
     }
     async fn streams(&self) -> nango_sync::Result<Vec<StreamStatus>> {
         self.inner.streams().await
+    }
+    async fn record_run(
+        &self,
+        stream: &StreamKey,
+        run: &RunSummary,
+        keep: usize,
+    ) -> nango_sync::Result<()> {
+        self.inner.record_run(stream, run, keep).await
+    }
+    async fn last_run(&self, stream: &StreamKey) -> nango_sync::Result<Option<RunSummary>> {
+        self.inner.last_run(stream).await
+    }
+    async fn run_history(&self, query: &HistoryQuery) -> nango_sync::Result<Vec<RunEntry>> {
+        self.inner.run_history(query).await
     }
 }
 

@@ -123,6 +123,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
         modified_after,
         page_size: Some(args.page_size),
         progress: Some(reporter.callback()),
+        ..SyncOptions::default()
     };
     let started = Instant::now();
     let results = engine.sync_all(&streams, &options).await;

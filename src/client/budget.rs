@@ -50,6 +50,7 @@ impl RateBudget {
 
     /// Wait for a permit.
     pub async fn acquire(&self) {
+        let mut waited: Option<Instant> = None;
         loop {
             let wait_until = {
                 let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -72,8 +73,21 @@ impl RateBudget {
                 }
             };
             match wait_until {
-                None => return,
-                Some(t) => tokio::time::sleep_until(t).await,
+                None => {
+                    if let Some(since) = waited {
+                        use crate::monitor::metrics::{
+                            RATE_BUDGET_WAIT_SECONDS, RATE_BUDGET_WAITS,
+                        };
+                        metrics::counter!(RATE_BUDGET_WAITS).increment(1);
+                        metrics::histogram!(RATE_BUDGET_WAIT_SECONDS)
+                            .record(since.elapsed().as_secs_f64());
+                    }
+                    return;
+                }
+                Some(t) => {
+                    waited.get_or_insert_with(Instant::now);
+                    tokio::time::sleep_until(t).await
+                }
             }
         }
     }

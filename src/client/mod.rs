@@ -21,10 +21,12 @@ use crate::time::Timestamp;
 
 mod budget;
 mod retry;
+mod sync_status;
 
 pub use budget::RateBudget;
 pub(crate) use retry::OnGiveUp;
 pub use retry::RetryConfig;
+pub use sync_status::{ModelResult, SyncSelector, SyncState, SyncStatus};
 
 /// Nango's cloud API.
 pub const DEFAULT_HOST: &str = "https://api.nango.dev";
@@ -354,14 +356,32 @@ impl NangoClient {
         Fut: std::future::Future<Output = Result<T>>,
     {
         let policy = &self.inner.retry;
+        // `describe` starts with the method and path ("GET /records (...)"): the
+        // request label of the metrics.
+        let request = describe.split(" (").next().unwrap_or(describe).to_string();
+        let failed_class = std::sync::Mutex::new(None::<&'static str>);
         policy
             .run(describe, retry::OnGiveUp::Wrap, |_| {
                 let result = attempt();
+                let (request, failed_class) = (&request, &failed_class);
                 async move {
                     if let Some(budget) = &self.inner.budget {
                         budget.acquire().await;
                     }
                     let result = result.await;
+                    let class = result_class(&result);
+                    metrics::counter!(crate::monitor::metrics::REQUESTS, "request" => request.clone(), "class" => class)
+                        .increment(1);
+                    {
+                        let mut failed = failed_class.lock().unwrap_or_else(|p| p.into_inner());
+                        if let Some(previous) = failed.take() {
+                            metrics::counter!(crate::monitor::metrics::RETRIES, "request" => request.clone(), "class" => previous)
+                                .increment(1);
+                        }
+                        if result.as_ref().is_err_and(Error::is_retryable) {
+                            *failed = Some(class);
+                        }
+                    }
                     if let (
                         Some(budget),
                         Err(Error::Nango {
@@ -521,6 +541,18 @@ impl NangoClient {
             return Err(not_json(describe, status, &content_type, &body));
         }
         Err(nango_error(describe, status, &body, retry_after))
+    }
+}
+
+/// The status class of a request's result, for the metrics: the HTTP status's class,
+/// or `transport` when no answer came.
+fn result_class<T>(result: &Result<T>) -> &'static str {
+    use crate::monitor::metrics::status_class;
+    match result {
+        Ok(_) | Err(Error::MalformedPage { .. }) => "2xx",
+        Err(Error::Nango { status, .. } | Error::NotJson { status, .. }) => status_class(*status),
+        Err(Error::Transport { .. }) => "transport",
+        Err(_) => "other",
     }
 }
 

@@ -49,6 +49,8 @@
 #[cfg(feature = "webhook")]
 pub mod scheduler;
 
+mod count_check;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -64,10 +66,12 @@ use crate::merge::Counts;
 use crate::page::Page;
 use crate::record::{Cursor, StreamKey};
 use crate::sink::{
-    Commit, CommitOutcome, DynRecordSink, FullRead, FullReadReason, RunSummary, SharedSink,
-    StreamState,
+    Commit, CommitOutcome, CountCheck, DEFAULT_RUN_HISTORY, DynRecordSink, FullRead,
+    FullReadReason, RunId, RunOutcome, RunSummary, SharedSink, StreamState,
 };
 use crate::time::Timestamp;
+
+pub use count_check::{CountCheckConfig, CountCheckMode};
 
 /// The page size used when none is configured.
 pub const DEFAULT_PAGE_SIZE: u32 = 1000;
@@ -88,6 +92,12 @@ pub struct EngineConfig {
     /// attempts, 100 ms doubling up to 5 s, within 2 minutes). `RetryConfig::none()`
     /// turns store retries off.
     pub commit_retry: RetryConfig,
+    /// How many runs of each stream the store keeps in its run history (default
+    /// [`DEFAULT_RUN_HISTORY`]; at least 1).
+    pub run_history: usize,
+    /// The check of the store's live record count against Nango's after a successful
+    /// run (default: off; see [`CountCheckConfig`]).
+    pub count_check: CountCheckConfig,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +107,8 @@ impl Default for EngineConfig {
             pipeline_depth: 1,
             overlap: None,
             commit_retry: default_commit_retry(),
+            run_history: DEFAULT_RUN_HISTORY,
+            count_check: CountCheckConfig::default(),
         }
     }
 }
@@ -118,6 +130,9 @@ struct RunTrack {
     full: bool,
     full_reason: Option<FullReadReason>,
     high_water_mark: Option<Timestamp>,
+    /// Pages read and counts committed so far.
+    pages: u64,
+    counts: Counts,
 }
 
 impl RunTrack {
@@ -164,6 +179,9 @@ pub struct SyncOptions {
     pub page_size: Option<u32>,
     /// Called after every commit.
     pub progress: Option<ProgressFn>,
+    /// Why the run is a full re-read, when [`SyncOptions::full`] is set (default:
+    /// [`FullReadReason::Requested`]); kept in the run's summary.
+    pub full_reason: Option<FullReadReason>,
 }
 
 impl std::fmt::Debug for SyncOptions {
@@ -172,6 +190,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("full", &self.full)
             .field("modified_after", &self.modified_after)
             .field("page_size", &self.page_size)
+            .field("full_reason", &self.full_reason)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +208,8 @@ impl SyncOptions {
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunReport {
+    /// The run's id (in its tracing span and its run history entry).
+    pub run_id: RunId,
     /// The stream.
     pub stream: StreamKey,
     /// When the run started.
@@ -209,6 +230,9 @@ pub struct RunReport {
     pub full_reason: Option<FullReadReason>,
     /// The stream's cursor after the run.
     pub cursor: Option<Cursor>,
+    /// The count check made after the run, if one was
+    /// ([`EngineConfig::count_check`]).
+    pub count_check: Option<CountCheck>,
 }
 
 impl RunReport {
@@ -230,6 +254,7 @@ pub struct Engine {
     sink: SharedSink,
     config: EngineConfig,
     locks: Arc<Mutex<HashMap<StreamKey, Arc<tokio::sync::Mutex<()>>>>>,
+    checks: Arc<count_check::Checks>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -255,6 +280,7 @@ impl Engine {
             sink,
             config,
             locks: Arc::default(),
+            checks: Arc::default(),
         }
     }
 
@@ -327,48 +353,98 @@ impl Engine {
             () = stop.as_mut() => return Ok(None),
             guard = lock.lock() => guard,
         };
-        let span = info_span!("sync", stream = %stream);
-        let started_at = Timestamp::now();
-        let mut track = RunTrack {
-            full: options.full,
-            ..RunTrack::default()
-        };
-        let result = self
-            .run(stream, options, page_size, stop, &mut track)
-            .instrument(span)
-            .await;
-        let summary = match &result {
-            Ok((r, stopped)) => RunSummary {
-                started_at,
-                finished_at: r.finished_at,
-                pages: r.pages,
-                counts: r.counts,
-                full: r.full,
-                full_reason: r.full_reason,
-                high_water_mark: track.high_water_mark,
-                error: stopped.then(|| {
-                    "stopped by shutdown before the end; the next run resumes from the stored cursor"
-                        .to_string()
-                }),
-            },
-            Err(e) => RunSummary {
+        let mut options = options.clone();
+        loop {
+            let run_id = RunId::new();
+            let span = info_span!("sync", stream = %stream, run_id = %run_id);
+            let started_at = Timestamp::now();
+            let clock = std::time::Instant::now();
+            let mut track = RunTrack {
+                full: options.full,
+                ..RunTrack::default()
+            };
+            let result = self
+                .run(
+                    stream,
+                    run_id,
+                    &options,
+                    page_size,
+                    stop.as_mut(),
+                    &mut track,
+                )
+                .instrument(span.clone())
+                .await;
+            let mut summary = RunSummary {
+                id: run_id,
+                instance: String::new(),
                 started_at,
                 finished_at: Timestamp::now(),
-                pages: 0,
-                counts: Counts::default(),
+                outcome: RunOutcome::Ok,
+                pages: track.pages,
+                counts: track.counts,
                 full: track.full,
                 full_reason: track.full_reason,
                 high_water_mark: track.high_water_mark,
-                error: Some(e.to_string()),
-            },
-        };
-        if let Err(e) = self.sink.record_run(stream, &summary).await {
-            warn!(stream = %stream, error = %e, "could not record the run summary");
-        }
-        match result {
-            Ok((report, false)) => Ok(Some(report)),
-            Ok((_, true)) => Ok(None),
-            Err(e) => Err(wrap(e)),
+                error: None,
+                count_check: None,
+            };
+            match &result {
+                Ok((r, stopped)) => {
+                    summary.finished_at = r.finished_at;
+                    if *stopped {
+                        summary.outcome = RunOutcome::Interrupted;
+                        summary.error = Some(
+                            "stopped by shutdown before the end; the next run resumes from the stored cursor"
+                                .to_string(),
+                        );
+                    }
+                }
+                Err(e) => {
+                    summary.outcome = RunOutcome::Error;
+                    summary.error = Some(e.to_string());
+                }
+            }
+            // After a successful run: the count check, and a full re-read when it found
+            // a mismatch and the configuration asks for a repair.
+            let mut repair = false;
+            if summary.outcome == RunOutcome::Ok
+                && self.checks.due(stream, &self.config.count_check)
+            {
+                let check = self
+                    .count_check(stream, started_at)
+                    .instrument(span.clone())
+                    .await;
+                repair = check.is_mismatch()
+                    && self.config.count_check.mode == CountCheckMode::Repair
+                    && options.full_reason != Some(FullReadReason::CountMismatch)
+                    && !self.repaired_recently(stream).await;
+                summary.count_check = Some(check);
+            }
+            if let Err(e) = self
+                .sink
+                .record_run(stream, &summary, self.config.run_history)
+                .await
+            {
+                warn!(stream = %stream, run_id = %run_id, error = %e, "could not record the run in the history");
+            }
+            count_check::record_run_metrics(stream, &summary, clock.elapsed());
+            match result {
+                Ok((mut report, false)) => {
+                    report.count_check = summary.count_check.clone();
+                    if repair {
+                        let _entered = span.enter();
+                        warn!(
+                            "the live record count differs from Nango's: full re-read with sweep"
+                        );
+                        options.full = true;
+                        options.full_reason = Some(FullReadReason::CountMismatch);
+                        continue;
+                    }
+                    return Ok(Some(report));
+                }
+                Ok((_, true)) => return Ok(None),
+                Err(e) => return Err(wrap(e)),
+            }
         }
     }
 
@@ -376,6 +452,7 @@ impl Engine {
     async fn run(
         &self,
         stream: &StreamKey,
+        run_id: RunId,
         options: &SyncOptions,
         page_size: u32,
         mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
@@ -386,6 +463,11 @@ impl Engine {
             .with_store_retries("read the stream state", || self.sink.stream_state(stream))
             .await?;
         let mut plan = RunPlan::new(&state, options);
+        if let (Some(_), Some(reason)) = (plan.full, options.full_reason)
+            && options.full
+        {
+            plan.reason = Some(reason);
+        }
         track.full = plan.full.is_some();
         track.full_reason = plan.reason;
         if self.config.overlap.is_some() {
@@ -396,6 +478,7 @@ impl Engine {
             track.high_water_mark = previous.and_then(|r| r.high_water_mark);
         }
         let mut report = RunReport {
+            run_id,
             stream: stream.clone(),
             started_at,
             finished_at: started_at,
@@ -406,6 +489,7 @@ impl Engine {
             full: plan.full.is_some(),
             full_reason: plan.reason,
             cursor: state.cursor.clone(),
+            count_check: None,
         };
         info!(
             full = plan.full.is_some(),
@@ -496,6 +580,7 @@ impl Engine {
                 };
                 let page = item?;
                 report.pages += 1;
+                track.pages = report.pages;
                 let last = page.is_last();
                 let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
                 let full_read = plan.full.map(|generation| FullRead {
@@ -521,6 +606,7 @@ impl Engine {
                     }
                     report.commits += 1;
                     report.counts.add(&out.counts);
+                    track.counts = report.counts;
                     report.swept += out.swept;
                     expected = cursor;
                     commit_time = Some(began.elapsed());
@@ -571,6 +657,14 @@ impl Engine {
     /// retry that finds the stream already at the commit's new cursor means an earlier
     /// attempt landed: success (its counts are lost with its answer).
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        let began = std::time::Instant::now();
+        let stream = commit.stream.clone();
+        let out = self.commit_with_retries(commit).await?;
+        count_check::record_commit_metrics(&stream, self.sink.backend(), &out, began.elapsed());
+        Ok(out)
+    }
+
+    async fn commit_with_retries(&self, commit: Commit) -> Result<CommitOutcome> {
         let policy = &self.config.commit_retry;
         if policy.max_attempts <= 1 {
             return self.sink.commit(commit).await;
@@ -644,6 +738,7 @@ impl Engine {
                 page = self.client.list_records(&q) => page?,
             };
             report.pages += 1;
+            track.pages = report.pages;
             let passed = page
                 .records
                 .last()
@@ -666,6 +761,7 @@ impl Engine {
                 }
                 report.commits += 1;
                 report.counts.add(&out.counts);
+                track.counts = report.counts;
             }
             if last || passed {
                 return Ok(false);

@@ -17,8 +17,11 @@ use crate::record::{StoredRecord, StreamKey};
 use crate::sink::commit::{self, Stored, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
+    StreamStatus,
 };
+
+mod history;
 
 const BACKEND: &str = "memory";
 
@@ -48,6 +51,8 @@ pub struct MemoryStore {
 struct Inner {
     seq: u64,
     streams: BTreeMap<StreamKey, StreamData>,
+    /// The number of the last run recorded (the store-wide order of the history).
+    run_seq: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -57,6 +62,9 @@ struct StreamData {
     last_run: Option<RunSummary>,
     upstream_error: Option<String>,
     records: BTreeMap<String, Row>,
+    /// The run history: (run number, run), oldest first.
+    runs: std::collections::VecDeque<(u64, RunSummary)>,
+    last_success: Option<RunSummary>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,15 +214,6 @@ impl RecordSink for MemoryStore {
             .collect())
     }
 
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        self.lock()
-            .streams
-            .entry(stream.clone())
-            .or_default()
-            .last_run = Some(run.clone());
-        Ok(())
-    }
-
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         self.lock()
             .streams
@@ -226,21 +225,49 @@ impl RecordSink for MemoryStore {
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
         let inner = self.lock();
-        Ok(inner
+        Ok(inner.streams.iter().map(|(key, d)| d.status(key)).collect())
+    }
+
+    // The run history (`memory/history.rs`).
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        history::record(&mut self.lock(), stream, run, keep);
+        Ok(())
+    }
+
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        Ok(self
+            .lock()
             .streams
-            .iter()
-            .map(|(key, d)| {
-                let deleted = d.records.values().filter(|r| r.record.is_deleted()).count() as u64;
-                StreamStatus {
-                    stream: key.clone(),
-                    state: d.state.clone(),
-                    totals: d.totals,
-                    live_records: d.records.len() as u64 - deleted,
-                    deleted_records: deleted,
-                    last_run: d.last_run.clone(),
-                    upstream_error: d.upstream_error.clone(),
-                }
-            })
-            .collect())
+            .get(stream)
+            .and_then(|d| d.last_run.clone()))
+    }
+
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        Ok(history::read(&self.lock(), query))
+    }
+
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        Ok(self.lock().streams.get(stream).map(|d| d.status(stream)))
+    }
+}
+
+impl StreamData {
+    fn status(&self, key: &StreamKey) -> StreamStatus {
+        let deleted = self
+            .records
+            .values()
+            .filter(|r| r.record.is_deleted())
+            .count() as u64;
+        StreamStatus {
+            stream: key.clone(),
+            state: self.state.clone(),
+            totals: self.totals,
+            live_records: self.records.len() as u64 - deleted,
+            deleted_records: deleted,
+            last_run: self.last_run.clone(),
+            upstream_error: self.upstream_error.clone(),
+            last_success: self.last_success.clone(),
+        }
     }
 }

@@ -33,6 +33,8 @@ use crate::record::{Cursor, Record, StoredRecord, StreamKey};
 use crate::time::Timestamp;
 
 pub mod commit;
+mod history;
+pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -172,13 +174,22 @@ impl ListQuery {
     }
 }
 
-/// A summary of one sync run, kept as the stream's last run.
+/// A summary of one sync run, kept in the stream's run history
+/// ([`RecordSink::record_run`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "history::RunSummaryWire")]
 pub struct RunSummary {
+    /// The run's id (also in the run's tracing span as `run_id`).
+    pub id: RunId,
+    /// The instance that ran it (empty: a single-instance deployment).
+    #[serde(default)]
+    pub instance: String,
     /// When the run started.
     pub started_at: Timestamp,
     /// When the run ended.
     pub finished_at: Timestamp,
+    /// How it ended.
+    pub outcome: RunOutcome,
     /// Pages committed.
     pub pages: u64,
     /// Outcome counts.
@@ -194,8 +205,13 @@ pub struct RunSummary {
     /// overlap window ([`crate::engine::EngineConfig::overlap`]); `None` when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub high_water_mark: Option<Timestamp>,
-    /// The error that ended the run, if any.
+    /// The error that ended the run, if any (for an interrupted run, what stopped it).
     pub error: Option<String>,
+    /// The comparison of the store's live record count with Nango's, made after a
+    /// successful run when the engine is configured to
+    /// ([`EngineConfig::count_check`](crate::engine::EngineConfig::count_check)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count_check: Option<CountCheck>,
 }
 
 impl RunSummary {
@@ -225,6 +241,13 @@ pub enum FullReadReason {
     /// A full re-read an earlier run left unfinished, resumed from its cursor.
     #[serde(rename = "resuming an interrupted full re-read")]
     Resuming,
+    /// The store's live record count differed from Nango's
+    /// ([`CountCheck::Mismatch`]).
+    #[serde(rename = "the live record count differed from Nango's")]
+    CountMismatch,
+    /// The periodic full re-read (catches hard resets no webhook announces).
+    #[serde(rename = "periodic full re-read")]
+    Periodic,
 }
 
 impl FullReadReason {
@@ -235,6 +258,8 @@ impl FullReadReason {
             FullReadReason::Requested => "requested",
             FullReadReason::CursorRejected => "Nango rejected the stored cursor",
             FullReadReason::Resuming => "resuming an interrupted full re-read",
+            FullReadReason::CountMismatch => "the live record count differed from Nango's",
+            FullReadReason::Periodic => "periodic full re-read",
         }
     }
 }
@@ -262,6 +287,10 @@ pub struct StreamStatus {
     pub last_run: Option<RunSummary>,
     /// The last error Nango reported for the stream's sync (from a failure webhook).
     pub upstream_error: Option<String>,
+    /// The last run that ended [`RunOutcome::Ok`] (kept even when the history holds
+    /// only failed runs since).
+    #[serde(default)]
+    pub last_success: Option<RunSummary>,
 }
 
 /// A store of records and stream state.
@@ -275,11 +304,14 @@ pub struct StreamStatus {
 /// - **the data path**: [`stream_state`](Self::stream_state) and
 ///   [`commit`](Self::commit), which the engine's runs use, and the reads of the
 ///   application, [`get`](Self::get) and [`list`](Self::list);
-/// - **bookkeeping**: what `status` shows about streams and runs, kept apart from the
-///   records and the cursor: [`record_run`](Self::record_run),
-///   [`set_upstream_error`](Self::set_upstream_error), [`last_run`](Self::last_run) and
-///   [`streams`](Self::streams). None of them moves a cursor or uses a commit sequence
-///   number.
+/// - **bookkeeping**: what `status` shows about streams, kept apart from the records
+///   and the cursor: [`set_upstream_error`](Self::set_upstream_error) and
+///   [`streams`](Self::streams);
+/// - **the run history**: [`record_run`](Self::record_run),
+///   [`last_run`](Self::last_run), [`run_history`](Self::run_history) and
+///   [`stream_status`](Self::stream_status).
+///
+/// Neither bookkeeping nor the history moves a cursor or uses a commit sequence number.
 ///
 /// A store's commit is [`commit::prepare`] applied in one transaction of the store; the
 /// conformance suite (crate `nango-sync-testkit`) compares every store with the in-memory
@@ -314,13 +346,6 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
 
     // Bookkeeping.
 
-    /// Keep `run` as the stream's last run.
-    fn record_run(
-        &self,
-        stream: &StreamKey,
-        run: &RunSummary,
-    ) -> impl Future<Output = Result<()>> + Send;
-
     /// Keep (or clear) the last error Nango reported for the stream.
     fn set_upstream_error(
         &self,
@@ -328,25 +353,51 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
         error: Option<&str>,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// The last run kept for `stream` ([`RecordSink::record_run`]), if any. The default
-    /// goes through [`RecordSink::streams`]; the engine asks only when an overlap window
-    /// is configured.
+    /// Every stream the store knows, with its status.
+    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
+
+    // The run history (see the `history` types: [`RunSummary`], [`RunId`],
+    // [`RunOutcome`], [`HistoryQuery`], [`RunEntry`]).
+
+    /// Record a finished run of `stream`: appended to its history, kept as its last run
+    /// (and as its last successful run when it ended [`RunOutcome::Ok`]), and the
+    /// stream's history pruned to its last `keep` runs (at least one), all in one
+    /// transaction. Creates the stream's status when the stream is new; never moves a
+    /// cursor.
+    fn record_run(
+        &self,
+        stream: &StreamKey,
+        run: &RunSummary,
+        keep: usize,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The last run recorded for `stream`, if any: one read of the stream's row.
     fn last_run(
         &self,
         stream: &StreamKey,
-    ) -> impl Future<Output = Result<Option<RunSummary>>> + Send {
+    ) -> impl Future<Output = Result<Option<RunSummary>>> + Send;
+
+    /// The runs `query` asks for, newest first (in the order the store recorded them).
+    fn run_history(
+        &self,
+        query: &HistoryQuery,
+    ) -> impl Future<Output = Result<Vec<RunEntry>>> + Send;
+
+    /// The status of one stream (`None` when the store does not know it). The default
+    /// goes through [`RecordSink::streams`]; stores answer it without reading the
+    /// other streams.
+    fn stream_status(
+        &self,
+        stream: &StreamKey,
+    ) -> impl Future<Output = Result<Option<StreamStatus>>> + Send {
         async move {
             Ok(self
                 .streams()
                 .await?
                 .into_iter()
-                .find(|s| &s.stream == stream)
-                .and_then(|s| s.last_run))
+                .find(|s| &s.stream == stream))
         }
     }
-
-    /// Every stream the store knows, with its status.
-    fn streams(&self) -> impl Future<Output = Result<Vec<StreamStatus>>> + Send;
 }
 
 /// A boxed future, for [`DynRecordSink`].
@@ -369,18 +420,25 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
         stream: &'a StreamKey,
         query: &'a ListQuery,
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>>;
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>>;
     fn set_upstream_error<'a>(
         &'a self,
         stream: &'a StreamKey,
         error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<()>>;
-    fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>>;
     fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>>;
+    // The run history.
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+        keep: usize,
+    ) -> BoxFuture<'a, Result<()>>;
+    fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>>;
+    fn run_history<'a>(&'a self, query: &'a HistoryQuery) -> BoxFuture<'a, Result<Vec<RunEntry>>>;
+    fn stream_status<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+    ) -> BoxFuture<'a, Result<Option<StreamStatus>>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -407,13 +465,6 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<Vec<StoredRecord>>> {
         Box::pin(RecordSink::list(self, stream, query))
     }
-    fn record_run<'a>(
-        &'a self,
-        stream: &'a StreamKey,
-        run: &'a RunSummary,
-    ) -> BoxFuture<'a, Result<()>> {
-        Box::pin(RecordSink::record_run(self, stream, run))
-    }
     fn set_upstream_error<'a>(
         &'a self,
         stream: &'a StreamKey,
@@ -421,11 +472,29 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(RecordSink::set_upstream_error(self, stream, error))
     }
+    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
+        Box::pin(RecordSink::streams(self))
+    }
+    // The run history.
+    fn record_run<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        run: &'a RunSummary,
+        keep: usize,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(RecordSink::record_run(self, stream, run, keep))
+    }
     fn last_run<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<Option<RunSummary>>> {
         Box::pin(RecordSink::last_run(self, stream))
     }
-    fn streams(&self) -> BoxFuture<'_, Result<Vec<StreamStatus>>> {
-        Box::pin(RecordSink::streams(self))
+    fn run_history<'a>(&'a self, query: &'a HistoryQuery) -> BoxFuture<'a, Result<Vec<RunEntry>>> {
+        Box::pin(RecordSink::run_history(self, query))
+    }
+    fn stream_status<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+    ) -> BoxFuture<'a, Result<Option<StreamStatus>>> {
+        Box::pin(RecordSink::stream_status(self, stream))
     }
 }
 
@@ -450,17 +519,24 @@ impl RecordSink for SharedSink {
     async fn list(&self, stream: &StreamKey, query: &ListQuery) -> Result<Vec<StoredRecord>> {
         DynRecordSink::list(&**self, stream, query).await
     }
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        DynRecordSink::record_run(&**self, stream, run).await
-    }
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         DynRecordSink::set_upstream_error(&**self, stream, error).await
+    }
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        DynRecordSink::streams(&**self).await
+    }
+    // The run history.
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        DynRecordSink::record_run(&**self, stream, run, keep).await
     }
     async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
         DynRecordSink::last_run(&**self, stream).await
     }
-    async fn streams(&self) -> Result<Vec<StreamStatus>> {
-        DynRecordSink::streams(&**self).await
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        DynRecordSink::run_history(&**self, query).await
+    }
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        DynRecordSink::stream_status(&**self, stream).await
     }
 }
 
@@ -672,6 +748,8 @@ mod tests {
             FullReadReason::Requested,
             FullReadReason::CursorRejected,
             FullReadReason::Resuming,
+            FullReadReason::CountMismatch,
+            FullReadReason::Periodic,
         ] {
             let json = serde_json::to_string(&reason).unwrap();
             assert_eq!(json, format!("{:?}", reason.as_str()));

@@ -66,8 +66,9 @@ use nango_sync::merge::Counts;
 use nango_sync::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
 use nango_sync::sink::fault::{FaultInjector, FaultPoint};
 use nango_sync::sink::{
-    Commit, CommitOutcome, FullRead, ListQuery, MemoryStore, RecordSink, RunSummary, SharedSink,
-    StreamState, StreamStatus, read_all,
+    Commit, CommitOutcome, DEFAULT_RUN_HISTORY, FullRead, HistoryQuery, ListQuery, MemoryStore,
+    RecordSink, RunEntry, RunId, RunOutcome, RunSummary, SharedSink, StreamState, StreamStatus,
+    read_all,
 };
 use nango_sync::time::Timestamp;
 use nango_sync::{Error, Result};
@@ -156,6 +157,10 @@ impl<S: RecordSink> Mirrored<S> {
             want.streams.len(),
             "{b}: streams differ from the reference store's"
         );
+        assert_eq!(
+            got.runs, want.runs,
+            "{b}: the run history differs from the reference store's"
+        );
     }
 }
 
@@ -164,6 +169,8 @@ impl<S: RecordSink> Mirrored<S> {
 struct Holdings {
     statuses: Vec<StreamStatus>,
     streams: BTreeMap<StreamKey, (StreamState, Vec<(String, u64)>)>,
+    /// Every run of the history, newest first.
+    runs: Vec<RunEntry>,
 }
 
 impl Holdings {
@@ -185,7 +192,15 @@ impl Holdings {
                 .collect();
             streams.insert(s.stream.clone(), (s.state.clone(), lines));
         }
-        Holdings { statuses, streams }
+        let runs = store
+            .run_history(&HistoryQuery::all(usize::MAX))
+            .await
+            .unwrap_or_else(|e| panic!("{b}: run_history failed: {e}"));
+        Holdings {
+            statuses,
+            streams,
+            runs,
+        }
     }
 }
 
@@ -238,16 +253,6 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
         self.store.list(stream, query).await
     }
 
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let _order = self.order.lock().await;
-        self.store.record_run(stream, run).await?;
-        self.reference
-            .record_run(stream, run)
-            .await
-            .expect("the memory store records runs");
-        Ok(())
-    }
-
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         let _order = self.order.lock().await;
         self.store.set_upstream_error(stream, error).await?;
@@ -258,12 +263,30 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
         Ok(())
     }
 
+    async fn streams(&self) -> Result<Vec<StreamStatus>> {
+        self.store.streams().await
+    }
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        let _order = self.order.lock().await;
+        self.store.record_run(stream, run, keep).await?;
+        self.reference
+            .record_run(stream, run, keep)
+            .await
+            .expect("the memory store records runs");
+        Ok(())
+    }
+
     async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
         self.store.last_run(stream).await
     }
 
-    async fn streams(&self) -> Result<Vec<StreamStatus>> {
-        self.store.streams().await
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        self.store.run_history(query).await
+    }
+
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        self.store.stream_status(stream).await
     }
 }
 
@@ -375,10 +398,15 @@ macro_rules! conformance_tests {
             list_pages_in_code_point_order,
             stream_status_is_reported,
             run_and_upstream_error_round_trip,
+            // The run history.
+            run_history_is_newest_first_and_bounded,
+            run_history_lists_every_stream_in_recording_order,
+            // (end of the run history)
             reads_during_commit_see_old_or_new,
             hostile_strings_round_trip,
         ] [
             reopen_keeps_everything,
+            run_history_survives_a_reopen,
         ]);
     };
     (@tests ($factory:expr, $durability:ident) [$($check:ident),* $(,)?] [$($durable:ident),* $(,)?]) => {
@@ -1046,16 +1074,23 @@ pub async fn reopen_keeps_everything<F: StoreFactory>(stores: &mut F) {
     });
     let last = commit(store, c).await;
     let run = RunSummary {
+        id: RunId::new(),
+        instance: String::new(),
         started_at: ts(10),
         finished_at: ts(20),
+        outcome: RunOutcome::Error,
         pages: 2,
         counts: counts(3, 0, 1, 0, 0),
         full: false,
         full_reason: None,
         high_water_mark: None,
         error: Some("boom 'quoted'".into()),
+        count_check: None,
     };
-    store.record_run(&s1, &run).await.unwrap();
+    store
+        .record_run(&s1, &run, DEFAULT_RUN_HISTORY)
+        .await
+        .unwrap();
     store
         .set_upstream_error(&s2, Some("sync failed: 'x'"))
         .await
@@ -1568,7 +1603,10 @@ pub async fn seq_is_monotonic_and_per_record<F: StoreFactory>(stores: &mut F) {
         "{b}: seq in the other stream"
     );
     // Runs and errors are not commits.
-    store.record_run(&s, &sample_run()).await.unwrap();
+    store
+        .record_run(&s, &sample_run(), DEFAULT_RUN_HISTORY)
+        .await
+        .unwrap();
     store.set_upstream_error(&s, Some("x")).await.unwrap();
     let o6 = commit_page(store, &s, vec![deleted_bare("a", 9)]).await;
     assert_eq!(
@@ -1582,14 +1620,24 @@ pub async fn seq_is_monotonic_and_per_record<F: StoreFactory>(stores: &mut F) {
 
 fn sample_run() -> RunSummary {
     RunSummary {
+        id: "0190f5c2-1111-7abc-8def-0123456789ab"
+            .parse()
+            .expect("a run id"),
+        instance: "instance 'a'".into(),
         started_at: ts(100),
         finished_at: ts(250),
+        outcome: RunOutcome::Error,
         pages: 3,
         counts: counts(5, 4, 3, 2, 1),
         full: true,
         full_reason: Some(nango_sync::sink::FullReadReason::CursorRejected),
         high_water_mark: Some(Timestamp::from_micros(1_700_000_000_123_456)),
         error: Some("store: 'x'; \"y\" -- %".into()),
+        count_check: Some(nango_sync::sink::CountCheck::Mismatch {
+            checked_at: ts(260),
+            local: 7,
+            nango: 5,
+        }),
     }
 }
 
@@ -1782,6 +1830,7 @@ pub async fn stream_status_is_reported<F: StoreFactory>(stores: &mut F) {
         deleted_records: 2,
         last_run: None,
         upstream_error: None,
+        last_success: None,
     };
     // The second page's last record is the stale "b" at t=1: the cursor is the page's.
     assert_eq!(st1, expected, "{b}: status of {s1:?}");
@@ -1822,20 +1871,29 @@ pub async fn run_and_upstream_error_round_trip<F: StoreFactory>(stores: &mut F) 
     commit_page(store, &s, vec![added("a", 1, "a")]).await;
     let before = snapshot(store, &[&s]).await.records;
     let run = sample_run();
-    store.record_run(&s, &run).await.unwrap();
+    store
+        .record_run(&s, &run, DEFAULT_RUN_HISTORY)
+        .await
+        .unwrap();
     assert_eq!(
         status(store, &s).await.unwrap().last_run,
         Some(run.clone()),
         "{b}: last run"
     );
     let run2 = RunSummary {
+        id: RunId::new(),
+        outcome: RunOutcome::Ok,
         error: None,
+        count_check: None,
         full: false,
         pages: 0,
         counts: Counts::default(),
         ..run
     };
-    store.record_run(&s, &run2).await.unwrap();
+    store
+        .record_run(&s, &run2, DEFAULT_RUN_HISTORY)
+        .await
+        .unwrap();
     assert_eq!(
         status(store, &s).await.unwrap().last_run,
         Some(run2.clone()),
@@ -1874,7 +1932,10 @@ pub async fn run_and_upstream_error_round_trip<F: StoreFactory>(stores: &mut F) 
 
     // A run on a stream never committed creates its status, not a cursor.
     let fresh = stream("runs-fresh");
-    store.record_run(&fresh, &sample_run()).await.unwrap();
+    store
+        .record_run(&fresh, &sample_run(), DEFAULT_RUN_HISTORY)
+        .await
+        .unwrap();
     let st = status(store, &fresh)
         .await
         .unwrap_or_else(|| panic!("{b}: run on a new stream not listed"));
@@ -1885,6 +1946,225 @@ pub async fn run_and_upstream_error_round_trip<F: StoreFactory>(stores: &mut F) 
     );
     // The stream still commits from no cursor.
     commit_page(store, &fresh, vec![added("a", 1, "a")]).await;
+    subject.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The run history
+// ---------------------------------------------------------------------------------------
+
+/// A run of the history tests: `n` tells runs apart (pages, counts, times).
+fn history_run(n: u64, outcome: RunOutcome) -> RunSummary {
+    RunSummary {
+        id: RunId::new(),
+        instance: String::new(),
+        started_at: ts(n as i64 * 1_000),
+        finished_at: ts(n as i64 * 1_000 + 500),
+        outcome,
+        pages: n,
+        counts: counts(n, 0, 0, 0, 0),
+        full: n == 1,
+        full_reason: (n == 1).then_some(nango_sync::sink::FullReadReason::FirstSync),
+        high_water_mark: None,
+        error: match outcome {
+            RunOutcome::Ok => None,
+            RunOutcome::Error => Some(format!("run {n} failed: 'quoted' \"double\"")),
+            RunOutcome::Interrupted => Some("stopped by shutdown".into()),
+        },
+        count_check: None,
+    }
+}
+
+async fn history<S: RecordSink>(store: &S, query: HistoryQuery) -> Vec<RunEntry> {
+    store
+        .run_history(&query)
+        .await
+        .unwrap_or_else(|e| panic!("{}: run_history failed: {e}", backend(store)))
+}
+
+async fn record<S: RecordSink>(store: &S, stream: &StreamKey, run: &RunSummary, keep: usize) {
+    store
+        .record_run(stream, run, keep)
+        .await
+        .unwrap_or_else(|e| panic!("{}: record_run failed: {e}", backend(store)));
+}
+
+fn runs_of(entries: &[RunEntry]) -> Vec<RunSummary> {
+    entries.iter().map(|e| e.run.clone()).collect()
+}
+
+/// A stream's history lists its runs newest first, keeps the last `keep` of them (at
+/// least one), keeps the last successful run beyond that bound, and leaves records,
+/// cursors and sequence numbers alone.
+pub async fn run_history_is_newest_first_and_bounded<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let s = stream("history");
+    commit_page(store, &s, vec![added("a", 1, "a")]).await;
+    let before = snapshot(store, &[&s]).await.records;
+    let seq = max_seq(store).await;
+
+    let outcomes = [
+        RunOutcome::Ok,
+        RunOutcome::Error,
+        RunOutcome::Error,
+        RunOutcome::Interrupted,
+        RunOutcome::Error,
+    ];
+    let runs: Vec<RunSummary> = outcomes
+        .iter()
+        .zip(1..)
+        .map(|(o, n)| history_run(n, *o))
+        .collect();
+    for run in &runs {
+        record(store, &s, run, 3).await;
+    }
+    let newest_first: Vec<RunSummary> = runs.iter().rev().cloned().collect();
+    assert_eq!(
+        runs_of(&history(store, HistoryQuery::stream(&s, 10)).await),
+        newest_first[..3],
+        "{b}: the last three runs, newest first"
+    );
+    assert_eq!(
+        runs_of(&history(store, HistoryQuery::stream(&s, 2)).await),
+        newest_first[..2],
+        "{b}: a limit"
+    );
+    assert!(
+        history(store, HistoryQuery::stream(&s, 0)).await.is_empty(),
+        "{b}: limit 0"
+    );
+    let st = status(store, &s).await.unwrap();
+    assert_eq!(st.last_run.as_ref(), Some(&runs[4]), "{b}: last run");
+    assert_eq!(
+        st.last_success.as_ref(),
+        Some(&runs[0]),
+        "{b}: the last successful run is kept when the history no longer holds it"
+    );
+    assert_eq!(
+        store.last_run(&s).await.unwrap().as_ref(),
+        Some(&runs[4]),
+        "{b}: last_run"
+    );
+    assert_eq!(
+        store.stream_status(&s).await.unwrap().as_ref(),
+        Some(&st),
+        "{b}: stream_status of one stream equals its entry of streams()"
+    );
+
+    // A larger bound keeps more from now on; a bound of 0 keeps the last run.
+    let sixth = history_run(6, RunOutcome::Ok);
+    record(store, &s, &sixth, 10).await;
+    assert_eq!(
+        history(store, HistoryQuery::stream(&s, 10)).await.len(),
+        4,
+        "{b}: a larger bound keeps what is there"
+    );
+    assert_eq!(
+        status(store, &s).await.unwrap().last_success.as_ref(),
+        Some(&sixth),
+        "{b}: a successful run becomes the last success"
+    );
+    let seventh = history_run(7, RunOutcome::Error);
+    record(store, &s, &seventh, 0).await;
+    assert_eq!(
+        runs_of(&history(store, HistoryQuery::stream(&s, 10)).await),
+        [seventh],
+        "{b}: keep 0 keeps the last run"
+    );
+
+    assert!(
+        history(store, HistoryQuery::stream(&stream("history-none"), 10))
+            .await
+            .is_empty(),
+        "{b}: an unknown stream has no history"
+    );
+    assert_eq!(
+        snapshot(store, &[&s]).await.records,
+        before,
+        "{b}: recording runs changed records or cursors"
+    );
+    assert_eq!(
+        max_seq(store).await,
+        seq,
+        "{b}: runs use no sequence number"
+    );
+    commit_page(store, &s, vec![added("b", 2, "b")]).await;
+    subject.finish().await;
+}
+
+/// The history of every stream interleaves the streams' runs in the order they were
+/// recorded, newest first, each with its stream; a run of a new stream creates its
+/// status without a cursor.
+pub async fn run_history_lists_every_stream_in_recording_order<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let (s1, s2) = (stream("history-1"), stream("history-2").with_variant("eu"));
+    let mut want = Vec::new();
+    for (n, s) in [(1, &s1), (2, &s2), (3, &s1), (4, &s2), (5, &s2)] {
+        let run = history_run(n, RunOutcome::Ok);
+        record(store, s, &run, 2).await;
+        want.push(RunEntry {
+            stream: s.clone(),
+            run,
+        });
+    }
+    // s2 keeps runs 4 and 5, s1 runs 1 and 3.
+    want.remove(1);
+    want.reverse();
+    assert_eq!(
+        history(store, HistoryQuery::all(100)).await,
+        want,
+        "{b}: every stream's runs, newest first"
+    );
+    assert_eq!(
+        history(store, HistoryQuery::all(2)).await,
+        want[..2],
+        "{b}: every stream's runs with a limit"
+    );
+    let st = status(store, &s2).await.unwrap();
+    assert_eq!(
+        (st.state, st.live_records),
+        (StreamState::default(), 0),
+        "{b}: a stream known by its runs only"
+    );
+    commit_page(store, &s2, vec![added("x", 1, "x")]).await;
+    subject.finish().await;
+}
+
+/// A durable store keeps its run history and its order across a reopen: a run recorded
+/// afterwards is the newest.
+pub async fn run_history_survives_a_reopen<F: StoreFactory>(stores: &mut F) {
+    let mut subject = Subject::fresh(stores).await;
+    let (s1, s2) = (stream("history-reopen-1"), stream("history-reopen-2"));
+    let store = subject.store();
+    let b = backend(store);
+    record(store, &s1, &history_run(1, RunOutcome::Ok), 5).await;
+    record(store, &s2, &history_run(2, RunOutcome::Error), 5).await;
+    let before = history(store, HistoryQuery::all(100)).await;
+    let statuses_before = statuses(store).await;
+    subject.reopen(stores).await;
+    let store = subject.store();
+    assert_eq!(
+        history(store, HistoryQuery::all(100)).await,
+        before,
+        "{b}: the history after a reopen"
+    );
+    assert_eq!(
+        statuses(store).await,
+        statuses_before,
+        "{b}: last runs after a reopen"
+    );
+    let third = history_run(3, RunOutcome::Interrupted);
+    record(store, &s1, &third, 5).await;
+    let all = history(store, HistoryQuery::all(100)).await;
+    assert_eq!(
+        (all.len(), &all[0].run, &all[0].stream),
+        (3, &third, &s1),
+        "{b}: a run recorded after a reopen is the newest"
+    );
     subject.finish().await;
 }
 

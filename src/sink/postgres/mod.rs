@@ -91,11 +91,13 @@ use crate::record::{StoredRecord, StreamKey};
 use crate::secret::redact_url;
 use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
+    StreamStatus,
 };
 
 mod apply;
 mod error;
+mod history;
 mod options;
 mod rows;
 mod schema;
@@ -112,6 +114,7 @@ const BACKEND: &str = "postgres";
 pub struct PostgresStore {
     pool: PgPool,
     sql: Statements,
+    history: history::Statements,
     /// The URL with its password redacted.
     url: String,
     schema: String,
@@ -164,6 +167,7 @@ impl PostgresStore {
         schema::check_tables(&pool, &options.schema, &quoted).await?;
         Ok(PostgresStore {
             sql: Statements::new(&quoted),
+            history: history::Statements::new(&quoted),
             pool,
             url: shown,
             schema: options.schema,
@@ -281,13 +285,6 @@ impl RecordSink for PostgresStore {
         rows.iter().map(record_from_row).collect()
     }
 
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let json = serde_json::to_string(run)
-            .map_err(|e| Error::store(BACKEND, "encode run", false, e))?;
-        self.set_stream_column(&self.sql.set_last_run, "record run", stream, Some(json))
-            .await
-    }
-
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         self.set_stream_column(
             &self.sql.set_upstream_error,
@@ -304,6 +301,24 @@ impl RecordSink for PostgresStore {
             .await
             .map_err(|e| classify("list streams", e))?;
         rows.iter().map(status_from_row).collect()
+    }
+
+    // The run history (`history.rs`).
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        self.history_record(stream, run, keep).await
+    }
+
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        self.history_last_run(stream).await
+    }
+
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        self.history_read(query).await
+    }
+
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        self.history_stream_status(stream).await
     }
 }
 

@@ -14,7 +14,7 @@ use super::error::decode;
 use crate::error::{Error, Result};
 use crate::merge::Counts;
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
-use crate::sink::{StreamState, StreamStatus};
+use crate::sink::{RunSummary, StreamState, StreamStatus};
 use crate::time::Timestamp;
 
 /// A record from a row of [`RECORD_COLUMNS`](super::schema::RECORD_COLUMNS).
@@ -56,13 +56,17 @@ pub(super) fn record_from_row(row: &PgRow) -> Result<StoredRecord> {
 /// A status from a row of the statuses query.
 pub(super) fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
     let n = |i: usize| -> Result<u64> { Ok(to_u64(row.try_get(i).map_err(decode)?)) };
-    let last_run = match row.try_get::<Option<String>, _>(14).map_err(decode)? {
-        Some(json) => Some(
-            serde_json::from_str(&json)
-                .map_err(|e| Error::store(BACKEND, "read last run", false, e))?,
-        ),
-        None => None,
+    let run = |i: usize| -> Result<Option<RunSummary>> {
+        match row.try_get::<Option<String>, _>(i).map_err(decode)? {
+            Some(json) => {
+                Ok(Some(serde_json::from_str(&json).map_err(|e| {
+                    Error::store(BACKEND, "read last run", false, e)
+                })?))
+            }
+            None => Ok(None),
+        }
     };
+    let last_run = run(14)?;
     Ok(StreamStatus {
         stream: StreamKey {
             integration: row.try_get(0).map_err(decode)?,
@@ -82,6 +86,7 @@ pub(super) fn status_from_row(row: &PgRow) -> Result<StreamStatus> {
         deleted_records: n(13)?,
         last_run,
         upstream_error: row.try_get(15).map_err(decode)?,
+        last_success: run(16)?,
     })
 }
 

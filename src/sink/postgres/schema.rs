@@ -18,7 +18,14 @@ use super::options::validate_schema;
 use crate::error::{Error, Result};
 
 /// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        3,
+        "run_history",
+        include_str!("migrations/0003_run_history.sql"),
+    ),
+];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
 const MIGRATION_LOCK: i32 = 0x6e73_796e; // "nsyn"
@@ -155,6 +162,10 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
                last_run, upstream_error FROM {quoted}.streams LIMIT 0"
         ),
         format!(
+            "SELECT s.last_success, r.run_seq, r.stream_id, r.run_id, r.instance, r.started_at, \
+               r.finished_at, r.outcome, r.run FROM {quoted}.streams s, {quoted}.runs r LIMIT 0"
+        ),
+        format!(
             "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
                pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
         ),
@@ -244,7 +255,6 @@ pub(super) struct Statements {
     pub(super) sweep: SqlStr,
     pub(super) update_stream: SqlStr,
     pub(super) stream_state: SqlStr,
-    pub(super) set_last_run: SqlStr,
     pub(super) set_upstream_error: SqlStr,
     pub(super) get: SqlStr,
     pub(super) list_first: SqlStr,
@@ -262,6 +272,11 @@ const WRITE_VALUES: &str = "SELECT $1, u.id, u.payload::jsonb, u.first_seen_at, 
                  $9::text[], $10::bool[]) \
        AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted)";
 
+/// The columns of a stream's status, in the order `rows::status_from_row` reads them.
+pub(super) const STATUS_COLUMNS: &str = "integration, connection, model, variant, cursor, generation, full_read, \
+     added, updated, deleted, unchanged, stale, live_records, deleted_records, \
+     last_run::text, upstream_error, last_success::text";
+
 pub(super) const RECORD_COLUMNS: &str = "r.id, r.payload::text, r.first_seen_at, r.last_modified_at, r.last_action, r.deleted_at, r.pruned_at, r.cursor, r.seq";
 
 impl Statements {
@@ -273,9 +288,8 @@ impl Statements {
         let upsert_stream = |column: &str| {
             s(format!(
                 "INSERT INTO {{s}}.streams (key_hash, integration, connection, model, variant, {column}) \
-                 VALUES ($1, $2, $3, $4, $5, $6{cast}) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (key_hash) DO UPDATE SET {column} = EXCLUDED.{column}",
-                cast = if column == "last_run" { "::jsonb" } else { "" },
             ))
         };
         let list = |after: &str| {
@@ -338,7 +352,6 @@ impl Statements {
                  WHERE stream_id = $1"
                 .into()),
             stream_state: s("SELECT cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1".into()),
-            set_last_run: upsert_stream("last_run"),
             set_upstream_error: upsert_stream("upstream_error"),
             get: s(format!(
                 "SELECT {RECORD_COLUMNS} FROM {{s}}.records r JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
@@ -346,11 +359,9 @@ impl Statements {
             )),
             list_first: list(""),
             list_after: list("AND r.id > $4"),
-            streams: s("SELECT integration, connection, model, variant, cursor, generation, full_read, \
-                   added, updated, deleted, unchanged, stale, live_records, deleted_records, \
-                   last_run::text, upstream_error \
-                 FROM {s}.streams ORDER BY integration, connection, model, variant"
-                .into()),
+            streams: s(format!(
+                "SELECT {STATUS_COLUMNS} FROM {{s}}.streams ORDER BY integration, connection, model, variant"
+            )),
         }
     }
 }

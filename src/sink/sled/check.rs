@@ -72,6 +72,7 @@ impl Inner {
         let mut counted: HashMap<u64, (u64, u64)> = HashMap::new();
         let mut max_record_seq = (0u64, Vec::new());
         let mut records = 0u64;
+        let mut history = super::history::HistoryCheck::default();
         for item in self.tree.iter() {
             let (key, value) = item.map_err(sled_err("check"))?;
             match key.first().copied() {
@@ -79,6 +80,7 @@ impl Inner {
                     KEY_FORMAT => {}
                     KEY_SEQ => seq = be_u64(&value),
                     KEY_SID => last_sid = be_u64(&value),
+                    super::history::KEY_RUN_SEQ => history.run_seq = be_u64(&value),
                     other => problems.add(format!("unknown key {}", hex::encode(other))),
                 },
                 Some(TAG_INDEX) => match be_u64(&value) {
@@ -125,6 +127,11 @@ impl Inner {
                                 max_record_seq = (record_seq, key.to_vec());
                             }
                         }
+                    }
+                }
+                Some(super::schema::TAG_HISTORY) => {
+                    if let Some(problem) = history.entry(&key, &value) {
+                        problems.add(problem);
                     }
                 }
                 _ => problems.add(format!("unknown key {}", hex::encode(&key))),
@@ -180,6 +187,9 @@ impl Inner {
         }
         for sid in counted.keys().filter(|sid| !rows.contains_key(sid)) {
             problems.add(format!("records of stream number {sid}, which has no row"));
+        }
+        for problem in history.problems(|sid| rows.contains_key(&sid)) {
+            problems.add(problem);
         }
         Ok(StoreCheck {
             streams: rows.len() as u64,

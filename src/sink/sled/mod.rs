@@ -22,6 +22,7 @@
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
 //! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags), the cursor, then the payload JSON verbatim |
+//! | `0x00 "runs"`, `'h'` + sid + run number | the run history (see `history.rs`) |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
 //! big-endian), so strings containing any bytes cannot make two streams collide. Records
@@ -90,12 +91,14 @@ use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
+    StreamStatus,
 };
 
 mod apply;
 mod check;
 mod error;
+mod history;
 mod options;
 mod recovery;
 mod rows;
@@ -528,15 +531,7 @@ impl Inner {
             let (_, v) = item.map_err(sled_err("streams"))?;
             let row: StreamRow =
                 serde_json::from_slice(&v).map_err(|e| corrupt(format!("stream row: {e}")))?;
-            out.push(StreamStatus {
-                stream: row.stream,
-                state: row.state,
-                totals: row.totals,
-                live_records: row.live,
-                deleted_records: row.deleted,
-                last_run: row.last_run,
-                upstream_error: row.upstream_error,
-            });
+            out.push(row.into_status());
         }
         out.sort_by(|a, b| a.stream.cmp(&b.stream));
         Ok(out)
@@ -560,16 +555,6 @@ impl RecordSink for SledStore {
             .await?;
         self.wrote().await;
         Ok(outcome)
-    }
-
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let (stream, run) = (stream.clone(), run.clone());
-        self.blocking("record_run", move |inner, _| {
-            inner.update_row(&stream, "record_run", |row| row.last_run = Some(run))
-        })
-        .await?;
-        self.wrote().await;
-        Ok(())
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
@@ -598,5 +583,37 @@ impl RecordSink for SledStore {
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
         self.blocking("streams", |inner, _| inner.streams()).await
+    }
+
+    // The run history (`history.rs`).
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        let (stream, run) = (stream.clone(), run.clone());
+        self.blocking("record_run", move |inner, _| {
+            inner.record_run(&stream, &run, keep)
+        })
+        .await?;
+        self.wrote().await;
+        Ok(())
+    }
+
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        let stream = stream.clone();
+        self.blocking("last_run", move |inner, _| inner.last_run(&stream))
+            .await
+    }
+
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        let query = query.clone();
+        self.blocking("run_history", move |inner, _| inner.run_history(&query))
+            .await
+    }
+
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        let stream = stream.clone();
+        self.blocking("stream_status", move |inner, _| {
+            inner.stream_status(&stream)
+        })
+        .await
     }
 }

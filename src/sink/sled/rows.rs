@@ -27,6 +27,9 @@ pub(super) struct StreamRow {
     /// [`SledStore::check`](super::SledStore::check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) cursor_record: Option<String>,
+    /// The last run that ended `ok` (see `history.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) last_success: Option<RunSummary>,
 }
 
 impl StreamRow {
@@ -40,6 +43,7 @@ impl StreamRow {
             last_run: None,
             upstream_error: None,
             cursor_record: None,
+            last_success: None,
         }
     }
 

@@ -24,6 +24,8 @@ pub(super) const TAG_META: u8 = 0;
 pub(super) const TAG_INDEX: u8 = b'i';
 pub(super) const TAG_STREAM: u8 = b's';
 pub(super) const TAG_RECORD: u8 = b'r';
+/// A recorded run (see `history.rs`).
+pub(super) const TAG_HISTORY: u8 = b'h';
 
 /// `'i'` then each field of the stream key, length-prefixed.
 pub(super) fn index_key(stream: &StreamKey) -> Vec<u8> {

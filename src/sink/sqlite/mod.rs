@@ -44,11 +44,13 @@ use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
 use crate::sink::{
-    Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
+    Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
+    StreamStatus,
 };
 
 mod apply;
 mod error;
+mod history;
 mod options;
 mod rows;
 mod schema;
@@ -295,13 +297,6 @@ impl RecordSink for SqliteStore {
         .await
     }
 
-    async fn record_run(&self, stream: &StreamKey, run: &RunSummary) -> Result<()> {
-        let json = serde_json::to_string(run)
-            .map_err(|e| Error::store(BACKEND, "record the run", false, e))?;
-        self.set_stream_column(stream, "record the run", "last_run", Some(json))
-            .await
-    }
-
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         let error = error.map(str::to_owned);
         self.set_stream_column(stream, "record the upstream error", "upstream_error", error)
@@ -314,6 +309,36 @@ impl RecordSink for SqliteStore {
             let mut stmt = c.prepare_cached(&rows::statuses_sql()).map_err(e)?;
             let rows = stmt.query_map([], rows::status_from_row).map_err(e)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+        })
+        .await
+    }
+
+    // The run history (`history.rs`).
+
+    async fn record_run(&self, stream: &StreamKey, run: &RunSummary, keep: usize) -> Result<()> {
+        let (key, run) = (stream.clone(), run.clone());
+        self.write("record the run", move |c, _| {
+            history::record(c, &key, &run, keep)
+        })
+        .await
+    }
+
+    async fn last_run(&self, stream: &StreamKey) -> Result<Option<RunSummary>> {
+        let key = stream.clone();
+        self.read("read the last run", move |c| history::last_run(c, &key))
+            .await
+    }
+
+    async fn run_history(&self, query: &HistoryQuery) -> Result<Vec<RunEntry>> {
+        let query = query.clone();
+        self.read("read the run history", move |c| history::read(c, &query))
+            .await
+    }
+
+    async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
+        let key = stream.clone();
+        self.read("read the stream status", move |c| {
+            history::stream_status(c, &key)
         })
         .await
     }

@@ -87,13 +87,25 @@ pub(super) fn ensure_stream(
 
 /// The statuses query: every stream with its record counts.
 pub(super) fn statuses_sql() -> String {
+    status_sql("")
+}
+
+/// The statuses query over the streams `filter` (a fixed SQL condition on `s`, or
+/// empty for every stream).
+pub(super) fn status_sql(filter: &str) -> String {
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {filter}")
+    };
     format!(
         "SELECT s.integration, s.connection, s.model, s.variant, s.cursor, s.generation, s.full_read,
                 s.added, s.updated, s.deleted, s.unchanged, s.stale, s.last_run, s.upstream_error,
                 (SELECT count(*) FROM nango_records r WHERE r.stream_id = s.stream_id),
                 (SELECT count(*) FROM nango_records r WHERE r.stream_id = s.stream_id
-                     AND (r.deleted_at IS NOT NULL OR r.last_action = {DELETED}))
-         FROM nango_streams s
+                     AND (r.deleted_at IS NOT NULL OR r.last_action = {DELETED})),
+                s.last_success
+         FROM nango_streams s {filter}
          ORDER BY s.integration, s.connection, s.model, s.variant"
     )
 }
@@ -126,5 +138,8 @@ pub(super) fn status_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StreamS
         deleted_records: deleted as u64,
         last_run: last_run.and_then(|s| serde_json::from_str(&s).ok()),
         upstream_error: r.get(13)?,
+        last_success: r
+            .get::<_, Option<String>>(16)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
