@@ -26,7 +26,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 const JSON_UTF8: &str = "application/json; charset=utf-8";
 
-fn json_response(status: u16, body: impl Into<String>) -> Response {
+pub(crate) fn json_response(status: u16, body: impl Into<String>) -> Response {
     let body: String = body.into();
     Response::builder()
         .status(status)
@@ -98,6 +98,12 @@ async fn route(
     };
     match (method, path) {
         (m, "/records") if m == Method::GET => records(shared, raw_query, headers).await,
+        (m, "/sync/status") if m == Method::GET => {
+            if let Some(r) = auth(shared, headers) {
+                return r;
+            }
+            super::sync_status::respond(shared, raw_query)
+        }
         (m, "/records/prune") if m == Method::PATCH => {
             if let Some(r) = content_type_check(headers).or_else(|| auth(shared, headers)) {
                 return r;

@@ -68,6 +68,9 @@
 //!   payload and sets `pruned_at` without moving the record. A hard reset removes a
 //!   stream's records without any event.
 //! - `PATCH /records/prune` (`{model, variant?, until_cursor, limit?}` → `{count, has_more}`).
+//! - `GET /sync/status` of the syncs a test defines ([`FakeNango::define_sync`]), with
+//!   `recordCount` as Nango computes it (live records, pruned included; a variant
+//!   reports the base variant's count): see the `sync_status` module's source.
 //! - An optional response byte budget ([`FakeNango::set_max_response_bytes`]): records
 //!   stop once the body would exceed it (at least one record per page) and `next_cursor`
 //!   is set, as Nango's `RECORDS_MAX_RESPONSE_SIZE_BYTES` does.
@@ -135,6 +138,7 @@ mod json;
 mod late;
 mod query;
 mod state;
+mod sync_status;
 mod webhooks;
 
 pub use webhooks::{WebhookDelivery, WebhookSettings, canonical_json};
@@ -293,6 +297,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) unknown_path_html: bool,
     pub(crate) webhooks: webhooks::Webhooks,
+    /// The syncs `GET /sync/status` reports (`sync_status.rs`).
+    pub(crate) syncs: Mutex<Vec<sync_status::FakeSync>>,
 }
 
 impl Shared {
@@ -524,6 +530,7 @@ impl FakeNango {
             log: Mutex::new(Vec::new()),
             unknown_path_html: config.unknown_path_html,
             webhooks: webhooks::Webhooks::default(),
+            syncs: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());
