@@ -43,9 +43,12 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Engine, SyncOptions};
+use crate::monitor::{Clock, SystemClock};
 use crate::record::StreamKey;
 use crate::time::Timestamp;
 use crate::webhook::{WebhookEvent, WebhookHandler};
+
+mod monitor;
 
 /// The poll interval when none is configured.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(300);
@@ -64,6 +67,11 @@ pub struct SchedulerConfig {
     /// Capacity of the event channel of [`Scheduler::subscribe`] (a subscriber that
     /// falls further behind misses events).
     pub event_capacity: usize,
+    /// Make a stream's run a full re-read with sweep when its last successful full
+    /// re-read is older than this (`None`: never). It catches records Nango removed
+    /// without any event (a hard reset whose webhook was lost); the stream also wakes
+    /// for it when it is due and nothing else runs it.
+    pub full_every: Option<Duration>,
 }
 
 impl Default for SchedulerConfig {
@@ -74,6 +82,7 @@ impl Default for SchedulerConfig {
             max_concurrent_runs: 4,
             run_on_register: true,
             event_capacity: 256,
+            full_every: None,
         }
     }
 }
@@ -136,6 +145,8 @@ pub struct StreamStats {
 struct Pending {
     due: bool,
     full: bool,
+    /// The largest counts the sync webhooks that asked for this run reported.
+    hint: Option<crate::webhook::ResponseResults>,
 }
 
 struct Slot {
@@ -145,6 +156,8 @@ struct Slot {
     worker: Mutex<Option<JoinHandle<()>>>,
     /// Whether the store may hold an upstream error for the stream (unknown at start).
     upstream_error: AtomicBool,
+    /// When the stream's last successful full re-read ended (`monitor.rs`).
+    last_full: Mutex<monitor::LastFull>,
 }
 
 impl Slot {
@@ -155,6 +168,7 @@ impl Slot {
             stats: Mutex::new(StreamStats::default()),
             worker: Mutex::new(None),
             upstream_error: AtomicBool::new(true),
+            last_full: Mutex::default(),
         }
     }
 
@@ -174,12 +188,12 @@ impl Slot {
         coalesced
     }
 
-    /// Take the due run, if any: `Some(full)`.
-    fn take(&self) -> Option<bool> {
+    /// Take the due run, if any: `Some((full, webhook hint))`.
+    fn take(&self) -> Option<(bool, Option<crate::webhook::ResponseResults>)> {
         let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let due = std::mem::take(&mut *p);
         drop(p);
-        due.due.then_some(due.full)
+        due.due.then_some((due.full, due.hint))
     }
 
     fn is_due(&self) -> bool {
@@ -208,6 +222,7 @@ struct Inner {
     upstream_task: Mutex<Option<JoinHandle<()>>>,
     rng: Mutex<u64>,
     next_run_seq: AtomicU64,
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -223,6 +238,12 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     /// A scheduler running streams with `engine`. No stream is registered yet.
     pub fn new(engine: Engine, config: SchedulerConfig) -> Self {
+        Self::with_clock(engine, config, Arc::new(SystemClock))
+    }
+
+    /// A scheduler whose health checks and periodic full re-reads read the time from
+    /// `clock` (tests move a [`ManualClock`](crate::monitor::ManualClock)).
+    pub fn with_clock(engine: Engine, config: SchedulerConfig, clock: Arc<dyn Clock>) -> Self {
         let (stop, _) = watch::channel(false);
         let (events, _) = broadcast::channel(config.event_capacity.max(1));
         let (upstream, mut upstream_rx) = mpsc::unbounded_channel::<Upstream>();
@@ -262,6 +283,7 @@ impl Scheduler {
                 upstream_task: Mutex::new(Some(upstream_task)),
                 rng: Mutex::new(seed),
                 next_run_seq: AtomicU64::new(0),
+                clock,
             }),
         }
     }
@@ -453,6 +475,9 @@ impl WebhookHandler for Scheduler {
                     }
                 }
                 let full = w.is_full_sync();
+                if let (Some(slot), Some(results)) = (self.slot(&stream), &w.response_results) {
+                    slot.add_hint(results);
+                }
                 if self.trigger(&stream, full) {
                     debug!(stream = %stream, full, "sync webhook: run triggered");
                     // Nango's sync works again: clear a stored failure (once, not per
@@ -523,8 +548,12 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
             break;
         }
         if !slot.is_due() {
+            let wake_at = match (poll_at, monitor::full_due_at(&inner, &slot)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let poll = async {
-                match poll_at {
+                match wake_at {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
@@ -548,9 +577,10 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
                 Err(_) => break,
             },
         };
-        let Some(full) = slot.take() else {
+        let Some((full, hint)) = slot.take() else {
             continue;
         };
+        let periodic = !full && monitor::periodic_full_due(&inner, &stream, &slot).await;
         let seq = inner.next_run_seq.fetch_add(1, Ordering::Relaxed);
         {
             let mut stats = slot.stats();
@@ -559,7 +589,8 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
             stats.pending = slot.is_due();
         }
         let options = SyncOptions {
-            full,
+            full: full || periodic,
+            full_reason: periodic.then_some(crate::sink::FullReadReason::Periodic),
             ..SyncOptions::default()
         };
         debug!(run = seq, full, "run starts");
@@ -573,9 +604,11 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
         stats.running = false;
         stats.pending = slot.is_due();
         stats.last_run_finished_at = Some(Timestamp::now());
+        let mut finished = None;
         match result {
             Ok(Some(report)) => {
                 stats.last_error = None;
+                finished = Some(report.clone());
                 debug!(
                     run = seq,
                     pages = report.pages,
@@ -597,6 +630,9 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
             }
         }
         drop(stats);
+        if let Some(report) = finished {
+            monitor::after_run(&inner, &stream, &slot, &report, hint);
+        }
         poll_at = next_poll(&inner);
     }
     debug!("stream worker ended");

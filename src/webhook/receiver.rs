@@ -176,6 +176,15 @@ impl WebhookReceiver {
         legacy_header: Option<&str>,
         body: &[u8],
     ) -> Outcome {
+        counted(self.verify_and_dispatch(hmac_header, legacy_header, body))
+    }
+
+    fn verify_and_dispatch(
+        &self,
+        hmac_header: Option<&str>,
+        legacy_header: Option<&str>,
+        body: &[u8],
+    ) -> Outcome {
         if body.len() > self.inner.body_limit {
             self.inner.too_large.fetch_add(1, Ordering::Relaxed);
             return Outcome::TooLarge;
@@ -220,6 +229,19 @@ pub enum Outcome {
     Malformed,
     /// Over the body size limit: 413.
     TooLarge,
+}
+
+/// Count `outcome` in `nango_sync_webhooks_total` and return it.
+fn counted(outcome: Outcome) -> Outcome {
+    let (result, kind) = match &outcome {
+        Outcome::Accepted { kind } => ("accepted", kind.clone()),
+        Outcome::Unauthorized => ("unauthorized", String::new()),
+        Outcome::Malformed => ("malformed", String::new()),
+        Outcome::TooLarge => ("too_large", String::new()),
+    };
+    metrics::counter!(crate::monitor::metrics::WEBHOOKS, "outcome" => result, "type" => kind)
+        .increment(1);
+    outcome
 }
 
 impl Outcome {
@@ -274,7 +296,7 @@ pub async fn receive(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         receiver.inner.too_large.fetch_add(1, Ordering::Relaxed);
-        return Outcome::TooLarge;
+        return counted(Outcome::TooLarge);
     }
     // Read the raw bytes ourselves, stopping at the limit (chunked bodies have no length).
     let mut bytes = Vec::with_capacity(declared.map_or(1024, |n| n as usize));
@@ -283,11 +305,11 @@ pub async fn receive(
         let Ok(chunk) = chunk else {
             receiver.inner.malformed.fetch_add(1, Ordering::Relaxed);
             debug!("webhook body could not be read");
-            return Outcome::Malformed;
+            return counted(Outcome::Malformed);
         };
         if bytes.len() + chunk.len() > limit {
             receiver.inner.too_large.fetch_add(1, Ordering::Relaxed);
-            return Outcome::TooLarge;
+            return counted(Outcome::TooLarge);
         }
         bytes.extend_from_slice(&chunk);
     }
