@@ -17,9 +17,13 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod dev_server;
+mod history;
+mod logging;
 mod output;
 mod repair;
 mod serve;
+mod serve_monitor;
+mod status;
 mod sync;
 
 /// Keep a local database equal to Nango's records.
@@ -33,8 +37,20 @@ struct Cli {
     #[arg(long, global = true, env = "NANGO_SYNC_LOG", default_value = "warn")]
     log: String,
 
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
+    /// Log format on stderr: text (colours only on a terminal) or JSON lines for log
+    /// collectors (each line with the stream and run id of its run); also
+    /// `NANGO_SYNC_LOG_FORMAT`.
+    #[arg(
+        long,
+        global = true,
+        env = "NANGO_SYNC_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: logging::LogFormat,
+
+    /// Same as `--log-format json`.
+    #[arg(long, global = true, hide = true)]
     log_json: bool,
 }
 
@@ -44,8 +60,11 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Write a stream's records to stdout as JSON Lines, sorted by id.
     Export(sync::ExportArgs),
-    /// Show every stream of a store: cursor, counts, last run, last error.
-    Status(sync::StatusArgs),
+    /// Is my data healthy? Every stream of a store: cursor, counts, last run, last
+    /// successful run, lag, Nango's last error, and warnings saying what to do.
+    Status(status::StatusArgs),
+    /// The runs of a store's streams, newest first.
+    History(history::HistoryArgs),
     /// Move a damaged store aside (it is kept) and rebuild it by a full re-read from
     /// Nango of every stream it knew; reports what could not be rebuilt.
     Repair(repair::RepairArgs),
@@ -62,7 +81,12 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log, cli.log_json);
+    let format = if cli.log_json {
+        logging::LogFormat::Json
+    } else {
+        cli.log_format
+    };
+    logging::init(&cli.log, format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -77,7 +101,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => sync::sync(args).await,
             Command::Export(args) => sync::export(args).await,
-            Command::Status(args) => sync::status(args).await,
+            Command::Status(args) => status::run(args).await,
+            Command::History(args) => history::run(args).await,
             Command::Repair(args) => repair::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::DevServer(args) => dev_server::run(args).await,
@@ -104,17 +129,4 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     parts.join(": ").replace('\n', " ")
-}
-
-fn init_tracing(filter: &str, json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.with_target(false).init();
-    }
 }

@@ -1,5 +1,7 @@
-//! `serve`: the always-on service. Webhooks on `POST /webhook`, health on `GET /health`,
-//! a poll per stream as a safety net, SIGINT/SIGTERM for a graceful stop.
+//! `serve`: the always-on service. Webhooks on `POST /webhook`, health on `GET /health`
+//! (per stream: ok or degraded with its warnings; 503 when the store cannot be read),
+//! Prometheus metrics on `GET /metrics`, a poll per stream as a safety net, SIGINT/SIGTERM
+//! for a graceful stop.
 //!
 //! Streams come from the command line (`--integration --connection --model ...`) or a
 //! TOML file (`--config`):
@@ -12,6 +14,10 @@
 //! page_size = 1000
 //! allow_legacy_signature = false
 //! body_limit = 1048576
+//! full_every = "7d"             # a full re-read with sweep when the last is older
+//! reconcile = "warn"            # or "repair": compare live record counts with Nango's
+//! reconcile_every = "1h"
+//! run_history = 100             # runs kept per stream
 //!
 //! [[signing_keys]]              # current key first, then the previous one
 //! key_env = "NANGO_WEBHOOK_KEY"
@@ -47,15 +53,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::Args;
 use nango_sync::client::RateBudget;
-use nango_sync::engine::EngineConfig;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
+use nango_sync::engine::{CountCheckConfig, EngineConfig};
 use nango_sync::webhook::{DEFAULT_BODY_LIMIT, WebhookReceiver, WebhookVerifier, router};
 use nango_sync::{Engine, NangoClient, SecretKey, StreamKey};
 use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::dev_server::shutdown_signal;
-use crate::sync::{NangoArgs, open_sink};
+use crate::sync::{NangoArgs, Reconcile, open_sink};
 
 /// Nango's request limit per account on the free plan.
 const DEFAULT_RATE_LIMIT: u32 = 200;
@@ -118,6 +124,21 @@ pub struct ServeArgs {
     /// Largest webhook body accepted, in bytes (larger ones are answered 413).
     #[arg(long)]
     body_limit: Option<usize>,
+    /// Make a stream's run a full re-read with sweep when its last full re-read is
+    /// older than this ("7d", "12h"): catches records Nango removed without any event.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    full_every: Option<Duration>,
+    /// Compare each stream's live record count with Nango's after successful runs:
+    /// `warn` (a `count_mismatch` warning in /health and `status`) or `repair` (also a
+    /// full re-read with sweep on a mismatch). The key needs environment:syncs:read.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "warn", value_name = "MODE")]
+    reconcile: Option<Reconcile>,
+    /// At most one count check per stream this often (default 1h).
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    reconcile_every: Option<Duration>,
+    /// Runs kept per stream in the store's run history (default 100).
+    #[arg(long)]
+    run_history: Option<usize>,
 }
 
 /// The `--config` file.
@@ -131,6 +152,10 @@ struct ConfigFile {
     page_size: Option<u32>,
     allow_legacy_signature: Option<bool>,
     body_limit: Option<usize>,
+    full_every: Option<DurationValue>,
+    reconcile: Option<Reconcile>,
+    reconcile_every: Option<DurationValue>,
+    run_history: Option<usize>,
     #[serde(default)]
     signing_keys: Vec<KeySource>,
     #[serde(default)]
@@ -180,6 +205,9 @@ struct Plan {
     page_size: u32,
     allow_legacy: bool,
     body_limit: usize,
+    reconcile: Option<Reconcile>,
+    reconcile_every: Duration,
+    run_history: usize,
 }
 
 /// Parse "500ms", "30s", "5m", "1h", "2d" or a number of seconds.
@@ -335,6 +363,25 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
         (None, None) => Some(nango_sync::engine::scheduler::DEFAULT_POLL_INTERVAL),
     }
     .filter(|d| !d.is_zero());
+    let duration = |what: &str, v: &Option<DurationValue>| -> Result<Option<Duration>> {
+        match v {
+            None => Ok(None),
+            Some(DurationValue::Seconds(s)) => Ok(Some(Duration::from_secs(*s))),
+            Some(DurationValue::Text(t)) => parse_duration(t)
+                .map(Some)
+                .map_err(|e| anyhow::anyhow!("config {what}: {e}")),
+        }
+    };
+    let full_every = match args.full_every {
+        Some(d) => Some(d),
+        None => duration("full_every", &config.full_every)?,
+    }
+    .filter(|d| !d.is_zero());
+    let reconcile_every = match args.reconcile_every {
+        Some(d) => d,
+        None => duration("reconcile_every", &config.reconcile_every)?
+            .unwrap_or(Duration::from_secs(3600)),
+    };
     let defaults = SchedulerConfig::default();
     let jitter = config.poll_jitter.unwrap_or(defaults.poll_jitter);
     if !(0.0..=1.0).contains(&jitter) {
@@ -348,6 +395,7 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
             .or(config.max_concurrent_runs)
             .unwrap_or(defaults.max_concurrent_runs)
             .max(1),
+        full_every,
         ..defaults
     };
     Ok(Plan {
@@ -368,6 +416,12 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
             .body_limit
             .or(config.body_limit)
             .unwrap_or(DEFAULT_BODY_LIMIT),
+        reconcile: args.reconcile.or(config.reconcile),
+        reconcile_every,
+        run_history: args
+            .run_history
+            .or(config.run_history)
+            .unwrap_or(nango_sync::sink::DEFAULT_RUN_HISTORY),
     })
 }
 
@@ -375,9 +429,26 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
 struct AppState {
     scheduler: Scheduler,
     receiver: WebhookReceiver,
+    monitor: crate::serve_monitor::Monitor,
 }
 
-async fn health(State(app): State<AppState>) -> impl IntoResponse {
+async fn health(State(app): State<AppState>) -> axum::response::Response {
+    let checked = match app.monitor.health(&app.scheduler).await {
+        Ok(checked) => checked,
+        Err(error) => {
+            let body = serde_json::json!({
+                "status": "unavailable",
+                "error": format!("the store cannot be read: {error}"),
+            });
+            return (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                [(CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response();
+        }
+    };
+    let mut degraded = false;
     let streams: Vec<serde_json::Value> = app
         .scheduler
         .all_stats()
@@ -392,12 +463,19 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
             } else {
                 "idle"
             };
+            let h = checked.iter().find(|h| h.status.stream == key);
+            degraded |= h.is_some_and(|h| !h.warnings.is_empty());
             serde_json::json!({
                 "integration": key.integration,
                 "connection": key.connection,
                 "model": key.model,
                 "variant": key.variant,
                 "state": state,
+                "health": h.map(|h| h.health),
+                "warnings": h.map(|h| h.warnings.clone()).unwrap_or_default(),
+                "lag_seconds": h.and_then(|h| h.lag_seconds),
+                "last_success_at": h.and_then(|h| h.last_success_at).map(|t| t.to_string()),
+                "live_records": h.map(|h| h.status.live_records),
                 "triggers": st.triggers,
                 "triggers_coalesced": st.triggers_coalesced,
                 "polls": st.polls,
@@ -410,8 +488,15 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let w = app.receiver.stats();
+    let status = if app.scheduler.is_shutting_down() {
+        "stopping"
+    } else if degraded {
+        "degraded"
+    } else {
+        "ok"
+    };
     let body = serde_json::json!({
-        "status": if app.scheduler.is_shutting_down() { "stopping" } else { "ok" },
+        "status": status,
         "streams": streams,
         "webhooks": {
             "accepted": w.accepted,
@@ -420,7 +505,11 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
             "too_large": w.too_large,
         },
     });
-    ([(CONTENT_TYPE, "application/json")], body.to_string())
+    ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> axum::response::Response {
+    app.monitor.metrics(&app.scheduler).await
 }
 
 pub async fn run(args: ServeArgs) -> Result<ExitCode> {
@@ -435,11 +524,18 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .rate_budget(budget)
         .build()?;
     let sink = open_sink(&args.sink).await?;
+    let monitor = crate::serve_monitor::Monitor::install()?;
     let engine = Engine::with_config(
         client,
         sink,
         EngineConfig {
             page_size: plan.page_size,
+            run_history: plan.run_history,
+            count_check: CountCheckConfig {
+                mode: Reconcile::mode(plan.reconcile),
+                min_interval: plan.reconcile_every,
+                ..CountCheckConfig::default()
+            },
             ..EngineConfig::default()
         },
     );
@@ -468,9 +564,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let state = AppState {
         scheduler: scheduler.clone(),
         receiver: receiver.clone(),
+        monitor,
     };
     let app = Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .with_state(state)
         .merge(router(receiver));
 
@@ -495,7 +593,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
-            "listening on http://{addr} (webhooks: POST /webhook, health: GET /health)"
+            "listening on http://{addr} (webhooks: POST /webhook, health: GET /health, metrics: GET /metrics)"
         )?;
         out.flush()?;
     }

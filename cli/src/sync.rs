@@ -1,4 +1,4 @@
-//! `sync`, `export` and `status`: the commands that work on a store.
+//! `sync` and `export`: the commands that sync a store and read its records.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nango_sync::engine::EngineConfig;
+use nango_sync::engine::{CountCheckConfig, CountCheckMode, EngineConfig};
 use nango_sync::sink::{self, SharedSink};
 use nango_sync::{Engine, NangoClient, SecretKey, StreamKey, SyncOptions, Timestamp};
 
@@ -70,9 +70,39 @@ pub struct SyncArgs {
     /// for writes Nango commits late. The cursor never moves backwards.
     #[arg(long, value_name = "SECONDS")]
     overlap: Option<u64>,
+    /// Compare each stream's live record count with Nango's after a successful run:
+    /// `warn` keeps the result (a `count_mismatch` warning in `status`), `repair` also
+    /// runs a full re-read with sweep on a mismatch. The secret key needs the
+    /// environment:syncs:read scope.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "warn", value_name = "MODE")]
+    reconcile: Option<Reconcile>,
+    /// Runs kept per stream in the store's run history.
+    #[arg(long, default_value_t = nango_sync::sink::DEFAULT_RUN_HISTORY)]
+    run_history: usize,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// What `--reconcile` does on a count mismatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reconcile {
+    /// Keep the result: `status` warns `count_mismatch`.
+    Warn,
+    /// Also run a full re-read with sweep.
+    Repair,
+}
+
+impl Reconcile {
+    /// The engine's mode.
+    pub fn mode(reconcile: Option<Reconcile>) -> CountCheckMode {
+        match reconcile {
+            None => CountCheckMode::Off,
+            Some(Reconcile::Warn) => CountCheckMode::Warn,
+            Some(Reconcile::Repair) => CountCheckMode::Repair,
+        }
+    }
 }
 
 fn stream_keys(
@@ -114,6 +144,11 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
         EngineConfig {
             page_size: args.page_size,
             overlap: args.overlap.map(std::time::Duration::from_secs),
+            run_history: args.run_history,
+            count_check: CountCheckConfig {
+                mode: Reconcile::mode(args.reconcile),
+                ..CountCheckConfig::default()
+            },
             ..EngineConfig::default()
         },
     );
@@ -126,17 +161,42 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
         ..SyncOptions::default()
     };
     let started = Instant::now();
-    let results = engine.sync_all(&streams, &options).await;
+    // SIGINT/SIGTERM stop every run at its next page boundary: the commit in flight
+    // completes and the run is recorded as interrupted. A second signal exits at once
+    // (every commit is atomic, so the store keeps its last one).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::spawn(async move {
+        crate::dev_server::shutdown_signal().await;
+        eprintln!("interrupted: finishing the commits in flight (interrupt again to exit at once)");
+        let _ = stop_tx.send(true);
+        crate::dev_server::shutdown_signal().await;
+        eprintln!("interrupted again: exiting; the store keeps its last commit");
+        std::process::exit(130);
+    });
+    let results = futures::future::join_all(streams.iter().map(|s| {
+        let mut stop = stop_rx.clone();
+        engine.sync_until(s, &options, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+    }))
+    .await;
+    signals.abort();
     reporter.finish();
     let mut failed = 0;
+    let mut interrupted = 0;
     let mut reports = Vec::new();
     for (stream, result) in streams.iter().zip(results) {
         match result {
-            Ok(report) => reports.push(report),
+            Ok(Some(report)) => reports.push(report),
+            Ok(None) => {
+                interrupted += 1;
+                eprintln!(
+                    "{stream}: interrupted; the run is recorded as interrupted and the next sync resumes from the stored cursor"
+                );
+            }
             Err(e) => {
                 failed += 1;
                 eprintln!("error: {e}{}", repair_hint(&e, &args.sink));
-                let _ = stream;
             }
         }
     }
@@ -160,7 +220,10 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
             )?;
         }
     }
-    Ok(if failed == 0 {
+    Ok(if interrupted > 0 {
+        // The shell's convention for a command stopped by SIGINT.
+        ExitCode::from(130)
+    } else if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -255,86 +318,4 @@ fn broken_pipe_ok(e: std::io::Error) -> Result<ExitCode> {
     } else {
         Err(e).context("cannot write to stdout")
     }
-}
-
-/// Arguments of `status`.
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// The store: sqlite://PATH, sled://DIR or postgres://...
-    #[arg(long)]
-    sink: String,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
-}
-
-pub async fn status(args: StatusArgs) -> Result<ExitCode> {
-    let sink = open_sink(&args.sink).await?;
-    let streams = sink.streams().await?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&streams)?)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if streams.is_empty() {
-        writeln!(out, "no streams in {}", nango_sync::redact_url(&args.sink))?;
-    }
-    for s in &streams {
-        writeln!(out, "{}", s.stream)?;
-        writeln!(
-            out,
-            "  records:   {} live, {} deleted",
-            s.live_records, s.deleted_records
-        )?;
-        let cursor = match &s.state.cursor {
-            Some(c) if c.as_str().len() > 60 => {
-                format!("{}...", &c.as_str()[..c.as_str().floor_char_boundary(60)])
-            }
-            Some(c) => c.to_string(),
-            None => "(none: the next run is a full read)".to_string(),
-        };
-        writeln!(out, "  cursor:    {cursor}")?;
-        if let Some(g) = s.state.full_read {
-            writeln!(
-                out,
-                "  full read: generation {g} in progress (the next run resumes it)"
-            )?;
-        }
-        let t = &s.totals;
-        writeln!(
-            out,
-            "  totals:    {} added, {} updated, {} deleted, {} unchanged, {} stale",
-            t.added, t.updated, t.deleted, t.unchanged, t.stale
-        )?;
-        match &s.last_run {
-            Some(run) => {
-                let secs = (run.finished_at.as_micros() - run.started_at.as_micros()) as f64 / 1e6;
-                let what = match &run.error {
-                    Some(e) => format!("FAILED: {e}"),
-                    None => format!(
-                        "ok, {} pages, {} added, {} updated, {} deleted",
-                        run.pages, run.counts.added, run.counts.updated, run.counts.deleted
-                    ),
-                };
-                writeln!(
-                    out,
-                    "  last run:  {} ({secs:.2} s{}) {what}",
-                    run.started_at,
-                    if run.full { ", full" } else { "" }
-                )?;
-                if run.cursor_was_rejected() {
-                    writeln!(
-                        out,
-                        "  warning:   Nango rejected the stored cursor; the last run was a full re-read with sweep"
-                    )?;
-                }
-            }
-            None => writeln!(out, "  last run:  never")?,
-        }
-        if let Some(e) = &s.upstream_error {
-            writeln!(out, "  upstream error: {e}")?;
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
