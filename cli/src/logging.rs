@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use serde_json::{Map, Value};
@@ -22,8 +23,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Whether logs are JSON lines: then stderr carries nothing else (progress lines become
+/// log events), so a collector can parse every line.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Whether `init` installed JSON lines.
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
 /// Install the subscriber: `filter` in tracing's syntax, on stderr.
 pub fn init(filter: &str, format: LogFormat) {
+    JSON.store(format == LogFormat::Json, Ordering::Relaxed);
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()

@@ -24,7 +24,7 @@ struct Inner {
 impl Reporter {
     /// One bar (or one line every few seconds) per stream.
     pub fn new(streams: &[StreamKey]) -> Self {
-        let plain = !std::io::stderr().is_terminal();
+        let plain = !std::io::stderr().is_terminal() || crate::logging::json();
         let multi = MultiProgress::with_draw_target(if plain {
             ProgressDrawTarget::hidden()
         } else {
@@ -75,7 +75,11 @@ impl Reporter {
                     .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(2));
                 if due {
                     inner.last_line.insert(p.stream.clone(), now);
-                    eprintln!("{}: {msg}", p.stream);
+                    if crate::logging::json() {
+                        tracing::info!(stream = %p.stream, pages = p.pages, added = p.counts.added, updated = p.counts.updated, deleted = p.counts.deleted, full = p.full, "progress: {msg}");
+                    } else {
+                        eprintln!("{}: {msg}", p.stream);
+                    }
                 }
             } else if let Some(bar) = inner.bars.get(&p.stream) {
                 bar.set_message(msg);
