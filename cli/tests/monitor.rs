@@ -338,7 +338,24 @@ impl Serve {
         }
     }
 
-    async fn terminate(mut self) {
+    async fn post_webhook(&self, body: &str) -> u16 {
+        reqwest::Client::new()
+            .post(format!("{}/webhook", self.base))
+            .header("content-type", "application/json")
+            .header(
+                "X-Nango-Hmac-Sha256",
+                WebhookVerifier::sign(&SecretKey::new(KEY), body.as_bytes()),
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// SIGTERM, then wait for the exit (a success when `clean`).
+    async fn stop(mut self, clean: bool) {
         let pid = self.child.id().unwrap();
         assert!(
             Command::new("kill")
@@ -349,9 +366,9 @@ impl Serve {
         );
         let exit = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
             .await
-            .expect("serve did not stop within 60 s")
+            .expect("serve did not stop within 60 s of SIGTERM")
             .unwrap();
-        assert!(exit.success(), "serve exited with {exit}");
+        assert!(!clean || exit.success(), "serve exited with {exit}");
     }
 }
 
@@ -441,19 +458,7 @@ async fn metrics_move_by_the_counts_a_webhook_triggered_run_committed() {
     );
     let gone: Vec<&str> = ids[3..7].iter().map(String::as_str).collect();
     fake.delete(&s, &gone);
-    let body = sync_webhook(&s, 7);
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhook", srv.base))
-        .header("content-type", "application/json")
-        .header(
-            "X-Nango-Hmac-Sha256",
-            WebhookVerifier::sign(&SecretKey::new(KEY), body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(srv.post_webhook(&sync_webhook(&s, 7)).await, 200);
     srv.wait_runs(2).await;
     let (_, after) = srv.get("/metrics").await;
     for (change, n) in [("added", 7.0), ("updated", 3.0), ("deleted", 4.0)] {
@@ -489,7 +494,46 @@ async fn metrics_move_by_the_counts_a_webhook_triggered_run_committed() {
     assert_eq!(code, 200);
     let h: Value = serde_json::from_str(&health).unwrap();
     assert_eq!(h["streams"][0]["health"], "ok", "{h}");
-    srv.terminate().await;
+
+    // A failure webhook: the stream is degraded, with the code and what to do.
+    let failure = json!({
+        "connectionId": "acme", "error": {"description": "token expired", "type": "auth_error"},
+        "model": "Ticket", "providerConfigKey": "github", "success": false,
+        "syncName": "tickets", "type": "sync"
+    })
+    .to_string();
+    assert_eq!(srv.post_webhook(&failure).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let h = loop {
+        let (code, body) = srv.get("/health").await;
+        assert_eq!(code, 200, "{body}");
+        let h: Value = serde_json::from_str(&body).unwrap();
+        if h["status"] == "degraded" {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "never degraded: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stream = &h["streams"][0];
+    assert_eq!(stream["health"], "degraded", "{h}");
+    assert_eq!(codes(stream), ["upstream_error"], "{h}");
+    assert!(
+        stream["warnings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token expired"),
+        "{h}"
+    );
+    let (_, exposition) = srv.get("/metrics").await;
+    let mut labels = ticket.to_vec();
+    labels.push(("code", "upstream_error"));
+    assert_eq!(
+        sample(&exposition, "nango_sync_stream_warnings", &labels),
+        1.0,
+        "{exposition}"
+    );
+
+    srv.stop(true).await;
 
     // The log went to a file: plain text, no colour codes.
     let log = std::fs::read_to_string(&log).unwrap();
@@ -626,4 +670,87 @@ async fn sigint_stops_sync_after_the_commit_in_flight_and_records_the_run_interr
         .map(|r| r["outcome"].as_str().unwrap())
         .collect();
     assert_eq!(outcomes, ["ok", "interrupted"]);
+}
+
+/// `/health` answers 503 once the store cannot be read (its PostgreSQL schema dropped
+/// under the running service); `serve`'s JSON log lines are all JSON, and those of a run
+/// carry its stream and run id.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_503_when_the_store_cannot_be_read() {
+    use nango_sync_testkit::stores::{fresh_postgres_url, postgres_server_url};
+
+    let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let url = fresh_postgres_url();
+    let schema = url.rsplit_once("schema=").unwrap().1.to_string();
+    let s = StreamKey::new("github", "acme", "Ticket");
+    fake.generate(&s, 80, 40);
+    let srv = serve(
+        &fake,
+        &[
+            "--sink",
+            &url,
+            "--integration",
+            "github",
+            "--connection",
+            "acme",
+            "--model",
+            "Ticket",
+            "--poll-interval",
+            "1h",
+            "--webhook-key",
+            KEY,
+        ],
+        &log,
+        "json",
+    )
+    .await;
+    srv.wait_runs(1).await;
+    let (code, body) = srv.get("/health").await;
+    assert_eq!(code, 200, "{body}");
+
+    let pool = sqlx::PgPool::connect(&postgres_server_url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = srv.get("/health").await;
+        if code == 503 {
+            let h: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(h["status"], "unavailable", "{h}");
+            assert!(
+                h["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("the store cannot be read"),
+                "{h}"
+            );
+            break;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert!(Instant::now() < deadline, "/health never noticed: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    srv.stop(false).await;
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let in_run: Vec<&Value> = lines.iter().filter(|l| l["run_id"].is_string()).collect();
+    assert!(!in_run.is_empty(), "no line of a run: {log}");
+    assert!(
+        in_run
+            .iter()
+            .all(|l| l["stream"].as_str().unwrap().contains("Ticket")),
+        "{log}"
+    );
 }
