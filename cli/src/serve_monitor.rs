@@ -21,8 +21,11 @@ const HEALTH_TTL: Duration = Duration::from_secs(2);
 pub struct Monitor {
     handle: PrometheusHandle,
     config: HealthConfig,
-    last: Arc<tokio::sync::Mutex<Option<(Instant, Arc<Vec<StreamHealth>>)>>>,
+    last: Arc<tokio::sync::Mutex<Option<Checked>>>,
 }
+
+/// A health check and when it was made.
+type Checked = (Instant, Arc<Vec<StreamHealth>>);
 
 impl Monitor {
     /// Install the process's Prometheus recorder and describe nango-sync's metrics.

@@ -29,7 +29,7 @@ pub(super) fn read(inner: &Inner, query: &HistoryQuery) -> Vec<RunEntry> {
         .filter(|(key, _)| query.stream.as_ref().is_none_or(|s| s == *key))
         .flat_map(|(key, d)| d.runs.iter().map(move |(n, run)| (*n, key, run)))
         .collect();
-    runs.sort_by(|a, b| b.0.cmp(&a.0));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.0));
     runs.into_iter()
         .take(query.limit)
         .map(|(_, stream, run)| RunEntry {

@@ -125,7 +125,7 @@ impl Inner {
             let (sid, number) = parse_key(&k).ok_or_else(|| corrupt("run history key"))?;
             all.push((number, sid, v));
         }
-        all.sort_by(|a, b| b.0.cmp(&a.0));
+        all.sort_by_key(|r| std::cmp::Reverse(r.0));
         let mut streams: HashMap<u64, StreamKey> = HashMap::new();
         let mut out = Vec::new();
         for (_, sid, v) in all.into_iter().take(query.limit) {
