@@ -117,8 +117,9 @@ pub struct SyncStatus {
     /// The state of the latest run (`RUNNING`, `SUCCESS`, `STOPPED`, ...).
     #[serde(default)]
     pub latest_execution_status: Option<String>,
-    /// The records Nango holds, not deleted (pruned included), per model: see the
-    /// [module documentation](self) for what it means for a variant.
+    /// The records Nango holds, not deleted (pruned included), per model. For a sync
+    /// variant other than `base`, Nango reports the base variant's count (it keys the
+    /// counts by the base model name), so it cannot be compared with a variant's records.
     #[serde(default)]
     pub record_count: BTreeMap<String, u64>,
 }
