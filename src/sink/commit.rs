@@ -34,6 +34,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
+use crate::feed::ChangeKind;
 use crate::merge::{Counts, Outcome, PayloadSource, StoredVersionBuf, plan_page};
 use crate::record::{LastAction, Metadata, RawJson, Record};
 use crate::sink::{Commit, CommitOutcome, StreamState};
@@ -71,6 +72,10 @@ pub struct Write<'c, H> {
     pub kind: WriteKind<'c, H>,
     /// What the write means (for change notifications).
     pub outcome: Outcome,
+    /// The change kind the record's feed entry gets: relative to what the store held
+    /// before this commit (a record added and updated within one page is `added`), see
+    /// [`ChangeKind::of_write`]. Stored with the record, in the same transaction.
+    pub change: ChangeKind,
 }
 
 /// How a [`Write`] changes the store.
@@ -131,6 +136,9 @@ impl Sweep<'_> {
     pub fn spares(&self, id: &str) -> bool {
         self.page.contains(id)
     }
+
+    /// The change kind of a swept record: [`ChangeKind::Deleted`].
+    pub const CHANGE: ChangeKind = ChangeKind::Deleted;
 
     /// Turn a record's metadata into the tombstone the sweep leaves.
     pub fn tombstone(&self, meta: &mut Metadata) {
@@ -228,6 +236,7 @@ pub fn prepare<'c, H>(
     for w in &plan.writes {
         let record = &records[w.index];
         let stored = found[w.slot].take();
+        let change = ChangeKind::of_write(record.is_deleted(), matches!(stored, Some((false, _))));
         match &stored {
             Some((true, _)) => deleted -= 1,
             Some((false, _)) => live -= 1,
@@ -257,6 +266,7 @@ pub fn prepare<'c, H>(
             record,
             kind,
             outcome: w.outcome,
+            change,
         });
     }
     let seen = if commit.full_read.is_some() {
