@@ -209,13 +209,15 @@ impl From<u64> for FeedPosition {
 
 impl Ord for FeedPosition {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.seq.cmp(&other.seq).then_with(|| match (&self.id, &other.id) {
-            (None, None) => Ordering::Equal,
-            // The end of a commit comes after every id of it.
-            (None, Some(_)) => Ordering::Greater,
-            (Some(_), None) => Ordering::Less,
-            (Some(a), Some(b)) => a.as_bytes().cmp(b.as_bytes()),
-        })
+        self.seq
+            .cmp(&other.seq)
+            .then_with(|| match (&self.id, &other.id) {
+                (None, None) => Ordering::Equal,
+                // The end of a commit comes after every id of it.
+                (None, Some(_)) => Ordering::Greater,
+                (Some(_), None) => Ordering::Less,
+                (Some(a), Some(b)) => a.as_bytes().cmp(b.as_bytes()),
+            })
     }
 }
 

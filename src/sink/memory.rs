@@ -349,7 +349,11 @@ impl RecordSink for MemoryStore {
         let Some(data) = inner.streams.get(stream) else {
             return Ok(RecordCounts::default());
         };
-        let deleted = data.records.values().filter(|r| r.record.is_deleted()).count() as u64;
+        let deleted = data
+            .records
+            .values()
+            .filter(|r| r.record.is_deleted())
+            .count() as u64;
         Ok(RecordCounts {
             live: data.records.len() as u64 - deleted,
             deleted,

@@ -179,7 +179,10 @@ fn change_from_row(row: &PgRow) -> Result<Change> {
 }
 
 /// The last commit number, read on `conn`.
-async fn read_last_seq(conn: &mut PgConnection, sql: &SqlStr) -> std::result::Result<u64, sqlx::Error> {
+async fn read_last_seq(
+    conn: &mut PgConnection,
+    sql: &SqlStr,
+) -> std::result::Result<u64, sqlx::Error> {
     let seq: i64 = sqlx::query_scalar(sql.clone()).fetch_one(conn).await?;
     Ok(to_u64(seq))
 }
@@ -282,7 +285,11 @@ impl PostgresStore {
         let mut changes = Vec::with_capacity(rows.len());
         for row in &rows {
             last = to_u64(row.try_get(14).map_err(decode)?);
-            if row.try_get::<Option<String>, _>(0).map_err(decode)?.is_some() {
+            if row
+                .try_get::<Option<String>, _>(0)
+                .map_err(decode)?
+                .is_some()
+            {
                 changes.push(change_from_row(row)?);
             }
         }
@@ -299,11 +306,7 @@ impl PostgresStore {
     /// A receiver of the commit signal; starts the `LISTEN` task the first time.
     pub(super) fn feed_subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         let receiver = self.feed.signal.subscribe();
-        let mut listener = self
-            .feed
-            .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut listener = self.feed.listener.lock().unwrap_or_else(|p| p.into_inner());
         if listener.is_none() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
@@ -385,7 +388,12 @@ impl PostgresStore {
 /// notification (and every reconnection, after reading `commit_seq`) signals the
 /// subscribers. Retries with backoff while the server is unreachable; ends with the
 /// store (the task is aborted when its feed state is dropped).
-async fn listen(feed: Weak<FeedState>, connect: PgConnectOptions, channel: String, last_seq: SqlStr) {
+async fn listen(
+    feed: Weak<FeedState>,
+    connect: PgConnectOptions,
+    channel: String,
+    last_seq: SqlStr,
+) {
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .idle_timeout(None)

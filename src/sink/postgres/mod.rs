@@ -255,10 +255,9 @@ impl RecordSink for PostgresStore {
         let mut tx = self.begin().await?;
         let applied = match self.apply(&mut tx, &commit).await {
             // A commit that changed records is announced to listeners when it commits.
-            Ok(outcome) if outcome.counts.changed() > 0 => self
-                .notify(&mut tx, outcome.seq)
-                .await
-                .map(|()| outcome),
+            Ok(outcome) if outcome.counts.changed() > 0 => {
+                self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
+            }
             other => other,
         };
         match applied {

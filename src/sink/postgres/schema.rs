@@ -20,7 +20,11 @@ use crate::error::{Error, Result};
 /// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
-    (2, "change_feed", include_str!("migrations/0002_change_feed.sql")),
+    (
+        2,
+        "change_feed",
+        include_str!("migrations/0002_change_feed.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).

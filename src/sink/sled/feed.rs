@@ -21,10 +21,10 @@ use std::ops::Bound;
 
 use ::sled::{Batch, Tree};
 
+use super::Inner;
 use super::error::{corrupt, sled_err};
 use super::rows::{OFF_ACTION, OFF_FLAGS, OFF_SEQ, RecordView};
 use super::schema::{KEY_FORMAT, KEY_SEQ, TAG_RECORD, be_u64, record_prefix};
-use super::Inner;
 use crate::error::Result;
 use crate::feed::{
     Change, ChangeBatch, ChangeKind, ChangeQuery, Consumer, FeedPosition, RecordCounts, check_ack,
@@ -304,20 +304,18 @@ pub(super) fn feed_key_problem(tree: &Tree, key: &[u8]) -> Result<Option<String>
     let mut record_key = record_prefix(sid);
     record_key.extend_from_slice(id);
     let name = String::from_utf8_lossy(id);
-    Ok(
-        match tree.get(&record_key).map_err(sled_err("check"))? {
-            None => Some(format!(
-                "the change feed lists record {name:?} of stream {sid} at {seq}, which the store does not hold"
+    Ok(match tree.get(&record_key).map_err(sled_err("check"))? {
+        None => Some(format!(
+            "the change feed lists record {name:?} of stream {sid} at {seq}, which the store does not hold"
+        )),
+        Some(v) => match RecordView::parse(&v) {
+            Ok(view) if view.u64_at(OFF_SEQ) != seq => Some(format!(
+                "the change feed lists record {name:?} of stream {sid} at {seq}, but its last change is {}",
+                view.u64_at(OFF_SEQ)
             )),
-            Some(v) => match RecordView::parse(&v) {
-                Ok(view) if view.u64_at(OFF_SEQ) != seq => Some(format!(
-                    "the change feed lists record {name:?} of stream {sid} at {seq}, but its last change is {}",
-                    view.u64_at(OFF_SEQ)
-                )),
-                _ => None,
-            },
+            _ => None,
         },
-    )
+    })
 }
 
 /// Whether the index holds the key of a record (stream `sid`, `id`, last changed by

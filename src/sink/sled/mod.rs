@@ -91,8 +91,7 @@ use ::sled::{Batch, Tree};
 
 use crate::error::{Error, Result};
 use crate::feed::{
-    ChangeBatch, ChangeQuery, CommitSignal, Consumer, FeedPosition, RecordCounts,
-    validate_consumer,
+    ChangeBatch, ChangeQuery, CommitSignal, Consumer, FeedPosition, RecordCounts, validate_consumer,
 };
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;

@@ -167,7 +167,11 @@ fn read_consumer(conn: &Connection, name: &str) -> rusqlite::Result<Option<FeedP
 
 /// Store `position` for `consumer` unless it is behind the stored one, in one write
 /// transaction that also reads the store's last commit.
-fn write_ack(conn: &mut Connection, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+fn write_ack(
+    conn: &mut Connection,
+    consumer: &str,
+    position: &FeedPosition,
+) -> Result<FeedPosition> {
     let e = |e| sql_err("acknowledge a feed position", e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
