@@ -723,6 +723,76 @@ mod tests {
     }
 
     #[test]
+    fn change_kinds_are_relative_to_what_the_store_held() {
+        use crate::feed::ChangeKind::{Added, Deleted, Updated};
+        // (case, stored rows, page, the kind of each write)
+        let cases: Vec<(&str, &[StoredRow], Vec<Record>, Vec<(&str, ChangeKind)>)> = vec![
+            (
+                "new records, live and deleted",
+                &[],
+                vec![added("a", 1, "x"), rec("b", 2, LastAction::Deleted, "")],
+                vec![("a", Added), ("b", Deleted)],
+            ),
+            (
+                "a new id added then updated in one page is added",
+                &[],
+                vec![added("a", 1, "x"), rec("a", 2, LastAction::Updated, "y")],
+                vec![("a", Added)],
+            ),
+            (
+                "a live record updated, pruned, deleted",
+                &[("a", 10, false), ("b", 10, false), ("c", 10, false)],
+                vec![
+                    rec("a", 11, LastAction::Updated, "y"),
+                    pruned("b", 11),
+                    rec("c", 11, LastAction::Deleted, ""),
+                ],
+                vec![("a", Updated), ("b", Updated), ("c", Deleted)],
+            ),
+            (
+                "a tombstone brought back is added, deleted again is deleted",
+                &[("a", 10, true), ("b", 10, true)],
+                vec![added("a", 11, "back"), rec("b", 11, LastAction::Deleted, "")],
+                vec![("a", Added), ("b", Deleted)],
+            ),
+            (
+                "a live record deleted and added again in one page is updated",
+                &[("a", 10, false)],
+                vec![rec("a", 11, LastAction::Deleted, ""), added("a", 12, "again")],
+                vec![("a", Updated)],
+            ),
+        ];
+        for (name, stored, page, want) in cases {
+            let rows: BTreeMap<&str, (i64, bool)> =
+                stored.iter().map(|&(id, t, d)| (id, (t, d))).collect();
+            let commit = Commit::new(
+                StreamKey::new("github", "acme", "Ticket"),
+                None,
+                page.last().map(|r| r.meta.cursor.clone()),
+                page,
+            );
+            let prepared = prepare(&StreamState::default(), &commit, |id| {
+                Ok(rows.get(id).map(|&(t, deleted)| Stored {
+                    version: StoredVersionBuf {
+                        last_modified_at: ts(t),
+                        cursor: format!("c{t}"),
+                        deleted,
+                        pruned: false,
+                    },
+                    handle: (),
+                }))
+            })
+            .unwrap();
+            let got: Vec<(&str, ChangeKind)> = prepared
+                .writes()
+                .iter()
+                .map(|w| (w.record.id.as_str(), w.change))
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
     fn a_conflicting_commit_is_refused_before_any_lookup() {
         let commit = Commit::new(
             StreamKey::new("github", "acme", "Ticket"),
