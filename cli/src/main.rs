@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod changes;
 mod demo;
 mod dev_server;
 mod output;
@@ -44,6 +45,9 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Write a stream's records to stdout as JSON Lines, sorted by id.
     Export(sync::ExportArgs),
+    /// Write the store's change feed to stdout as JSON Lines, in sequence order, from a
+    /// sequence number or a named consumer's position; --follow waits for new commits.
+    Changes(changes::ChangesArgs),
     /// Show every stream of a store: cursor, counts, last run, last error.
     Status(sync::StatusArgs),
     /// Move a damaged store aside (it is kept) and rebuild it by a full re-read from
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => sync::sync(args).await,
             Command::Export(args) => sync::export(args).await,
+            Command::Changes(args) => changes::run(args).await,
             Command::Status(args) => sync::status(args).await,
             Command::Repair(args) => repair::run(args).await,
             Command::Serve(args) => serve::run(args).await,
