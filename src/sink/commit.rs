@@ -752,14 +752,29 @@ mod tests {
             (
                 "a tombstone brought back is added, deleted again is deleted",
                 &[("a", 10, true), ("b", 10, true)],
-                vec![added("a", 11, "back"), rec("b", 11, LastAction::Deleted, "")],
+                vec![
+                    added("a", 11, "back"),
+                    rec("b", 11, LastAction::Deleted, ""),
+                ],
                 vec![("a", Added), ("b", Deleted)],
             ),
             (
                 "a live record deleted and added again in one page is updated",
                 &[("a", 10, false)],
-                vec![rec("a", 11, LastAction::Deleted, ""), added("a", 12, "again")],
+                vec![
+                    rec("a", 11, LastAction::Deleted, ""),
+                    added("a", 12, "again"),
+                ],
                 vec![("a", Updated)],
+            ),
+            (
+                "stale and repeated versions write nothing (their seq and kind stay)",
+                &[("a", 10, false), ("b", 10, true)],
+                vec![
+                    rec("a", 9, LastAction::Updated, "old"),
+                    rec("b", 10, LastAction::Deleted, ""),
+                ],
+                vec![],
             ),
         ];
         for (name, stored, page, want) in cases {
