@@ -726,7 +726,13 @@ mod tests {
     fn change_kinds_are_relative_to_what_the_store_held() {
         use crate::feed::ChangeKind::{Added, Deleted, Updated};
         // (case, stored rows, page, the kind of each write)
-        let cases: Vec<(&str, &[StoredRow], Vec<Record>, Vec<(&str, ChangeKind)>)> = vec![
+        type KindCase<'a> = (
+            &'a str,
+            &'a [StoredRow],
+            Vec<Record>,
+            Vec<(&'a str, ChangeKind)>,
+        );
+        let cases: Vec<KindCase<'_>> = vec![
             (
                 "new records, live and deleted",
                 &[],

@@ -177,10 +177,10 @@ impl Inner {
         for item in self.tree.range::<Vec<u8>, _>((lower, upper)) {
             let (key, _) = item.map_err(sled_err("read the change feed"))?;
             let (seq, sid, id) = parse_feed_key(&key).ok_or_else(|| corrupt("change feed key"))?;
-            if !streams.contains_key(&sid) {
-                streams.insert(sid, self.row(sid)?.stream);
-            }
-            let stream = &streams[&sid];
+            let stream = match streams.entry(sid) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(self.row(sid)?.stream),
+            };
             if !query.filter.matches(stream) {
                 continue;
             }
