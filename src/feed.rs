@@ -61,7 +61,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::merge::Outcome;
 use crate::record::{StoredRecord, StreamKey};
-use crate::sink::RecordSink;
+use crate::sink::{BoxFuture, RecordSink};
 
 /// What the last change of a record did, relative to what the store held before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -654,6 +654,9 @@ impl Default for CommitSignal {
 ///
 /// [`next_batch`](Subscription::next_batch) is cancel-safe: dropped while it waits or
 /// reads, it leaves the subscription's position where it was.
+///
+/// Its methods return boxed `Send` futures, so a task holding a subscription over a
+/// [`SharedSink`](crate::SharedSink) can be given to `tokio::spawn`.
 #[derive(Debug)]
 pub struct Subscription<S: RecordSink> {
     sink: S,
@@ -679,13 +682,15 @@ impl<S: RecordSink> Subscription<S> {
 
     /// Read the changes after consumer `name`'s stored position (the start of the feed
     /// for a new consumer); [`ack`](Subscription::ack) stores the position reached.
-    pub async fn for_consumer(sink: S, name: impl Into<String>) -> Result<Self> {
+    pub fn for_consumer(sink: S, name: impl Into<String>) -> BoxFuture<'static, Result<Self>> {
         let name = name.into();
-        validate_consumer(&name)?;
-        let position = sink.consumer_position(&name).await?;
-        let mut subscription = Self::new(sink, position);
-        subscription.consumer = Some(name);
-        Ok(subscription)
+        Box::pin(async move {
+            validate_consumer(&name)?;
+            let position = sink.consumer_position(&name).await?;
+            let mut subscription = Self::new(sink, position);
+            subscription.consumer = Some(name);
+            Ok(subscription)
+        })
     }
 
     /// Only the changes of the streams `filter` selects.
@@ -717,7 +722,11 @@ impl<S: RecordSink> Subscription<S> {
     }
 
     /// The next changes, waiting for a commit when there are none yet. Never empty.
-    pub async fn next_batch(&mut self) -> Result<Vec<Change>> {
+    pub fn next_batch(&mut self) -> BoxFuture<'_, Result<Vec<Change>>> {
+        Box::pin(self.next_batch_inner())
+    }
+
+    async fn next_batch_inner(&mut self) -> Result<Vec<Change>> {
         loop {
             // Mark the current value seen before reading: a commit that lands after the
             // read wakes the wait below.
@@ -737,16 +746,22 @@ impl<S: RecordSink> Subscription<S> {
 
     /// The next changes if there are any now (an empty batch when the subscription has
     /// read everything), without waiting.
-    pub async fn try_next_batch(&mut self) -> Result<Vec<Change>> {
-        let batch = self.sink.changes(&self.query).await?;
-        self.query.since = batch.next;
-        Ok(batch.changes)
+    pub fn try_next_batch(&mut self) -> BoxFuture<'_, Result<Vec<Change>>> {
+        Box::pin(async move {
+            let batch = self.sink.changes(&self.query).await?;
+            self.query.since = batch.next;
+            Ok(batch.changes)
+        })
     }
 
     /// Store the position reached (after the last batch returned) as the consumer's, so
     /// the consumer resumes after it. Only for a subscription made by
     /// [`for_consumer`](Subscription::for_consumer). Positions never move back.
-    pub async fn ack(&mut self) -> Result<()> {
+    pub fn ack(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.ack_inner())
+    }
+
+    async fn ack_inner(&mut self) -> Result<()> {
         let Some(name) = &self.consumer else {
             return Err(Error::invalid(
                 "subscription",
