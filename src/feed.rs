@@ -309,7 +309,7 @@ impl StreamFilter {
     }
 }
 
-/// How to read the change feed ([`RecordSink::changes`](crate::RecordSink::changes)).
+/// How to read the change feed ([`RecordSink::changes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangeQuery {
     /// Read the changes after this position.
@@ -541,7 +541,7 @@ pub(crate) fn check_ack(consumer: &str, position: &FeedPosition, last_seq: u64) 
 }
 
 /// How to list the records of several streams at once
-/// ([`RecordSink::list_across`](crate::RecordSink::list_across)): for example every
+/// ([`RecordSink::list_across`]): for example every
 /// model of one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListAcross {
@@ -591,7 +591,7 @@ impl ListAcross {
 }
 
 /// The number of live records and tombstones of a stream
-/// ([`RecordSink::count`](crate::RecordSink::count)).
+/// ([`RecordSink::count`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordCounts {
     /// Live records.
