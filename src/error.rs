@@ -147,6 +147,21 @@ pub enum Error {
         feature: &'static str,
     },
 
+    /// A stored record's payload does not deserialize into the application's type (a
+    /// typed read such as [`RecordSink::get_as`](crate::RecordSink::get_as)).
+    #[error("record {id:?} of stream {stream} does not deserialize into {type_name}: {source}")]
+    Deserialize {
+        /// The record's stream.
+        stream: String,
+        /// The record id.
+        id: String,
+        /// The type asked for.
+        type_name: &'static str,
+        /// What did not fit.
+        #[source]
+        source: BoxError,
+    },
+
     /// A sync run failed for one stream; the cause is attached.
     #[error("stream {stream}: {source}")]
     Stream {
@@ -201,6 +216,7 @@ impl Error {
             | Error::Damaged { .. }
             | Error::CursorConflict { .. }
             | Error::Invalid { .. }
+            | Error::Deserialize { .. }
             | Error::FeatureDisabled { .. } => false,
         }
     }

@@ -15,7 +15,9 @@
 //!   with its cursor** in one transaction, so a crash never loses or duplicates data;
 //! - the storage backend is chosen with a cargo feature behind one [`RecordSink`] trait;
 //! - the application reads its data back through the same store ([`RecordSink::get`],
-//!   [`RecordSink::list`]).
+//!   [`RecordSink::list`], typed reads such as [`RecordSink::get_as`]), and reacts to
+//!   what changed through the [change feed](feed) ([`RecordSink::changes`], named
+//!   consumers, a [`Subscription`] woken after each commit).
 //!
 //! ```no_run
 //! use nango_sync::{Engine, NangoClient, SecretKey, StreamKey, SyncOptions};
@@ -52,6 +54,7 @@
 pub mod client;
 pub mod engine;
 mod error;
+pub mod feed;
 pub mod merge;
 pub mod monitor;
 pub mod page;
@@ -65,6 +68,9 @@ pub mod webhook;
 pub use client::{NangoClient, NangoClientBuilder, RecordsQuery, RetryConfig};
 pub use engine::{Engine, RunReport, SyncOptions};
 pub use error::{BoxError, Error, Result, TransportKind};
+pub use feed::{
+    Change, ChangeBatch, ChangeKind, ChangeQuery, FeedPosition, StreamFilter, Subscription,
+};
 pub use merge::{Counts, Outcome};
 pub use page::{Page, PageError, PageErrorKind};
 pub use record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};

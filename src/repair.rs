@@ -421,11 +421,7 @@ mod imp {
                 sink,
                 stream,
                 buffer: VecDeque::new(),
-                query: ListQuery {
-                    after_id: None,
-                    limit: 1000,
-                    include_deleted: true,
-                },
+                query: ListQuery::first(1000).with_deleted(),
                 done: false,
             }
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nango_sync::StoredRecord;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
+use nango_sync::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts};
 use nango_sync::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, SharedSink,
     StreamState, StreamStatus,
@@ -325,6 +326,34 @@ impl RecordSink for GatedSink {
     }
     async fn run_history(&self, query: &HistoryQuery) -> nango_sync::Result<Vec<RunEntry>> {
         self.inner.run_history(query).await
+    }
+    async fn changes(&self, query: &ChangeQuery) -> nango_sync::Result<ChangeBatch> {
+        self.inner.changes(query).await
+    }
+    async fn last_seq(&self) -> nango_sync::Result<u64> {
+        self.inner.last_seq().await
+    }
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.subscribe()
+    }
+    async fn consumer_position(&self, consumer: &str) -> nango_sync::Result<FeedPosition> {
+        self.inner.consumer_position(consumer).await
+    }
+    async fn ack(
+        &self,
+        consumer: &str,
+        position: &FeedPosition,
+    ) -> nango_sync::Result<FeedPosition> {
+        self.inner.ack(consumer, position).await
+    }
+    async fn consumers(&self) -> nango_sync::Result<Vec<Consumer>> {
+        self.inner.consumers().await
+    }
+    async fn remove_consumer(&self, consumer: &str) -> nango_sync::Result<bool> {
+        self.inner.remove_consumer(consumer).await
+    }
+    async fn count(&self, stream: &StreamKey) -> nango_sync::Result<RecordCounts> {
+        self.inner.count(stream).await
     }
 }
 

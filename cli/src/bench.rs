@@ -13,7 +13,10 @@
 //!
 //! Then every record changes upstream (a new payload revision), and 1–3 run again as
 //! the **update** pass (the store ceiling and the engine both update stores holding the
-//! first pass). Last, a **no-change** incremental run counts its HTTP requests.
+//! first pass). Then a **no-change** incremental run counts its HTTP requests.
+//! Last, the **feed read** reads the engine store's whole change feed (one change per
+//! record, in batches of 1,000) and, 20 times, the changes of its last commit only (a
+//! read of the newest changes: its cost does not grow with the store).
 //!
 //! # Fresh stores
 //!
@@ -175,6 +178,7 @@ struct Report {
     fresh: Round,
     update: Round,
     no_change: NoChange,
+    feed: FeedRead,
     peak_rss_mb: Option<f64>,
     rss_method: &'static str,
 }
@@ -185,6 +189,19 @@ struct NoChange {
     http_requests: usize,
     streams: usize,
 }
+
+/// Reads of the change feed.
+#[derive(Debug, serde::Serialize)]
+struct FeedRead {
+    /// The whole feed, in batches of [`FEED_BATCH`].
+    all: Pass,
+    /// Changes of the last commit (a read of the newest changes).
+    newest_records: usize,
+    /// Median time of that read over 20 reads.
+    newest_p50_ms: f64,
+}
+
+const FEED_BATCH: usize = 1000;
 
 const STREAM: (&str, &str, &str) = ("bench", "conn-1", "Ticket");
 
@@ -284,6 +301,14 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         "the no-change run received {} records",
         report.counts.total()
     );
+    progress("feed read");
+    let feed = feed_read(&engine_sink).await?;
+    ensure!(
+        feed.all.records == args.records as u64,
+        "the feed holds {} changes for {} records",
+        feed.all.records,
+        args.records
+    );
     let backend = engine_sink.backend();
     drop(engine);
     drop(engine_sink);
@@ -304,6 +329,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         fresh: Round::new(fetch_fresh, store_fresh, engine_fresh),
         update: Round::new(fetch_update, store_update, engine_update),
         no_change,
+        feed,
         peak_rss_mb: peak,
         rss_method: "VmHWM of /proc/self/status, reset before each engine pass via /proc/self/clear_refs",
     };
@@ -315,6 +341,41 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         print_table(&mut out, &report)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Read the whole feed, then the last commit's changes 20 times.
+async fn feed_read(sink: &SharedSink) -> Result<FeedRead> {
+    use nango_sync::feed::{ChangeQuery, FeedPosition};
+    let began = Instant::now();
+    let cpu_began = cpu::seconds();
+    let mut query = ChangeQuery::since(FeedPosition::START).with_limit(FEED_BATCH);
+    let mut records = 0u64;
+    loop {
+        let batch = sink.changes(&query).await?;
+        records += batch.changes.len() as u64;
+        let done = batch.changes.len() < FEED_BATCH;
+        query.since = batch.next;
+        if done {
+            break;
+        }
+    }
+    let mut all = Pass::new(records, began.elapsed());
+    all.cpu_seconds = cpu::since(cpu_began);
+    let last = sink.last_seq().await?;
+    let newest = ChangeQuery::since(last.saturating_sub(1)).with_limit(usize::MAX);
+    let mut times = Vec::new();
+    let mut newest_records = 0;
+    for _ in 0..20 {
+        let began = Instant::now();
+        newest_records = sink.changes(&newest).await?.changes.len();
+        times.push(began.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(FeedRead {
+        all,
+        newest_records,
+        newest_p50_ms: times[times.len() / 2],
+    })
 }
 
 /// Page through every record, parse, discard. Returns the pass and the bytes of the
@@ -598,6 +659,19 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
         out,
         "no change: {} HTTP request(s) for {} stream(s), {:.3} s",
         r.no_change.http_requests, r.no_change.streams, r.no_change.seconds
+    )?;
+    writeln!(
+        out,
+        "feed read: {:.0} rec/s ({} changes in {:.2} s, cpu {} µs/rec); the last commit's {} changes in {:.2} ms (p50 of 20)",
+        r.feed.all.records_per_second,
+        r.feed.all.records,
+        r.feed.all.seconds,
+        ms(r.feed
+            .all
+            .cpu_seconds
+            .map(|c| c * 1e6 / r.feed.all.records.max(1) as f64)),
+        r.feed.newest_records,
+        r.feed.newest_p50_ms
     )?;
     writeln!(
         out,

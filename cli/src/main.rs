@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod changes;
 mod demo;
 mod dev_server;
 mod history;
@@ -60,6 +61,9 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Write a stream's records to stdout as JSON Lines, sorted by id.
     Export(sync::ExportArgs),
+    /// Write the store's change feed to stdout as JSON Lines, in sequence order, from a
+    /// sequence number or a named consumer's position; --follow waits for new commits.
+    Changes(changes::ChangesArgs),
     /// Is my data healthy? Every stream of a store: cursor, counts, last run, last
     /// successful run, lag, Nango's last error, and warnings saying what to do.
     Status(status::StatusArgs),
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Sync(args) => sync::sync(args).await,
             Command::Export(args) => sync::export(args).await,
+            Command::Changes(args) => changes::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::History(args) => history::run(args).await,
             Command::Repair(args) => repair::run(args).await,

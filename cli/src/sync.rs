@@ -287,9 +287,8 @@ pub async fn export(args: ExportArgs) -> Result<ExitCode> {
     )
     .remove(0);
     let mut query = sink::ListQuery {
-        after_id: None,
-        limit: 2000,
         include_deleted: args.include_deleted,
+        ..sink::ListQuery::first(2000)
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());

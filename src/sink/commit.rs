@@ -34,6 +34,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
+use crate::feed::ChangeKind;
 use crate::merge::{Counts, Outcome, PayloadSource, StoredVersionBuf, plan_page};
 use crate::record::{LastAction, Metadata, RawJson, Record};
 use crate::sink::{Commit, CommitOutcome, StreamState};
@@ -71,6 +72,10 @@ pub struct Write<'c, H> {
     pub kind: WriteKind<'c, H>,
     /// What the write means (for change notifications).
     pub outcome: Outcome,
+    /// The change kind the record's feed entry gets: relative to what the store held
+    /// before this commit (a record added and updated within one page is `added`), see
+    /// [`ChangeKind::of_write`]. Stored with the record, in the same transaction.
+    pub change: ChangeKind,
 }
 
 /// How a [`Write`] changes the store.
@@ -131,6 +136,9 @@ impl Sweep<'_> {
     pub fn spares(&self, id: &str) -> bool {
         self.page.contains(id)
     }
+
+    /// The change kind of a swept record: [`ChangeKind::Deleted`].
+    pub const CHANGE: ChangeKind = ChangeKind::Deleted;
 
     /// Turn a record's metadata into the tombstone the sweep leaves.
     pub fn tombstone(&self, meta: &mut Metadata) {
@@ -228,6 +236,7 @@ pub fn prepare<'c, H>(
     for w in &plan.writes {
         let record = &records[w.index];
         let stored = found[w.slot].take();
+        let change = ChangeKind::of_write(record.is_deleted(), matches!(stored, Some((false, _))));
         match &stored {
             Some((true, _)) => deleted -= 1,
             Some((false, _)) => live -= 1,
@@ -257,6 +266,7 @@ pub fn prepare<'c, H>(
             record,
             kind,
             outcome: w.outcome,
+            change,
         });
     }
     let seen = if commit.full_read.is_some() {
@@ -709,6 +719,97 @@ mod tests {
         for case in &cases {
             let got = run(case).unwrap_or_else(|e| panic!("{}: {e}", case.name));
             assert_eq!(got, case.expect, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn change_kinds_are_relative_to_what_the_store_held() {
+        use crate::feed::ChangeKind::{Added, Deleted, Updated};
+        // (case, stored rows, page, the kind of each write)
+        type KindCase<'a> = (
+            &'a str,
+            &'a [StoredRow],
+            Vec<Record>,
+            Vec<(&'a str, ChangeKind)>,
+        );
+        let cases: Vec<KindCase<'_>> = vec![
+            (
+                "new records, live and deleted",
+                &[],
+                vec![added("a", 1, "x"), rec("b", 2, LastAction::Deleted, "")],
+                vec![("a", Added), ("b", Deleted)],
+            ),
+            (
+                "a new id added then updated in one page is added",
+                &[],
+                vec![added("a", 1, "x"), rec("a", 2, LastAction::Updated, "y")],
+                vec![("a", Added)],
+            ),
+            (
+                "a live record updated, pruned, deleted",
+                &[("a", 10, false), ("b", 10, false), ("c", 10, false)],
+                vec![
+                    rec("a", 11, LastAction::Updated, "y"),
+                    pruned("b", 11),
+                    rec("c", 11, LastAction::Deleted, ""),
+                ],
+                vec![("a", Updated), ("b", Updated), ("c", Deleted)],
+            ),
+            (
+                "a tombstone brought back is added, deleted again is deleted",
+                &[("a", 10, true), ("b", 10, true)],
+                vec![
+                    added("a", 11, "back"),
+                    rec("b", 11, LastAction::Deleted, ""),
+                ],
+                vec![("a", Added), ("b", Deleted)],
+            ),
+            (
+                "a live record deleted and added again in one page is updated",
+                &[("a", 10, false)],
+                vec![
+                    rec("a", 11, LastAction::Deleted, ""),
+                    added("a", 12, "again"),
+                ],
+                vec![("a", Updated)],
+            ),
+            (
+                "stale and repeated versions write nothing (their seq and kind stay)",
+                &[("a", 10, false), ("b", 10, true)],
+                vec![
+                    rec("a", 9, LastAction::Updated, "old"),
+                    rec("b", 10, LastAction::Deleted, ""),
+                ],
+                vec![],
+            ),
+        ];
+        for (name, stored, page, want) in cases {
+            let rows: BTreeMap<&str, (i64, bool)> =
+                stored.iter().map(|&(id, t, d)| (id, (t, d))).collect();
+            let commit = Commit::new(
+                StreamKey::new("github", "acme", "Ticket"),
+                None,
+                page.last().map(|r| r.meta.cursor.clone()),
+                page,
+            );
+            let prepared = prepare(&StreamState::default(), &commit, |id| {
+                Ok(rows.get(id).map(|&(t, deleted)| Stored {
+                    version: StoredVersionBuf {
+                        last_modified_at: ts(t),
+                        cursor: format!("c{t}"),
+                        deleted,
+                        pruned: false,
+                    },
+                    handle: (),
+                }))
+            })
+            .unwrap();
+            let got: Vec<(&str, ChangeKind)> = prepared
+                .writes()
+                .iter()
+                .map(|w| (w.record.id.as_str(), w.change))
+                .collect();
+            assert_eq!(got, want, "{name}");
         }
     }
 

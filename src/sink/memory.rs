@@ -3,7 +3,8 @@
 //! Everything lives in one `BTreeMap` behind a mutex. A commit is prepared by
 //! [`commit::prepare`](super::commit::prepare) and applied under the lock; the store has
 //! no transaction to roll back, so it checks both fault points before it changes
-//! anything, and a failed commit changes nothing. The conformance suite compares every
+//! anything, and a failed commit changes nothing. The change feed is a `(seq, id)`
+//! index kept beside the records under the same lock. The conformance suite compares every
 //! other store with this one. Useful for tests and for applications that only need a
 //! cache.
 
@@ -12,9 +13,13 @@ use std::ops::Bound;
 use std::sync::Mutex;
 
 use crate::error::Result;
+use crate::feed::{
+    Change, ChangeBatch, ChangeKind, ChangeQuery, CommitSignal, Consumer, FeedPosition,
+    RecordCounts, check_ack, validate_consumer,
+};
 use crate::merge::{Counts, StoredVersionBuf, payload_text_is_bare};
 use crate::record::{StoredRecord, StreamKey};
-use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
@@ -45,6 +50,7 @@ impl MemoryOptions {
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     faults: Faults,
+    signal: CommitSignal,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +59,11 @@ struct Inner {
     streams: BTreeMap<StreamKey, StreamData>,
     /// The number of the last run recorded (the store-wide order of the history).
     run_seq: u64,
+    /// The change feed's index: `(seq, id)` of every record, with its stream (each
+    /// commit writes one stream).
+    feed: BTreeMap<(u64, String), StreamKey>,
+    /// Named consumers' positions.
+    consumers: BTreeMap<String, FeedPosition>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -71,6 +82,8 @@ struct StreamData {
 struct Row {
     record: StoredRecord,
     seen_gen: u64,
+    /// The kind of the record's last change.
+    change: ChangeKind,
 }
 
 impl MemoryStore {
@@ -84,6 +97,7 @@ impl MemoryStore {
         MemoryStore {
             inner: Mutex::default(),
             faults: options.faults,
+            signal: CommitSignal::default(),
         }
     }
 
@@ -130,7 +144,8 @@ impl RecordSink for MemoryStore {
         self.faults.before_commit(BACKEND)?;
 
         let generation = prepared.generation();
-        let data = inner.streams.entry(commit.stream.clone()).or_default();
+        let Inner { streams, feed, .. } = &mut *inner;
+        let data = streams.entry(commit.stream.clone()).or_default();
         for w in prepared.writes() {
             let r = w.record;
             let payload = match &w.kind {
@@ -146,8 +161,10 @@ impl RecordSink for MemoryStore {
                         row.record.payload = payload.clone();
                     }
                     row.record.meta = r.meta.clone();
+                    feed.remove(&(row.record.seq, r.id.clone()));
                     row.record.seq = seq;
                     row.seen_gen = generation;
+                    row.change = w.change;
                 }
                 None => {
                     let record = StoredRecord {
@@ -159,10 +176,12 @@ impl RecordSink for MemoryStore {
                     let row = Row {
                         record,
                         seen_gen: generation,
+                        change: w.change,
                     };
                     data.records.insert(r.id.clone(), row);
                 }
             }
+            feed.insert((seq, r.id.clone()), commit.stream.clone());
         }
         for s in prepared.seen() {
             if let Some(row) = data.records.get_mut(s.id) {
@@ -174,7 +193,10 @@ impl RecordSink for MemoryStore {
             for row in data.records.values_mut() {
                 if sweep.sweeps(row.seen_gen, row.record.is_deleted()) {
                     sweep.tombstone(&mut row.record.meta);
+                    feed.remove(&(row.record.seq, row.record.id.clone()));
                     row.record.seq = seq;
+                    row.change = Sweep::CHANGE;
+                    feed.insert((seq, row.record.id.clone()), commit.stream.clone());
                     swept += 1;
                 }
             }
@@ -183,6 +205,10 @@ impl RecordSink for MemoryStore {
         data.state = done.state;
         data.totals.add(&done.outcome.counts);
         inner.seq = seq;
+        drop(inner);
+        if done.outcome.counts.changed() > 0 {
+            self.signal.committed(seq);
+        }
         Ok(done.outcome)
     }
 
@@ -207,10 +233,9 @@ impl RecordSink for MemoryStore {
         Ok(data
             .records
             .range((lower, Bound::Unbounded))
-            .map(|(_, row)| &row.record)
-            .filter(|r| query.include_deleted || !r.is_deleted())
+            .filter(|(_, row)| query.selects(row.record.is_deleted(), row.change))
+            .map(|(_, row)| row.record.clone())
             .take(query.limit)
-            .cloned()
             .collect())
     }
 
@@ -249,6 +274,97 @@ impl RecordSink for MemoryStore {
 
     async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
         Ok(self.lock().streams.get(stream).map(|d| d.status(stream)))
+    }
+
+    // The application's side: the feed is read from the `(seq, id)` index; counts are
+    // counted (this is the reference the other stores' counters are compared with).
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        let inner = self.lock();
+        let lower = match &query.since.id {
+            Some(id) => Bound::Excluded((query.since.seq, id.clone())),
+            None => match query.since.seq.checked_add(1) {
+                Some(next) => Bound::Included((next, String::new())),
+                None => return Ok(ChangeBatch::assemble(query, Vec::new(), inner.seq)),
+            },
+        };
+        let mut changes = Vec::new();
+        for ((_, id), stream) in inner.feed.range((lower, Bound::Unbounded)) {
+            if changes.len() >= query.limit {
+                break;
+            }
+            if !query.filter.matches(stream) {
+                continue;
+            }
+            let row = &inner.streams[stream].records[id];
+            changes.push(Change {
+                stream: stream.clone(),
+                kind: row.change,
+                record: row.record.clone(),
+            });
+        }
+        Ok(ChangeBatch::assemble(query, changes, inner.seq))
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        Ok(self.lock().seq)
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.signal.subscribe()
+    }
+
+    async fn consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        validate_consumer(consumer)?;
+        Ok(self
+            .lock()
+            .consumers
+            .get(consumer)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn ack(&self, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+        let mut inner = self.lock();
+        check_ack(consumer, position, inner.seq)?;
+        let stored = inner.consumers.entry(consumer.to_owned()).or_default();
+        if *position > *stored {
+            *stored = position.clone();
+        }
+        Ok(stored.clone())
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>> {
+        Ok(self
+            .lock()
+            .consumers
+            .iter()
+            .map(|(name, position)| Consumer {
+                name: name.clone(),
+                position: position.clone(),
+            })
+            .collect())
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<bool> {
+        validate_consumer(consumer)?;
+        Ok(self.lock().consumers.remove(consumer).is_some())
+    }
+
+    async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        let inner = self.lock();
+        let Some(data) = inner.streams.get(stream) else {
+            return Ok(RecordCounts::default());
+        };
+        let deleted = data
+            .records
+            .values()
+            .filter(|r| r.record.is_deleted())
+            .count() as u64;
+        Ok(RecordCounts {
+            live: data.records.len() as u64 - deleted,
+            deleted,
+        })
     }
 }
 

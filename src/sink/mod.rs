@@ -25,9 +25,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
+use crate::feed::{
+    ChangeBatch, ChangeKind, ChangeQuery, Consumer, FeedPosition, ListAcross, RecordCounts,
+};
 use crate::merge::Counts;
 use crate::record::{Cursor, Record, StoredRecord, StreamKey};
 use crate::time::Timestamp;
@@ -140,6 +145,10 @@ pub struct ListQuery {
     pub limit: usize,
     /// Include tombstones (deleted records).
     pub include_deleted: bool,
+    /// Only records whose last change is of this kind ([`ChangeKind::Deleted`] lists
+    /// tombstones, whatever `include_deleted` says; `Added` and `Updated` only live
+    /// records).
+    pub change: Option<ChangeKind>,
 }
 
 impl Default for ListQuery {
@@ -148,6 +157,7 @@ impl Default for ListQuery {
             after_id: None,
             limit: 1000,
             include_deleted: false,
+            change: None,
         }
     }
 }
@@ -171,6 +181,21 @@ impl ListQuery {
     pub fn after(mut self, id: impl Into<String>) -> Self {
         self.after_id = Some(id.into());
         self
+    }
+
+    /// Only records whose last change is `kind`.
+    pub fn only(mut self, kind: ChangeKind) -> Self {
+        self.change = Some(kind);
+        self
+    }
+
+    /// Whether a record whose tombstone flag is `deleted` and whose last change is
+    /// `kind` is listed.
+    pub fn selects(&self, deleted: bool, kind: ChangeKind) -> bool {
+        match self.change {
+            Some(want) => want == kind,
+            None => self.include_deleted || !deleted,
+        }
     }
 }
 
@@ -398,6 +423,146 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
                 .find(|s| &s.stream == stream))
         }
     }
+
+    // The application's side: the change feed, named consumers, subscriptions and the
+    // reads of an application beyond `get` and `list` (see `crate::feed`).
+
+    /// The changes after `query.since`, in feed order (sequence number, then id), at
+    /// most `query.limit`, of the streams `query.filter` selects, with the position the
+    /// next read starts from ([`ChangeBatch::next`]). One consistent read: the changes
+    /// of a commit are all there or none is.
+    fn changes(&self, query: &ChangeQuery) -> impl Future<Output = Result<ChangeBatch>> + Send;
+
+    /// The sequence number of the store's last commit (0 for an empty store).
+    fn last_seq(&self) -> impl Future<Output = Result<u64>> + Send;
+
+    /// A receiver of the sequence number of the last commit that changed records, which
+    /// changes after each such commit ([`crate::feed::Subscription`] waits on it). A
+    /// PostgreSQL store also hears the commits of other processes (`LISTEN`), and a
+    /// SQLite store checks its file for them while a receiver exists; sled and memory
+    /// stores have no other process. Call it from within a tokio runtime.
+    fn subscribe(&self) -> watch::Receiver<u64>;
+
+    /// The stored position of consumer `consumer` (the start of the feed for a consumer
+    /// never acknowledged).
+    fn consumer_position(
+        &self,
+        consumer: &str,
+    ) -> impl Future<Output = Result<FeedPosition>> + Send;
+
+    /// Store `position` as consumer `consumer`'s, unless its stored position is already
+    /// later (positions never move back); returns the position stored. A position past
+    /// the store's last commit is refused ([`Error::Invalid`]).
+    fn ack(
+        &self,
+        consumer: &str,
+        position: &FeedPosition,
+    ) -> impl Future<Output = Result<FeedPosition>> + Send;
+
+    /// Every consumer with its position, by name.
+    fn consumers(&self) -> impl Future<Output = Result<Vec<Consumer>>> + Send;
+
+    /// Forget consumer `consumer`; whether it existed.
+    fn remove_consumer(&self, consumer: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// The live and deleted records of `stream`, from the stream's counters (no scan).
+    fn count(&self, stream: &StreamKey) -> impl Future<Output = Result<RecordCounts>> + Send;
+
+    /// One record by id, unless it is a tombstone.
+    fn get_live(
+        &self,
+        stream: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send {
+        async move { Ok(self.get(stream, id).await?.and_then(StoredRecord::live)) }
+    }
+
+    /// One live record by id, deserialized into the application's type; `None` for a
+    /// record the store does not hold or holds as a tombstone (a tombstone is never
+    /// deserialized). A payload that does not fit is [`Error::Deserialize`].
+    fn get_as<T: DeserializeOwned + Send>(
+        &self,
+        stream: &StreamKey,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<T>>> + Send {
+        async move {
+            match self.get_live(stream, id).await? {
+                Some(record) => crate::feed::typed(stream, &record).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+
+    /// A page of a stream's live records in id order, deserialized into the
+    /// application's type, each with its id (for paging with `after_id`). Only live
+    /// records: a query for tombstones (`include_deleted`, or the kind `deleted`) is
+    /// refused with [`Error::Invalid`].
+    fn list_as<T: DeserializeOwned + Send>(
+        &self,
+        stream: &StreamKey,
+        query: &ListQuery,
+    ) -> impl Future<Output = Result<Vec<(String, T)>>> + Send {
+        async move {
+            if query.include_deleted || query.change == Some(ChangeKind::Deleted) {
+                return Err(Error::invalid(
+                    "typed list",
+                    "a typed list reads live records only; list tombstones with `list`",
+                ));
+            }
+            let mut out = Vec::new();
+            for record in self.list(stream, query).await? {
+                let value = crate::feed::typed(stream, &record)?;
+                out.push((record.id, value));
+            }
+            Ok(out)
+        }
+    }
+
+    /// The records of every stream `query.filter` selects (for example every model of
+    /// a connection), ordered by stream key then id, a page at a time.
+    fn list_across(
+        &self,
+        query: &ListAcross,
+    ) -> impl Future<Output = Result<Vec<(StreamKey, StoredRecord)>>> + Send {
+        async move {
+            let mut streams: Vec<StreamKey> = self
+                .streams()
+                .await?
+                .into_iter()
+                .map(|s| s.stream)
+                .filter(|s| query.filter.matches(s))
+                .collect();
+            streams.sort();
+            let mut out = Vec::new();
+            for stream in streams {
+                let after_id = match &query.after {
+                    Some((after, _)) if stream < *after => continue,
+                    Some((after, id)) if stream == *after => Some(id.clone()),
+                    _ => None,
+                };
+                let mut list = ListQuery {
+                    after_id,
+                    limit: query.limit - out.len(),
+                    include_deleted: query.include_deleted,
+                    change: query.change,
+                };
+                while list.limit > 0 {
+                    let batch = self.list(&stream, &list).await?;
+                    let done = batch.len() < list.limit;
+                    list.limit -= batch.len();
+                    list.after_id = batch.last().map(|r| r.id.clone());
+                    out.extend(batch.into_iter().map(|r| (stream.clone(), r)));
+                    if done {
+                        break;
+                    }
+                }
+                if out.len() >= query.limit {
+                    break;
+                }
+            }
+            Ok(out)
+        }
+    }
 }
 
 /// A boxed future, for [`DynRecordSink`].
@@ -439,6 +604,28 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
         &'a self,
         stream: &'a StreamKey,
     ) -> BoxFuture<'a, Result<Option<StreamStatus>>>;
+    // The application's side.
+    fn changes<'a>(&'a self, query: &'a ChangeQuery) -> BoxFuture<'a, Result<ChangeBatch>>;
+    fn last_seq(&self) -> BoxFuture<'_, Result<u64>>;
+    fn subscribe(&self) -> watch::Receiver<u64>;
+    fn consumer_position<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<FeedPosition>>;
+    fn ack<'a>(
+        &'a self,
+        consumer: &'a str,
+        position: &'a FeedPosition,
+    ) -> BoxFuture<'a, Result<FeedPosition>>;
+    fn consumers(&self) -> BoxFuture<'_, Result<Vec<Consumer>>>;
+    fn remove_consumer<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<bool>>;
+    fn count<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<RecordCounts>>;
+    fn get_live<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>>>;
+    fn list_across<'a>(
+        &'a self,
+        query: &'a ListAcross,
+    ) -> BoxFuture<'a, Result<Vec<(StreamKey, StoredRecord)>>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -496,6 +683,47 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<Option<StreamStatus>>> {
         Box::pin(RecordSink::stream_status(self, stream))
     }
+    fn changes<'a>(&'a self, query: &'a ChangeQuery) -> BoxFuture<'a, Result<ChangeBatch>> {
+        Box::pin(RecordSink::changes(self, query))
+    }
+    fn last_seq(&self) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(RecordSink::last_seq(self))
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        RecordSink::subscribe(self)
+    }
+    fn consumer_position<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<FeedPosition>> {
+        Box::pin(RecordSink::consumer_position(self, consumer))
+    }
+    fn ack<'a>(
+        &'a self,
+        consumer: &'a str,
+        position: &'a FeedPosition,
+    ) -> BoxFuture<'a, Result<FeedPosition>> {
+        Box::pin(RecordSink::ack(self, consumer, position))
+    }
+    fn consumers(&self) -> BoxFuture<'_, Result<Vec<Consumer>>> {
+        Box::pin(RecordSink::consumers(self))
+    }
+    fn remove_consumer<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(RecordSink::remove_consumer(self, consumer))
+    }
+    fn count<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<RecordCounts>> {
+        Box::pin(RecordSink::count(self, stream))
+    }
+    fn get_live<'a>(
+        &'a self,
+        stream: &'a StreamKey,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<StoredRecord>>> {
+        Box::pin(RecordSink::get_live(self, stream, id))
+    }
+    fn list_across<'a>(
+        &'a self,
+        query: &'a ListAcross,
+    ) -> BoxFuture<'a, Result<Vec<(StreamKey, StoredRecord)>>> {
+        Box::pin(RecordSink::list_across(self, query))
+    }
 }
 
 /// A store chosen at run time.
@@ -538,6 +766,36 @@ impl RecordSink for SharedSink {
     async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
         DynRecordSink::stream_status(&**self, stream).await
     }
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        DynRecordSink::changes(&**self, query).await
+    }
+    async fn last_seq(&self) -> Result<u64> {
+        DynRecordSink::last_seq(&**self).await
+    }
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        DynRecordSink::subscribe(&**self)
+    }
+    async fn consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        DynRecordSink::consumer_position(&**self, consumer).await
+    }
+    async fn ack(&self, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+        DynRecordSink::ack(&**self, consumer, position).await
+    }
+    async fn consumers(&self) -> Result<Vec<Consumer>> {
+        DynRecordSink::consumers(&**self).await
+    }
+    async fn remove_consumer(&self, consumer: &str) -> Result<bool> {
+        DynRecordSink::remove_consumer(&**self, consumer).await
+    }
+    async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        DynRecordSink::count(&**self, stream).await
+    }
+    async fn get_live(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
+        DynRecordSink::get_live(&**self, stream, id).await
+    }
+    async fn list_across(&self, query: &ListAcross) -> Result<Vec<(StreamKey, StoredRecord)>> {
+        DynRecordSink::list_across(&**self, query).await
+    }
 }
 
 /// Every record of a stream, in id order, read page by page.
@@ -551,6 +809,7 @@ pub async fn read_all(
         after_id: None,
         limit: 5000,
         include_deleted,
+        change: None,
     };
     loop {
         let batch = sink.list(stream, &query).await?;

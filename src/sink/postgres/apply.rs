@@ -14,7 +14,7 @@ use super::{BACKEND, PostgresStore};
 use crate::error::{Error, Result};
 use crate::merge::StoredVersionBuf;
 use crate::record::{Metadata, StreamKey};
-use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::{Commit, CommitOutcome, StreamState};
 use crate::time::Timestamp;
 
@@ -75,9 +75,11 @@ impl PostgresStore {
         let mut keeps = Vec::new();
         for w in prepared.writes() {
             match &w.kind {
-                WriteKind::Insert { payload } => inserts.push((w.record, *payload)),
-                WriteKind::Replace { payload, .. } => overwrites.push((w.record, *payload)),
-                WriteKind::KeepPayload { .. } => keeps.push(w.record),
+                WriteKind::Insert { payload } => inserts.push((w.record, *payload, w.change)),
+                WriteKind::Replace { payload, .. } => {
+                    overwrites.push((w.record, *payload, w.change))
+                }
+                WriteKind::KeepPayload { .. } => keeps.push((w.record, w.change)),
             }
         }
         for (sql, rows) in [
@@ -87,9 +89,10 @@ impl PostgresStore {
             if !rows.is_empty() {
                 let q = sqlx::query(sql.clone())
                     .bind(stream_id)
-                    .bind(rows.iter().map(|(r, _)| r.id.as_str()).bind_iter())
-                    .bind(rows.iter().map(|(_, p)| p.as_str()).bind_iter());
-                bind_metadata(q, || rows.iter().map(|(r, _)| &r.meta), stamp)
+                    .bind(rows.iter().map(|(r, _, _)| r.id.as_str()).bind_iter())
+                    .bind(rows.iter().map(|(_, p, _)| p.as_str()).bind_iter());
+                bind_metadata(q, || rows.iter().map(|(r, _, _)| &r.meta), stamp)
+                    .bind(rows.iter().map(|(_, _, c)| i16::from(c.code())).bind_iter())
                     .execute(&mut **tx)
                     .await
                     .map_err(|e| classify("write records", e))?;
@@ -98,8 +101,9 @@ impl PostgresStore {
         if !keeps.is_empty() {
             let q = sqlx::query(self.sql.update_metadata.clone())
                 .bind(stream_id)
-                .bind(keeps.iter().map(|r| r.id.as_str()).bind_iter());
-            let updated = bind_metadata(q, || keeps.iter().map(|r| &r.meta), stamp)
+                .bind(keeps.iter().map(|(r, _)| r.id.as_str()).bind_iter());
+            let updated = bind_metadata(q, || keeps.iter().map(|(r, _)| &r.meta), stamp)
+                .bind(keeps.iter().map(|(_, c)| i16::from(c.code())).bind_iter())
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| classify("write records", e))?
@@ -133,6 +137,7 @@ impl PostgresStore {
                 .bind(to_i64(sweep.generation))
                 .bind(sweep.deleted_at.as_micros())
                 .bind(seq)
+                .bind(i16::from(Sweep::CHANGE.code()))
                 .execute(&mut **tx)
                 .await
                 .map_err(|e| classify("sweep", e))?

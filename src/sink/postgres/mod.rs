@@ -19,7 +19,12 @@
 //!   timestamps as microseconds since the epoch (`bigint`), cursor, tombstone flag, the
 //!   sequence number of the commit that last changed it, and the last full re-read
 //!   generation that saw it;
-//! - `commit_seq`: the store's commit counter.
+//! - `commit_seq`: the store's commit counter;
+//! - `consumers`: the change feed's named consumers and their positions.
+//!
+//! Each record also keeps the kind of its last change (`change_kind`), and an index on
+//! `records (seq, id)` serves the change feed (see `feed.rs` for why a reader of the
+//! feed never misses a change, and how commits are announced with `NOTIFY`).
 //!
 //! Record ids and stream fields are `text COLLATE "C"`, so `list` returns ids in
 //! code-point order like every other store. The payload is `jsonb`, which normalizes
@@ -78,7 +83,7 @@
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`PostgresOptions`], `schema.rs` and `migrations/` the schema and the statements over
 //! it, `apply.rs` a commit applied, `rows.rs` rows and their values, `error.rs` the
-//! error mapping.
+//! error mapping, `feed.rs` the change feed, consumers and notifications.
 
 use std::fmt;
 use std::str::FromStr;
@@ -87,6 +92,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, SqlStr, Transaction};
 
 use crate::error::{Error, Result};
+use crate::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts};
 use crate::record::{StoredRecord, StreamKey};
 use crate::secret::redact_url;
 use crate::sink::fault::Faults;
@@ -97,6 +103,7 @@ use crate::sink::{
 
 mod apply;
 mod error;
+mod feed;
 mod history;
 mod options;
 mod rows;
@@ -120,6 +127,12 @@ pub struct PostgresStore {
     schema: String,
     pool_size: u32,
     faults: Faults,
+    /// The change feed's statements, commit signal and `LISTEN` task (`feed.rs`).
+    feed_sql: feed::FeedStatements,
+    feed: std::sync::Arc<feed::FeedState>,
+    channel: String,
+    /// How to connect (for the `LISTEN` connection); holds the password, never shown.
+    connect: PgConnectOptions,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -155,7 +168,7 @@ impl PostgresStore {
             .after_connect(move |conn, _| Box::pin(session_setup(conn, read_only)))
             .max_connections(options.pool_size)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(|e| classify(format!("connect to {shown}"), e))?;
         let quoted = format!("\"{}\"", options.schema);
@@ -165,15 +178,21 @@ impl PostgresStore {
             schema::migrate(&pool, &options.schema, &quoted).await?;
         }
         schema::check_tables(&pool, &options.schema, &quoted).await?;
-        Ok(PostgresStore {
+        let mut store = PostgresStore {
             sql: Statements::new(&quoted),
             history: history::Statements::new(&quoted),
+            feed_sql: feed::FeedStatements::new(&quoted),
+            feed: Default::default(),
+            channel: feed::channel(&options.schema),
+            connect,
             pool,
             url: shown,
             schema: options.schema,
             pool_size: options.pool_size,
             faults: options.faults,
-        })
+        };
+        store.feed = std::sync::Arc::new(feed::FeedState::new(store.feed_last_seq().await?));
+        Ok(store)
     }
 
     /// The schema holding the store's tables.
@@ -238,9 +257,19 @@ impl RecordSink for PostgresStore {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let mut tx = self.begin().await?;
-        match self.apply(&mut tx, &commit).await {
+        let applied = match self.apply(&mut tx, &commit).await {
+            // A commit that changed records is announced to listeners when it commits.
+            Ok(outcome) if outcome.counts.changed() > 0 => {
+                self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
+            }
+            other => other,
+        };
+        match applied {
             Ok(outcome) => {
                 tx.commit().await.map_err(|e| classify("commit", e))?;
+                if outcome.counts.changed() > 0 {
+                    self.feed.signal.committed(outcome.seq);
+                }
                 Ok(outcome)
             }
             Err(e) => {
@@ -267,16 +296,19 @@ impl RecordSink for PostgresStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let kind = query.change.map(|k| i16::from(k.code()));
         let q = match &query.after_id {
             Some(after) => sqlx::query(self.sql.list_after.clone())
                 .bind(stream_hash(stream))
                 .bind(query.include_deleted)
                 .bind(limit)
-                .bind(after.as_str()),
+                .bind(after.as_str())
+                .bind(kind),
             None => sqlx::query(self.sql.list_first.clone())
                 .bind(stream_hash(stream))
                 .bind(query.include_deleted)
-                .bind(limit),
+                .bind(limit)
+                .bind(kind),
         };
         let rows = q
             .fetch_all(&self.pool)
@@ -319,6 +351,40 @@ impl RecordSink for PostgresStore {
 
     async fn stream_status(&self, stream: &StreamKey) -> Result<Option<StreamStatus>> {
         self.history_stream_status(stream).await
+    }
+
+    // The application's side: see `feed.rs`.
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        self.feed_changes(query).await
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        self.feed_last_seq().await
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_subscribe()
+    }
+
+    async fn consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        self.feed_consumer_position(consumer).await
+    }
+
+    async fn ack(&self, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+        self.feed_ack(consumer, position).await
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>> {
+        self.feed_consumers().await
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<bool> {
+        self.feed_remove_consumer(consumer).await
+    }
+
+    async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        self.feed_count(stream).await
     }
 }
 

@@ -21,6 +21,11 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (
+        2,
+        "change_feed",
+        include_str!("migrations/0002_change_feed.sql"),
+    ),
+    (
         3,
         "run_history",
         include_str!("migrations/0003_run_history.sql"),
@@ -167,8 +172,9 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
         ),
         format!(
             "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
-               pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
+               pruned_at, cursor, deleted, seq, seen_generation, change_kind FROM {quoted}.records LIMIT 0"
         ),
+        format!("SELECT name, seq, id, updated_at FROM {quoted}.consumers LIMIT 0"),
     ];
     for sql in probes {
         sqlx::query(AssertSqlSafe(sql))
@@ -263,14 +269,16 @@ pub(super) struct Statements {
 }
 
 /// The columns a page write sets, and the rows it writes: `$2..$10` one array per
-/// column, `$11` the commit's sequence number, `$12` its generation stamp.
+/// column, `$11` the commit's sequence number, `$12` its generation stamp, `$13` the
+/// array of change kinds.
 const WRITE_COLUMNS: &str = "stream_id, id, payload, first_seen_at, last_modified_at, last_action, \
-     deleted_at, pruned_at, cursor, deleted, seq, seen_generation";
+     deleted_at, pruned_at, cursor, deleted, seq, seen_generation, change_kind";
 const WRITE_VALUES: &str = "SELECT $1, u.id, u.payload::jsonb, u.first_seen_at, u.last_modified_at, u.last_action, \
-       u.deleted_at, u.pruned_at, u.cursor, u.deleted, $11, $12 \
+       u.deleted_at, u.pruned_at, u.cursor, u.deleted, $11, $12, u.change_kind \
      FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
-                 $9::text[], $10::bool[]) \
-       AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted)";
+                 $9::text[], $10::bool[], $13::int2[]) \
+       AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted, \
+            change_kind)";
 
 /// The columns of a stream's status, in the order `rows::status_from_row` reads them.
 pub(super) const STATUS_COLUMNS: &str = "integration, connection, model, variant, cursor, generation, full_read, \
@@ -292,12 +300,16 @@ impl Statements {
                  ON CONFLICT (key_hash) DO UPDATE SET {column} = EXCLUDED.{column}",
             ))
         };
-        let list = |after: &str| {
+        // `$kind`: the change kind to list (NULL: every kind, tombstones when `$2`).
+        let list = |after: &str, kind: &str| {
             s(format!(
                 "SELECT {RECORD_COLUMNS} FROM {{s}}.records r \
                  JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
-                 WHERE t.key_hash = $1 AND ($2 OR NOT r.deleted) {after} \
-                 ORDER BY r.id LIMIT $3"
+                 WHERE t.key_hash = $1 \
+                   AND CASE WHEN {kind}::int2 IS NULL THEN $2 OR NOT r.deleted \
+                            ELSE {KIND} = {kind}::int2 END {after} \
+                 ORDER BY r.id LIMIT $3",
+                KIND = super::feed::KIND,
             ))
         };
         Statements {
@@ -322,7 +334,8 @@ impl Statements {
                    payload = EXCLUDED.payload, first_seen_at = EXCLUDED.first_seen_at, \
                    last_modified_at = EXCLUDED.last_modified_at, last_action = EXCLUDED.last_action, \
                    deleted_at = EXCLUDED.deleted_at, pruned_at = EXCLUDED.pruned_at, cursor = EXCLUDED.cursor, \
-                   deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, seen_generation = EXCLUDED.seen_generation"
+                   deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, seen_generation = EXCLUDED.seen_generation, \
+                   change_kind = EXCLUDED.change_kind"
             )),
             insert_records: s(format!(
                 "INSERT INTO {{s}}.records ({WRITE_COLUMNS}) {WRITE_VALUES}"
@@ -331,10 +344,11 @@ impl Statements {
                 "UPDATE {s}.records AS r SET first_seen_at = u.first_seen_at, \
                    last_modified_at = u.last_modified_at, last_action = u.last_action, \
                    deleted_at = u.deleted_at, pruned_at = u.pruned_at, cursor = u.cursor, \
-                   deleted = u.deleted, seq = $10, seen_generation = $11 \
+                   deleted = u.deleted, seq = $10, seen_generation = $11, change_kind = u.change_kind \
                  FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::int2[], $6::int8[], $7::int8[], \
-                             $8::text[], $9::bool[]) \
-                   AS u(id, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted) \
+                             $8::text[], $9::bool[], $12::int2[]) \
+                   AS u(id, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted, \
+                        change_kind) \
                  WHERE r.stream_id = $1 AND r.id = u.id"
                     .into(),
             ),
@@ -342,7 +356,8 @@ impl Statements {
                  FROM UNNEST($3::text[]) AS u(id) \
                  WHERE r.stream_id = $1 AND r.id = u.id AND r.seen_generation <> $2"
                 .into()),
-            sweep: s("UPDATE {s}.records SET last_action = 3, deleted_at = $3, deleted = true, seq = $4 \
+            sweep: s("UPDATE {s}.records SET last_action = 3, deleted_at = $3, deleted = true, seq = $4, \
+                   change_kind = $5 \
                  WHERE stream_id = $1 AND seen_generation < $2 AND NOT deleted"
                 .into()),
             update_stream: s("UPDATE {s}.streams SET cursor = $2, generation = $3, full_read = $4, \
@@ -357,8 +372,8 @@ impl Statements {
                 "SELECT {RECORD_COLUMNS} FROM {{s}}.records r JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
                  WHERE t.key_hash = $1 AND r.id = $2"
             )),
-            list_first: list(""),
-            list_after: list("AND r.id > $4"),
+            list_first: list("", "$4"),
+            list_after: list("AND r.id > $4", "$5"),
             streams: s(format!(
                 "SELECT {STATUS_COLUMNS} FROM {{s}}.streams ORDER BY integration, connection, model, variant"
             )),

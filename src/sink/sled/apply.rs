@@ -1,16 +1,17 @@
 //! A commit, applied: under the writer lock, read the stored versions, let
 //! [`commit::prepare`] decide, and write what it prepared in one [`Batch`] with the
-//! stream's row (with the record its cursor belongs to, for the check) and the sequence
-//! counter.
+//! stream's row (with the record its cursor belongs to, for the check), the change
+//! feed's index keys of the records it changed, and the sequence counter.
 
 use ::sled::Batch;
 
 use super::error::sled_err;
+use super::feed::{reindex, set_change};
 use super::rows::{RecordView, encode_record, seen_by, tombstone};
 use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
 use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
-use crate::sink::commit::{self, CursorRecord, Stored, WriteKind};
+use crate::sink::commit::{self, CursorRecord, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{Commit, CommitOutcome};
 
@@ -40,18 +41,21 @@ impl Inner {
 
         let generation = prepared.generation();
         for w in prepared.writes() {
-            let payload = match &w.kind {
-                WriteKind::Insert { payload } | WriteKind::Replace { payload, .. } => {
-                    payload.as_str().as_bytes()
+            let (payload, old) = match &w.kind {
+                WriteKind::Insert { payload } => (payload.as_str().as_bytes(), None),
+                WriteKind::Replace { payload, stored } => {
+                    (payload.as_str().as_bytes(), Some(&stored[..]))
                 }
-                WriteKind::KeepPayload { stored } => RecordView::new(stored)?.payload_bytes(),
+                WriteKind::KeepPayload { stored } => {
+                    (RecordView::new(stored)?.payload_bytes(), Some(&stored[..]))
+                }
             };
             key.truncate(prefix_len);
             key.extend_from_slice(w.record.id.as_bytes());
-            batch.insert(
-                key.as_slice(),
-                encode_record(seq, generation, &w.record.meta, payload),
-            );
+            let mut value = encode_record(seq, generation, &w.record.meta, payload);
+            set_change(&mut value, w.change);
+            batch.insert(key.as_slice(), value);
+            reindex(&mut batch, sid, w.record.id.as_bytes(), old, seq)?;
         }
         for s in prepared.seen() {
             key.truncate(prefix_len);
@@ -69,7 +73,10 @@ impl Inner {
                 }
                 let view = RecordView::new(&v)?;
                 if sweep.sweeps(view.seen_gen(), view.deleted()) {
-                    batch.insert(k, tombstone(&v, sweep.deleted_at, seq));
+                    let mut value = tombstone(&v, sweep.deleted_at, seq);
+                    set_change(&mut value, Sweep::CHANGE);
+                    reindex(&mut batch, sid, &k[prefix_len..], Some(&v), seq)?;
+                    batch.insert(k, value);
                     swept += 1;
                 }
             }

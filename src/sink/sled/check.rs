@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use super::Inner;
 use super::error::sled_err;
+use super::feed::{TAG_CONSUMER, TAG_FEED, decode_position, feed_key_problem, is_indexed};
 use super::rows::{OFF_ACTION, OFF_SEQ, RecordView, StreamRow};
 use super::schema::{
     KEY_FORMAT, KEY_SEQ, KEY_SID, TAG_INDEX, TAG_META, TAG_RECORD, TAG_STREAM, be_u64, index_key,
@@ -126,12 +127,30 @@ impl Inner {
                             if record_seq > max_record_seq.0 {
                                 max_record_seq = (record_seq, key.to_vec());
                             }
+                            if !is_indexed(&self.tree, record_seq, sid, &key[9..])? {
+                                problems.add(format!(
+                                    "record {id:?} of stream {sid} is missing from the change feed's index"
+                                ));
+                            }
                         }
                     }
                 }
                 Some(super::schema::TAG_HISTORY) => {
                     if let Some(problem) = history.entry(&key, &value) {
                         problems.add(problem);
+                    }
+                }
+                Some(TAG_FEED) => {
+                    if let Some(problem) = feed_key_problem(&self.tree, &key)? {
+                        problems.add(problem);
+                    }
+                }
+                Some(TAG_CONSUMER) => {
+                    if let Err(problem) = decode_position(&value) {
+                        problems.add(format!(
+                            "consumer {:?}: {problem}",
+                            String::from_utf8_lossy(&key[1..])
+                        ));
                     }
                 }
                 _ => problems.add(format!("unknown key {}", hex::encode(&key))),

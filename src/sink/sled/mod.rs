@@ -21,7 +21,9 @@
 //! | `0x00 "sid"` | the last stream number handed out |
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
 //! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
-//! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags), the cursor, then the payload JSON verbatim |
+//! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags with the kind of the last change), the cursor, then the payload JSON verbatim |
+//! | `'c'` + seq + sid + record id | the change feed's index: one key per record, at its last change |
+//! | `'k'` + consumer name | a named consumer's feed position |
 //! | `0x00 "runs"`, `'h'` + sid + run number | the run history (see `history.rs`) |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
@@ -76,7 +78,8 @@
 //! [`SledOptions`], `schema.rs` the keys, the format version and the marker file,
 //! `apply.rs` a commit applied, `rows.rs` stream rows and record values, `error.rs` the
 //! error mapping, `recovery.rs` the removal of interrupted snapshots, `check.rs`
-//! [`SledStore::check`].
+//! [`SledStore::check`], `feed.rs` the change feed's index and reads, consumers, and the
+//! migration of format-1 stores.
 
 use std::fmt;
 use std::ops::Bound;
@@ -88,6 +91,9 @@ use std::time::Duration;
 use ::sled::{Batch, Tree};
 
 use crate::error::{Error, Result};
+use crate::feed::{
+    ChangeBatch, ChangeQuery, CommitSignal, Consumer, FeedPosition, RecordCounts, validate_consumer,
+};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
 use crate::sink::{
@@ -98,6 +104,7 @@ use crate::sink::{
 mod apply;
 mod check;
 mod error;
+mod feed;
 mod history;
 mod options;
 mod recovery;
@@ -135,6 +142,8 @@ struct Shared {
     writes: AtomicU64,
     /// What the first open recovered from.
     recovery: Option<Recovery>,
+    /// Wakes subscribers after each commit that changed records.
+    signal: CommitSignal,
 }
 
 struct Inner {
@@ -168,11 +177,13 @@ impl SledStore {
         let path = path.as_ref().to_path_buf();
         let faults = options.faults.clone();
         let (p, o) = (path.clone(), options.clone());
-        let (inner, recovery) = tokio::task::spawn_blocking(move || Inner::open(&p, &o))
-            .await
-            .map_err(|e| {
-                Error::store(BACKEND, "open", false, format!("open task failed: {e}"))
-            })??;
+        let (inner, recovery, last_seq) = tokio::task::spawn_blocking(move || {
+            let (inner, recovery) = Inner::open(&p, &o)?;
+            let last_seq = inner.last_seq()?;
+            Ok::<_, Error>((inner, recovery, last_seq))
+        })
+        .await
+        .map_err(|e| Error::store(BACKEND, "open", false, format!("open task failed: {e}")))??;
         Ok(SledStore {
             shared: Arc::new(Shared {
                 path,
@@ -180,6 +191,7 @@ impl SledStore {
                 slot: RwLock::new(Ok(inner)),
                 writes: AtomicU64::new(0),
                 recovery,
+                signal: CommitSignal::new(last_seq),
             }),
             faults,
         })
@@ -198,9 +210,10 @@ impl SledStore {
 
     /// Check the whole store: every key known and decodable, every stream's index entry
     /// and row matching, each stream's live and deleted record counts equal to the
-    /// records it holds, every record's sequence number at most the store's, and the
-    /// record whose cursor is a stream's cursor present. Reads every record (writes wait
-    /// until it is done). Run by `open` after a recovery.
+    /// records it holds, every record's sequence number at most the store's, the
+    /// record whose cursor is a stream's cursor present, and every record in the change
+    /// feed's index once, at its sequence number. Reads every record (writes wait until
+    /// it is done). Run by `open` after a recovery.
     pub async fn check(&self) -> Result<StoreCheck> {
         self.blocking("check", |inner, _| inner.check()).await
     }
@@ -328,7 +341,10 @@ impl Inner {
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
                 let format = be_u64(&v).ok_or_else(|| corrupt("format key"))?;
-                if format != FORMAT {
+                if format == 1 {
+                    feed::migrate_from_format_1(&tree, FORMAT)?;
+                    mark()?;
+                } else if format != FORMAT {
                     return Err(Error::store(
                         BACKEND,
                         operation(),
@@ -511,7 +527,7 @@ impl Inner {
         for item in self.tree.range::<Vec<u8>, _>((lower, upper)) {
             let (k, v) = item.map_err(sled_err("list"))?;
             let view = RecordView::new(&v)?;
-            if view.deleted() && !query.include_deleted {
+            if !query.selects(view.deleted(), feed::change_of(&view, &v)) {
                 continue;
             }
             let id = std::str::from_utf8(&k[prefix_len..])
@@ -553,6 +569,9 @@ impl RecordSink for SledStore {
         let outcome = self
             .blocking("commit", move |inner, faults| inner.commit(faults, commit))
             .await?;
+        if outcome.counts.changed() > 0 {
+            self.shared.signal.committed(outcome.seq);
+        }
         self.wrote().await;
         Ok(outcome)
     }
@@ -615,5 +634,62 @@ impl RecordSink for SledStore {
             inner.stream_status(&stream)
         })
         .await
+    }
+    // The application's side: see `feed.rs`.
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        let query = query.clone();
+        self.blocking("changes", move |inner, _| inner.changes(&query))
+            .await
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        self.blocking("last_seq", |inner, _| inner.last_seq()).await
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_subscribe()
+    }
+
+    async fn consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        validate_consumer(consumer)?;
+        let name = consumer.to_owned();
+        self.blocking("consumer_position", move |inner, _| {
+            inner.consumer_position(&name)
+        })
+        .await
+    }
+
+    async fn ack(&self, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+        validate_consumer(consumer)?;
+        let (name, position) = (consumer.to_owned(), position.clone());
+        let stored = self
+            .blocking("ack", move |inner, _| inner.ack(&name, &position))
+            .await?;
+        self.wrote().await;
+        Ok(stored)
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>> {
+        self.blocking("consumers", |inner, _| inner.consumers())
+            .await
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<bool> {
+        validate_consumer(consumer)?;
+        let name = consumer.to_owned();
+        let removed = self
+            .blocking("remove_consumer", move |inner, _| {
+                inner.remove_consumer(&name)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(removed)
+    }
+
+    async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        let stream = stream.clone();
+        self.blocking("count", move |inner, _| inner.count(&stream))
+            .await
     }
 }

@@ -8,13 +8,14 @@ use crate::record::StreamKey;
 
 /// The one tree every key lives in (a sled batch is atomic within one tree only).
 pub(super) const TREE: &str = "nango_sync";
-/// The on-disk format this build reads and writes.
-pub(super) const FORMAT: u64 = 1;
+/// The on-disk format this build reads and writes: 2, the change feed's index
+/// (format-1 stores are migrated when opened, see `feed::migrate_from_format_1`).
+pub(super) const FORMAT: u64 = 2;
 
 /// A file written next to sled's own once the store is created (sled ignores it): an
 /// empty database beside it is a damaged store, not a new one.
 pub(super) const MARKER: &str = "nango-sync-store";
-pub(super) const MARKER_TEXT: &str = "a nango-sync store: sled database, format 1\n";
+pub(super) const MARKER_TEXT: &str = "a nango-sync store: sled database\n";
 
 pub(super) const KEY_FORMAT: &[u8] = b"\x00format";
 pub(super) const KEY_SEQ: &[u8] = b"\x00seq";

@@ -9,7 +9,7 @@ use super::rows::{ensure_stream, micros};
 use crate::error::Result;
 use crate::merge::{StoredVersionBuf, payload_text_is_bare};
 use crate::record::Cursor;
-use crate::sink::commit::{self, Stored, WriteKind};
+use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{Commit, CommitOutcome};
 use crate::time::Timestamp;
@@ -74,21 +74,22 @@ pub(super) fn commit(
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO nango_records (stream_id, id, payload, first_seen_at, last_modified_at, last_action,
-                     deleted_at, pruned_at, cursor, seen_gen, seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                     deleted_at, pruned_at, cursor, seen_gen, seq, change_kind)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(e)?;
         let mut update = tx
             .prepare_cached(
                 "UPDATE nango_records SET payload = ?2, first_seen_at = ?3, last_modified_at = ?4,
-                     last_action = ?5, deleted_at = ?6, pruned_at = ?7, cursor = ?8, seen_gen = ?9, seq = ?10
+                     last_action = ?5, deleted_at = ?6, pruned_at = ?7, cursor = ?8, seen_gen = ?9, seq = ?10,
+                     change_kind = ?11
                  WHERE record_id = ?1",
             )
             .map_err(e)?;
         let mut keep_payload = tx
             .prepare_cached(
                 "UPDATE nango_records SET first_seen_at = ?2, last_modified_at = ?3, last_action = ?4,
-                     deleted_at = ?5, pruned_at = ?6, cursor = ?7, seen_gen = ?8, seq = ?9
+                     deleted_at = ?5, pruned_at = ?6, cursor = ?7, seen_gen = ?8, seq = ?9, change_kind = ?10
                  WHERE record_id = ?1",
             )
             .map_err(e)?;
@@ -101,6 +102,7 @@ pub(super) fn commit(
             );
             let (deleted, pruned, cursor) =
                 (micros(m.deleted_at), micros(m.pruned_at), m.cursor.as_str());
+            let change = w.change.code();
             match &w.kind {
                 WriteKind::Insert { payload } => insert.execute(params![
                     stream_id,
@@ -114,6 +116,7 @@ pub(super) fn commit(
                     cursor,
                     generation,
                     seq,
+                    change,
                 ]),
                 WriteKind::Replace { stored, payload } => update.execute(params![
                     stored,
@@ -126,9 +129,10 @@ pub(super) fn commit(
                     cursor,
                     generation,
                     seq,
+                    change,
                 ]),
                 WriteKind::KeepPayload { stored } => keep_payload.execute(params![
-                    stored, first, last, action, deleted, pruned, cursor, generation, seq,
+                    stored, first, last, action, deleted, pruned, cursor, generation, seq, change,
                 ]),
             }
             .map_err(e)?;
@@ -145,7 +149,7 @@ pub(super) fn commit(
     let swept = match prepared.sweep() {
         Some(sweep) => tx
             .prepare_cached(
-                "UPDATE nango_records SET last_action = 3, deleted_at = ?3, seq = ?4
+                "UPDATE nango_records SET last_action = 3, deleted_at = ?3, seq = ?4, change_kind = ?5
                  WHERE stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3",
             )
             .map_err(e)?
@@ -153,20 +157,21 @@ pub(super) fn commit(
                 stream_id,
                 sweep.generation as i64,
                 sweep.deleted_at.as_micros(),
-                seq
+                seq,
+                Sweep::CHANGE.code(),
             ])
             .map_err(e)? as u64,
         None => 0,
     };
     faults.after_records(BACKEND)?;
 
-    // Live and tombstone counts are counted when read (`streams`), not kept.
     let done = prepared.finish(seq as u64, swept);
     let (next, counts) = (&done.state, &done.outcome.counts);
     tx.prepare_cached(
         "UPDATE nango_streams SET cursor = ?2, generation = ?3, full_read = ?4,
              added = added + ?5, updated = updated + ?6, deleted = deleted + ?7,
-             unchanged = unchanged + ?8, stale = stale + ?9
+             unchanged = unchanged + ?8, stale = stale + ?9,
+             live_records = live_records + ?10, deleted_records = deleted_records + ?11
          WHERE stream_id = ?1",
     )
     .map_err(e)?
@@ -180,6 +185,8 @@ pub(super) fn commit(
         counts.deleted as i64,
         counts.unchanged as i64,
         counts.stale as i64,
+        done.live_delta,
+        done.deleted_delta,
     ])
     .map_err(e)?;
     tx.prepare_cached("UPDATE nango_meta SET value = ?1 WHERE key = 'last_seq'")

@@ -4,9 +4,10 @@
 //!
 //! | table | what |
 //! |---|---|
-//! | `nango_streams` | one row per stream: key, cursor, full re-read generations, counters, last run |
-//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, and `seq`, the commit that last changed it; a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` |
+//! | `nango_streams` | one row per stream: key, cursor, full re-read generations, counters, live and deleted record counts, last run |
+//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, `seq` (the commit that last changed it) and `change_kind` (what that change did); a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` and the change feed's index on `(seq, id)` |
 //! | `nango_meta` | schema version and the store's last commit sequence number |
+//! | `nango_consumers` | the change feed's named consumers and their positions |
 //! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
 //!
 //! The schema is created and upgraded by versioned migrations
@@ -32,7 +33,8 @@
 //!
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`SqliteOptions`], `schema.rs` and `migrations/` the schema, `apply.rs` a commit
-//! applied, `rows.rs` rows and their values, `error.rs` the error mapping.
+//! applied, `rows.rs` rows and their values, `error.rs` the error mapping, `feed.rs`
+//! the change feed, consumers and the commit watcher.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -41,6 +43,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
+use crate::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
 use crate::sink::{
@@ -50,6 +53,7 @@ use crate::sink::{
 
 mod apply;
 mod error;
+mod feed;
 mod history;
 mod options;
 mod rows;
@@ -67,6 +71,7 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     options: SqliteOptions,
+    feed: Arc<feed::FeedState>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -94,14 +99,19 @@ impl SqliteStore {
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let (p, o) = (path.clone(), options.clone());
-        let writer = tokio::task::spawn_blocking(move || open_writer(&p, &o))
-            .await
-            .map_err(|e| task_err("open", e))??;
+        let (writer, last_seq) = tokio::task::spawn_blocking(move || {
+            let writer = open_writer(&p, &o)?;
+            let last_seq = feed::last_seq(&writer).map_err(|e| sql_err("open", e))?;
+            Ok::<_, Error>((writer, last_seq))
+        })
+        .await
+        .map_err(|e| task_err("open", e))??;
         Ok(SqliteStore {
             path,
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::default(),
             options,
+            feed: Arc::new(feed::FeedState::new(last_seq)),
         })
     }
 
@@ -249,8 +259,13 @@ impl RecordSink for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        self.write("commit", move |c, faults| apply::commit(c, faults, commit))
-            .await
+        let outcome = self
+            .write("commit", move |c, faults| apply::commit(c, faults, commit))
+            .await?;
+        if outcome.counts.changed() > 0 {
+            self.feed.signal.committed(outcome.seq);
+        }
+        Ok(outcome)
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -276,11 +291,10 @@ impl RecordSink for SqliteStore {
         let query = query.clone();
         self.read("list records", move |c| {
             let e = |e| sql_err("list records", e);
-            let deleted_filter =
-                if query.include_deleted { "" } else { "AND deleted_at IS NULL AND last_action != 3" };
+            let deleted_filter = feed::kind_condition(&query);
             let after = if query.after_id.is_some() { "AND id > ?5" } else { "AND ?5 IS NULL" };
             let sql = format!(
-                "SELECT {RECORD_COLUMNS} FROM nango_records WHERE stream_id =
+                "SELECT {RECORD_COLUMNS} FROM nango_records r WHERE stream_id =
                  (SELECT stream_id FROM nango_streams WHERE integration = ?1 AND connection = ?2 AND model = ?3 AND variant = ?4)
                  {after} {deleted_filter} ORDER BY id LIMIT ?6"
             );
@@ -341,6 +355,40 @@ impl RecordSink for SqliteStore {
             history::stream_status(c, &key)
         })
         .await
+    }
+
+    // The application's side: see `feed.rs`.
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        self.feed_changes(query).await
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        self.feed_last_seq().await
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_subscribe()
+    }
+
+    async fn consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        self.feed_consumer_position(consumer).await
+    }
+
+    async fn ack(&self, consumer: &str, position: &FeedPosition) -> Result<FeedPosition> {
+        self.feed_ack(consumer, position).await
+    }
+
+    async fn consumers(&self) -> Result<Vec<Consumer>> {
+        self.feed_consumers().await
+    }
+
+    async fn remove_consumer(&self, consumer: &str) -> Result<bool> {
+        self.feed_remove_consumer(consumer).await
+    }
+
+    async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        self.feed_count(stream).await
     }
 }
 

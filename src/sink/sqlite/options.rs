@@ -14,6 +14,7 @@ pub struct SqliteOptions {
     pub(super) wal_autocheckpoint: u32,
     pub(super) max_page_count: Option<u64>,
     pub(super) faults: Faults,
+    pub(super) commit_poll_interval: Duration,
 }
 
 impl Default for SqliteOptions {
@@ -25,6 +26,7 @@ impl Default for SqliteOptions {
             wal_autocheckpoint: 4096,
             max_page_count: None,
             faults: Faults::default(),
+            commit_poll_interval: Duration::from_millis(250),
         }
     }
 }
@@ -69,6 +71,15 @@ impl SqliteOptions {
     /// (`SQLITE_FULL`) and the store keeps its last committed state.
     pub fn with_max_page_count(mut self, pages: u64) -> Self {
         self.max_page_count = Some(pages);
+        self
+    }
+
+    /// How often, while someone is subscribed to the store's commits
+    /// ([`RecordSink::subscribe`](crate::RecordSink::subscribe)), the store checks the
+    /// file for commits of other processes (default 250 ms; this process's own commits
+    /// wake subscribers at once).
+    pub fn with_commit_poll_interval(mut self, every: Duration) -> Self {
+        self.commit_poll_interval = every.max(Duration::from_millis(1));
         self
     }
 

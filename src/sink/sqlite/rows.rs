@@ -10,35 +10,44 @@ use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamK
 use crate::sink::{StreamState, StreamStatus};
 use crate::time::Timestamp;
 
-/// `last_action` of a tombstone.
-pub(super) const DELETED: i64 = 3;
-
 /// The columns [`record_from_row`] reads, in order.
 pub(super) const RECORD_COLUMNS: &str =
     "id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, seq";
 
 /// A record from a row of [`RECORD_COLUMNS`].
 pub(super) fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredRecord> {
-    let code: u8 = r.get(4)?;
+    record_from_row_at(r, 0)
+}
+
+/// A record from a row whose [`RECORD_COLUMNS`] start at column `first`.
+pub(super) fn record_from_row_at(
+    r: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<StoredRecord> {
+    let code: u8 = r.get(first + 4)?;
     let last_action = LastAction::from_code(code).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
-            4,
+            first + 4,
             rusqlite::types::Type::Integer,
             format!("bad last_action code {code}").into(),
         )
     })?;
     Ok(StoredRecord {
-        id: r.get(0)?,
-        payload: RawJson::from_trusted(r.get::<_, String>(1)?),
+        id: r.get(first)?,
+        payload: RawJson::from_trusted(r.get::<_, String>(first + 1)?),
         meta: Metadata {
-            first_seen_at: Timestamp::from_micros(r.get(2)?),
-            last_modified_at: Timestamp::from_micros(r.get(3)?),
+            first_seen_at: Timestamp::from_micros(r.get(first + 2)?),
+            last_modified_at: Timestamp::from_micros(r.get(first + 3)?),
             last_action,
-            deleted_at: r.get::<_, Option<i64>>(5)?.map(Timestamp::from_micros),
-            pruned_at: r.get::<_, Option<i64>>(6)?.map(Timestamp::from_micros),
-            cursor: Cursor(r.get(7)?),
+            deleted_at: r
+                .get::<_, Option<i64>>(first + 5)?
+                .map(Timestamp::from_micros),
+            pruned_at: r
+                .get::<_, Option<i64>>(first + 6)?
+                .map(Timestamp::from_micros),
+            cursor: Cursor(r.get(first + 7)?),
         },
-        seq: r.get::<_, i64>(8)? as u64,
+        seq: r.get::<_, i64>(first + 8)? as u64,
     })
 }
 
@@ -85,7 +94,7 @@ pub(super) fn ensure_stream(
     Ok((conn.last_insert_rowid(), StreamState::default()))
 }
 
-/// The statuses query: every stream with its record counts.
+/// The statuses query: every stream with its record counts (kept by every commit).
 pub(super) fn statuses_sql() -> String {
     status_sql("")
 }
@@ -101,10 +110,7 @@ pub(super) fn status_sql(filter: &str) -> String {
     format!(
         "SELECT s.integration, s.connection, s.model, s.variant, s.cursor, s.generation, s.full_read,
                 s.added, s.updated, s.deleted, s.unchanged, s.stale, s.last_run, s.upstream_error,
-                (SELECT count(*) FROM nango_records r WHERE r.stream_id = s.stream_id),
-                (SELECT count(*) FROM nango_records r WHERE r.stream_id = s.stream_id
-                     AND (r.deleted_at IS NOT NULL OR r.last_action = {DELETED})),
-                s.last_success
+                s.live_records, s.deleted_records, s.last_success
          FROM nango_streams s {filter}
          ORDER BY s.integration, s.connection, s.model, s.variant"
     )
@@ -112,7 +118,7 @@ pub(super) fn status_sql(filter: &str) -> String {
 
 /// A status from a row of [`statuses_sql`].
 pub(super) fn status_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StreamStatus> {
-    let total: i64 = r.get(14)?;
+    let live: i64 = r.get(14)?;
     let deleted: i64 = r.get(15)?;
     let last_run: Option<String> = r.get(12)?;
     Ok(StreamStatus {
@@ -134,7 +140,7 @@ pub(super) fn status_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StreamS
             unchanged: r.get::<_, i64>(10)? as u64,
             stale: r.get::<_, i64>(11)? as u64,
         },
-        live_records: (total - deleted) as u64,
+        live_records: live as u64,
         deleted_records: deleted as u64,
         last_run: last_run.and_then(|s| serde_json::from_str(&s).ok()),
         upstream_error: r.get(13)?,

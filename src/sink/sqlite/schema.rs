@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_records_rowid.sql")),
+    (3, include_str!("migrations/0003_change_feed.sql")),
     (4, include_str!("migrations/0004_run_history.sql")),
 ];
 

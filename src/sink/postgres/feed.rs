@@ -1,0 +1,458 @@
+//! The PostgreSQL store's side of the change feed: reads of the feed through the index on
+//! `records (seq, id)`, named consumers (`consumers`), the counts of a stream, and the
+//! commit signal, fed by this process's commits and by `LISTEN` for other processes'.
+//!
+//! # Why a reader misses nothing
+//!
+//! Every commit updates the one row of `commit_seq` inside its transaction to take its
+//! sequence number, and that row lock is held until the transaction ends. So a commit
+//! takes number `n + 1` only after the commit numbered `n` has committed (PostgreSQL makes
+//! a transaction visible before it releases its locks), and commits become visible in
+//! the order of their numbers. A feed read is one statement, so at `READ COMMITTED` it
+//! reads one snapshot: if it sees commit `n + 1`, it sees every commit before it. A
+//! reader that stores the position of the last change it handled and resumes from it
+//! can therefore never skip a change, whatever crashed, and however many processes
+//! commit at once (the cost: commits of all streams are serialized on that row, from
+//! taking their number to their end).
+//!
+//! # Notifications
+//!
+//! A commit that changed records sends `NOTIFY` on the store's channel
+//! ([`PostgresStore::notify_channel`]) with its sequence number, in its transaction, so
+//! the notification is delivered only if it commits. The first
+//! [`subscribe`](crate::RecordSink::subscribe) starts a task that `LISTEN`s on a
+//! connection of its own and wakes the subscribers; after the connection is lost and
+//! made again it reads `commit_seq`, so a commit made meanwhile still wakes them.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, PgConnection, Row, SqlStr};
+
+use super::error::{classify, decode};
+use super::rows::{record_from_row, stream_hash, to_i64, to_u64};
+use super::schema::RECORD_COLUMNS;
+use super::{BACKEND, PostgresStore};
+use crate::error::{Error, Result};
+use crate::feed::{
+    Change, ChangeBatch, ChangeKind, ChangeQuery, CommitSignal, Consumer, FeedPosition,
+    RecordCounts, check_ack, validate_consumer,
+};
+use crate::record::StreamKey;
+
+/// The change kind of a row of `records r`: the stored one, or for a record written
+/// before migration 2, the kind derived from its metadata
+/// ([`ChangeKind::of_legacy`]).
+pub(super) const KIND: &str = "COALESCE(r.change_kind, CASE WHEN r.deleted THEN 3::int2 WHEN r.last_action = 1 THEN 1::int2 ELSE 2::int2 END)";
+
+/// The feed's statements, with the schema filled in once.
+#[derive(Debug)]
+pub(super) struct FeedStatements {
+    after_commit: SqlStr,
+    in_commit: SqlStr,
+    last_seq: SqlStr,
+    notify: SqlStr,
+    consumer: SqlStr,
+    ack: SqlStr,
+    consumers: SqlStr,
+    remove_consumer: SqlStr,
+    count: SqlStr,
+}
+
+impl FeedStatements {
+    pub(super) fn new(schema: &str) -> Self {
+        // `schema` is validated and quoted; every other value is a bind parameter.
+        let s = |sql: String| -> SqlStr {
+            sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.replace("{s}", schema)))
+        };
+        // One statement, one snapshot: the changes and the last commit number agree.
+        // `$1`/`$2` the position, `$3..$6` the stream filter, `$7` the limit.
+        let read = |from: &str| {
+            s(format!(
+                "WITH last AS (SELECT seq FROM {{s}}.commit_seq) \
+                 SELECT f.*, last.seq AS last_seq FROM last LEFT JOIN LATERAL ( \
+                   SELECT {RECORD_COLUMNS}, t.integration, t.connection, t.model, t.variant, \
+                          {KIND} AS kind \
+                   FROM {{s}}.records r JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
+                   WHERE {from} \
+                     AND ($3::text IS NULL OR t.integration = $3) \
+                     AND ($4::text IS NULL OR t.connection = $4) \
+                     AND ($5::text IS NULL OR t.model = $5) \
+                     AND ($6::text IS NULL OR t.variant = $6) \
+                   ORDER BY r.seq, r.id LIMIT $7) f ON true"
+            ))
+        };
+        FeedStatements {
+            after_commit: read("r.seq > $1 AND ($2::text IS NULL OR true)"),
+            in_commit: read("(r.seq, r.id) > ($1, $2::text)"),
+            last_seq: s("SELECT seq FROM {s}.commit_seq".into()),
+            notify: s("SELECT pg_notify($1, $2)".into()),
+            consumer: s("SELECT seq, id FROM {s}.consumers WHERE name = $1".into()),
+            // Stored only when later than the stored position (the end of a commit,
+            // a NULL id, comes after each of its ids).
+            ack: s("INSERT INTO {s}.consumers AS c (name, seq, id) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET seq = EXCLUDED.seq, id = EXCLUDED.id, updated_at = now() \
+                 WHERE EXCLUDED.seq > c.seq \
+                    OR (EXCLUDED.seq = c.seq AND c.id IS NOT NULL AND (EXCLUDED.id IS NULL OR EXCLUDED.id > c.id)) \
+                 RETURNING seq, id"
+                .into()),
+            consumers: s("SELECT name, seq, id FROM {s}.consumers ORDER BY name".into()),
+            remove_consumer: s("DELETE FROM {s}.consumers WHERE name = $1".into()),
+            count: s(
+                "SELECT live_records, deleted_records FROM {s}.streams WHERE key_hash = $1".into(),
+            ),
+        }
+    }
+}
+
+/// The store's feed state: the commit signal and the task that listens for other
+/// processes' commits (stopped when the store is dropped).
+#[derive(Debug, Default)]
+pub(super) struct FeedState {
+    pub(super) signal: CommitSignal,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl FeedState {
+    pub(super) fn new(last_seq: u64) -> Self {
+        FeedState {
+            signal: CommitSignal::new(last_seq),
+            listener: Mutex::new(None),
+        }
+    }
+}
+
+impl Drop for FeedState {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .listener
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// The channel of a schema's commits: `nango_sync_` and 16 hex digits of the schema's
+/// SHA-256 (a channel name is an identifier of at most 63 bytes).
+pub(super) fn channel(schema: &str) -> String {
+    let digest = Sha256::digest(schema.as_bytes());
+    format!("nango_sync_{}", hex::encode(&digest[..8]))
+}
+
+fn position_of(seq: i64, id: Option<String>) -> FeedPosition {
+    FeedPosition {
+        seq: to_u64(seq),
+        id,
+    }
+}
+
+fn change_from_row(row: &PgRow) -> Result<Change> {
+    let record = record_from_row(row)?;
+    let stream = StreamKey {
+        integration: row.try_get(9).map_err(decode)?,
+        connection: row.try_get(10).map_err(decode)?,
+        model: row.try_get(11).map_err(decode)?,
+        variant: row.try_get(12).map_err(decode)?,
+    };
+    let code: i16 = row.try_get(13).map_err(decode)?;
+    let kind = u8::try_from(code)
+        .ok()
+        .and_then(ChangeKind::from_code)
+        .ok_or_else(|| {
+            Error::store(
+                BACKEND,
+                "read the change feed",
+                false,
+                format!("unknown change kind {code}"),
+            )
+        })?;
+    Ok(Change {
+        stream,
+        kind,
+        record,
+    })
+}
+
+/// The last commit number, read on `conn`.
+async fn read_last_seq(
+    conn: &mut PgConnection,
+    sql: &SqlStr,
+) -> std::result::Result<u64, sqlx::Error> {
+    let seq: i64 = sqlx::query_scalar(sql.clone()).fetch_one(conn).await?;
+    Ok(to_u64(seq))
+}
+
+impl PostgresStore {
+    /// The channel this store's commits are announced on with `NOTIFY` (payload: the
+    /// commit's sequence number), for applications that listen themselves.
+    pub fn notify_channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// In a commit's transaction, once it is known to change records: announce it.
+    pub(super) async fn notify(&self, conn: &mut PgConnection, seq: u64) -> Result<()> {
+        sqlx::query(self.feed_sql.notify.clone())
+            .bind(&self.channel)
+            .bind(seq.to_string())
+            .execute(conn)
+            .await
+            .map_err(|e| classify("announce the commit", e))?;
+        Ok(())
+    }
+
+    /// Acknowledge a position inside the application's own transaction (or on its own
+    /// connection), so that what the application wrote while handling the changes and
+    /// the consumer's position commit together: exactly once, without a second
+    /// transaction. `conn` must be a connection to this store's database (for example
+    /// `&mut *tx` of a `sqlx::Transaction`). Like [`RecordSink::ack`](crate::RecordSink::ack):
+    /// a position never moves back, and one past the store's last commit is refused.
+    pub async fn ack_in(
+        &self,
+        conn: &mut PgConnection,
+        consumer: &str,
+        position: &FeedPosition,
+    ) -> Result<FeedPosition> {
+        validate_consumer(consumer)?;
+        let last = read_last_seq(&mut *conn, &self.feed_sql.last_seq)
+            .await
+            .map_err(|e| classify("read the last commit number", e))?;
+        check_ack(consumer, position, last)?;
+        let stored = sqlx::query(self.feed_sql.ack.clone())
+            .bind(consumer)
+            .bind(to_i64(position.seq))
+            .bind(position.id.as_deref())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| classify("acknowledge a feed position", e))?;
+        match stored {
+            Some(row) => Ok(position_of(
+                row.try_get(0).map_err(decode)?,
+                row.try_get(1).map_err(decode)?,
+            )),
+            // Not later than the stored position: that one stays.
+            None => self.consumer_on(conn, consumer).await,
+        }
+    }
+
+    async fn consumer_on(&self, conn: &mut PgConnection, consumer: &str) -> Result<FeedPosition> {
+        let row = sqlx::query(self.feed_sql.consumer.clone())
+            .bind(consumer)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| classify("read a consumer position", e))?;
+        match row {
+            Some(row) => Ok(position_of(
+                row.try_get(0).map_err(decode)?,
+                row.try_get(1).map_err(decode)?,
+            )),
+            None => Ok(FeedPosition::START),
+        }
+    }
+
+    async fn connection(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| classify("acquire a connection", e))
+    }
+
+    pub(super) async fn feed_changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
+        let sql = if query.since.id.is_some() {
+            &self.feed_sql.in_commit
+        } else {
+            &self.feed_sql.after_commit
+        };
+        let f = &query.filter;
+        // At least one row: the last commit number, with NULL columns when no change
+        // follows.
+        let rows = sqlx::query(sql.clone())
+            .bind(to_i64(query.since.seq))
+            .bind(query.since.id.as_deref())
+            .bind(f.integration.as_deref())
+            .bind(f.connection.as_deref())
+            .bind(f.model.as_deref())
+            .bind(f.variant.as_deref())
+            .bind(i64::try_from(query.limit.max(1)).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify("read the change feed", e))?;
+        let mut last = 0;
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            last = to_u64(row.try_get(14).map_err(decode)?);
+            if row
+                .try_get::<Option<String>, _>(0)
+                .map_err(decode)?
+                .is_some()
+            {
+                changes.push(change_from_row(row)?);
+            }
+        }
+        Ok(ChangeBatch::assemble(query, changes, last))
+    }
+
+    pub(super) async fn feed_last_seq(&self) -> Result<u64> {
+        let mut conn = self.connection().await?;
+        read_last_seq(&mut conn, &self.feed_sql.last_seq)
+            .await
+            .map_err(|e| classify("read the last commit number", e))
+    }
+
+    /// A receiver of the commit signal; starts the `LISTEN` task the first time.
+    pub(super) fn feed_subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        let receiver = self.feed.signal.subscribe();
+        let mut listener = self.feed.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if listener.is_none() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    *listener = Some(runtime.spawn(listen(
+                        Arc::downgrade(&self.feed),
+                        self.connect.clone(),
+                        self.channel.clone(),
+                        self.feed_sql.last_seq.clone(),
+                    )));
+                }
+                Err(_) => tracing::warn!(
+                    "subscribe was called outside a tokio runtime: subscribers wake on this process's commits only"
+                ),
+            }
+        }
+        receiver
+    }
+
+    pub(super) async fn feed_consumer_position(&self, consumer: &str) -> Result<FeedPosition> {
+        validate_consumer(consumer)?;
+        let mut conn = self.connection().await?;
+        self.consumer_on(&mut conn, consumer).await
+    }
+
+    pub(super) async fn feed_ack(
+        &self,
+        consumer: &str,
+        position: &FeedPosition,
+    ) -> Result<FeedPosition> {
+        let mut conn = self.connection().await?;
+        self.ack_in(&mut conn, consumer, position).await
+    }
+
+    pub(super) async fn feed_consumers(&self) -> Result<Vec<Consumer>> {
+        let rows = sqlx::query(self.feed_sql.consumers.clone())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| classify("list consumers", e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(Consumer {
+                    name: row.try_get(0).map_err(decode)?,
+                    position: position_of(
+                        row.try_get(1).map_err(decode)?,
+                        row.try_get(2).map_err(decode)?,
+                    ),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn feed_remove_consumer(&self, consumer: &str) -> Result<bool> {
+        validate_consumer(consumer)?;
+        let done = sqlx::query(self.feed_sql.remove_consumer.clone())
+            .bind(consumer)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| classify("remove a consumer", e))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn feed_count(&self, stream: &StreamKey) -> Result<RecordCounts> {
+        let row = sqlx::query(self.feed_sql.count.clone())
+            .bind(stream_hash(stream))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| classify("count records", e))?;
+        match row {
+            Some(row) => Ok(RecordCounts {
+                live: to_u64(row.try_get(0).map_err(decode)?),
+                deleted: to_u64(row.try_get(1).map_err(decode)?),
+            }),
+            None => Ok(RecordCounts::default()),
+        }
+    }
+}
+
+/// The `LISTEN` task: a connection of its own on the store's channel; every
+/// notification (and every reconnection, after reading `commit_seq`) signals the
+/// subscribers. Retries with backoff while the server is unreachable; ends with the
+/// store (the task is aborted when its feed state is dropped).
+async fn listen(
+    feed: Weak<FeedState>,
+    connect: PgConnectOptions,
+    channel: String,
+    last_seq: SqlStr,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(connect);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let setup = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.ignore_pool_close_event(true);
+            listener.listen(&channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match setup.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for the store's commits; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut catch_up = true;
+        loop {
+            if catch_up {
+                // Commits made while nobody listened.
+                match sqlx::query_scalar::<_, i64>(last_seq.clone())
+                    .fetch_one(&mut listener)
+                    .await
+                {
+                    Ok(seq) => match feed.upgrade() {
+                        Some(feed) => feed.signal.committed(to_u64(seq)),
+                        None => return,
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the last commit number failed; reconnecting");
+                        break;
+                    }
+                }
+                catch_up = false;
+            }
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let Some(feed) = feed.upgrade() else { return };
+                    match notification.payload().parse::<u64>() {
+                        Ok(seq) => feed.signal.committed(seq),
+                        Err(_) => catch_up = true,
+                    }
+                }
+                // The connection was lost and made again: notifications may have been
+                // missed.
+                Ok(None) => catch_up = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN for the store's commits failed; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
