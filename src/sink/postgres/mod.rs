@@ -19,7 +19,9 @@
 //!   timestamps as microseconds since the epoch (`bigint`), cursor, tombstone flag, the
 //!   sequence number of the commit that last changed it, and the last full re-read
 //!   generation that saw it;
-//! - `commit_seq`: the store's commit counter.
+//! - `commit_seq`: the store's commit counter;
+//! - `outbox`: actions to deliver to Nango, which an application may insert into in its
+//!   own transaction (columns: [`crate::sink::outbox`]).
 //!
 //! Record ids and stream fields are `text COLLATE "C"`, so `list` returns ids in
 //! code-point order like every other store. The payload is `jsonb`, which normalizes
@@ -78,7 +80,7 @@
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`PostgresOptions`], `schema.rs` and `migrations/` the schema and the statements over
 //! it, `apply.rs` a commit applied, `rows.rs` rows and their values, `error.rs` the
-//! error mapping.
+//! error mapping, `outbox.rs` the outbox.
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,7 +91,11 @@ use sqlx::{Postgres, SqlStr, Transaction};
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
 use crate::secret::redact_url;
+use crate::time::Timestamp;
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
@@ -97,6 +103,7 @@ use crate::sink::{
 mod apply;
 mod error;
 mod options;
+mod outbox;
 mod rows;
 mod schema;
 
@@ -112,6 +119,7 @@ const BACKEND: &str = "postgres";
 pub struct PostgresStore {
     pool: PgPool,
     sql: Statements,
+    outbox_sql: outbox::OutboxStatements,
     /// The URL with its password redacted.
     url: String,
     schema: String,
@@ -164,6 +172,7 @@ impl PostgresStore {
         schema::check_tables(&pool, &options.schema, &quoted).await?;
         Ok(PostgresStore {
             sql: Statements::new(&quoted),
+            outbox_sql: outbox::OutboxStatements::new(&quoted),
             pool,
             url: shown,
             schema: options.schema,
@@ -304,6 +313,45 @@ impl RecordSink for PostgresStore {
             .await
             .map_err(|e| classify("list streams", e))?;
         rows.iter().map(status_from_row).collect()
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        self.outbox_enqueue_impl(item).await
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        self.outbox_claim_impl(request).await
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        self.outbox_extend_impl(claim, until, now).await
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.outbox_settle_impl(claim, settlement, now).await
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.outbox_get_impl(id).await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        self.outbox_list_impl(query).await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.outbox_counts_impl().await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        self.outbox_purge_impl(finished_before).await
     }
 }
 

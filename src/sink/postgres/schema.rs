@@ -18,7 +18,10 @@ use super::options::validate_schema;
 use crate::error::{Error, Result};
 
 /// The embedded migrations: version, name, SQL (with `{schema}` placeholders).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (4, "outbox", include_str!("migrations/0004_outbox.sql")),
+];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
 const MIGRATION_LOCK: i32 = 0x6e73_796e; // "nsyn"
@@ -157,6 +160,10 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
         format!(
             "SELECT stream_id, id, payload, first_seen_at, last_modified_at, last_action, deleted_at, \
                pruned_at, cursor, deleted, seq, seen_generation FROM {quoted}.records LIMIT 0"
+        ),
+        format!(
+            "SELECT {} FROM {quoted}.outbox LIMIT 0",
+            super::outbox::COLUMNS
         ),
     ];
     for sql in probes {

@@ -22,6 +22,7 @@
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
 //! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags), the cursor, then the payload JSON verbatim |
+//! | `'o'` + id, `'q'` + ... | the outbox: items, their queue, the last id and the idempotency keys (see `outbox.rs`) |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
 //! big-endian), so strings containing any bytes cannot make two streams collide. Records
@@ -88,7 +89,11 @@ use ::sled::{Batch, Tree};
 
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
+use crate::time::Timestamp;
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
@@ -97,6 +102,7 @@ mod apply;
 mod check;
 mod error;
 mod options;
+mod outbox;
 mod recovery;
 mod rows;
 mod schema;
@@ -598,5 +604,79 @@ impl RecordSink for SledStore {
 
     async fn streams(&self) -> Result<Vec<StreamStatus>> {
         self.blocking("streams", |inner, _| inner.streams()).await
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        let item = self
+            .blocking("outbox_enqueue", move |inner, _| inner.outbox_enqueue(item))
+            .await?;
+        self.wrote().await;
+        Ok(item)
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        let request = request.clone();
+        let item = self
+            .blocking("outbox_claim", move |inner, _| inner.outbox_claim(&request))
+            .await?;
+        if item.is_some() {
+            self.wrote().await;
+        }
+        Ok(item)
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        let claim = claim.clone();
+        let done = self
+            .blocking("outbox_extend", move |inner, _| {
+                inner.outbox_extend(&claim, until, now)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(done)
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let claim = claim.clone();
+        let done = self
+            .blocking("outbox_settle", move |inner, _| {
+                inner.outbox_settle(&claim, settlement, now)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(done)
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.blocking("outbox_get", move |inner, _| inner.outbox_get(id))
+            .await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        let query = query.clone();
+        self.blocking("outbox_list", move |inner, _| inner.outbox_list(&query))
+            .await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.blocking("outbox_counts", |inner, _| inner.outbox_counts())
+            .await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        let n = self
+            .blocking("outbox_purge", move |inner, _| {
+                inner.outbox_purge(finished_before)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(n)
     }
 }

@@ -8,6 +8,7 @@
 //! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, and `seq`, the commit that last changed it; a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` |
 //! | `nango_meta` | schema version and the store's last commit sequence number |
 //! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
+//! | `nango_outbox` | the outbox: actions to deliver to Nango, which an application may insert into in its own transaction (columns: [`crate::sink::outbox`]) |
 //!
 //! The schema is created and upgraded by versioned migrations
 //! (`src/sink/sqlite/migrations/`) when a file is opened.
@@ -32,7 +33,8 @@
 //!
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`SqliteOptions`], `schema.rs` and `migrations/` the schema, `apply.rs` a commit
-//! applied, `rows.rs` rows and their values, `error.rs` the error mapping.
+//! applied, `rows.rs` rows and their values, `error.rs` the error mapping, `outbox.rs`
+//! the outbox.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -42,7 +44,11 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
+use crate::time::Timestamp;
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
@@ -50,6 +56,7 @@ use crate::sink::{
 mod apply;
 mod error;
 mod options;
+mod outbox;
 mod rows;
 mod schema;
 
@@ -314,6 +321,62 @@ impl RecordSink for SqliteStore {
             let mut stmt = c.prepare_cached(&rows::statuses_sql()).map_err(e)?;
             let rows = stmt.query_map([], rows::status_from_row).map_err(e)?;
             rows.collect::<rusqlite::Result<Vec<_>>>().map_err(e)
+        })
+        .await
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        self.write("enqueue an outbox item", move |c, _| outbox::enqueue(c, item))
+            .await
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        let request = request.clone();
+        self.write("claim an outbox item", move |c, _| outbox::claim(c, &request))
+            .await
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        let claim = claim.clone();
+        self.write("extend an outbox lease", move |c, _| {
+            outbox::extend(c, &claim, until, now)
+        })
+        .await
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let claim = claim.clone();
+        self.write("settle an outbox item", move |c, _| {
+            outbox::settle(c, &claim, settlement, now)
+        })
+        .await
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.read("read an outbox item", move |c| outbox::get(c, id))
+            .await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        let query = query.clone();
+        self.read("list outbox items", move |c| outbox::list(c, &query))
+            .await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.read("count outbox items", outbox::counts).await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        self.write("purge outbox items", move |c, _| {
+            outbox::purge(c, finished_before)
         })
         .await
     }

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_init.sql")),
     (2, include_str!("migrations/0002_records_rowid.sql")),
+    (5, include_str!("migrations/0005_outbox.sql")),
 ];
 
 /// The schema version this build writes.
