@@ -136,8 +136,10 @@ mod late;
 mod query;
 mod state;
 mod webhooks;
+pub mod writeback;
 
 pub use webhooks::{WebhookDelivery, WebhookSettings, canonical_json};
+pub use writeback::{ActionExecution, ActionFailure, ActionScript, SyncCommand, SyncSchedule};
 
 use state::{Clock, State};
 
@@ -293,6 +295,7 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) unknown_path_html: bool,
     pub(crate) webhooks: webhooks::Webhooks,
+    pub(crate) writeback: writeback::Writeback,
 }
 
 impl Shared {
@@ -524,6 +527,7 @@ impl FakeNango {
             log: Mutex::new(Vec::new()),
             unknown_path_html: config.unknown_path_html,
             webhooks: webhooks::Webhooks::default(),
+            writeback: writeback::Writeback::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());
