@@ -46,6 +46,8 @@
 //! Other streams of [`Engine::sync_all`] go on. Record size is not limited by the engine:
 //! a page is held in memory whole, so memory is bounded by Nango's response size.
 
+mod operations;
+pub mod outbox;
 #[cfg(feature = "webhook")]
 pub mod scheduler;
 
@@ -88,6 +90,13 @@ pub struct EngineConfig {
     /// attempts, 100 ms doubling up to 5 s, within 2 minutes). `RetryConfig::none()`
     /// turns store retries off.
     pub commit_retry: RetryConfig,
+    /// After a run that reached Nango's end, tell Nango that the payloads of the
+    /// stream's records up to the stored cursor may be dropped (`PATCH /records/prune`).
+    /// Off by default, and only for a store that is the stream's one consumer: Nango
+    /// then serves those records as `{id}` to everyone, a full re-read and
+    /// [`repair`](crate::repair) included. A failed prune is logged, never an error of
+    /// the run.
+    pub prune_after_run: bool,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +106,7 @@ impl Default for EngineConfig {
             pipeline_depth: 1,
             overlap: None,
             commit_retry: default_commit_retry(),
+            prune_after_run: false,
         }
     }
 }
@@ -366,7 +376,12 @@ impl Engine {
             warn!(stream = %stream, error = %e, "could not record the run summary");
         }
         match result {
-            Ok((report, false)) => Ok(Some(report)),
+            Ok((report, false)) => {
+                if self.config.prune_after_run {
+                    self.prune_after_run(stream, report.cursor.as_ref()).await;
+                }
+                Ok(Some(report))
+            }
             Ok((_, true)) => Ok(None),
             Err(e) => Err(wrap(e)),
         }
