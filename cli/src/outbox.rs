@@ -113,3 +113,53 @@ fn short(text: &str) -> String {
         format!("{}...", &text[..text.floor_char_boundary(120)])
     }
 }
+
+/// How `serve` delivers its store's outbox.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Outbox deliveries at the same time (1 delivers in enqueue order; 0 does not
+    /// deliver the outbox).
+    #[arg(long, default_value_t = 4)]
+    pub outbox_concurrency: usize,
+    /// How long a delivery holds its item without an extension: after a crash, the
+    /// items that were running are delivered again this long after ("60s").
+    #[arg(long, value_parser = crate::serve::parse_duration)]
+    pub outbox_lease: Option<std::time::Duration>,
+    /// The wait after a failed delivery attempt, doubled after each further one ("2s").
+    #[arg(long, value_parser = crate::serve::parse_duration)]
+    pub outbox_backoff: Option<std::time::Duration>,
+}
+
+/// Start delivering the outbox of `scheduler`'s store (its engine's client, so the
+/// shared rate budget covers the deliveries; done items' streams are synced through the
+/// scheduler). `None` when `--outbox-concurrency 0`.
+pub fn start_worker(
+    args: &WorkerArgs,
+    scheduler: &nango_sync::engine::scheduler::Scheduler,
+) -> Option<(
+    nango_sync::engine::outbox::OutboxWorker,
+    tokio::task::JoinHandle<()>,
+)> {
+    use nango_sync::engine::outbox::{OutboxConfig, OutboxWorker};
+    if args.outbox_concurrency == 0 {
+        return None;
+    }
+    let mut config = OutboxConfig {
+        concurrency: args.outbox_concurrency,
+        ..OutboxConfig::default()
+    };
+    if let Some(lease) = args.outbox_lease {
+        config.lease = lease.max(std::time::Duration::from_millis(100));
+    }
+    if let Some(b) = args.outbox_backoff {
+        config.initial_backoff = b;
+        config.max_backoff = config.max_backoff.max(b);
+    }
+    let worker = OutboxWorker::new(scheduler.engine().clone(), config)
+        .with_sync_trigger(std::sync::Arc::new(scheduler.clone()));
+    let task = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.run().await })
+    };
+    Some((worker, task))
+}

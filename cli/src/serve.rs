@@ -1,4 +1,5 @@
 //! `serve`: the always-on service. Webhooks on `POST /webhook`, health on `GET /health`,
+//! delivery of the store's outbox (`--outbox-*`),
 //! a poll per stream as a safety net, SIGINT/SIGTERM for a graceful stop.
 //!
 //! Streams come from the command line (`--integration --connection --model ...`) or a
@@ -118,6 +119,8 @@ pub struct ServeArgs {
     /// Largest webhook body accepted, in bytes (larger ones are answered 413).
     #[arg(long)]
     body_limit: Option<usize>,
+    #[command(flatten)]
+    outbox: crate::outbox::WorkerArgs,
 }
 
 /// The `--config` file.
@@ -500,6 +503,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         out.flush()?;
     }
 
+    let outbox = crate::outbox::start_worker(&args.outbox, &scheduler);
     let stopped = scheduler.stopped();
     let server = tokio::spawn(
         axum::serve(listener, app)
@@ -508,6 +512,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     );
     shutdown_signal().await;
     info!("shutdown requested: finishing the commits in flight");
+    if let Some((worker, task)) = outbox {
+        worker.stop();
+        if let Err(e) = task.await {
+            warn!(error = %e, "the outbox worker task failed");
+        }
+    }
     scheduler.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
