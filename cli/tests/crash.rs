@@ -21,7 +21,7 @@ use nango_sync::StreamKey;
 use nango_sync::sink::{self, DynRecordSink};
 #[cfg(feature = "postgres")]
 use nango_sync_testkit::stores::fresh_postgres_url;
-use nango_sync_testkit::{FakeConfig, FakeNango, assert_converged, assert_cursor_covered};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault, assert_converged, assert_cursor_covered};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nango-sync");
@@ -103,6 +103,14 @@ async fn reopen(url: &str, kill: usize, seed: u64) -> nango_sync::SharedSink {
         .unwrap_or_else(|e| panic!("seed {seed}, kill {kill}: store does not open: {e}"))
 }
 
+/// How many records pages the fake has answered so far.
+fn records_requests(fake: &FakeNango) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/records") || r.path.ends_with("/records/"))
+        .count()
+}
+
 async fn crash_until_done(url: &str, seed: u64) {
     let fake = FakeNango::start(FakeConfig {
         seed,
@@ -139,8 +147,26 @@ async fn crash_until_done(url: &str, seed: u64) {
     let total = kills();
     let mut killed_mid_run = 0;
     for kill in 0..total {
-        let mut child = sync(rng.below(4) == 0).spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(rng.below(400)));
+        // The kill follows the run's progress, not the clock: every records request of
+        // this run is answered slowly, the test waits until the run has been served a
+        // random number of pages (0: kill while it starts), then kills it a random few
+        // milliseconds later: while it commits that page, or while it waits for the
+        // next one. A fast machine moves the moment, not the odds of hitting a run.
+        let full = rng.below(4) == 0;
+        let served_before = records_requests(&fake);
+        let pages = if full { rng.below(20) } else { rng.below(2) };
+        for _ in 0..(pages + 8) {
+            fake.inject(Fault::Slow(Duration::from_millis(25)));
+        }
+        let mut child = sync(full).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while records_requests(&fake) < served_before + pages as usize
+            && child.try_wait().unwrap().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(20)));
         let finished = child.try_wait().unwrap().is_some();
         let _ = child.kill();
         let status = child.wait().unwrap();
@@ -181,8 +207,9 @@ async fn crash_until_done(url: &str, seed: u64) {
             }
             _ => {}
         }
-        // Always new work, so most kills land in a running sync.
+        // Always new work, so every run has pages to read.
         fake.generate(&stream, 200, 100);
+        fake.clear_faults();
     }
     assert!(
         killed_mid_run * 2 >= total,
