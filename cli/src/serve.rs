@@ -313,9 +313,9 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
         }
         discovery.push(DiscoveryRule::new(integration.trim(), models));
     }
-    if streams.is_empty() && discovery.is_empty() {
+    if streams.is_empty() && discovery.is_empty() && args.outbox.outbox_concurrency == 0 {
         bail!(
-            "nothing to serve: give --integration, --connection and --model, or --config FILE with [[streams]] or [[discover]] entries"
+            "nothing to serve: give --integration, --connection and --model, or --config FILE with [[streams]] or [[discover]] entries, or let it deliver the outbox (--outbox-concurrency above 0)"
         );
     }
 
