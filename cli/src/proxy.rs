@@ -51,8 +51,7 @@ pub async fn run(args: ProxyArgs) -> Result<ExitCode> {
         request = request.header(name.trim(), value.trim());
     }
     if let Some(data) = &args.data {
-        let body: serde_json::Value =
-            serde_json::from_str(data).context("--data is not JSON")?;
+        let body: serde_json::Value = serde_json::from_str(data).context("--data is not JSON")?;
         request = request.json(&body)?;
     }
     if let Some(r) = args.retries {

@@ -74,7 +74,12 @@ pub async fn run(args: TriggerArgs) -> Result<ExitCode> {
     );
     let (Some(url), Some(connection)) = (&args.sink, &args.connection) else {
         client
-            .trigger_syncs(&args.integration, args.connection.as_deref(), &syncs, options)
+            .trigger_syncs(
+                &args.integration,
+                args.connection.as_deref(),
+                &syncs,
+                options,
+            )
             .await?;
         writeln!(std::io::stdout().lock(), "triggered {what}")?;
         return Ok(ExitCode::SUCCESS);
@@ -92,7 +97,13 @@ pub async fn run(args: TriggerArgs) -> Result<ExitCode> {
     }
     let engine = Engine::new(client, open_sink(url).await?);
     let results = engine
-        .trigger_syncs(&args.integration, Some(connection), &syncs, options, &streams)
+        .trigger_syncs(
+            &args.integration,
+            Some(connection),
+            &syncs,
+            options,
+            &streams,
+        )
         .await?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "triggered {what}")?;

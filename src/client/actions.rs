@@ -450,7 +450,8 @@ fn trigger_body(req: &ActionRequest<'_>) -> Result<Vec<u8>> {
 
 /// `value` as JSON text.
 fn to_raw<I: Serialize + ?Sized>(value: &I) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(value).map_err(|e| Error::invalid("action input", e.to_string()))
+    serde_json::value::to_raw_value(value)
+        .map_err(|e| Error::invalid("action input", e.to_string()))
 }
 
 /// An action's output as JSON text, checked.

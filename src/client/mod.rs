@@ -45,9 +45,9 @@ pub use budget::RateBudget;
 pub use connections::{Connection, ConnectionsQuery};
 pub use proxy::{ProxyRequest, ProxyResponse};
 pub use prune::PruneOutcome;
-pub use syncs::{SyncRef, TriggerOptions};
 pub(crate) use retry::OnGiveUp;
 pub use retry::RetryConfig;
+pub use syncs::{SyncRef, TriggerOptions};
 
 /// Nango's cloud API.
 pub const DEFAULT_HOST: &str = "https://api.nango.dev";

@@ -171,9 +171,8 @@ impl ProxyRequest {
 
     fn headers_for(&self, mut h: HeaderMap) -> Result<HeaderMap> {
         let name = |n: &str| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                Error::invalid("proxy header", format!("{n:?} is not a header name"))
-            })
+            HeaderName::from_bytes(n.as_bytes())
+                .map_err(|_| Error::invalid("proxy header", format!("{n:?} is not a header name")))
         };
         let value = |n: &str, v: &str| {
             let mut value = HeaderValue::from_str(v).map_err(|_| {
@@ -401,9 +400,13 @@ mod tests {
         assert!(ProxyRequest::new("BREW", "/x").is_err());
         assert!(ProxyRequest::new("GET", "").is_err());
         assert!(ProxyRequest::new("GET", "/a\nb").is_err());
-        let req = ProxyRequest::new("GET", "/x").unwrap().header("bad name", "v");
+        let req = ProxyRequest::new("GET", "/x")
+            .unwrap()
+            .header("bad name", "v");
         assert!(req.headers_for(HeaderMap::new()).is_err());
-        let req = ProxyRequest::new("GET", "/x").unwrap().header("X-A", "line\nbreak");
+        let req = ProxyRequest::new("GET", "/x")
+            .unwrap()
+            .header("X-A", "line\nbreak");
         assert!(req.headers_for(HeaderMap::new()).is_err());
     }
 }

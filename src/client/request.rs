@@ -67,7 +67,11 @@ impl NangoClient {
 
     /// The authorization and a connection's `Connection-Id` and `Provider-Config-Key`,
     /// checked against Nango's rules first.
-    pub(crate) fn connection_headers(&self, integration: &str, connection: &str) -> Result<HeaderMap> {
+    pub(crate) fn connection_headers(
+        &self,
+        integration: &str,
+        connection: &str,
+    ) -> Result<HeaderMap> {
         check_connection(integration, connection)?;
         let mut h = self.auth_headers()?;
         // Checked above: visible ASCII only.
@@ -177,7 +181,13 @@ mod tests {
         assert!(not_carried_out(&transport(TransportKind::Connect)));
         assert!(!not_carried_out(&transport(TransportKind::Timeout)));
         assert!(!not_carried_out(&transport(TransportKind::Io)));
-        for (status, again) in [(429, true), (502, true), (503, true), (500, false), (424, false)] {
+        for (status, again) in [
+            (429, true),
+            (502, true),
+            (503, true),
+            (500, false),
+            (424, false),
+        ] {
             assert_eq!(not_carried_out(&nango(status)), again, "{status}");
         }
     }

@@ -278,7 +278,10 @@ mod tests {
             SyncRef::parse("issues::eu").unwrap(),
             SyncRef::new("issues").with_variant("eu")
         );
-        assert_eq!(SyncRef::parse("issues::base").unwrap().to_string(), "issues");
+        assert_eq!(
+            SyncRef::parse("issues::base").unwrap().to_string(),
+            "issues"
+        );
         assert!(SyncRef::parse("bad name").is_err());
         assert!(SyncRef::parse("issues::").is_ok_and(|s| s.variant.is_none()));
     }

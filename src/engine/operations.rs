@@ -50,7 +50,9 @@ impl Engine {
             return;
         };
         match self.client().prune_until(stream, cursor).await {
-            Ok(n) => info!(stream = %stream, pruned = n, "Nango's payloads pruned up to the stored cursor"),
+            Ok(n) => {
+                info!(stream = %stream, pruned = n, "Nango's payloads pruned up to the stored cursor")
+            }
             Err(e) => warn!(stream = %stream, error = %e, "pruning Nango's payloads failed"),
         }
     }

@@ -272,10 +272,8 @@ impl OutboxWorker {
         // Stop requested: the lanes finish the deliveries in flight.
         let _ = stop.wait_for(|s| *s).await;
         let grace = self.inner.config.shutdown_grace;
-        let drained = tokio::time::timeout(grace, async {
-            while lanes.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while lanes.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!(
                 grace_ms = grace.as_millis() as u64,
@@ -283,18 +281,11 @@ impl OutboxWorker {
             );
             lanes.abort_all();
         }
-        let syncs = std::mem::take(
-            &mut *self
-                .inner
-                .syncs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let syncs =
+            std::mem::take(&mut *self.inner.syncs.lock().unwrap_or_else(|p| p.into_inner()));
         let mut syncs = syncs;
-        let _ = tokio::time::timeout(grace, async {
-            while syncs.join_next().await.is_some() {}
-        })
-        .await;
+        let _ =
+            tokio::time::timeout(grace, async { while syncs.join_next().await.is_some() {} }).await;
         syncs.abort_all();
         info!(stats = ?self.stats(), "outbox worker stopped");
     }
@@ -382,7 +373,10 @@ impl OutboxWorker {
             }
             Ok(false) => {
                 self.inner.counters.lost.fetch_add(1, Ordering::Relaxed);
-                warn!(item = item.id, "the claim ran out before the item was settled; another delivery owns it");
+                warn!(
+                    item = item.id,
+                    "the claim ran out before the item was settled; another delivery owns it"
+                );
             }
             Err(e) => {
                 self.inner.counters.lost.fetch_add(1, Ordering::Relaxed);
@@ -394,12 +388,13 @@ impl OutboxWorker {
     /// Trigger the item's action once, extending the lease meanwhile.
     async fn attempt(&self, item: &OutboxItem, claim: &Claim) -> Result<RawJson> {
         item.check()?;
-        let input = match &item.input {
-            Some(text) => Some(RawValue::from_string(text.as_str().to_owned()).map_err(|e| {
-                Error::invalid("action input", format!("item {}: {e}", item.id))
-            })?),
-            None => None,
-        };
+        let input =
+            match &item.input {
+                Some(text) => Some(RawValue::from_string(text.as_str().to_owned()).map_err(
+                    |e| Error::invalid("action input", format!("item {}: {e}", item.id)),
+                )?),
+                None => None,
+            };
         let request = ActionRequest {
             integration: &item.integration,
             connection: &item.connection,

@@ -19,10 +19,10 @@ use crate::sink::fault::Faults;
 use crate::sink::outbox::{
     Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
 };
-use crate::time::Timestamp;
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod outbox;
 

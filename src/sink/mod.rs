@@ -501,8 +501,7 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
         now: Timestamp,
     ) -> BoxFuture<'a, Result<bool>>;
     fn outbox_get(&self, id: u64) -> BoxFuture<'_, Result<Option<OutboxItem>>>;
-    fn outbox_list<'a>(&'a self, query: &'a OutboxQuery)
-    -> BoxFuture<'a, Result<Vec<OutboxItem>>>;
+    fn outbox_list<'a>(&'a self, query: &'a OutboxQuery) -> BoxFuture<'a, Result<Vec<OutboxItem>>>;
     fn outbox_counts(&self) -> BoxFuture<'_, Result<OutboxCounts>>;
     fn outbox_purge(&self, finished_before: Timestamp) -> BoxFuture<'_, Result<u64>>;
 }
@@ -581,10 +580,7 @@ impl<T: RecordSink> DynRecordSink for T {
     fn outbox_get(&self, id: u64) -> BoxFuture<'_, Result<Option<OutboxItem>>> {
         Box::pin(RecordSink::outbox_get(self, id))
     }
-    fn outbox_list<'a>(
-        &'a self,
-        query: &'a OutboxQuery,
-    ) -> BoxFuture<'a, Result<Vec<OutboxItem>>> {
+    fn outbox_list<'a>(&'a self, query: &'a OutboxQuery) -> BoxFuture<'a, Result<Vec<OutboxItem>>> {
         Box::pin(RecordSink::outbox_list(self, query))
     }
     fn outbox_counts(&self) -> BoxFuture<'_, Result<OutboxCounts>> {

@@ -721,7 +721,10 @@ fn duration_micros(d: Duration) -> i64 {
 
 #[cfg_attr(
     not(any(feature = "sqlite", feature = "sled", feature = "postgres")),
-    allow(dead_code, reason = "only the memory store is built, and it keeps items whole")
+    allow(
+        dead_code,
+        reason = "only the memory store is built, and it keeps items whole"
+    )
 )]
 /// The stored `then_sync` and `error` columns, decoded leniently: a row written by hand
 /// must still list (an entry that is not a model name fails [`OutboxItem::check`], and
@@ -769,13 +772,22 @@ mod tests {
     fn an_item_lives_through_claims_and_settlements() {
         let mut it = item();
         assert_eq!(claimable(&it, Timestamp::from_micros(999)), Claimable::No);
-        assert_eq!(claimable(&it, Timestamp::from_micros(1_000)), Claimable::Deliver);
+        assert_eq!(
+            claimable(&it, Timestamp::from_micros(1_000)),
+            Claimable::Deliver
+        );
         claim(&mut it, &req("w1", 1_000));
         let c1 = it.claim().unwrap();
-        assert_eq!((c1.attempt, it.lease_until), (1, Some(Timestamp::from_micros(1_100))));
+        assert_eq!(
+            (c1.attempt, it.lease_until),
+            (1, Some(Timestamp::from_micros(1_100)))
+        );
         assert_eq!(claimable(&it, Timestamp::from_micros(1_099)), Claimable::No);
         // The lease runs out: claimed again by another worker; the first claim is stale.
-        assert_eq!(claimable(&it, Timestamp::from_micros(1_100)), Claimable::Deliver);
+        assert_eq!(
+            claimable(&it, Timestamp::from_micros(1_100)),
+            Claimable::Deliver
+        );
         claim(&mut it, &req("w2", 1_100));
         assert!(!holds(&it, &c1));
         let c2 = it.claim().unwrap();
@@ -792,7 +804,10 @@ mod tests {
         assert_eq!(claimable(&it, Timestamp::from_micros(1_999)), Claimable::No);
         claim(&mut it, &req("w1", 2_000));
         // The third claim is past max_attempts only when it dies.
-        assert_eq!(claimable(&it, Timestamp::from_micros(2_100)), Claimable::Abandon);
+        assert_eq!(
+            claimable(&it, Timestamp::from_micros(2_100)),
+            Claimable::Abandon
+        );
         abandon(&mut it, Timestamp::from_micros(2_100));
         assert_eq!(it.state, OutboxState::Failed);
         assert_eq!(it.error.as_ref().unwrap().code, ABANDONED);

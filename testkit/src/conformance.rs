@@ -443,11 +443,7 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
     async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
         let _order = self.order.lock().await;
         let got = self.store.outbox_purge(finished_before).await?;
-        let want = self
-            .reference
-            .outbox_purge(finished_before)
-            .await
-            .unwrap();
+        let want = self.reference.outbox_purge(finished_before).await.unwrap();
         assert_eq!(
             got,
             want,
@@ -2374,7 +2370,10 @@ pub async fn outbox_enqueue_get_and_list<F: StoreFactory>(stores: &mut F) {
     )
     .await;
     assert_eq!(again.id, first.id, "{b}: an idempotency key used again");
-    assert_eq!(again.action, "create-issue", "{b}: the first item, unchanged");
+    assert_eq!(
+        again.action, "create-issue",
+        "{b}: the first item, unchanged"
+    );
     for bad in [
         NewOutboxItem::new("conformance", "outbox", "bad name"),
         NewOutboxItem::new("bad key!", "outbox", "a"),
@@ -2390,12 +2389,18 @@ pub async fn outbox_enqueue_get_and_list<F: StoreFactory>(stores: &mut F) {
     let got = outbox_item(store, first.id).await;
     assert_eq!(
         got.input.as_ref().map(RawJson::to_value),
-        Some(json!({"title": "Café 'quoted' \"x\" ✓", "n": 9007199254740993u64, "tags": ["a", "b"]})),
+        Some(
+            json!({"title": "Café 'quoted' \"x\" ✓", "n": 9007199254740993u64, "tags": ["a", "b"]})
+        ),
         "{b}: the input round-trips as JSON"
     );
     assert_eq!(got.available_at, ts(50), "{b}");
     assert_eq!(got.created_at, ts(1), "{b}");
-    assert_eq!(store.outbox_get(first.id + 1000).await.unwrap(), None, "{b}");
+    assert_eq!(
+        store.outbox_get(first.id + 1000).await.unwrap(),
+        None,
+        "{b}"
+    );
     for i in 0..5 {
         enqueue(store, new_item("bulk", 10 + i)).await;
     }
@@ -2414,7 +2419,10 @@ pub async fn outbox_enqueue_get_and_list<F: StoreFactory>(stores: &mut F) {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "{b}: in id order");
     // A state filter.
     let claimed = claim_one(store, &claim_req("w", 20, 1_000)).await.unwrap();
-    assert_eq!(claimed.id, bare.id, "{b}: the first item is not available yet");
+    assert_eq!(
+        claimed.id, bare.id,
+        "{b}: the first item is not available yet"
+    );
     let running = store
         .outbox_list(&OutboxQuery::default().state(OutboxState::Running))
         .await
@@ -2483,10 +2491,17 @@ pub async fn outbox_claims_leases_and_settlements<F: StoreFactory>(stores: &mut 
         ..claim_a.clone()
     };
     assert!(
-        !store.outbox_extend(&stranger, ts(900), ts(51)).await.unwrap(),
+        !store
+            .outbox_extend(&stranger, ts(900), ts(51))
+            .await
+            .unwrap(),
         "{b}: another worker's claim"
     );
-    assert_eq!(outbox_item(store, a.id).await.lease_until, Some(ts(500)), "{b}");
+    assert_eq!(
+        outbox_item(store, a.id).await.lease_until,
+        Some(ts(500)),
+        "{b}"
+    );
     assert_eq!(
         claim_one(store, &claim_req("w3", 200, 100)).await,
         None,
@@ -2516,7 +2531,15 @@ pub async fn outbox_claims_leases_and_settlements<F: StoreFactory>(stores: &mut 
         "{b}"
     );
     assert!(
-        !settle(store, &claim_a, Settlement::Failed { error: OutboxError::new("x", "y") }, 301).await,
+        !settle(
+            store,
+            &claim_a,
+            Settlement::Failed {
+                error: OutboxError::new("x", "y")
+            },
+            301
+        )
+        .await,
         "{b}: a settled item is settled once"
     );
 
@@ -2546,10 +2569,22 @@ pub async fn outbox_claims_leases_and_settlements<F: StoreFactory>(stores: &mut 
         (OutboxState::Pending, ts(700), Some(error.clone())),
         "{b}"
     );
-    assert_eq!(claim_one(store, &claim_req("w1", 699, 100)).await, None, "{b}");
+    assert_eq!(
+        claim_one(store, &claim_req("w1", 699, 100)).await,
+        None,
+        "{b}"
+    );
     let again = claim_one(store, &claim_req("w1", 700, 100)).await.unwrap();
-    assert_eq!((again.id, again.attempts), (c.id, 2), "{b}: a second attempt");
-    assert_eq!(again.error, Some(error), "{b}: the last error stays while it runs");
+    assert_eq!(
+        (again.id, again.attempts),
+        (c.id, 2),
+        "{b}: a second attempt"
+    );
+    assert_eq!(
+        again.error,
+        Some(error),
+        "{b}: the last error stays while it runs"
+    );
 
     // Failed, with Nango's error and payload.
     let failure = OutboxError {
@@ -2576,7 +2611,9 @@ pub async fn outbox_claims_leases_and_settlements<F: StoreFactory>(stores: &mut 
         (OutboxState::Failed, Some(failure), Some(ts(720))),
         "{b}"
     );
-    let last = claim_one(store, &claim_req("w1", 1_000, 100)).await.unwrap();
+    let last = claim_one(store, &claim_req("w1", 1_000, 100))
+        .await
+        .unwrap();
     assert_eq!(last.id, later.id, "{b}: available at its time");
     subject.finish().await;
 }
@@ -2623,7 +2660,11 @@ pub async fn outbox_lease_runs_out_and_is_delivered_again<F: StoreFactory>(store
         "{b}"
     );
     // The second worker dies too: its attempt was the last one.
-    assert_eq!(claim_one(store, &claim_req("w4", 500, 100)).await, None, "{b}");
+    assert_eq!(
+        claim_one(store, &claim_req("w4", 500, 100)).await,
+        None,
+        "{b}"
+    );
     let abandoned = outbox_item(store, item.id).await;
     assert_eq!(abandoned.state, OutboxState::Failed, "{b}: abandoned");
     let error = abandoned.error.expect("an abandoned item has an error");
@@ -2704,7 +2745,14 @@ pub async fn outbox_purge_removes_finished_items<F: StoreFactory>(stores: &mut F
                 .unwrap(),
         );
     }
-    let done = |t: i64| (Settlement::Done { output: output(json!(t)) }, t);
+    let done = |t: i64| {
+        (
+            Settlement::Done {
+                output: output(json!(t)),
+            },
+            t,
+        )
+    };
     let (s, t) = done(100);
     settle(store, &claims[0], s, t).await;
     let (s, t) = done(300);
@@ -2728,7 +2776,9 @@ pub async fn outbox_purge_removes_finished_items<F: StoreFactory>(stores: &mut F
         160,
     )
     .await;
-    claim_one(store, &claim_req("w", 170, 1_000_000)).await.unwrap();
+    claim_one(store, &claim_req("w", 170, 1_000_000))
+        .await
+        .unwrap();
     assert_eq!(
         store.outbox_purge(ts(200)).await.unwrap(),
         2,
@@ -2743,7 +2793,10 @@ pub async fn outbox_purge_removes_finished_items<F: StoreFactory>(stores: &mut F
     assert!(store.outbox_get(early.id).await.unwrap().is_none(), "{b}");
     assert!(store.outbox_get(failed.id).await.unwrap().is_none(), "{b}");
     let reused = enqueue(store, new_item("early-again", 400).key("k-early")).await;
-    assert_ne!(reused.id, early.id, "{b}: a purged item's key is free again");
+    assert_ne!(
+        reused.id, early.id,
+        "{b}: a purged item's key is free again"
+    );
     assert_eq!(store.outbox_purge(ts(200)).await.unwrap(), 0, "{b}");
     subject.finish().await;
 }
@@ -2792,13 +2845,19 @@ pub async fn outbox_survives_reopen<F: StoreFactory>(stores: &mut F) {
 
     subject.reopen(stores).await;
     let store = subject.store();
-    assert_eq!(outbox_all(store).await, before, "{b}: the reopened outbox differs");
+    assert_eq!(
+        outbox_all(store).await,
+        before,
+        "{b}: the reopened outbox differs"
+    );
     assert_eq!(
         claim_one(store, &claim_req("w2", 500, 1_000)).await,
         None,
         "{b}: the dead process's lease still holds"
     );
-    let redelivered = claim_one(store, &claim_req("w2", 1_010, 1_000)).await.unwrap();
+    let redelivered = claim_one(store, &claim_req("w2", 1_010, 1_000))
+        .await
+        .unwrap();
     assert_eq!(
         (redelivered.id, redelivered.attempts),
         (running.id, 2),

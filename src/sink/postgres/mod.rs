@@ -91,7 +91,6 @@ use sqlx::{Postgres, SqlStr, Transaction};
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
 use crate::secret::redact_url;
-use crate::time::Timestamp;
 use crate::sink::fault::Faults;
 use crate::sink::outbox::{
     Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
@@ -99,6 +98,7 @@ use crate::sink::outbox::{
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod error;

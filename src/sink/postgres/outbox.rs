@@ -9,9 +9,9 @@
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlStr, Transaction};
 
+use super::PostgresStore;
 use super::error::{classify, decode};
 use super::rows::{to_i64, to_u64};
-use super::PostgresStore;
 use crate::error::Result;
 use crate::record::RawJson;
 use crate::sink::outbox::{
@@ -45,12 +45,14 @@ impl OutboxStatements {
             sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql.replace("{s}", schema)))
         };
         OutboxStatements {
-            insert: s("INSERT INTO {s}.outbox (integration, connection, action, input, \
+            insert: s(
+                "INSERT INTO {s}.outbox (integration, connection, action, input, \
                    idempotency_key, then_sync, max_attempts, state, attempts, created_at, \
                    available_at, updated_at) \
                  VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, 'pending', 0, $8, $9, $8) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"
-                .into()),
+                    .into(),
+            ),
             by_key: s(format!(
                 "SELECT {COLUMNS} FROM {{s}}.outbox WHERE idempotency_key = $1"
             )),
@@ -65,11 +67,13 @@ impl OutboxStatements {
                         OR (state = 'running' AND (lease_until IS NULL OR lease_until <= $1))) \
                  ORDER BY id LIMIT 16 FOR UPDATE SKIP LOCKED"
             )),
-            write_back: s("UPDATE {s}.outbox SET state = $2, attempts = $3, available_at = $4, \
+            write_back: s(
+                "UPDATE {s}.outbox SET state = $2, attempts = $3, available_at = $4, \
                    updated_at = $5, lease_until = $6, worker = $7, output = $8::jsonb, \
                    error = $9::jsonb, finished_at = $10 \
                  WHERE id = $1"
-                .into()),
+                    .into(),
+            ),
             list: s(format!(
                 "SELECT {COLUMNS} FROM {{s}}.outbox \
                  WHERE id > $1 AND ($2::text[] IS NULL OR state = ANY($2)) \
@@ -295,8 +299,8 @@ impl PostgresStore {
         if query.limit == 0 {
             return Ok(Vec::new());
         }
-        let states: Option<Vec<&str>> = (!query.states.is_empty())
-            .then(|| query.states.iter().map(|s| s.as_str()).collect());
+        let states: Option<Vec<&str>> =
+            (!query.states.is_empty()).then(|| query.states.iter().map(|s| s.as_str()).collect());
         let rows = sqlx::query(self.outbox_sql.list.clone())
             .bind(query.after_id.map_or(0, to_i64))
             .bind(states)

@@ -89,7 +89,6 @@ use ::sled::{Batch, Tree};
 
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
-use crate::time::Timestamp;
 use crate::sink::fault::Faults;
 use crate::sink::outbox::{
     Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
@@ -97,6 +96,7 @@ use crate::sink::outbox::{
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod check;

@@ -103,8 +103,8 @@ fn encode(item: &OutboxItem) -> Result<Vec<u8>> {
 }
 
 fn decode(id: u64, bytes: &[u8]) -> Result<OutboxItem> {
-    let r: ItemRow = serde_json::from_slice(bytes)
-        .map_err(|e| corrupt(format!("outbox item {id}: {e}")))?;
+    let r: ItemRow =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("outbox item {id}: {e}")))?;
     Ok(OutboxItem {
         id,
         integration: r.integration,
@@ -267,7 +267,12 @@ impl Inner {
         })
     }
 
-    pub(super) fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+    pub(super) fn outbox_extend(
+        &self,
+        claim: &Claim,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<bool> {
         self.outbox_change_claimed("extend an outbox lease", claim, |item| {
             outbox::extend(item, until, now)
         })

@@ -44,7 +44,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::error::{Error, Result};
 use crate::record::{StoredRecord, StreamKey};
-use crate::time::Timestamp;
 use crate::sink::fault::Faults;
 use crate::sink::outbox::{
     Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
@@ -52,6 +51,7 @@ use crate::sink::outbox::{
 use crate::sink::{
     Commit, CommitOutcome, ListQuery, RecordSink, RunSummary, StreamState, StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod error;
@@ -328,14 +328,18 @@ impl RecordSink for SqliteStore {
     // The outbox (`outbox.rs`).
 
     async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
-        self.write("enqueue an outbox item", move |c, _| outbox::enqueue(c, item))
-            .await
+        self.write("enqueue an outbox item", move |c, _| {
+            outbox::enqueue(c, item)
+        })
+        .await
     }
 
     async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
         let request = request.clone();
-        self.write("claim an outbox item", move |c, _| outbox::claim(c, &request))
-            .await
+        self.write("claim an outbox item", move |c, _| {
+            outbox::claim(c, &request)
+        })
+        .await
     }
 
     async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {

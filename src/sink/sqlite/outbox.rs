@@ -37,8 +37,14 @@ fn item_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OutboxItem> {
     let error: Option<String> = r.get(16)?;
     let (then_sync, error) = outbox::decode_json_columns(&then_sync, error.as_deref());
     let ts = |i| r.get::<_, i64>(i).map(Timestamp::from_micros);
-    let opt_ts = |i| r.get::<_, Option<i64>>(i).map(|t| t.map(Timestamp::from_micros));
-    let count = |i| r.get::<_, i64>(i).map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX));
+    let opt_ts = |i| {
+        r.get::<_, Option<i64>>(i)
+            .map(|t| t.map(Timestamp::from_micros))
+    };
+    let count = |i| {
+        r.get::<_, i64>(i)
+            .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+    };
     Ok(OutboxItem {
         id: r.get::<_, i64>(0)? as u64,
         integration: r.get(1)?,

@@ -289,7 +289,17 @@ pub(crate) async fn route(
         if let Some(r) = auth(shared, headers) {
             return Some(r);
         }
-        return Some(proxy(shared, method, &path["/proxy".len()..], raw_query, headers, body).await);
+        return Some(
+            proxy(
+                shared,
+                method,
+                &path["/proxy".len()..],
+                raw_query,
+                headers,
+                body,
+            )
+            .await,
+        );
     }
     let json_routes = matches!(
         (method.as_str(), path),
@@ -425,7 +435,8 @@ async fn trigger_action(
     let name_ok = |n: &str| {
         !n.is_empty()
             && n.len() <= 255
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
     let Some(action) = parsed.action_name.filter(|n| name_ok(n)) else {
         return issues_response(
@@ -480,7 +491,11 @@ async fn trigger_action(
     match task.await {
         Ok(Ok(output)) => json_response(200, output.to_string()),
         Ok(Err((status, body))) => json_response(status, body.to_string()),
-        Err(e) => error_json(500, "internal_server_error", &format!("Failed to run action: {e}")),
+        Err(e) => error_json(
+            500,
+            "internal_server_error",
+            &format!("Failed to run action: {e}"),
+        ),
     }
 }
 
@@ -529,7 +544,8 @@ async fn execute(
         Some(f) => Err(f),
         None => {
             if let Some(model) = &s.writes_model {
-                write_record(&shared, &run, model).map(|()| s.output.clone().unwrap_or_else(|| run.input.clone()))
+                write_record(&shared, &run, model)
+                    .map(|()| s.output.clone().unwrap_or_else(|| run.input.clone()))
             } else {
                 Ok(s.output.clone().unwrap_or_else(|| run.input.clone()))
             }
@@ -663,7 +679,12 @@ async fn proxy(
         .and_then(|n| n.parse::<usize>().ok())
     {
         let chunks: Vec<Result<Bytes, std::io::Error>> = (0..n.div_ceil(1000))
-            .map(|i| Ok(Bytes::from(vec![b'a' + (i % 26) as u8; (n - i * 1000).min(1000)])))
+            .map(|i| {
+                Ok(Bytes::from(vec![
+                    b'a' + (i % 26) as u8;
+                    (n - i * 1000).min(1000)
+                ]))
+            })
             .collect();
         return Response::builder()
             .status(200)
@@ -680,7 +701,10 @@ async fn proxy(
         .iter()
         .filter_map(|(k, v)| {
             let name = k.as_str().strip_prefix("nango-proxy-")?;
-            Some((name.to_string(), v.to_str().unwrap_or("\u{fffd}").to_string()))
+            Some((
+                name.to_string(),
+                v.to_str().unwrap_or("\u{fffd}").to_string(),
+            ))
         })
         .collect();
     let body_value = if body.is_empty() {
@@ -725,7 +749,14 @@ fn parse_sync(v: &Value) -> Option<(String, String)> {
         ),
         _ => return None,
     };
-    (!name.is_empty()).then_some((name, if variant.is_empty() { "base".into() } else { variant }))
+    (!name.is_empty()).then_some((
+        name,
+        if variant.is_empty() {
+            "base".into()
+        } else {
+            variant
+        },
+    ))
 }
 
 fn parse_syncs(v: Option<&Value>) -> Result<Vec<(String, String)>, Response> {
@@ -758,7 +789,10 @@ fn parse_syncs(v: Option<&Value>) -> Result<Vec<(String, String)>, Response> {
 }
 
 fn unknown_keys(obj: &serde_json::Map<String, Value>, allowed: &[&str]) -> Option<Response> {
-    let unknown: Vec<&String> = obj.keys().filter(|k| !allowed.contains(&k.as_str())).collect();
+    let unknown: Vec<&String> = obj
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .collect();
     (!unknown.is_empty()).then(|| {
         issues_response(
             "invalid_body",
@@ -855,7 +889,12 @@ fn select_syncs(
         .collect())
 }
 
-fn sync_trigger(shared: &Arc<Shared>, raw_query: &str, headers: &HeaderMap, body: &[u8]) -> Response {
+fn sync_trigger(
+    shared: &Arc<Shared>,
+    raw_query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     if let Some(r) = empty_query_or_error(raw_query) {
         return r;
     }
@@ -866,7 +905,14 @@ fn sync_trigger(shared: &Arc<Shared>, raw_query: &str, headers: &HeaderMap, body
     };
     if let Some(r) = unknown_keys(
         &obj,
-        &["syncs", "provider_config_key", "connection_id", "opts", "sync_mode", "full_resync"],
+        &[
+            "syncs",
+            "provider_config_key",
+            "connection_id",
+            "opts",
+            "sync_mode",
+            "full_resync",
+        ],
     ) {
         return r;
     }
@@ -1042,12 +1088,19 @@ fn sync_schedule(shared: &Shared, command: &str, body: &[u8]) -> Response {
 /// `every 2h`, `30m`, `half hour`, ... as Nango's regex takes them, and at least 30 s.
 fn frequency_ok(f: &str) -> bool {
     let f = f.strip_prefix("every ").unwrap_or(f);
-    if matches!(f, "month" | "week" | "half day" | "half hour" | "quarter hour") {
+    if matches!(
+        f,
+        "month" | "week" | "half day" | "half hour" | "quarter hour"
+    ) {
         return true;
     }
     let split = f.find(|c: char| !c.is_ascii_digit()).unwrap_or(f.len());
     let (num, unit) = f.split_at(split);
-    let n: u64 = if num.is_empty() { 1 } else { num.parse().unwrap_or(0) };
+    let n: u64 = if num.is_empty() {
+        1
+    } else {
+        num.parse().unwrap_or(0)
+    };
     let secs = match unit.trim_start() {
         "s" | "sec" | "secs" | "second" | "seconds" => n,
         "m" | "min" | "mins" | "minute" | "minutes" => n * 60,
@@ -1069,7 +1122,13 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
     };
     if let Some(r) = unknown_keys(
         &obj,
-        &["sync_name", "sync_variant", "provider_config_key", "connection_id", "frequency"],
+        &[
+            "sync_name",
+            "sync_variant",
+            "provider_config_key",
+            "connection_id",
+            "frequency",
+        ],
     ) {
         return r;
     }
@@ -1086,13 +1145,16 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
         _ => return invalid_body("frequency must be a string or null"),
     };
     if !known_connection(shared, &integration, &connection) {
-        return json_response(400, json!({"error": {"code": "unknown_connection"}}).to_string());
+        return json_response(
+            400,
+            json!({"error": {"code": "unknown_connection"}}).to_string(),
+        );
     }
-    let declared = shared
-        .writeback
-        .lock()
-        .syncs
-        .contains_key(&(integration.clone(), name.clone(), variant.clone()));
+    let declared = shared.writeback.lock().syncs.contains_key(&(
+        integration.clone(),
+        name.clone(),
+        variant.clone(),
+    ));
     if !declared {
         return json_response(400, json!({"error": {"code": "unknown_sync"}}).to_string());
     }
@@ -1106,7 +1168,12 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
         .map(|f| f.strip_prefix("every ").unwrap_or(f).to_string());
     let mut w = shared.writeback.lock();
     w.schedules
-        .entry((integration.clone(), connection.clone(), name.clone(), variant.clone()))
+        .entry((
+            integration.clone(),
+            connection.clone(),
+            name.clone(),
+            variant.clone(),
+        ))
         .or_default()
         .frequency = stored.clone();
     w.commands.push(SyncCommand {
@@ -1191,7 +1258,9 @@ fn connections(shared: &Shared, raw_query: &str) -> Response {
         .filter(|(_, i, c)| {
             integrations.as_ref().is_none_or(|l| l.contains(i))
                 && connection_id.as_ref().is_none_or(|x| x == c)
-                && search.as_ref().is_none_or(|s| c.to_lowercase().contains(&s.to_lowercase()))
+                && search
+                    .as_ref()
+                    .is_none_or(|s| c.to_lowercase().contains(&s.to_lowercase()))
         })
         .collect();
     // Newest first.
@@ -1263,11 +1332,13 @@ fn control_action(shared: &Shared, body: &[u8]) -> Result<Value, String> {
         let failure = match f.code.as_str() {
             "script_http_error" => ActionFailure::ProviderError {
                 status: f.status.unwrap_or(422),
-                body: f.payload.unwrap_or_else(|| json!({"message": "Unprocessable"})),
+                body: f
+                    .payload
+                    .unwrap_or_else(|| json!({"message": "Unprocessable"})),
             },
-            "action_script_runtime_error" => {
-                ActionFailure::ActionError(f.payload.unwrap_or_else(|| json!({"message": "failed"})))
-            }
+            "action_script_runtime_error" => ActionFailure::ActionError(
+                f.payload.unwrap_or_else(|| json!({"message": "failed"})),
+            ),
             "script_internal_error" => ActionFailure::InternalError,
             "script_network_error" => ActionFailure::NetworkError,
             other => return Err(format!("unknown failure code {other:?}")),
@@ -1286,11 +1357,19 @@ fn control_action(shared: &Shared, body: &[u8]) -> Result<Value, String> {
     if let Some(m) = b.writes_model {
         script = script.writes_record(m);
     }
-    let check = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let check = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    };
     if !check(&b.name) {
         return Err(format!("{:?} is not an action name", b.name));
     }
-    shared.writeback.lock().actions.insert(b.name.clone(), script);
+    shared
+        .writeback
+        .lock()
+        .actions
+        .insert(b.name.clone(), script);
     Ok(json!({ "action": b.name }))
 }
 
@@ -1304,14 +1383,30 @@ fn control_sync(shared: &Shared, body: &[u8]) -> Result<Value, String> {
         models: Vec<String>,
     }
     let b: B = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    add_sync(shared, &b.integration, &b.name, b.variant.as_deref(), &b.models);
+    add_sync(
+        shared,
+        &b.integration,
+        &b.name,
+        b.variant.as_deref(),
+        &b.models,
+    );
     Ok(json!({ "sync": b.name }))
 }
 
-fn add_sync(shared: &Shared, integration: &str, name: &str, variant: Option<&str>, models: &[String]) {
+fn add_sync(
+    shared: &Shared,
+    integration: &str,
+    name: &str,
+    variant: Option<&str>,
+    models: &[String],
+) {
     let variant = variant.filter(|v| !v.is_empty()).unwrap_or("base");
     shared.writeback.lock().syncs.insert(
-        (integration.to_string(), name.to_string(), variant.to_string()),
+        (
+            integration.to_string(),
+            name.to_string(),
+            variant.to_string(),
+        ),
         models.to_vec(),
     );
 }
@@ -1367,7 +1462,15 @@ mod tests {
 
     #[test]
     fn frequencies_follow_nangos_rules() {
-        for ok in ["every 2h", "30m", "every day", "half hour", "every 30s", "1d", "every week"] {
+        for ok in [
+            "every 2h",
+            "30m",
+            "every day",
+            "half hour",
+            "every 30s",
+            "1d",
+            "every week",
+        ] {
             assert!(frequency_ok(ok), "{ok}");
         }
         for bad in ["every 10s", "2 fortnights", "", "every"] {
@@ -1377,8 +1480,14 @@ mod tests {
 
     #[test]
     fn syncs_parse_in_every_form() {
-        assert_eq!(parse_sync(&json!("issues")), Some(("issues".into(), "base".into())));
-        assert_eq!(parse_sync(&json!("issues::eu")), Some(("issues".into(), "eu".into())));
+        assert_eq!(
+            parse_sync(&json!("issues")),
+            Some(("issues".into(), "base".into()))
+        );
+        assert_eq!(
+            parse_sync(&json!("issues::eu")),
+            Some(("issues".into(), "eu".into()))
+        );
         assert_eq!(
             parse_sync(&json!({"name": "issues", "variant": "eu"})),
             Some(("issues".into(), "eu".into()))
@@ -1397,6 +1506,9 @@ mod tests {
         assert_eq!(body["error"]["upstream"]["status"], 422);
         assert!(body["error"].get("message").is_none());
         let (status, body) = ActionFailure::ActionError(json!("nope")).response();
-        assert_eq!((status, &body["error"]["payload"]), (500, &json!({"message": "nope"})));
+        assert_eq!(
+            (status, &body["error"]["payload"]),
+            (500, &json!({"message": "nope"}))
+        );
     }
 }
