@@ -759,30 +759,31 @@ fn parse_sync(v: &Value) -> Option<(String, String)> {
     ))
 }
 
-fn parse_syncs(v: Option<&Value>) -> Result<Vec<(String, String)>, Response> {
+/// The `syncs` of a command body, or the answer refusing it (boxed: a response is large).
+fn parse_syncs(v: Option<&Value>) -> Result<Vec<(String, String)>, Box<Response>> {
     let Some(Value::Array(items)) = v else {
-        return Err(issues_response(
+        return Err(Box::new(issues_response(
             "invalid_body",
             &[Issue {
                 code: "invalid_type",
                 message: "Invalid input: expected array, received undefined".into(),
                 path: vec!["syncs".into()],
             }],
-        ));
+        )));
     };
     items
         .iter()
         .enumerate()
         .map(|(i, v)| {
             parse_sync(v).ok_or_else(|| {
-                issues_response(
+                Box::new(issues_response(
                     "invalid_body",
                     &[Issue {
                         code: "invalid_union",
                         message: "Each sync must be either a string or a { name: string, variant: string } object".into(),
                         path: vec!["syncs".into(), i.to_string()],
                     }],
-                )
+                ))
             })
         })
         .collect()
@@ -813,14 +814,14 @@ fn select_syncs(
     integration: &str,
     connection: Option<&str>,
     syncs: &[(String, String)],
-) -> Result<Vec<(String, String, String, Vec<String>)>, Response> {
+) -> Result<Vec<(String, String, String, Vec<String>)>, Box<Response>> {
     if !known_integration(shared, integration) {
         return Err(json_response(
             400,
             json!({"error": {"message": "There is no Provider Configuration matching this key. Please make sure this value exists in the Nango dashboard {}",
                 "code": "unknown_provider_config", "payload": {}}})
             .to_string(),
-        ));
+        ).into());
     }
     let connections: Vec<String> = match connection {
         Some(c) => {
@@ -831,7 +832,7 @@ fn select_syncs(
                         "code": "unknown_connection",
                         "payload": {"connectionId": c, "providerConfigKey": integration}}})
                     .to_string(),
-                ));
+                ).into());
             }
             vec![c.to_string()]
         }
@@ -864,7 +865,8 @@ fn select_syncs(
                         json!({"error": {"message": "No syncs found given the inputs.",
                             "code": "no_syncs_found", "payload": {}}})
                         .to_string(),
-                    ));
+                    )
+                    .into());
                 }
                 None => {}
             }
@@ -877,7 +879,8 @@ fn select_syncs(
             json!({"error": {"message": "No syncs found given the inputs.",
                 "code": "no_syncs_found", "payload": {}}})
             .to_string(),
-        ));
+        )
+        .into());
     }
     Ok(connections
         .iter()
@@ -918,7 +921,7 @@ fn sync_trigger(
     }
     let syncs = match parse_syncs(obj.get("syncs")) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let legacy = obj.contains_key("sync_mode") || obj.contains_key("full_resync");
     if obj.contains_key("opts") && legacy {
@@ -962,7 +965,7 @@ fn sync_trigger(
         .or_else(|| header_str(headers, "connection-id").map(str::to_string));
     let selected = match select_syncs(shared, &integration, connection.as_deref(), &syncs) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     shared.writeback.lock().commands.push(SyncCommand {
         command: "trigger".into(),
@@ -1049,7 +1052,7 @@ fn sync_schedule(shared: &Shared, command: &str, body: &[u8]) -> Response {
     }
     let syncs = match parse_syncs(obj.get("syncs")) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(integration) = obj.get("provider_config_key").and_then(Value::as_str) else {
         return issues_response(
@@ -1064,7 +1067,7 @@ fn sync_schedule(shared: &Shared, command: &str, body: &[u8]) -> Response {
     let connection = obj.get("connection_id").and_then(Value::as_str);
     let selected = match select_syncs(shared, integration, connection, &syncs) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut w = shared.writeback.lock();
     for (conn, name, variant, _) in selected {
@@ -1264,7 +1267,7 @@ fn connections(shared: &Shared, raw_query: &str) -> Response {
         })
         .collect();
     // Newest first.
-    all.sort_by(|a, b| b.0.cmp(&a.0));
+    all.sort_by_key(|c| std::cmp::Reverse(c.0));
     let list: Vec<Value> = all
         .into_iter()
         .skip(page.saturating_mul(limit))
