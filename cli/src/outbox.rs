@@ -163,3 +163,19 @@ pub fn start_worker(
     };
     Some((worker, task))
 }
+
+/// The outbox part of `serve`'s `/health`: the items per state (`null` when the store
+/// cannot be read) and what the worker did (`null` when it does not run).
+pub async fn health(
+    scheduler: &nango_sync::engine::scheduler::Scheduler,
+    worker: Option<&nango_sync::engine::outbox::OutboxWorker>,
+) -> serde_json::Value {
+    let counts = scheduler.engine().sink().outbox_counts().await.ok();
+    serde_json::json!({
+        "pending": counts.map(|c| c.pending),
+        "running": counts.map(|c| c.running),
+        "done": counts.map(|c| c.done),
+        "failed": counts.map(|c| c.failed),
+        "worker": worker.map(|w| serde_json::to_value(w.stats()).unwrap_or_default()),
+    })
+}

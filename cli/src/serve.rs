@@ -378,6 +378,7 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
 struct AppState {
     scheduler: Scheduler,
     receiver: WebhookReceiver,
+    outbox: Option<nango_sync::engine::outbox::OutboxWorker>,
 }
 
 async fn health(State(app): State<AppState>) -> impl IntoResponse {
@@ -413,6 +414,7 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
         })
         .collect();
     let w = app.receiver.stats();
+    let outbox = crate::outbox::health(&app.scheduler, app.outbox.as_ref()).await;
     let body = serde_json::json!({
         "status": if app.scheduler.is_shutting_down() { "stopping" } else { "ok" },
         "streams": streams,
@@ -422,6 +424,7 @@ async fn health(State(app): State<AppState>) -> impl IntoResponse {
             "malformed": w.malformed,
             "too_large": w.too_large,
         },
+        "outbox": outbox,
     });
     ([(CONTENT_TYPE, "application/json")], body.to_string())
 }
@@ -468,9 +471,11 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let receiver =
         WebhookReceiver::with_body_limit(verifier, Arc::new(scheduler.clone()), plan.body_limit);
+    let outbox = crate::outbox::start_worker(&args.outbox, &scheduler);
     let state = AppState {
         scheduler: scheduler.clone(),
         receiver: receiver.clone(),
+        outbox: outbox.as_ref().map(|(worker, _)| worker.clone()),
     };
     let app = Router::new()
         .route("/health", get(health))
@@ -503,7 +508,6 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         out.flush()?;
     }
 
-    let outbox = crate::outbox::start_worker(&args.outbox, &scheduler);
     let stopped = scheduler.stopped();
     let server = tokio::spawn(
         axum::serve(listener, app)

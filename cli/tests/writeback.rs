@@ -345,10 +345,21 @@ async fn serve_delivers_enqueued_actions_and_outbox_lists_them() {
             "50ms",
         ],
     )
-    .stdout(Stdio::null())
+    .stdout(Stdio::piped())
     .stderr(Stdio::null())
     .spawn()
     .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(serve.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let base = first
+        .strip_prefix("listening on ")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
     // Done when the three actions settled: 1 + 3 + 1 runs.
     while fake
@@ -385,6 +396,33 @@ async fn serve_delivers_enqueued_actions_and_outbox_lists_them() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    nango_sync::client::install_crypto_provider();
+    let health = loop {
+        let text = reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let health: Value = serde_json::from_str(&text).unwrap();
+        let o = &health["outbox"];
+        if o["pending"] == 0 && o["running"] == 0 {
+            break health;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let o = &health["outbox"];
+    assert_eq!(
+        (
+            o["pending"].as_u64(),
+            o["done"].as_u64(),
+            o["failed"].as_u64()
+        ),
+        (Some(0), Some(2), Some(1)),
+        "{health}"
+    );
+    assert_eq!(o["worker"]["retried"], 2, "{health}");
     let _ = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status();
