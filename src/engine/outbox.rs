@@ -1,7 +1,7 @@
 //! The outbox worker: delivers the actions of a store's [outbox](crate::sink::outbox)
 //! to Nango, at least once.
 //!
-//! [`OutboxWorker::run_until`] runs `concurrency` delivery loops. Each claims the oldest
+//! [`OutboxWorker::run`] runs `concurrency` delivery loops. Each claims the oldest
 //! claimable item with a lease ([`OutboxConfig::lease`]), triggers its action (one
 //! attempt per claim: the retries are the outbox's own, durable ones), extends the lease
 //! every third of it while the action runs, and settles the item:

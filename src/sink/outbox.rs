@@ -719,16 +719,16 @@ fn duration_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX / 4)
 }
 
-#[cfg_attr(
-    not(any(feature = "sqlite", feature = "sled", feature = "postgres")),
-    allow(
-        dead_code,
-        reason = "only the memory store is built, and it keeps items whole"
-    )
-)]
 /// The stored `then_sync` and `error` columns, decoded leniently: a row written by hand
 /// must still list (an entry that is not a model name fails [`OutboxItem::check`], and
 /// the worker fails the item).
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(
+        dead_code,
+        reason = "no SQL store is built: the memory and sled stores keep items whole"
+    )
+)]
 pub(crate) fn decode_json_columns(
     then_sync: &str,
     error: Option<&str>,
