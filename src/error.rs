@@ -33,6 +33,10 @@ pub enum Error {
         request: String,
         /// Seconds to wait before retrying, from `Retry-After` (429 and 503 answers).
         retry_after: Option<u64>,
+        /// Nango's `error.payload`, when the answer had one: the error data of an
+        /// action's script (what it threw, or the provider's answer for a
+        /// `script_http_error`), the parameters Nango did not find, a support id.
+        payload: Option<Box<serde_json::Value>>,
     },
 
     /// The response was not JSON (for example an HTML page from a self-hosted web UI at
@@ -72,6 +76,17 @@ pub enum Error {
         /// What was wrong, naming the record when it is known.
         #[source]
         source: PageError,
+    },
+
+    /// An async action was not finished within the time given to wait for it (Nango
+    /// answers `GET /action/{id}` with 404 until it is; see
+    /// [`NangoClient::wait_action`](crate::NangoClient::wait_action)).
+    #[error("action {id} was not finished after {waited_ms} ms of waiting")]
+    ActionNotFinished {
+        /// The async action's id.
+        id: String,
+        /// Time spent waiting, in milliseconds.
+        waited_ms: u64,
     },
 
     /// Retries were exhausted; the last error is attached.
@@ -173,6 +188,10 @@ pub enum Error {
     },
 }
 
+/// The code of a script that threw Nango's `ActionError`: a failure the script chose,
+/// which trying again repeats.
+const PERMANENT_SCRIPT_ERROR: &str = "action_script_runtime_error";
+
 /// The kind of an [`Error::Transport`] failure: whether the request could be sent at
 /// all, and how it broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,9 +221,18 @@ impl fmt::Display for TransportKind {
 impl Error {
     /// Whether trying the same operation again can succeed: connection errors,
     /// timeouts, 5xx, 408, 429, a busy or disconnected store.
+    ///
+    /// An action's script that threw Nango's `ActionError` (500
+    /// `action_script_runtime_error`) failed on purpose and fails again: not retryable,
+    /// like every 4xx (a 424 `script_http_error` included). Other 5xx of actions
+    /// (a network error inside the script, a timeout, a task that expired) are.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Nango { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+            Error::Nango { status, code, .. } => {
+                (*status >= 500 && code != PERMANENT_SCRIPT_ERROR)
+                    || *status == 408
+                    || *status == 429
+            }
             Error::NotJson { status, .. } => *status >= 500,
             Error::Transport { kind, .. } => *kind != TransportKind::Request,
             // A body cut short is reported as a transport error (retryable); one that
@@ -213,6 +241,7 @@ impl Error {
             Error::Store { retryable, .. } => *retryable,
             Error::Stream { source, .. } => source.is_retryable(),
             Error::RetriesExhausted { .. }
+            | Error::ActionNotFinished { .. }
             | Error::Damaged { .. }
             | Error::CursorConflict { .. }
             | Error::Invalid { .. }
@@ -237,6 +266,15 @@ impl Error {
             Error::Nango { code, .. } => Some(code),
             Error::RetriesExhausted { last, .. } => last.nango_code(),
             Error::Stream { source, .. } => source.nango_code(),
+            _ => None,
+        }
+    }
+
+    /// Nango's `error.payload` (an action script's error data), following wrapped
+    /// errors.
+    pub fn nango_payload(&self) -> Option<&serde_json::Value> {
+        match self.root() {
+            Error::Nango { payload, .. } => payload.as_deref(),
             _ => None,
         }
     }
@@ -320,6 +358,7 @@ mod tests {
             message: None,
             request: "GET /records".into(),
             retry_after: None,
+            payload: None,
         }
     }
 
@@ -337,6 +376,33 @@ mod tests {
             (404, false),
         ] {
             assert_eq!(nango(status).is_retryable(), retryable, "status {status}");
+        }
+    }
+
+    #[test]
+    fn script_errors_are_retried_by_kind() {
+        let script = |status: u16, code: &str| Error::Nango {
+            status,
+            code: code.into(),
+            message: None,
+            request: "POST /action/trigger (github/acme, action x)".into(),
+            retry_after: None,
+            payload: Some(Box::new(serde_json::json!({"reason": "no"}))),
+        };
+        for (status, code, retryable) in [
+            (500, "action_script_runtime_error", false),
+            (424, "script_http_error", false),
+            (404, "not_found", false),
+            (400, "unknown_connection", false),
+            (410, "script_aborted", false),
+            (500, "script_network_error", true),
+            (500, "script_internal_error", true),
+            (500, "action_script_failure", true),
+            (500, "generic_error_support", true),
+        ] {
+            let e = script(status, code);
+            assert_eq!(e.is_retryable(), retryable, "{status} {code}");
+            assert_eq!(e.nango_payload().unwrap()["reason"], "no");
         }
     }
 

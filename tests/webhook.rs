@@ -9,6 +9,9 @@ use std::time::Duration;
 use nango_sync::StoredRecord;
 use nango_sync::engine::scheduler::{DiscoveryRule, Scheduler, SchedulerConfig};
 use nango_sync::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts};
+use nango_sync::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use nango_sync::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, SharedSink,
     StreamState, StreamStatus,
@@ -354,6 +357,45 @@ impl RecordSink for GatedSink {
     }
     async fn count(&self, stream: &StreamKey) -> nango_sync::Result<RecordCounts> {
         self.inner.count(stream).await
+    }
+
+    // The outbox: the inner store's.
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> nango_sync::Result<OutboxItem> {
+        self.inner.outbox_enqueue(item).await
+    }
+    async fn outbox_claim(&self, request: &ClaimRequest) -> nango_sync::Result<Option<OutboxItem>> {
+        self.inner.outbox_claim(request).await
+    }
+    async fn outbox_extend(
+        &self,
+        claim: &Claim,
+        until: nango_sync::Timestamp,
+        now: nango_sync::Timestamp,
+    ) -> nango_sync::Result<bool> {
+        self.inner.outbox_extend(claim, until, now).await
+    }
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: nango_sync::Timestamp,
+    ) -> nango_sync::Result<bool> {
+        self.inner.outbox_settle(claim, settlement, now).await
+    }
+    async fn outbox_get(&self, id: u64) -> nango_sync::Result<Option<OutboxItem>> {
+        self.inner.outbox_get(id).await
+    }
+    async fn outbox_list(&self, query: &OutboxQuery) -> nango_sync::Result<Vec<OutboxItem>> {
+        self.inner.outbox_list(query).await
+    }
+    async fn outbox_counts(&self) -> nango_sync::Result<OutboxCounts> {
+        self.inner.outbox_counts().await
+    }
+    async fn outbox_purge(
+        &self,
+        finished_before: nango_sync::Timestamp,
+    ) -> nango_sync::Result<u64> {
+        self.inner.outbox_purge(finished_before).await
     }
 }
 

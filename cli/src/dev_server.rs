@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Args;
 use nango_sync::{SecretKey, StreamKey};
+use nango_sync_testkit::fake::ActionScript;
 use nango_sync_testkit::{FakeConfig, FakeNango};
 
 /// Arguments of `dev-server`.
@@ -67,6 +68,19 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
             stream.integration, stream.connection, stream.model, args.records
         )?;
     }
+    // Write-back out of the box: one sync per model (its name in lower case), and an
+    // action that answers its input.
+    for model in &models {
+        let name = model.to_lowercase();
+        fake.add_sync(&args.integration, &name, &[model.as_str()]);
+        writeln!(
+            out,
+            "sync integration={} name={name} models={model}",
+            args.integration
+        )?;
+    }
+    fake.script_action("echo", ActionScript::echo());
+    writeln!(out, "action name=echo (answers its input)")?;
     writeln!(
         out,
         "control API: {}/_fake (see the nango_sync_testkit::fake docs); Ctrl-C stops",

@@ -14,18 +14,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod action;
 mod bench;
 mod changes;
 mod demo;
 mod dev_server;
 mod history;
 mod logging;
+mod outbox;
 mod output;
+mod proxy;
 mod repair;
 mod serve;
 mod serve_monitor;
 mod status;
 mod sync;
+mod trigger;
 
 /// Keep a local database equal to Nango's records.
 #[derive(Debug, Parser)]
@@ -81,6 +85,16 @@ enum Command {
     /// Measure the engine against its ceilings (fetch alone, store alone) with an
     /// in-process fake Nango: fresh sync, update of every record, no-change run.
     Bench(bench::BenchArgs),
+    /// Run an action of a connection and print its output (JSON), or enqueue it in a
+    /// store's outbox (`--enqueue --sink URL`) for `serve` to deliver.
+    Action(action::ActionArgs),
+    /// List the actions of a store's outbox: state, attempts, output or error.
+    Outbox(outbox::OutboxArgs),
+    /// Send a request to the provider's API through Nango's proxy; the body goes to
+    /// stdout, the status to stderr, and a non-2xx answer exits non-zero.
+    Proxy(proxy::ProxyArgs),
+    /// Run syncs on Nango now (optionally a reset, optionally emptying Nango's cache).
+    Trigger(trigger::TriggerArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +127,10 @@ fn main() -> ExitCode {
             Command::DevServer(args) => dev_server::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Action(args) => action::run(args).await,
+            Command::Outbox(args) => outbox::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
+            Command::Trigger(args) => trigger::run(args).await,
         }
     });
     match result {

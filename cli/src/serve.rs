@@ -1,7 +1,7 @@
 //! `serve`: the always-on service. Webhooks on `POST /webhook`, health on `GET /health`
 //! (per stream: ok or degraded with its warnings; 503 when the store cannot be read),
-//! Prometheus metrics on `GET /metrics`, a poll per stream as a safety net, SIGINT/SIGTERM
-//! for a graceful stop.
+//! Prometheus metrics on `GET /metrics`, delivery of the store's outbox (`--outbox-*`),
+//! a poll per stream as a safety net, SIGINT/SIGTERM for a graceful stop.
 //!
 //! Streams come from the command line (`--integration --connection --model ...`) or a
 //! TOML file (`--config`):
@@ -139,6 +139,8 @@ pub struct ServeArgs {
     /// Runs kept per stream in the store's run history (default 100).
     #[arg(long)]
     run_history: Option<usize>,
+    #[command(flatten)]
+    outbox: crate::outbox::WorkerArgs,
 }
 
 /// The `--config` file.
@@ -338,9 +340,9 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
         }
         discovery.push(DiscoveryRule::new(integration.trim(), models));
     }
-    if streams.is_empty() && discovery.is_empty() {
+    if streams.is_empty() && discovery.is_empty() && args.outbox.outbox_concurrency == 0 {
         bail!(
-            "nothing to serve: give --integration, --connection and --model, or --config FILE with [[streams]] or [[discover]] entries"
+            "nothing to serve: give --integration, --connection and --model, or --config FILE with [[streams]] or [[discover]] entries, or let it deliver the outbox (--outbox-concurrency above 0)"
         );
     }
 
@@ -430,6 +432,7 @@ struct AppState {
     scheduler: Scheduler,
     receiver: WebhookReceiver,
     monitor: crate::serve_monitor::Monitor,
+    outbox: Option<nango_sync::engine::outbox::OutboxWorker>,
 }
 
 async fn health(State(app): State<AppState>) -> axum::response::Response {
@@ -495,6 +498,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
     } else {
         "ok"
     };
+    let outbox = crate::outbox::health(&app.scheduler, app.outbox.as_ref()).await;
     let body = serde_json::json!({
         "status": status,
         "streams": streams,
@@ -504,6 +508,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
             "malformed": w.malformed,
             "too_large": w.too_large,
         },
+        "outbox": outbox,
     });
     ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -561,10 +566,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     };
     let receiver =
         WebhookReceiver::with_body_limit(verifier, Arc::new(scheduler.clone()), plan.body_limit);
+    let outbox = crate::outbox::start_worker(&args.outbox, &scheduler);
     let state = AppState {
         scheduler: scheduler.clone(),
         receiver: receiver.clone(),
         monitor,
+        outbox: outbox.as_ref().map(|(worker, _)| worker.clone()),
     };
     let app = Router::new()
         .route("/health", get(health))
@@ -606,6 +613,12 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     );
     shutdown_signal().await;
     info!("shutdown requested: finishing the commits in flight");
+    if let Some((worker, task)) = outbox {
+        worker.stop();
+        if let Err(e) = task.await {
+            warn!(error = %e, "the outbox worker task failed");
+        }
+    }
     scheduler.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}

@@ -1,4 +1,5 @@
-//! The Nango HTTP client: the records pager with retries, backoff and a rate budget.
+//! The Nango HTTP client: the records pager with retries, backoff and a rate budget,
+//! and the calls that write back and operate Nango.
 //!
 //! [`NangoClient::list_records`] sends `GET /records` exactly as Nango's server validates
 //! it (three headers, only documented query parameters, `modified_after` in `Z` form),
@@ -6,6 +7,17 @@
 //! connection errors, timeouts, 5xx, 408 and 429 (waiting `Retry-After`, at least one
 //! second), with exponential backoff and jitter, bounded by an attempt count and a total
 //! deadline.
+//!
+//! Beyond records, the client writes back and operates Nango, every call through the
+//! same retry loop, rate budget and error mapping:
+//!
+//! | call | module |
+//! |---|---|
+//! | [`NangoClient::trigger_action`], [`NangoClient::trigger_action_async`], [`NangoClient::wait_action`] | [`actions`] |
+//! | [`NangoClient::proxy`] | [`proxy`] |
+//! | [`NangoClient::trigger_syncs`], [`NangoClient::start_syncs`], [`NangoClient::pause_syncs`], [`NangoClient::update_sync_frequency`] | [`syncs`] |
+//! | [`NangoClient::list_connections`], [`NangoClient::all_connections`] | [`connections`] |
+//! | [`NangoClient::prune_records`], [`NangoClient::prune_until`] | [`prune`] |
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,17 +31,32 @@ use crate::record::{Cursor, StreamKey};
 use crate::secret::SecretKey;
 use crate::time::Timestamp;
 
+pub mod actions;
 mod budget;
+pub mod connections;
+pub mod proxy;
+pub mod prune;
+mod request;
 mod retry;
 mod sync_status;
+pub mod syncs;
 
+pub use actions::{ActionRequest, ActionWakeups, AsyncAction, WaitOptions};
 pub use budget::RateBudget;
+pub use connections::{Connection, ConnectionsQuery};
+pub use proxy::{ProxyRequest, ProxyResponse};
+pub use prune::PruneOutcome;
 pub(crate) use retry::OnGiveUp;
 pub use retry::RetryConfig;
 pub use sync_status::{ModelResult, SyncSelector, SyncState, SyncStatus};
+pub use syncs::{SyncRef, TriggerOptions};
 
 /// Nango's cloud API.
 pub const DEFAULT_HOST: &str = "https://api.nango.dev";
+
+/// How long a sync action's trigger may take by default: Nango gives up after about
+/// 15.5 minutes.
+pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(16 * 60);
 
 /// The largest page Nango serves.
 pub const MAX_PAGE_SIZE: u32 = 10_000;
@@ -139,6 +166,7 @@ struct Inner {
     secret: SecretKey,
     retry: RetryConfig,
     budget: Option<Arc<RateBudget>>,
+    action_timeout: Duration,
 }
 
 impl std::fmt::Debug for NangoClient {
@@ -161,6 +189,7 @@ pub struct NangoClientBuilder {
     retry: RetryConfig,
     budget: Option<Arc<RateBudget>>,
     user_agent: String,
+    action_timeout: Duration,
 }
 
 impl Default for NangoClientBuilder {
@@ -173,6 +202,7 @@ impl Default for NangoClientBuilder {
             retry: RetryConfig::default(),
             budget: None,
             user_agent: format!("nango-sync/{}", env!("CARGO_PKG_VERSION")),
+            action_timeout: DEFAULT_ACTION_TIMEOUT,
         }
     }
 }
@@ -229,6 +259,14 @@ impl NangoClientBuilder {
         self
     }
 
+    /// Timeout of a sync action's trigger (default 16 minutes). Nango keeps the request
+    /// open while the action runs and gives up after about 15.5 minutes; a shorter
+    /// timeout abandons actions that may still complete.
+    pub fn action_timeout(mut self, timeout: Duration) -> Self {
+        self.action_timeout = timeout;
+        self
+    }
+
     /// The `User-Agent` header.
     pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
         self.user_agent = ua.into();
@@ -282,6 +320,7 @@ impl NangoClientBuilder {
                 secret,
                 retry: self.retry,
                 budget: self.budget,
+                action_timeout: self.action_timeout,
             }),
         })
     }
@@ -350,18 +389,34 @@ impl NangoClient {
     }
 
     /// Run `attempt` until it succeeds, fails permanently, or the retry policy gives up.
-    pub(crate) async fn with_retries<T, F, Fut>(&self, describe: &str, mut attempt: F) -> Result<T>
+    pub(crate) async fn with_retries<T, F, Fut>(&self, describe: &str, attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let policy = &self.inner.retry;
+        self.with_retries_if(describe, &self.inner.retry, Error::is_retryable, attempt)
+            .await
+    }
+
+    /// [`NangoClient::with_retries`] with `policy`, retrying only what `retry` accepts.
+    /// Every attempt takes a permit of the rate budget; a 429 pauses the budget.
+    pub(crate) async fn with_retries_if<T, F, Fut>(
+        &self,
+        describe: &str,
+        policy: &RetryConfig,
+        retry: impl Fn(&Error) -> bool,
+        mut attempt: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         // `describe` starts with the method and path ("GET /records (...)"): the
         // request label of the metrics.
         let request = describe.split(" (").next().unwrap_or(describe).to_string();
         let failed_class = std::sync::Mutex::new(None::<&'static str>);
         policy
-            .run(describe, retry::OnGiveUp::Wrap, |_| {
+            .run_if(describe, retry::OnGiveUp::Wrap, retry, |_| {
                 let result = attempt();
                 let (request, failed_class) = (&request, &failed_class);
                 async move {
@@ -577,6 +632,8 @@ fn nango_error(describe: &str, status: u16, body: &[u8], retry_after: Option<u64
         message: Option<String>,
         #[serde(default)]
         errors: Vec<Detail>,
+        payload: Option<serde_json::Value>,
+        upstream: Option<Upstream>,
     }
     #[derive(serde::Deserialize)]
     struct Detail {
@@ -584,10 +641,15 @@ fn nango_error(describe: &str, status: u16, body: &[u8], retry_after: Option<u64
         #[serde(default)]
         path: Vec<serde_json::Value>,
     }
+    /// What a `script_http_error` says about the provider's answer.
+    #[derive(serde::Deserialize)]
+    struct Upstream {
+        status: Option<u16>,
+    }
     let parsed: Option<ErrorBody> = serde_json::from_slice::<Envelope>(body)
         .ok()
         .and_then(|e| e.error);
-    let (code, message) = match parsed {
+    let (code, message, payload) = match parsed {
         Some(e) => {
             let mut parts: Vec<String> = e.message.into_iter().collect();
             for d in e.errors {
@@ -607,12 +669,20 @@ fn nango_error(describe: &str, status: u16, body: &[u8], retry_after: Option<u64
                     format!("{}: {m}", path.join("."))
                 });
             }
+            if parts.is_empty()
+                && let Some(upstream) = e.upstream.and_then(|u| u.status)
+            {
+                // A script's request to the provider failed (424 `script_http_error`,
+                // which has no message).
+                parts.push(format!("the provider answered HTTP {upstream}"));
+            }
             (
                 e.code.unwrap_or_else(|| "http_error".into()),
                 (!parts.is_empty()).then(|| parts.join("; ")),
+                e.payload.filter(|p| !p.is_null()).map(Box::new),
             )
         }
-        None => ("http_error".to_string(), None),
+        None => ("http_error".to_string(), None, None),
     };
     Error::Nango {
         status,
@@ -620,6 +690,7 @@ fn nango_error(describe: &str, status: u16, body: &[u8], retry_after: Option<u64
         message,
         request: describe.to_string(),
         retry_after,
+        payload,
     }
 }
 

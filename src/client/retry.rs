@@ -99,6 +99,23 @@ impl RetryConfig {
         &self,
         what: &str,
         on_give_up: OnGiveUp,
+        attempt: F,
+    ) -> Result<T, Error>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        self.run_if(what, on_give_up, Error::is_retryable, attempt)
+            .await
+    }
+
+    /// [`RetryConfig::run`], retrying only the errors `retry` accepts (for requests
+    /// that must not be sent twice when the first one may have been carried out).
+    pub(crate) async fn run_if<T, F, Fut>(
+        &self,
+        what: &str,
+        on_give_up: OnGiveUp,
+        retry: impl Fn(&Error) -> bool,
         mut attempt: F,
     ) -> Result<T, Error>
     where
@@ -113,7 +130,7 @@ impl RetryConfig {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            if !err.is_retryable() {
+            if !retry(&err) {
                 return Err(err);
             }
             let wait = self.delay(attempts, &err);
@@ -159,6 +176,7 @@ mod tests {
             message: None,
             request: "r".into(),
             retry_after,
+            payload: None,
         }
     }
 

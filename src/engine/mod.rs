@@ -46,6 +46,8 @@
 //! Other streams of [`Engine::sync_all`] go on. Record size is not limited by the engine:
 //! a page is held in memory whole, so memory is bounded by Nango's response size.
 
+mod operations;
+pub mod outbox;
 #[cfg(feature = "webhook")]
 pub mod scheduler;
 
@@ -98,6 +100,13 @@ pub struct EngineConfig {
     /// The check of the store's live record count against Nango's after a successful
     /// run (default: off; see [`CountCheckConfig`]).
     pub count_check: CountCheckConfig,
+    /// After a run that reached Nango's end, tell Nango that the payloads of the
+    /// stream's records up to the stored cursor may be dropped (`PATCH /records/prune`).
+    /// Off by default, and only for a store that is the stream's one consumer: Nango
+    /// then serves those records as `{id}` to everyone, a full re-read and
+    /// [`repair`](crate::repair) included. A failed prune is logged, never an error of
+    /// the run.
+    pub prune_after_run: bool,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +118,7 @@ impl Default for EngineConfig {
             commit_retry: default_commit_retry(),
             run_history: DEFAULT_RUN_HISTORY,
             count_check: CountCheckConfig::default(),
+            prune_after_run: false,
         }
     }
 }
@@ -439,6 +449,9 @@ impl Engine {
                         options.full = true;
                         options.full_reason = Some(FullReadReason::CountMismatch);
                         continue;
+                    }
+                    if self.config.prune_after_run {
+                        self.prune_after_run(stream, report.cursor.as_ref()).await;
                     }
                     return Ok(Some(report));
                 }

@@ -27,7 +27,15 @@
 //! - a sync webhook for a stream not registered yet registers it when a
 //!   [`DiscoveryRule`] matches, so new connections start syncing by themselves;
 //! - every verified webhook (auth ones included) is published to
-//!   [`Scheduler::subscribe`]rs.
+//!   [`Scheduler::subscribe`]rs;
+//! - an `async_action` webhook wakes whoever waits for that action
+//!   ([`Scheduler::action_wakeups`], given to
+//!   [`NangoClient::wait_action`](crate::NangoClient::wait_action)).
+//!
+//! The scheduler also runs what write-back asks of streams: it is the
+//! [`SyncTrigger`](super::outbox::SyncTrigger) of an outbox worker (a done action's
+//! streams are synced at once) and [`Scheduler::trigger_syncs`] re-reads streams fully
+//! after Nango's cache was emptied (see `scheduler/writeback.rs`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -43,6 +51,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{Engine, SyncOptions};
+use crate::client::ActionWakeups;
 use crate::monitor::{Clock, SystemClock};
 use crate::record::StreamKey;
 use crate::time::Timestamp;
@@ -223,7 +232,11 @@ struct Inner {
     rng: Mutex<u64>,
     next_run_seq: AtomicU64,
     clock: Arc<dyn Clock>,
+    /// Woken by `async_action` webhooks.
+    wakeups: ActionWakeups,
 }
+
+mod writeback;
 
 impl std::fmt::Debug for Scheduler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,6 +297,7 @@ impl Scheduler {
                 rng: Mutex::new(seed),
                 next_run_seq: AtomicU64::new(0),
                 clock,
+                wakeups: ActionWakeups::new(),
             }),
         }
     }
@@ -512,6 +526,10 @@ impl WebhookHandler for Scheduler {
                     success = a.success,
                     "auth webhook"
                 );
+            }
+            WebhookEvent::AsyncAction(a) => {
+                debug!(action = %a.payload.id, "async action finished");
+                self.inner.wakeups.notify(&a.payload.id);
             }
             other => debug!(kind = other.kind(), "webhook: nothing to sync"),
         }

@@ -21,10 +21,16 @@ use crate::merge::{Counts, StoredVersionBuf, payload_text_is_bare};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
     StreamStatus,
 };
+use crate::time::Timestamp;
+
+mod outbox;
 
 mod history;
 
@@ -51,6 +57,7 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
     faults: Faults,
     signal: CommitSignal,
+    outbox: Mutex<outbox::MemoryOutbox>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +105,7 @@ impl MemoryStore {
             inner: Mutex::default(),
             faults: options.faults,
             signal: CommitSignal::default(),
+            outbox: Mutex::default(),
         }
     }
 
@@ -105,6 +113,12 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave a half-applied commit (commits are
         // applied after every check), so a poisoned lock is safe to reuse.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn outbox(&self) -> std::sync::MutexGuard<'_, outbox::MemoryOutbox> {
+        // Every outbox change is one assignment after its checks: a poisoned lock holds
+        // a consistent outbox.
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -365,6 +379,45 @@ impl RecordSink for MemoryStore {
             live: data.records.len() as u64 - deleted,
             deleted,
         })
+    }
+
+    // The outbox.
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        self.outbox().enqueue(item)
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        Ok(self.outbox().claim(request))
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        Ok(self.outbox().extend(claim, until, now))
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        Ok(self.outbox().settle(claim, settlement, now))
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        Ok(self.outbox().get(id))
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        Ok(self.outbox().list(query))
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        Ok(self.outbox().counts())
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        Ok(self.outbox().purge(finished_before))
     }
 }
 

@@ -34,12 +34,17 @@ use crate::feed::{
     ChangeBatch, ChangeKind, ChangeQuery, Consumer, FeedPosition, ListAcross, RecordCounts,
 };
 use crate::merge::Counts;
-use crate::record::{Cursor, Record, StoredRecord, StreamKey};
+use crate::record::{Cursor, RawJson, Record, StoredRecord, StreamKey};
 use crate::time::Timestamp;
+use outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxError, OutboxItem, OutboxQuery,
+    Settlement,
+};
 
 pub mod commit;
 mod history;
 pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
+pub mod outbox;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -324,7 +329,7 @@ pub struct StreamStatus {
 /// every `RecordSink` implements, so an application can choose a backend at run time
 /// and hold a [`SharedSink`] (which is a `RecordSink` too).
 ///
-/// The methods fall in two groups:
+/// The methods fall in groups:
 ///
 /// - **the data path**: [`stream_state`](Self::stream_state) and
 ///   [`commit`](Self::commit), which the engine's runs use, and the reads of the
@@ -334,9 +339,17 @@ pub struct StreamStatus {
 ///   [`streams`](Self::streams);
 /// - **the run history**: [`record_run`](Self::record_run),
 ///   [`last_run`](Self::last_run), [`run_history`](Self::run_history) and
-///   [`stream_status`](Self::stream_status).
-///
-/// Neither bookkeeping nor the history moves a cursor or uses a commit sequence number.
+///   [`stream_status`](Self::stream_status). Neither bookkeeping nor the history moves
+///   a cursor or uses a commit sequence number;
+/// - **the application's side** ([`crate::feed`]): the change feed
+///   ([`changes`](Self::changes)), named consumers ([`ack`](Self::ack)), commit
+///   signals ([`subscribe`](Self::subscribe)), counts and typed reads;
+/// - **the outbox** ([`outbox`]): actions the application enqueued
+///   ([`outbox_enqueue`](Self::outbox_enqueue)) that a worker claims
+///   ([`outbox_claim`](Self::outbox_claim)), keeps
+///   ([`outbox_extend`](Self::outbox_extend)) and settles
+///   ([`outbox_settle`](Self::outbox_settle)), and their reads. They touch no record
+///   and no cursor.
 ///
 /// A store's commit is [`commit::prepare`] applied in one transaction of the store; the
 /// conformance suite (crate `nango-sync-testkit`) compares every store with the in-memory
@@ -563,6 +576,94 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
             Ok(out)
         }
     }
+    // The outbox (module `outbox`): actions enqueued by the application, delivered by a
+    // worker. Every transition is decided by `outbox::{claimable, claim, abandon,
+    // holds, settle, extend}`; a store finds the rows, applies them and writes the rows
+    // back in one transaction. Times are given by the caller (`now`), never read by the
+    // store.
+
+    /// Store `item` (checked with [`NewOutboxItem::check`]) as a pending item and return
+    /// it. When its idempotency key is already used, the item that has the key is
+    /// returned unchanged and nothing is stored.
+    fn outbox_enqueue(
+        &self,
+        item: NewOutboxItem,
+    ) -> impl Future<Output = Result<OutboxItem>> + Send;
+
+    /// Claim the claimable item with the lowest id for `request.worker`, at
+    /// `request.now`, for `request.lease`: a pending item whose `available_at` is past,
+    /// or a running one whose lease ran out. Running items whose lease ran out after
+    /// their last attempt are failed on the way ([`outbox::ABANDONED`]). Two concurrent
+    /// claims never get the same item. `None` when nothing is claimable.
+    fn outbox_claim(
+        &self,
+        request: &ClaimRequest,
+    ) -> impl Future<Output = Result<Option<OutboxItem>>> + Send;
+
+    /// Extend the lease of the item `claim` holds to `until`. `false` (nothing changed)
+    /// when the claim no longer holds it.
+    fn outbox_extend(
+        &self,
+        claim: &Claim,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Settle the item `claim` holds: done, failed, or pending again. `false` (nothing
+    /// changed) when the claim no longer holds it.
+    fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// [`outbox_settle`](Self::outbox_settle) as done with `output`.
+    fn outbox_complete(
+        &self,
+        claim: &Claim,
+        output: RawJson,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.outbox_settle(claim, Settlement::Done { output }, now)
+    }
+
+    /// [`outbox_settle`](Self::outbox_settle) as failed with `error`.
+    fn outbox_fail(
+        &self,
+        claim: &Claim,
+        error: OutboxError,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.outbox_settle(claim, Settlement::Failed { error }, now)
+    }
+
+    /// [`outbox_settle`](Self::outbox_settle) as pending again, not before `at`.
+    fn outbox_retry_later(
+        &self,
+        claim: &Claim,
+        error: OutboxError,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<bool>> + Send {
+        self.outbox_settle(claim, Settlement::Retry { error, at }, now)
+    }
+
+    /// One item by id.
+    fn outbox_get(&self, id: u64) -> impl Future<Output = Result<Option<OutboxItem>>> + Send;
+
+    /// Items in id order, a page at a time.
+    fn outbox_list(
+        &self,
+        query: &OutboxQuery,
+    ) -> impl Future<Output = Result<Vec<OutboxItem>>> + Send;
+
+    /// How many items are in each state.
+    fn outbox_counts(&self) -> impl Future<Output = Result<OutboxCounts>> + Send;
+
+    /// Remove the done and failed items that finished before `finished_before`; returns
+    /// how many. Their idempotency keys can be used again.
+    fn outbox_purge(&self, finished_before: Timestamp) -> impl Future<Output = Result<u64>> + Send;
 }
 
 /// A boxed future, for [`DynRecordSink`].
@@ -626,6 +727,29 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
         &'a self,
         query: &'a ListAcross,
     ) -> BoxFuture<'a, Result<Vec<(StreamKey, StoredRecord)>>>;
+
+    // The outbox.
+    fn outbox_enqueue(&self, item: NewOutboxItem) -> BoxFuture<'_, Result<OutboxItem>>;
+    fn outbox_claim<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> BoxFuture<'a, Result<Option<OutboxItem>>>;
+    fn outbox_extend<'a>(
+        &'a self,
+        claim: &'a Claim,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn outbox_settle<'a>(
+        &'a self,
+        claim: &'a Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool>>;
+    fn outbox_get(&self, id: u64) -> BoxFuture<'_, Result<Option<OutboxItem>>>;
+    fn outbox_list<'a>(&'a self, query: &'a OutboxQuery) -> BoxFuture<'a, Result<Vec<OutboxItem>>>;
+    fn outbox_counts(&self) -> BoxFuture<'_, Result<OutboxCounts>>;
+    fn outbox_purge(&self, finished_before: Timestamp) -> BoxFuture<'_, Result<u64>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -724,6 +848,45 @@ impl<T: RecordSink> DynRecordSink for T {
     ) -> BoxFuture<'a, Result<Vec<(StreamKey, StoredRecord)>>> {
         Box::pin(RecordSink::list_across(self, query))
     }
+
+    // The outbox.
+    fn outbox_enqueue(&self, item: NewOutboxItem) -> BoxFuture<'_, Result<OutboxItem>> {
+        Box::pin(RecordSink::outbox_enqueue(self, item))
+    }
+    fn outbox_claim<'a>(
+        &'a self,
+        request: &'a ClaimRequest,
+    ) -> BoxFuture<'a, Result<Option<OutboxItem>>> {
+        Box::pin(RecordSink::outbox_claim(self, request))
+    }
+    fn outbox_extend<'a>(
+        &'a self,
+        claim: &'a Claim,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(RecordSink::outbox_extend(self, claim, until, now))
+    }
+    fn outbox_settle<'a>(
+        &'a self,
+        claim: &'a Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(RecordSink::outbox_settle(self, claim, settlement, now))
+    }
+    fn outbox_get(&self, id: u64) -> BoxFuture<'_, Result<Option<OutboxItem>>> {
+        Box::pin(RecordSink::outbox_get(self, id))
+    }
+    fn outbox_list<'a>(&'a self, query: &'a OutboxQuery) -> BoxFuture<'a, Result<Vec<OutboxItem>>> {
+        Box::pin(RecordSink::outbox_list(self, query))
+    }
+    fn outbox_counts(&self) -> BoxFuture<'_, Result<OutboxCounts>> {
+        Box::pin(RecordSink::outbox_counts(self))
+    }
+    fn outbox_purge(&self, finished_before: Timestamp) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(RecordSink::outbox_purge(self, finished_before))
+    }
 }
 
 /// A store chosen at run time.
@@ -795,6 +958,37 @@ impl RecordSink for SharedSink {
     }
     async fn list_across(&self, query: &ListAcross) -> Result<Vec<(StreamKey, StoredRecord)>> {
         DynRecordSink::list_across(&**self, query).await
+    }
+
+    // The outbox.
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        DynRecordSink::outbox_enqueue(&**self, item).await
+    }
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        DynRecordSink::outbox_claim(&**self, request).await
+    }
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        DynRecordSink::outbox_extend(&**self, claim, until, now).await
+    }
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        DynRecordSink::outbox_settle(&**self, claim, settlement, now).await
+    }
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        DynRecordSink::outbox_get(&**self, id).await
+    }
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        DynRecordSink::outbox_list(&**self, query).await
+    }
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        DynRecordSink::outbox_counts(&**self).await
+    }
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        DynRecordSink::outbox_purge(&**self, finished_before).await
     }
 }
 

@@ -69,6 +69,10 @@ use nango_sync::feed::{
 use nango_sync::merge::Counts;
 use nango_sync::record::{Cursor, LastAction, Metadata, RawJson, Record, StoredRecord, StreamKey};
 use nango_sync::sink::fault::{FaultInjector, FaultPoint};
+use nango_sync::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxError, OutboxItem, OutboxQuery,
+    OutboxState, Settlement,
+};
 use nango_sync::sink::{
     Commit, CommitOutcome, DEFAULT_RUN_HISTORY, FullRead, HistoryQuery, ListQuery, MemoryStore,
     RecordSink, RunEntry, RunId, RunOutcome, RunSummary, SharedSink, StreamState, StreamStatus,
@@ -134,6 +138,9 @@ struct Mirrored<S> {
     reference: MemoryStore,
     /// Commits reach both stores in the same order.
     order: tokio::sync::Mutex<()>,
+    /// Outbox item ids of the store under test and of the reference (a store may skip
+    /// ids: a PostgreSQL sequence is not rolled back).
+    outbox_ids: std::sync::Mutex<BTreeMap<u64, u64>>,
 }
 
 impl<S: RecordSink> Mirrored<S> {
@@ -173,6 +180,85 @@ impl<S: RecordSink> Mirrored<S> {
             got.consumers, want.consumers,
             "{b}: consumers differ from the reference store's"
         );
+        // The outbox: every item, its store id replaced by the reference's.
+        let got_items: Vec<Value> = outbox_all(&self.store)
+            .await
+            .iter()
+            .map(|item| self.as_reference(item))
+            .collect();
+        let want_items: Vec<Value> = outbox_all(&self.reference)
+            .await
+            .iter()
+            .map(OutboxItem::to_json)
+            .collect();
+        assert_eq!(
+            got_items, want_items,
+            "{b}: the outbox differs from the reference store's"
+        );
+        assert_eq!(
+            self.store.outbox_counts().await.unwrap(),
+            self.reference.outbox_counts().await.unwrap(),
+            "{b}: outbox counts differ from the reference store's"
+        );
+    }
+
+    /// `item` of the store under test as JSON, with the reference's id.
+    fn as_reference(&self, item: &OutboxItem) -> Value {
+        let ids = self.outbox_ids.lock().unwrap();
+        let mut v = item.to_json();
+        v["id"] = json!(ids.get(&item.id).copied());
+        v
+    }
+
+    /// `claim` of the store under test, for the reference.
+    fn reference_claim(&self, claim: &Claim) -> Claim {
+        let ids = self.outbox_ids.lock().unwrap();
+        Claim {
+            id: ids.get(&claim.id).copied().unwrap_or(u64::MAX),
+            ..claim.clone()
+        }
+    }
+
+    /// Check that an outbox answer of the store under test is the reference's.
+    fn assert_same_item(&self, what: &str, got: Option<&OutboxItem>, want: Option<&OutboxItem>) {
+        let b = self.store.backend();
+        assert_eq!(
+            got.map(|i| self.as_reference(i)),
+            want.map(OutboxItem::to_json),
+            "{b}: {what} differs from the reference store's"
+        );
+    }
+
+    /// Give the reference the claims the store under test made concurrently (each
+    /// with its item), in the store's id order, so that both hold the same thing.
+    async fn mirror_claims(&self, mut claims: Vec<(ClaimRequest, OutboxItem)>) {
+        let _order = self.order.lock().await;
+        claims.sort_by_key(|(_, item)| item.id);
+        for (request, got) in claims {
+            let want = self.reference.outbox_claim(&request).await.unwrap();
+            self.assert_same_item("a concurrent claim", Some(&got), want.as_ref());
+        }
+    }
+}
+
+/// Every outbox item of a store, in id order.
+async fn outbox_all<S: RecordSink>(store: &S) -> Vec<OutboxItem> {
+    let b = store.backend();
+    let mut out = Vec::new();
+    let mut q = OutboxQuery::first(100);
+    loop {
+        let batch = store
+            .outbox_list(&q)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: outbox_list failed: {e}"));
+        let done = batch.len() < q.limit;
+        if let Some(last) = batch.last() {
+            q = q.after(last.id);
+        }
+        out.extend(batch);
+        if done {
+            return out;
+        }
     }
 }
 
@@ -392,6 +478,107 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
     async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
         self.store.count(stream).await
     }
+
+    // The outbox: every change reaches both stores (ids mapped), reads only the store
+    // under test.
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        let _order = self.order.lock().await;
+        let got = self.store.outbox_enqueue(item.clone()).await;
+        let want = self.reference.outbox_enqueue(item).await;
+        match (&got, &want) {
+            (Ok(g), Ok(w)) => {
+                self.outbox_ids.lock().unwrap().insert(g.id, w.id);
+                self.assert_same_item("an enqueued item", Some(g), Some(w));
+            }
+            (Err(g), Err(w)) => assert_eq!(
+                g.to_string(),
+                w.to_string(),
+                "{}: a refused enqueue differs from the reference store's",
+                self.store.backend()
+            ),
+            (g, w) => panic!(
+                "{}: enqueue gave {g:?}, the reference store {w:?}",
+                self.store.backend()
+            ),
+        }
+        got
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        let _order = self.order.lock().await;
+        let got = self.store.outbox_claim(request).await?;
+        let want = self.reference.outbox_claim(request).await.unwrap();
+        self.assert_same_item("a claim", got.as_ref(), want.as_ref());
+        Ok(got)
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        let _order = self.order.lock().await;
+        let got = self.store.outbox_extend(claim, until, now).await?;
+        let want = self
+            .reference
+            .outbox_extend(&self.reference_claim(claim), until, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{}: a lease extension differs from the reference store's",
+            self.store.backend()
+        );
+        Ok(got)
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let _order = self.order.lock().await;
+        let got = self
+            .store
+            .outbox_settle(claim, settlement.clone(), now)
+            .await?;
+        let want = self
+            .reference
+            .outbox_settle(&self.reference_claim(claim), settlement, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{}: a settlement differs from the reference store's",
+            self.store.backend()
+        );
+        Ok(got)
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.store.outbox_get(id).await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        self.store.outbox_list(query).await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.store.outbox_counts().await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        let _order = self.order.lock().await;
+        let got = self.store.outbox_purge(finished_before).await?;
+        let want = self.reference.outbox_purge(finished_before).await.unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{}: a purge differs from the reference store's",
+            self.store.backend()
+        );
+        Ok(got)
+    }
 }
 
 /// One check's store: the store under test mirrored to the reference, and the fault
@@ -411,6 +598,7 @@ impl<S: RecordSink> Subject<S> {
                 store,
                 reference: MemoryStore::new(),
                 order: tokio::sync::Mutex::new(()),
+                outbox_ids: std::sync::Mutex::default(),
             }),
             faults,
         }
@@ -427,7 +615,10 @@ impl<S: RecordSink> Subject<S> {
     async fn reopen<F: StoreFactory<Store = S>>(&mut self, stores: &mut F) {
         let old = self.mirrored.take().expect("a store to reopen");
         let Mirrored {
-            store, reference, ..
+            store,
+            reference,
+            outbox_ids,
+            ..
         } = old;
         drop(store);
         let store = stores.open(Open::Reopen, self.faults.clone()).await;
@@ -435,6 +626,7 @@ impl<S: RecordSink> Subject<S> {
             store,
             reference,
             order: tokio::sync::Mutex::new(()),
+            outbox_ids,
         });
     }
 
@@ -517,10 +709,18 @@ macro_rules! conformance_tests {
             counts_kind_filters_and_typed_reads,
             subscribers_wake_after_each_commit,
             feed_is_gapless_under_concurrent_commits,
+            // The outbox.
+            outbox_enqueue_get_and_list,
+            outbox_claims_leases_and_settlements,
+            outbox_lease_runs_out_and_is_delivered_again,
+            outbox_concurrent_claims_have_one_owner,
+            outbox_purge_removes_finished_items,
         ] [
             reopen_keeps_everything,
             run_history_survives_a_reopen,
             consumer_positions_survive_reopen,
+            // The outbox.
+            outbox_survives_reopen,
         ]);
     };
     (@tests ($factory:expr, $durability:ident) [$($check:ident),* $(,)?] [$($durable:ident),* $(,)?]) => {
@@ -3364,5 +3564,602 @@ pub async fn feed_is_gapless_under_concurrent_commits<F: StoreFactory>(stores: &
             c.position()
         );
     }
+    subject.finish().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The outbox
+// ---------------------------------------------------------------------------------------
+
+/// A new item of the conformance connection, enqueued at `t`.
+fn new_item(action: &str, t: i64) -> NewOutboxItem {
+    NewOutboxItem::new("conformance", "outbox", action).at(ts(t))
+}
+
+fn claim_req(worker: &str, t: i64, lease_micros: u64) -> ClaimRequest {
+    ClaimRequest {
+        worker: worker.to_string(),
+        now: ts(t),
+        lease: std::time::Duration::from_micros(lease_micros),
+    }
+}
+
+async fn enqueue<S: RecordSink>(store: &S, item: NewOutboxItem) -> OutboxItem {
+    let b = backend(store);
+    store
+        .outbox_enqueue(item)
+        .await
+        .unwrap_or_else(|e| panic!("{b}: enqueue failed: {e}"))
+}
+
+async fn claim_one<S: RecordSink>(store: &S, req: &ClaimRequest) -> Option<OutboxItem> {
+    let b = backend(store);
+    store
+        .outbox_claim(req)
+        .await
+        .unwrap_or_else(|e| panic!("{b}: claim failed: {e}"))
+}
+
+async fn settle<S: RecordSink>(store: &S, claim: &Claim, s: Settlement, t: i64) -> bool {
+    let b = backend(store);
+    store
+        .outbox_settle(claim, s, ts(t))
+        .await
+        .unwrap_or_else(|e| panic!("{b}: settle failed: {e}"))
+}
+
+async fn outbox_item<S: RecordSink>(store: &S, id: u64) -> OutboxItem {
+    let b = backend(store);
+    store
+        .outbox_get(id)
+        .await
+        .unwrap_or_else(|e| panic!("{b}: outbox_get failed: {e}"))
+        .unwrap_or_else(|| panic!("{b}: outbox item {id} is missing"))
+}
+
+fn output(v: Value) -> RawJson {
+    RawJson::from_trusted(v.to_string())
+}
+
+/// Enqueued items are stored with everything they carry (input, key, then-sync models,
+/// attempts, times), read back by id and listed in id order with paging and a state
+/// filter; an idempotency key already used returns the first item unchanged; an item
+/// that breaks Nango's rules is refused and stores nothing.
+pub async fn outbox_enqueue_get_and_list<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        OutboxCounts::default(),
+        "{b}: a new store has an empty outbox"
+    );
+    let first = enqueue(
+        store,
+        new_item("create-issue", 1)
+            .input(&json!({"title": "Café 'quoted' \"x\" ✓", "n": 9007199254740993u64, "tags": ["a", "b"]}))
+            .unwrap()
+            .key("order-1")
+            .then_sync("Issue")
+            .then_sync("Issue::eu")
+            .max_attempts(3)
+            .not_before(ts(50)),
+    )
+    .await;
+    assert_eq!(first.state, OutboxState::Pending, "{b}");
+    assert_eq!((first.attempts, first.max_attempts), (0, 3), "{b}");
+    assert_eq!(first.then_sync, ["Issue", "Issue::eu"], "{b}");
+    let bare = enqueue(store, new_item("ping", 2)).await;
+    assert!(bare.id > first.id, "{b}: ids grow in enqueue order");
+    assert_eq!(bare.input, None, "{b}");
+    let again = enqueue(
+        store,
+        new_item("something-else", 3)
+            .key("order-1")
+            .input(&json!({"other": true}))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again.id, first.id, "{b}: an idempotency key used again");
+    assert_eq!(
+        again.action, "create-issue",
+        "{b}: the first item, unchanged"
+    );
+    for bad in [
+        NewOutboxItem::new("conformance", "outbox", "bad name"),
+        NewOutboxItem::new("bad key!", "outbox", "a"),
+        NewOutboxItem::new("conformance", "outbox", "a").then_sync("issue"),
+        NewOutboxItem::new("conformance", "outbox", "a").max_attempts(0),
+    ] {
+        let err = store.outbox_enqueue(bad).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Invalid { .. }),
+            "{b}: a bad item is an invalid-argument error: {err}"
+        );
+    }
+    let got = outbox_item(store, first.id).await;
+    assert_eq!(
+        got.input.as_ref().map(RawJson::to_value),
+        Some(
+            json!({"title": "Café 'quoted' \"x\" ✓", "n": 9007199254740993u64, "tags": ["a", "b"]})
+        ),
+        "{b}: the input round-trips as JSON"
+    );
+    assert_eq!(got.available_at, ts(50), "{b}");
+    assert_eq!(got.created_at, ts(1), "{b}");
+    assert_eq!(
+        store.outbox_get(first.id + 1000).await.unwrap(),
+        None,
+        "{b}"
+    );
+    for i in 0..5 {
+        enqueue(store, new_item("bulk", 10 + i)).await;
+    }
+    // Paging in id order.
+    let mut ids = Vec::new();
+    let mut q = OutboxQuery::first(3);
+    loop {
+        let page = store.outbox_list(&q).await.unwrap();
+        ids.extend(page.iter().map(|i| i.id));
+        match page.last() {
+            Some(last) if page.len() == 3 => q = OutboxQuery::first(3).after(last.id),
+            _ => break,
+        }
+    }
+    assert_eq!(ids.len(), 7, "{b}: every item listed once");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{b}: in id order");
+    // A state filter.
+    let claimed = claim_one(store, &claim_req("w", 20, 1_000)).await.unwrap();
+    assert_eq!(
+        claimed.id, bare.id,
+        "{b}: the first item is not available yet"
+    );
+    let running = store
+        .outbox_list(&OutboxQuery::default().state(OutboxState::Running))
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1, "{b}");
+    let pending_or_done = store
+        .outbox_list(
+            &OutboxQuery::default()
+                .state(OutboxState::Pending)
+                .state(OutboxState::Done),
+        )
+        .await
+        .unwrap();
+    assert_eq!(pending_or_done.len(), 6, "{b}");
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        OutboxCounts {
+            pending: 6,
+            running: 1,
+            done: 0,
+            failed: 0
+        },
+        "{b}"
+    );
+    subject.finish().await;
+}
+
+/// Claims take the oldest available item, hold it for their lease (extended by the
+/// claim that holds it only), and only that claim settles it: done with the output,
+/// failed with the error, or pending again not before a time; a pending item that
+/// waits is claimed again, with one more attempt.
+pub async fn outbox_claims_leases_and_settlements<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let a = enqueue(store, new_item("a", 1)).await;
+    let c = enqueue(store, new_item("c", 2)).await;
+    let later = enqueue(store, new_item("later", 3).not_before(ts(1_000))).await;
+
+    let got = claim_one(store, &claim_req("w1", 10, 100)).await.unwrap();
+    assert_eq!(got.id, a.id, "{b}: the oldest first");
+    assert_eq!(got.state, OutboxState::Running, "{b}");
+    assert_eq!(got.attempts, 1, "{b}");
+    assert_eq!(got.worker.as_deref(), Some("w1"), "{b}");
+    assert_eq!(got.lease_until, Some(ts(110)), "{b}");
+    let claim_a = got.claim().unwrap();
+    let got = claim_one(store, &claim_req("w2", 11, 600)).await.unwrap();
+    assert_eq!(got.id, c.id, "{b}: a claimed item is not claimed again");
+    let claim_c = got.claim().unwrap();
+    assert_eq!(
+        claim_one(store, &claim_req("w3", 12, 100)).await,
+        None,
+        "{b}: nothing is available before its time"
+    );
+
+    // Only the claim that holds an item extends it.
+    assert!(
+        store
+            .outbox_extend(&claim_a, ts(500), ts(50))
+            .await
+            .unwrap(),
+        "{b}"
+    );
+    let stranger = Claim {
+        worker: "w9".into(),
+        ..claim_a.clone()
+    };
+    assert!(
+        !store
+            .outbox_extend(&stranger, ts(900), ts(51))
+            .await
+            .unwrap(),
+        "{b}: another worker's claim"
+    );
+    assert_eq!(
+        outbox_item(store, a.id).await.lease_until,
+        Some(ts(500)),
+        "{b}"
+    );
+    assert_eq!(
+        claim_one(store, &claim_req("w3", 200, 100)).await,
+        None,
+        "{b}: the extended lease still holds at 200"
+    );
+
+    // Done, with the output.
+    assert!(
+        settle(
+            store,
+            &claim_a,
+            Settlement::Done {
+                output: output(json!({"id": "issue-1", "url": "https://x/1"}))
+            },
+            300
+        )
+        .await,
+        "{b}"
+    );
+    let done = outbox_item(store, a.id).await;
+    assert_eq!(done.state, OutboxState::Done, "{b}");
+    assert_eq!(done.finished_at, Some(ts(300)), "{b}");
+    assert_eq!(done.lease_until, None, "{b}");
+    assert_eq!(
+        done.output.as_ref().map(RawJson::to_value),
+        Some(json!({"id": "issue-1", "url": "https://x/1"})),
+        "{b}"
+    );
+    assert!(
+        !settle(
+            store,
+            &claim_a,
+            Settlement::Failed {
+                error: OutboxError::new("x", "y")
+            },
+            301
+        )
+        .await,
+        "{b}: a settled item is settled once"
+    );
+
+    // Retry later: pending again with the error, not before `at`, then a new attempt.
+    let error = OutboxError {
+        status: Some(503),
+        code: "service_unavailable".into(),
+        message: Some("try later".into()),
+        payload: Some(json!({"retry": true})),
+    };
+    assert!(
+        settle(
+            store,
+            &claim_c,
+            Settlement::Retry {
+                error: error.clone(),
+                at: ts(700)
+            },
+            310
+        )
+        .await,
+        "{b}"
+    );
+    let waiting = outbox_item(store, c.id).await;
+    assert_eq!(
+        (waiting.state, waiting.available_at, waiting.error.clone()),
+        (OutboxState::Pending, ts(700), Some(error.clone())),
+        "{b}"
+    );
+    assert_eq!(
+        claim_one(store, &claim_req("w1", 699, 100)).await,
+        None,
+        "{b}"
+    );
+    let again = claim_one(store, &claim_req("w1", 700, 100)).await.unwrap();
+    assert_eq!(
+        (again.id, again.attempts),
+        (c.id, 2),
+        "{b}: a second attempt"
+    );
+    assert_eq!(
+        again.error,
+        Some(error),
+        "{b}: the last error stays while it runs"
+    );
+
+    // Failed, with Nango's error and payload.
+    let failure = OutboxError {
+        status: Some(424),
+        code: "script_http_error".into(),
+        message: Some("the provider answered HTTP 422".into()),
+        payload: Some(json!({"message": "Validation failed", "errors": [{"field": "title"}]})),
+    };
+    assert!(
+        settle(
+            store,
+            &again.claim().unwrap(),
+            Settlement::Failed {
+                error: failure.clone()
+            },
+            720
+        )
+        .await,
+        "{b}"
+    );
+    let failed = outbox_item(store, c.id).await;
+    assert_eq!(
+        (failed.state, failed.error, failed.finished_at),
+        (OutboxState::Failed, Some(failure), Some(ts(720))),
+        "{b}"
+    );
+    let last = claim_one(store, &claim_req("w1", 1_000, 100))
+        .await
+        .unwrap();
+    assert_eq!(last.id, later.id, "{b}: available at its time");
+    subject.finish().await;
+}
+
+/// A claim whose worker died (its lease ran out) is claimed again by another worker,
+/// with one more attempt; the dead worker's claim can no longer settle the item. After
+/// the last attempt, a lease that runs out fails the item as abandoned.
+pub async fn outbox_lease_runs_out_and_is_delivered_again<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let item = enqueue(store, new_item("flaky", 1).max_attempts(2)).await;
+    let other = enqueue(store, new_item("other", 2)).await;
+    let first = claim_one(store, &claim_req("dead", 10, 100)).await.unwrap();
+    assert_eq!(first.id, item.id, "{b}");
+    let dead = first.claim().unwrap();
+    assert_eq!(
+        claim_one(store, &claim_req("w2", 109, 10_000))
+            .await
+            .map(|i| i.id),
+        Some(other.id),
+        "{b}: the lease holds until it runs out"
+    );
+    let second = claim_one(store, &claim_req("w3", 110, 100)).await.unwrap();
+    assert_eq!(
+        (second.id, second.attempts, second.worker.as_deref()),
+        (item.id, 2, Some("w3")),
+        "{b}: delivered again after the lease ran out"
+    );
+    assert!(
+        !settle(
+            store,
+            &dead,
+            Settlement::Done {
+                output: output(json!("late"))
+            },
+            120
+        )
+        .await,
+        "{b}: the dead worker's claim settles nothing"
+    );
+    assert!(
+        !store.outbox_extend(&dead, ts(999), ts(121)).await.unwrap(),
+        "{b}"
+    );
+    // The second worker dies too: its attempt was the last one.
+    assert_eq!(
+        claim_one(store, &claim_req("w4", 500, 100)).await,
+        None,
+        "{b}"
+    );
+    let abandoned = outbox_item(store, item.id).await;
+    assert_eq!(abandoned.state, OutboxState::Failed, "{b}: abandoned");
+    let error = abandoned.error.expect("an abandoned item has an error");
+    assert_eq!(error.code, nango_sync::sink::outbox::ABANDONED, "{b}");
+    assert_eq!(abandoned.finished_at, Some(ts(500)), "{b}");
+    subject.finish().await;
+}
+
+/// Workers claiming at the same time never get the same item: every item is claimed
+/// once, by one worker.
+pub async fn outbox_concurrent_claims_have_one_owner<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let mirrored = subject.store();
+    let b = backend(mirrored);
+    const ITEMS: i64 = 40;
+    const WORKERS: usize = 6;
+    for i in 0..ITEMS {
+        enqueue(mirrored, new_item("race", i)).await;
+    }
+    // Straight to the store under test, concurrently; the reference gets the same
+    // claims afterwards.
+    let store = &mirrored.store;
+    let workers = (0..WORKERS).map(|w| async move {
+        let req = claim_req(&format!("worker-{w}"), 1_000, 1_000_000);
+        let mut mine = Vec::new();
+        while let Some(item) = store
+            .outbox_claim(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: concurrent claim failed: {e}"))
+        {
+            mine.push((req.clone(), item));
+            tokio::task::yield_now().await;
+        }
+        mine
+    });
+    let claims: Vec<(ClaimRequest, OutboxItem)> = futures::future::join_all(workers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut ids: Vec<u64> = claims.iter().map(|(_, i)| i.id).collect();
+    ids.sort_unstable();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!(n, ids.len(), "{b}: an item was claimed by two workers");
+    assert_eq!(n, ITEMS as usize, "{b}: every item was claimed");
+    for (req, item) in &claims {
+        let stored = outbox_item(store, item.id).await;
+        assert_eq!(
+            stored.worker.as_deref(),
+            Some(req.worker.as_str()),
+            "{b}: the stored owner is the one that got the item"
+        );
+        assert_eq!(stored.attempts, 1, "{b}");
+    }
+    mirrored.mirror_claims(claims).await;
+    subject.finish().await;
+}
+
+/// A purge removes the done and failed items finished before a time, and frees their
+/// idempotency keys; pending and running items stay.
+pub async fn outbox_purge_removes_finished_items<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let early = enqueue(store, new_item("early", 1).key("k-early")).await;
+    let late = enqueue(store, new_item("late", 2)).await;
+    let failed = enqueue(store, new_item("failed", 3)).await;
+    let waiting = enqueue(store, new_item("waiting", 4)).await;
+    let running = enqueue(store, new_item("running", 5)).await;
+    let mut claims = Vec::new();
+    for _ in 0..4 {
+        claims.push(
+            claim_one(store, &claim_req("w", 10, 1_000))
+                .await
+                .unwrap()
+                .claim()
+                .unwrap(),
+        );
+    }
+    let done = |t: i64| {
+        (
+            Settlement::Done {
+                output: output(json!(t)),
+            },
+            t,
+        )
+    };
+    let (s, t) = done(100);
+    settle(store, &claims[0], s, t).await;
+    let (s, t) = done(300);
+    settle(store, &claims[1], s, t).await;
+    settle(
+        store,
+        &claims[2],
+        Settlement::Failed {
+            error: OutboxError::new("not_found", "Action not found"),
+        },
+        150,
+    )
+    .await;
+    settle(
+        store,
+        &claims[3],
+        Settlement::Retry {
+            error: OutboxError::new("transport", "reset"),
+            at: ts(50),
+        },
+        160,
+    )
+    .await;
+    claim_one(store, &claim_req("w", 170, 1_000_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.outbox_purge(ts(200)).await.unwrap(),
+        2,
+        "{b}: the done and failed items finished before 200"
+    );
+    let left: Vec<u64> = outbox_all(store).await.iter().map(|i| i.id).collect();
+    assert_eq!(
+        left,
+        [late.id, waiting.id, running.id],
+        "{b}: the rest stays"
+    );
+    assert!(store.outbox_get(early.id).await.unwrap().is_none(), "{b}");
+    assert!(store.outbox_get(failed.id).await.unwrap().is_none(), "{b}");
+    let reused = enqueue(store, new_item("early-again", 400).key("k-early")).await;
+    assert_ne!(
+        reused.id, early.id,
+        "{b}: a purged item's key is free again"
+    );
+    assert_eq!(store.outbox_purge(ts(200)).await.unwrap(), 0, "{b}");
+    subject.finish().await;
+}
+
+/// Items survive a reopen in every state, their leases included: a running item of a
+/// process that died is delivered again once its lease runs out; ids keep growing.
+pub async fn outbox_survives_reopen<F: StoreFactory>(stores: &mut F) {
+    let mut subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let pending = enqueue(
+        store,
+        new_item("pending", 1)
+            .input(&json!({"x": 1}))
+            .unwrap()
+            .then_sync("Issue"),
+    )
+    .await;
+    let running = enqueue(store, new_item("running", 2).key("r")).await;
+    let done = enqueue(store, new_item("done", 3)).await;
+    let c1 = claim_one(store, &claim_req("w", 10, 1_000)).await.unwrap();
+    assert_eq!(c1.id, pending.id, "{b}");
+    let c2 = claim_one(store, &claim_req("w", 10, 1_000)).await.unwrap();
+    let c3 = claim_one(store, &claim_req("w", 10, 1_000)).await.unwrap();
+    assert_eq!((c2.id, c3.id), (running.id, done.id), "{b}");
+    settle(
+        store,
+        &c3.claim().unwrap(),
+        Settlement::Done {
+            output: output(json!({"ok": true})),
+        },
+        20,
+    )
+    .await;
+    settle(
+        store,
+        &c1.claim().unwrap(),
+        Settlement::Retry {
+            error: OutboxError::new("transport", "reset"),
+            at: ts(2_000),
+        },
+        20,
+    )
+    .await;
+    let before = outbox_all(store).await;
+
+    subject.reopen(stores).await;
+    let store = subject.store();
+    assert_eq!(
+        outbox_all(store).await,
+        before,
+        "{b}: the reopened outbox differs"
+    );
+    assert_eq!(
+        claim_one(store, &claim_req("w2", 500, 1_000)).await,
+        None,
+        "{b}: the dead process's lease still holds"
+    );
+    let redelivered = claim_one(store, &claim_req("w2", 1_010, 1_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        (redelivered.id, redelivered.attempts),
+        (running.id, 2),
+        "{b}: delivered again after the lease ran out"
+    );
+    let next = enqueue(store, new_item("next", 30)).await;
+    assert!(next.id > done.id, "{b}: ids keep growing after a reopen");
+    assert_eq!(
+        enqueue(store, new_item("dup", 31).key("r")).await.id,
+        running.id,
+        "{b}: keys survive a reopen"
+    );
     subject.finish().await;
 }

@@ -25,6 +25,8 @@
 //! Each record also keeps the kind of its last change (`change_kind`), and an index on
 //! `records (seq, id)` serves the change feed (see `feed.rs` for why a reader of the
 //! feed never misses a change, and how commits are announced with `NOTIFY`).
+//! - `outbox`: actions to deliver to Nango, which an application may insert into in its
+//!   own transaction (columns: [`crate::sink::outbox`]).
 //!
 //! Record ids and stream fields are `text COLLATE "C"`, so `list` returns ids in
 //! code-point order like every other store. The payload is `jsonb`, which normalizes
@@ -83,7 +85,8 @@
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`PostgresOptions`], `schema.rs` and `migrations/` the schema and the statements over
 //! it, `apply.rs` a commit applied, `rows.rs` rows and their values, `error.rs` the
-//! error mapping, `feed.rs` the change feed, consumers and notifications.
+//! error mapping, `feed.rs` the change feed, consumers and notifications, `history.rs`
+//! the run history, `outbox.rs` the outbox.
 
 use std::fmt;
 use std::str::FromStr;
@@ -96,16 +99,21 @@ use crate::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts
 use crate::record::{StoredRecord, StreamKey};
 use crate::secret::redact_url;
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
     StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod error;
 mod feed;
 mod history;
 mod options;
+mod outbox;
 mod rows;
 mod schema;
 
@@ -122,6 +130,7 @@ pub struct PostgresStore {
     pool: PgPool,
     sql: Statements,
     history: history::Statements,
+    outbox_sql: outbox::OutboxStatements,
     /// The URL with its password redacted.
     url: String,
     schema: String,
@@ -185,6 +194,7 @@ impl PostgresStore {
             feed: Default::default(),
             channel: feed::channel(&options.schema),
             connect,
+            outbox_sql: outbox::OutboxStatements::new(&quoted),
             pool,
             url: shown,
             schema: options.schema,
@@ -385,6 +395,45 @@ impl RecordSink for PostgresStore {
 
     async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
         self.feed_count(stream).await
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        self.outbox_enqueue_impl(item).await
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        self.outbox_claim_impl(request).await
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        self.outbox_extend_impl(claim, until, now).await
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        self.outbox_settle_impl(claim, settlement, now).await
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.outbox_get_impl(id).await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        self.outbox_list_impl(query).await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.outbox_counts_impl().await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        self.outbox_purge_impl(finished_before).await
     }
 }
 

@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "run_history",
         include_str!("migrations/0003_run_history.sql"),
     ),
+    (4, "outbox", include_str!("migrations/0004_outbox.sql")),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -175,6 +176,10 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
                pruned_at, cursor, deleted, seq, seen_generation, change_kind FROM {quoted}.records LIMIT 0"
         ),
         format!("SELECT name, seq, id, updated_at FROM {quoted}.consumers LIMIT 0"),
+        format!(
+            "SELECT {} FROM {quoted}.outbox LIMIT 0",
+            super::outbox::COLUMNS
+        ),
     ];
     for sql in probes {
         sqlx::query(AssertSqlSafe(sql))

@@ -153,6 +153,12 @@ impl Inner {
                         ));
                     }
                 }
+                // The outbox's keys, checked by its module.
+                Some(super::outbox::TAG_OUTBOX | super::outbox::TAG_QUEUE) => {
+                    if let Some(problem) = super::outbox::key_problem(&key, &value) {
+                        problems.add(problem);
+                    }
+                }
                 _ => problems.add(format!("unknown key {}", hex::encode(&key))),
             }
         }

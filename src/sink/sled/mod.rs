@@ -25,6 +25,7 @@
 //! | `'c'` + seq + sid + record id | the change feed's index: one key per record, at its last change |
 //! | `'k'` + consumer name | a named consumer's feed position |
 //! | `0x00 "runs"`, `'h'` + sid + run number | the run history (see `history.rs`) |
+//! | `'o'` + id, `'q'` + ... | the outbox: items, their queue, the last id and the idempotency keys (see `outbox.rs`) |
 //!
 //! The stream key is encoded as its four fields, each prefixed with its length (`u32`
 //! big-endian), so strings containing any bytes cannot make two streams collide. Records
@@ -96,10 +97,14 @@ use crate::feed::{
 };
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
     StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod check;
@@ -107,6 +112,7 @@ mod error;
 mod feed;
 mod history;
 mod options;
+mod outbox;
 mod recovery;
 mod rows;
 mod schema;
@@ -691,5 +697,79 @@ impl RecordSink for SledStore {
         let stream = stream.clone();
         self.blocking("count", move |inner, _| inner.count(&stream))
             .await
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        let item = self
+            .blocking("outbox_enqueue", move |inner, _| inner.outbox_enqueue(item))
+            .await?;
+        self.wrote().await;
+        Ok(item)
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        let request = request.clone();
+        let item = self
+            .blocking("outbox_claim", move |inner, _| inner.outbox_claim(&request))
+            .await?;
+        if item.is_some() {
+            self.wrote().await;
+        }
+        Ok(item)
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        let claim = claim.clone();
+        let done = self
+            .blocking("outbox_extend", move |inner, _| {
+                inner.outbox_extend(&claim, until, now)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(done)
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let claim = claim.clone();
+        let done = self
+            .blocking("outbox_settle", move |inner, _| {
+                inner.outbox_settle(&claim, settlement, now)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(done)
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.blocking("outbox_get", move |inner, _| inner.outbox_get(id))
+            .await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        let query = query.clone();
+        self.blocking("outbox_list", move |inner, _| inner.outbox_list(&query))
+            .await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.blocking("outbox_counts", |inner, _| inner.outbox_counts())
+            .await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        let n = self
+            .blocking("outbox_purge", move |inner, _| {
+                inner.outbox_purge(finished_before)
+            })
+            .await?;
+        self.wrote().await;
+        Ok(n)
     }
 }

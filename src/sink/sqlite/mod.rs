@@ -9,6 +9,7 @@
 //! | `nango_meta` | schema version and the store's last commit sequence number |
 //! | `nango_consumers` | the change feed's named consumers and their positions |
 //! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
+//! | `nango_outbox` | the outbox: actions to deliver to Nango, which an application may insert into in its own transaction (columns: [`crate::sink::outbox`]) |
 //!
 //! The schema is created and upgraded by versioned migrations
 //! (`src/sink/sqlite/migrations/`) when a file is opened.
@@ -34,7 +35,8 @@
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`SqliteOptions`], `schema.rs` and `migrations/` the schema, `apply.rs` a commit
 //! applied, `rows.rs` rows and their values, `error.rs` the error mapping, `feed.rs`
-//! the change feed, consumers and the commit watcher.
+//! the change feed, consumers and the commit watcher, `history.rs` the run history,
+//! `outbox.rs` the outbox.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -46,16 +48,21 @@ use crate::error::{Error, Result};
 use crate::feed::{ChangeBatch, ChangeQuery, Consumer, FeedPosition, RecordCounts};
 use crate::record::{StoredRecord, StreamKey};
 use crate::sink::fault::Faults;
+use crate::sink::outbox::{
+    Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
+};
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
     StreamStatus,
 };
+use crate::time::Timestamp;
 
 mod apply;
 mod error;
 mod feed;
 mod history;
 mod options;
+mod outbox;
 mod rows;
 mod schema;
 
@@ -389,6 +396,66 @@ impl RecordSink for SqliteStore {
 
     async fn count(&self, stream: &StreamKey) -> Result<RecordCounts> {
         self.feed_count(stream).await
+    }
+
+    // The outbox (`outbox.rs`).
+
+    async fn outbox_enqueue(&self, item: NewOutboxItem) -> Result<OutboxItem> {
+        self.write("enqueue an outbox item", move |c, _| {
+            outbox::enqueue(c, item)
+        })
+        .await
+    }
+
+    async fn outbox_claim(&self, request: &ClaimRequest) -> Result<Option<OutboxItem>> {
+        let request = request.clone();
+        self.write("claim an outbox item", move |c, _| {
+            outbox::claim(c, &request)
+        })
+        .await
+    }
+
+    async fn outbox_extend(&self, claim: &Claim, until: Timestamp, now: Timestamp) -> Result<bool> {
+        let claim = claim.clone();
+        self.write("extend an outbox lease", move |c, _| {
+            outbox::extend(c, &claim, until, now)
+        })
+        .await
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &Claim,
+        settlement: Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let claim = claim.clone();
+        self.write("settle an outbox item", move |c, _| {
+            outbox::settle(c, &claim, settlement, now)
+        })
+        .await
+    }
+
+    async fn outbox_get(&self, id: u64) -> Result<Option<OutboxItem>> {
+        self.read("read an outbox item", move |c| outbox::get(c, id))
+            .await
+    }
+
+    async fn outbox_list(&self, query: &OutboxQuery) -> Result<Vec<OutboxItem>> {
+        let query = query.clone();
+        self.read("list outbox items", move |c| outbox::list(c, &query))
+            .await
+    }
+
+    async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        self.read("count outbox items", outbox::counts).await
+    }
+
+    async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
+        self.write("purge outbox items", move |c, _| {
+            outbox::purge(c, finished_before)
+        })
+        .await
     }
 }
 

@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_records_rowid.sql")),
     (3, include_str!("migrations/0003_change_feed.sql")),
     (4, include_str!("migrations/0004_run_history.sql")),
+    (5, include_str!("migrations/0005_outbox.sql")),
 ];
 
 /// The schema version this build writes.

@@ -1,5 +1,5 @@
 //! The HTTP side of the fake: routing, auth, `GET /records`, `PATCH /records/prune`,
-//! fault injection and the control API.
+//! fault injection and the control API (the write-back routes are in `writeback.rs`).
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -35,14 +35,14 @@ pub(crate) fn json_response(status: u16, body: impl Into<String>) -> Response {
         .expect("static response parts")
 }
 
-fn error_json(status: u16, code: &str, message: &str) -> Response {
+pub(super) fn error_json(status: u16, code: &str, message: &str) -> Response {
     json_response(
         status,
         json!({"error": {"code": code, "message": message}}).to_string(),
     )
 }
 
-fn issues_response(code: &str, issues: &[Issue]) -> Response {
+pub(super) fn issues_response(code: &str, issues: &[Issue]) -> Response {
     let errors: Vec<serde_json::Value> = issues.iter().map(Issue::to_json).collect();
     json_response(
         400,
@@ -83,7 +83,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 async fn route(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     method: &Method,
     path: &str,
     raw_query: &str,
@@ -116,13 +116,18 @@ async fn route(
             }
             control(shared, method, p, &body)
         }
+        _ if let Some(r) =
+            super::writeback::route(shared, method, path, raw_query, headers, &body).await =>
+        {
+            r
+        }
         _ if shared.unknown_path_html => html_page(200),
         _ => error_json(404, "not_found", &format!("Cannot {method} {path}")),
     }
 }
 
 /// Nango's JSON content-type middleware: a non-JSON `Content-Type` is refused.
-fn content_type_check(headers: &HeaderMap) -> Option<Response> {
+pub(super) fn content_type_check(headers: &HeaderMap) -> Option<Response> {
     let ct = headers.get(header::CONTENT_TYPE)?;
     if ct
         .to_str()
@@ -157,7 +162,7 @@ fn is_uuid_v4(s: &str) -> bool {
 }
 
 /// The secret key check of Nango's `secretKeyAuth`.
-fn auth(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn auth(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Some(auth_error(
             "missing_auth_header",
@@ -656,6 +661,12 @@ fn control(shared: &Shared, method: &Method, path: &str, body: &[u8]) -> Respons
     }
     if method != Method::POST {
         return error_json(404, "not_found", &format!("Cannot {method} {path}"));
+    }
+    if let Some(result) = super::writeback::control(shared, path, body) {
+        return match result {
+            Ok(v) => json_response(200, v.to_string()),
+            Err(msg) => error_json(400, "invalid_body", &msg),
+        };
     }
     if path == "/_fake/webhooks" {
         return match super::webhooks::control(shared, body) {

@@ -140,8 +140,10 @@ mod query;
 mod state;
 mod sync_status;
 mod webhooks;
+pub mod writeback;
 
 pub use webhooks::{WebhookDelivery, WebhookSettings, canonical_json};
+pub use writeback::{ActionExecution, ActionFailure, ActionScript, SyncCommand, SyncSchedule};
 
 use state::{Clock, State};
 
@@ -299,6 +301,7 @@ pub(crate) struct Shared {
     pub(crate) webhooks: webhooks::Webhooks,
     /// The syncs `GET /sync/status` reports (`sync_status.rs`).
     pub(crate) syncs: Mutex<Vec<sync_status::FakeSync>>,
+    pub(crate) writeback: writeback::Writeback,
 }
 
 impl Shared {
@@ -531,6 +534,7 @@ impl FakeNango {
             unknown_path_html: config.unknown_path_html,
             webhooks: webhooks::Webhooks::default(),
             syncs: Mutex::new(Vec::new()),
+            writeback: writeback::Writeback::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());

@@ -158,7 +158,7 @@ impl Webhooks {
         });
     }
 
-    async fn send_now(
+    pub(crate) async fn send_now(
         &self,
         kind: &str,
         stream: Option<StreamKey>,
@@ -187,7 +187,11 @@ impl Webhooks {
 
 /// The body of a sync success webhook, keys sorted.
 /// The body of a sync webhook; `counts` are the added, updated and deleted records.
-fn sync_body(stream: &StreamKey, full: bool, counts: Option<(usize, usize, usize)>) -> String {
+pub(crate) fn sync_body(
+    stream: &StreamKey,
+    full: bool,
+    counts: Option<(usize, usize, usize)>,
+) -> String {
     let now = Timestamp::now().to_utc_z();
     let (added, updated, deleted) = counts.unwrap_or((0, 0, 0));
     let variant = if stream.variant.is_empty() {
