@@ -504,6 +504,6 @@ mod postgres {
         .await
         .unwrap();
         pool.close().await;
-        assert_eq!(tables, ["commit_seq", "schema_migrations", "streams"]);
+        assert_eq!(tables, ["commit_seq", "runs", "schema_migrations", "streams"]);
     }
 }
