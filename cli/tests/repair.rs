@@ -504,6 +504,9 @@ mod postgres {
         .await
         .unwrap();
         pool.close().await;
-        assert_eq!(tables, ["commit_seq", "schema_migrations", "streams"]);
+        assert_eq!(
+            tables,
+            ["commit_seq", "runs", "schema_migrations", "streams"]
+        );
     }
 }
