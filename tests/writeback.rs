@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use nango_sync::client::{
-    ActionRequest, ConnectionsQuery, ProxyRequest, SyncRef, TriggerOptions, WaitOptions,
+    ActionRequest, ConnectionsQuery, ProxyRequest, SyncRef, SyncSelector, SyncState, SyncStatus,
+    TriggerOptions, WaitOptions,
 };
 use nango_sync::engine::outbox::{OutboxConfig, OutboxWorker};
 use nango_sync::sink::outbox::{NewOutboxItem, OutboxItem, OutboxState};
@@ -296,7 +297,7 @@ async fn the_proxy_forwards_method_query_body_and_headers_and_streams_the_answer
 async fn sync_operations_reach_nango_and_an_emptied_cache_is_read_again_fully() {
     let h = setup().await;
     let stream = contacts();
-    h.fake.add_sync("github", "contacts", &["Contact"]);
+    h.fake.define_sync("github", "contacts", &["Contact"]);
     h.fake.generate(&stream, 30, 10);
     h.sync(&stream).await.unwrap();
     h.assert_converged(&stream).await;
@@ -698,4 +699,55 @@ async fn an_app_inserts_into_the_postgres_outbox_inside_its_own_transaction() {
         json!({"title": "crash on start"})
     );
     pool.close().await;
+}
+
+#[tokio::test]
+async fn sync_status_reports_what_the_sync_operations_did() {
+    let h = setup().await;
+    let stream = contacts();
+    // One definition serves the sync operations and `GET /sync/status`.
+    h.fake.define_sync("github", "contacts", &["Contact"]);
+    h.fake.generate(&stream, 12, 12);
+    let sync = [SyncRef::new("contacts")];
+    let one = SyncSelector::Names(vec!["contacts".into()]);
+    let status = |s: Vec<SyncStatus>| {
+        assert_eq!(s.len(), 1, "one sync of one connection: {s:?}");
+        s.into_iter().next().unwrap()
+    };
+
+    let before = status(
+        h.client
+            .sync_status("github", Some("acme"), &one)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(before.status, SyncState::Success);
+    assert_eq!(before.record_count.get("Contact"), Some(&12));
+
+    h.client
+        .pause_syncs("github", Some("acme"), &sync)
+        .await
+        .unwrap();
+    h.client
+        .update_sync_frequency("github", "acme", &sync[0], Some("every 2h"))
+        .await
+        .unwrap();
+    let paused = status(
+        h.client
+            .sync_status("github", Some("acme"), &one)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(paused.status, SyncState::Paused);
+    // Stored as Nango stores it: the interval without `every `.
+    assert_eq!(paused.frequency.as_deref(), Some("2h"));
+
+    h.client.start_syncs("github", None, &sync).await.unwrap();
+    let started = status(
+        h.client
+            .sync_status("github", Some("acme"), &SyncSelector::All)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(started.status, SyncState::Success);
 }

@@ -72,7 +72,7 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
     // action that answers its input.
     for model in &models {
         let name = model.to_lowercase();
-        fake.add_sync(&args.integration, &name, &[model.as_str()]);
+        fake.define_sync(&args.integration, &name, &[model.as_str()]);
         writeln!(
             out,
             "sync integration={} name={name} models={model}",

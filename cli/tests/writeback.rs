@@ -176,7 +176,7 @@ async fn trigger_runs_syncs_and_rereads_an_emptied_cache() {
     let fake = fake().await;
     let stream = StreamKey::new("github", "acme", "Contact");
     fake.generate(&stream, 40, 20);
-    fake.add_sync("github", "contacts", &["Contact"]);
+    fake.define_sync("github", "contacts", &["Contact"]);
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("s.db").display());
     let sync = [

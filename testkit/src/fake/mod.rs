@@ -299,8 +299,8 @@ pub(crate) struct Shared {
     pub(crate) log: Mutex<Vec<LoggedRequest>>,
     pub(crate) unknown_path_html: bool,
     pub(crate) webhooks: webhooks::Webhooks,
-    /// The syncs `GET /sync/status` reports (`sync_status.rs`).
-    pub(crate) syncs: Mutex<Vec<sync_status::FakeSync>>,
+    /// The sync states tests set for `GET /sync/status` (`sync_status.rs`).
+    pub(crate) sync_states: Mutex<sync_status::SyncStates>,
     pub(crate) writeback: writeback::Writeback,
 }
 
@@ -533,7 +533,7 @@ impl FakeNango {
             log: Mutex::new(Vec::new()),
             unknown_path_html: config.unknown_path_html,
             webhooks: webhooks::Webhooks::default(),
-            syncs: Mutex::new(Vec::new()),
+            sync_states: Mutex::default(),
             writeback: writeback::Writeback::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

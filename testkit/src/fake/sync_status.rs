@@ -14,9 +14,12 @@
 //!   deleted, pruned ones included; hard resets lower it; and for a variant other than
 //!   `base` it is the **base variant's** count (Nango keys counts by the base model).
 //!
-//! What is simplified: `status` is `SUCCESS` and `finishedAt` the time of the latest
-//! write to the sync's models of that connection (the run that wrote them), unless a
-//! test sets them ([`FakeNango::set_sync_state`]); `type` is `INCREMENTAL`,
+//! What is simplified: `status` is `SUCCESS` (`PAUSED` once `POST /sync/pause` paused
+//! it) and `finishedAt` the time of the latest write to the sync's models of that
+//! connection (the run that wrote them), unless a test sets them
+//! ([`FakeNango::set_sync_state`]); `frequency` is the one `PUT
+//! /sync/update-connection-frequency` set (as Nango stores it: `2h` for `every 2h`), else the
+//! configuration's `every day`; `type` is `INCREMENTAL`,
 //! `nextScheduledSyncAt`, `latestResult` and `checkpoint` are `null`.
 
 use std::collections::BTreeMap;
@@ -30,34 +33,26 @@ use super::{FakeNango, Shared};
 use nango_sync::record::StreamKey;
 use nango_sync::time::Timestamp;
 
-/// A sync defined in the fake.
-#[derive(Debug, Clone)]
-pub(crate) struct FakeSync {
-    integration: String,
-    name: String,
-    variant: String,
-    models: Vec<String>,
-    /// `status` and `finishedAt` set by a test, per connection (`None`: computed).
-    state: BTreeMap<String, (String, Option<Timestamp>)>,
+/// What a test made `GET /sync/status` report for one sync of one connection:
+/// (integration, name, variant, connection) → (`status`, `finishedAt`).
+pub(crate) type SyncStates =
+    BTreeMap<(String, String, String, String), (String, Option<Timestamp>)>;
+
+/// `name` or `name::variant` as (name, variant).
+fn split_sync(sync: &str) -> (&str, &str) {
+    sync.split_once("::")
+        .unwrap_or((sync, StreamKey::BASE_VARIANT))
 }
 
 impl FakeNango {
     /// Define a sync of `integration` named `sync` (`name`, or `name::variant` for a
-    /// variant) that writes `models`: `GET /sync/status` reports it for every
-    /// connection of the integration.
+    /// variant) that writes `models`, for every connection of the integration: `GET
+    /// /sync/status` reports it, and the sync operations (trigger, start, pause,
+    /// frequency) accept it. Defining it again replaces its models.
     pub fn define_sync(&self, integration: &str, sync: &str, models: &[&str]) {
-        let (name, variant) = sync
-            .split_once("::")
-            .unwrap_or((sync, StreamKey::BASE_VARIANT));
-        let mut syncs = self.shared.syncs.lock().unwrap_or_else(|e| e.into_inner());
-        syncs.retain(|s| !(s.integration == integration && s.name == name && s.variant == variant));
-        syncs.push(FakeSync {
-            integration: integration.to_string(),
-            name: name.to_string(),
-            variant: variant.to_string(),
-            models: models.iter().map(|m| m.to_string()).collect(),
-            state: BTreeMap::new(),
-        });
+        let (name, variant) = split_sync(sync);
+        let models: Vec<String> = models.iter().map(|m| m.to_string()).collect();
+        super::writeback::add_sync(&self.shared, integration, name, Some(variant), &models);
     }
 
     /// Make `GET /sync/status` report sync `sync` (as given to
@@ -71,17 +66,20 @@ impl FakeNango {
         status: &str,
         finished_at: Option<Timestamp>,
     ) {
-        let (name, variant) = sync
-            .split_once("::")
-            .unwrap_or((sync, StreamKey::BASE_VARIANT));
-        let mut syncs = self.shared.syncs.lock().unwrap_or_else(|e| e.into_inner());
-        for s in syncs
-            .iter_mut()
-            .filter(|s| s.integration == integration && s.name == name && s.variant == variant)
-        {
-            s.state
-                .insert(connection.to_string(), (status.to_string(), finished_at));
-        }
+        let (name, variant) = split_sync(sync);
+        self.shared
+            .sync_states
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (
+                    integration.to_string(),
+                    name.to_string(),
+                    variant.to_string(),
+                    connection.to_string(),
+                ),
+                (status.to_string(), finished_at),
+            );
     }
 }
 
@@ -172,23 +170,27 @@ pub(crate) fn respond(shared: &Shared, raw_query: &str) -> Response {
             })
             .collect()
     });
-    let syncs = shared.syncs.lock().unwrap_or_else(|e| e.into_inner());
+    let states = shared
+        .sync_states
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut out = Vec::new();
-    for sync in syncs.iter().filter(|s| s.integration == integration) {
+    for (name, variant, models) in super::writeback::declared_syncs(shared, &integration) {
         if let Some(w) = &wanted
-            && !w.iter().any(|(n, v)| *n == sync.name && *v == sync.variant)
+            && !w.iter().any(|(n, v)| *n == name && *v == variant)
         {
             continue;
         }
         for conn in &connections {
             let mut record_count = serde_json::Map::new();
             let mut last_write: Option<Timestamp> = None;
-            for model in &sync.models {
+            for model in &models {
                 // Nango keys its counts by the base model: a variant reports the base's.
                 let base = StreamKey::new(&integration, conn, model.as_str());
                 let live = st.streams.get(&base).map_or(0, |s| s.live_count());
                 record_count.insert(model.clone(), json!(live));
-                let own = base.clone().with_variant(&sync.variant);
+                let own = base.clone().with_variant(&variant);
                 if let Some(t) = st
                     .streams
                     .get(&own)
@@ -197,23 +199,35 @@ pub(crate) fn respond(shared: &Shared, raw_query: &str) -> Response {
                     last_write = Some(last_write.map_or(t, |w| w.max(t)));
                 }
             }
-            let (status, finished_at) = match sync.state.get(conn) {
+            let schedule =
+                super::writeback::schedule_of(shared, &integration, conn, &name, &variant);
+            let key = (
+                integration.clone(),
+                name.clone(),
+                variant.clone(),
+                conn.clone(),
+            );
+            let (status, finished_at) = match states.get(&key) {
                 Some((status, finished)) => (status.clone(), *finished),
+                None if schedule.paused => ("PAUSED".to_string(), last_write),
                 None => ("SUCCESS".to_string(), last_write),
             };
             let mut entry = json!({
                 "id": uuid::Uuid::new_v5(
                     &uuid::Uuid::NAMESPACE_OID,
-                    format!("{integration}/{conn}/{}::{}", sync.name, sync.variant).as_bytes()
+                    format!("{integration}/{conn}/{name}::{variant}").as_bytes()
                 )
                 .to_string(),
                 "connection_id": conn,
-                "name": sync.name,
-                "variant": sync.variant,
+                "name": name,
+                "variant": variant,
                 "type": "INCREMENTAL",
                 "status": status,
                 "nextScheduledSyncAt": null,
-                "frequency": "every 5m",
+                "frequency": schedule
+                    .frequency
+                    .as_deref()
+                    .unwrap_or(super::writeback::DEFAULT_RUNS),
                 "latestExecutionStatus": status,
                 "recordCount": record_count,
                 "checkpoint": null,

@@ -37,7 +37,8 @@
 //!
 //! # Syncs
 //!
-//! Syncs exist once declared ([`FakeNango::add_sync`]: a name, its models). `POST
+//! Syncs exist once declared ([`FakeNango::define_sync`]: a name, its models; the same
+//! syncs `GET /sync/status` reports). `POST
 //! /sync/trigger`, `/sync/start`, `/sync/pause` and `PUT
 //! /sync/update-connection-frequency` validate like Nango (strict bodies, unknown
 //! integration, connection and sync errors) and are logged
@@ -1190,7 +1191,7 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
     });
     json_response(
         200,
-        json!({"frequency": stored.unwrap_or_else(|| "every day".into())}).to_string(),
+        json!({"frequency": stored.unwrap_or_else(|| DEFAULT_RUNS.into())}).to_string(),
     )
 }
 
@@ -1396,7 +1397,7 @@ fn control_sync(shared: &Shared, body: &[u8]) -> Result<Value, String> {
     Ok(json!({ "sync": b.name }))
 }
 
-fn add_sync(
+pub(crate) fn add_sync(
     shared: &Shared,
     integration: &str,
     name: &str,
@@ -1414,6 +1415,48 @@ fn add_sync(
     );
 }
 
+/// The `runs` of every sync's configuration in the fake: what a connection without a
+/// frequency of its own runs at.
+pub(crate) const DEFAULT_RUNS: &str = "every day";
+
+/// The syncs declared for `integration`: (name, variant, models), by name then variant.
+pub(crate) fn declared_syncs(
+    shared: &Shared,
+    integration: &str,
+) -> Vec<(String, String, Vec<String>)> {
+    shared
+        .writeback
+        .lock()
+        .syncs
+        .iter()
+        .filter(|((i, _, _), _)| i == integration)
+        .map(|((_, name, variant), models)| (name.clone(), variant.clone(), models.clone()))
+        .collect()
+}
+
+/// The schedule of a declared sync of a connection, as start, pause and frequency
+/// updates left it.
+pub(crate) fn schedule_of(
+    shared: &Shared,
+    integration: &str,
+    connection: &str,
+    name: &str,
+    variant: &str,
+) -> SyncSchedule {
+    shared
+        .writeback
+        .lock()
+        .schedules
+        .get(&(
+            integration.to_string(),
+            connection.to_string(),
+            name.to_string(),
+            variant.to_string(),
+        ))
+        .cloned()
+        .unwrap_or_default()
+}
+
 impl FakeNango {
     /// Script action `name` (any integration and connection); replaces an earlier script.
     pub fn script_action(&self, name: &str, script: ActionScript) {
@@ -1429,13 +1472,6 @@ impl FakeNango {
         self.shared.writeback.lock().executions.clone()
     }
 
-    /// Declare sync `name` of `integration` (base variant), writing `models`; the
-    /// integration's connections get it.
-    pub fn add_sync(&self, integration: &str, name: &str, models: &[&str]) {
-        let models: Vec<String> = models.iter().map(|m| m.to_string()).collect();
-        add_sync(&self.shared, integration, name, None, &models);
-    }
-
     /// Every sync command received so far, in order.
     pub fn sync_commands(&self) -> Vec<SyncCommand> {
         self.shared.writeback.lock().commands.clone()
@@ -1444,18 +1480,13 @@ impl FakeNango {
     /// The schedule of sync `name` (base variant) of a connection, as start, pause and
     /// frequency updates left it.
     pub fn sync_schedule(&self, integration: &str, connection: &str, name: &str) -> SyncSchedule {
-        self.shared
-            .writeback
-            .lock()
-            .schedules
-            .get(&(
-                integration.to_string(),
-                connection.to_string(),
-                name.to_string(),
-                "base".to_string(),
-            ))
-            .cloned()
-            .unwrap_or_default()
+        schedule_of(
+            &self.shared,
+            integration,
+            connection,
+            name,
+            StreamKey::BASE_VARIANT,
+        )
     }
 }
 
