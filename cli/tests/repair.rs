@@ -506,7 +506,14 @@ mod postgres {
         pool.close().await;
         assert_eq!(
             tables,
-            ["commit_seq", "runs", "schema_migrations", "streams"]
+            [
+                "commit_seq",
+                "consumers",
+                "outbox",
+                "runs",
+                "schema_migrations",
+                "streams"
+            ]
         );
     }
 }
