@@ -774,3 +774,58 @@ async fn every_write_back_route_accepts_a_trailing_slash_like_nango() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn prune_after_a_run_is_opt_in_and_the_store_keeps_the_payloads() {
+    let h = setup().await;
+    let stream = contacts();
+    h.fake.generate(&stream, 25, 10);
+    // Off by default: nothing pruned.
+    h.sync(&stream).await.unwrap();
+    assert!(
+        h.fake
+            .records(&stream)
+            .iter()
+            .all(|r| r.meta.pruned_at.is_none())
+    );
+    let before = h.local_live(&stream).await;
+
+    let engine = h.engine_with(nango_sync::engine::EngineConfig {
+        prune_after_run: true,
+        ..Default::default()
+    });
+    h.fake.generate(&stream, 5, 5);
+    engine
+        .sync(&stream, &nango_sync::SyncOptions::default())
+        .await
+        .unwrap();
+    let upstream = h.fake.records(&stream);
+    assert_eq!(upstream.len(), 30);
+    assert!(
+        upstream.iter().all(|r| r.meta.pruned_at.is_some()),
+        "every record up to the stored cursor is pruned"
+    );
+    let after = h.local_live(&stream).await;
+    assert_eq!(after.len(), 30);
+    for (id, payload) in &before {
+        assert_eq!(&after[id], payload, "the store keeps the payload of {id}");
+    }
+
+    // The call itself: bad arguments are refused before any request; Nango's errors
+    // come back typed.
+    let cursor = upstream.last().unwrap().meta.cursor.clone();
+    let e = h
+        .client
+        .prune_records(&stream, &cursor, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    let out = h.client.prune_records(&stream, &cursor, 10).await.unwrap();
+    assert_eq!(out.count, 0, "pruning again prunes nothing more");
+    let e = h
+        .client
+        .prune_records(&StreamKey::new("github", "nobody", "Contact"), &cursor, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s / 100), Some(4), "{e}");
+}
