@@ -4,8 +4,8 @@
 //! A store reported as [`Error::Damaged`] (a garbage SQLite file, a sled directory whose
 //! log is corrupted, a PostgreSQL schema whose tables are gone) cannot be fixed in place.
 //! Everything it holds came from Nango except two things: payloads Nango has pruned
-//! since (the store kept them, Nango serves only `{id}` now), and, once nango-sync has
-//! one, the outbox of write-back actions. [`repair`] therefore:
+//! since (the store kept them, Nango serves only `{id}` now), and the outbox of
+//! write-back actions. [`repair`] therefore:
 //!
 //! 1. checks that there is a store at the URL and, for sled, takes its lock (another
 //!    process using the store is an error: stop it first; SQLite and PostgreSQL stores
@@ -21,7 +21,11 @@
 //! 4. creates a new store at the URL and runs a full re-read of every stream;
 //! 5. compares, stream by stream, the new store with the old one (when it was read):
 //!    records whose payload only the old store held (Nango now serves them pruned, or
-//!    deleted with only `{id}`), and live records Nango no longer has at all.
+//!    deleted with only `{id}`), and live records Nango no longer has at all;
+//! 6. carries the outbox items not delivered yet (pending, or running: their worker is
+//!    gone, so they may run again) over to the new store as pending items, with their
+//!    action, input, idempotency key, then-sync models and attempt limit; finished items
+//!    stay in the store kept aside (see [`RepairReport::notes`]).
 //!
 //! Disk use peaks at about three times the store for file stores (the store moved
 //! aside, its scratch copy, the new store); the copy is removed at the end.
@@ -144,8 +148,8 @@ impl IdList {
     }
 }
 
-/// The note about write-back actions, in every report.
-pub const OUTBOX_NOTE: &str = "write-back: this version of nango-sync keeps no outbox of write-back actions, so none was lost; actions queued in a store's outbox are not in Nango and would not be rebuilt";
+/// The start of the note about write-back actions, in every report.
+pub const OUTBOX_NOTE: &str = "write-back outbox:";
 
 /// Move the store at `url` aside and rebuild it by a full re-read from Nango of every
 /// stream it knew (see the [module documentation](self)).
@@ -194,6 +198,54 @@ mod imp {
     use crate::record::StoredRecord;
     use crate::sink::{self, DynRecordSink, ListQuery, SharedSink, StreamStatus};
     use crate::time::Timestamp;
+
+    /// Enqueue the old store's undelivered outbox items in the new store; the note
+    /// saying what was carried over.
+    async fn carry_outbox(old: &dyn DynRecordSink, new: &dyn DynRecordSink) -> String {
+        use crate::sink::outbox::{NewOutboxItem, OutboxQuery, OutboxState};
+        let (mut carried, mut finished) = (0u64, 0u64);
+        let mut query = OutboxQuery::first(1000);
+        loop {
+            let page = match old.outbox_list(&query).await {
+                Ok(page) => page,
+                Err(e) => {
+                    return format!(
+                        "{OUTBOX_NOTE} {carried} undelivered actions carried over, then the outbox of the damaged store could not be read ({e}): the rest stay in it"
+                    );
+                }
+            };
+            let full = page.len() == query.limit;
+            if let Some(last) = page.last() {
+                query = query.clone().after(last.id);
+            }
+            for item in page {
+                if matches!(item.state, OutboxState::Done | OutboxState::Failed) {
+                    finished += 1;
+                    continue;
+                }
+                let mut again =
+                    NewOutboxItem::new(&item.integration, &item.connection, &item.action);
+                again.input = item.input;
+                again.key = item.key;
+                again.then_sync = item.then_sync;
+                again.max_attempts = item.max_attempts;
+                again.created_at = item.created_at;
+                if let Err(e) = new.outbox_enqueue(again).await {
+                    return format!(
+                        "{OUTBOX_NOTE} {carried} undelivered actions carried over, then item {} could not be enqueued in the new store ({e}): it and the rest stay in the damaged store",
+                        item.id
+                    );
+                }
+                carried += 1;
+            }
+            if !full {
+                break;
+            }
+        }
+        format!(
+            "{OUTBOX_NOTE} {carried} undelivered actions carried over to the new store as pending (one that was running may run again); {finished} finished items stay in the damaged store"
+        )
+    }
 
     pub(super) async fn rebuild(
         url: &str,
@@ -332,6 +384,13 @@ mod imp {
             }
             report.streams.push(entry);
         }
+        report.notes.push(match &old {
+            Some(old) => carry_outbox(&**old, &*new).await,
+            None => format!(
+                "{OUTBOX_NOTE} the damaged store could not be read, so the actions queued in its outbox (if any) were not carried over; they stay in it at {}",
+                moved.describe()
+            ),
+        });
         drop(old);
         scratch.remove();
 
@@ -348,7 +407,6 @@ mod imp {
             "run history, last runs and upstream errors of the damaged store are not carried over"
                 .to_string(),
         );
-        report.notes.push(OUTBOX_NOTE.to_string());
         tracing::info!(
             store = %report.store,
             moved_to = %report.moved_to,

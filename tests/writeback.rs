@@ -751,3 +751,133 @@ async fn sync_status_reports_what_the_sync_operations_did() {
     );
     assert_eq!(started.status, SyncState::Success);
 }
+
+#[tokio::test]
+async fn every_write_back_route_accepts_a_trailing_slash_like_nango() {
+    let h = setup().await;
+    h.fake.script_action("echo", ActionScript::echo());
+    h.fake.define_sync("github", "contacts", &["Contact"]);
+    nango_sync::client::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let key = h.fake.secret_key();
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{}{path}", h.fake.url()))
+            .bearer_auth(key.expose())
+            .header("Connection-Id", "acme")
+            .header("Provider-Config-Key", "github");
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (status, text)
+        }
+    };
+    use reqwest::Method;
+    let (status, text) = send(
+        Method::POST,
+        "/action/trigger/",
+        Some(json!({"action_name": "echo", "input": {"a": 1}})),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (200, r#"{"a":1}"#));
+    let sync =
+        json!({"provider_config_key": "github", "connection_id": "acme", "syncs": ["contacts"]});
+    for path in ["/sync/trigger/", "/sync/start/", "/sync/pause/"] {
+        let (status, text) = send(Method::POST, path, Some(sync.clone())).await;
+        assert_eq!(status, 200, "{path}: {text}");
+    }
+    let (status, text) = send(
+        Method::PUT,
+        "/sync/update-connection-frequency/",
+        Some(
+            json!({"provider_config_key": "github", "connection_id": "acme",
+            "sync_name": "contacts", "frequency": "every 2h"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = send(Method::GET, "/connections/?limit=5", None).await;
+    assert_eq!(status, 200, "{text}");
+    // A proxy path is the provider's: its trailing slash is forwarded.
+    let (status, text) = send(Method::GET, "/proxy/repos/acme/", None).await;
+    assert_eq!(status, 200, "{text}");
+    let echo: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(echo["path"], "/repos/acme/");
+    let handle = h
+        .client
+        .trigger_action_async("github", "acme", "echo", &json!({"b": 2}), 0)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = send(Method::GET, &format!("/action/{}/", handle.id), None).await;
+        if status == 200 {
+            assert_eq!(text, r#"{"b":2}"#);
+            break;
+        }
+        assert_eq!(status, 404, "{text}");
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn prune_after_a_run_is_opt_in_and_the_store_keeps_the_payloads() {
+    let h = setup().await;
+    let stream = contacts();
+    h.fake.generate(&stream, 25, 10);
+    // Off by default: nothing pruned.
+    h.sync(&stream).await.unwrap();
+    assert!(
+        h.fake
+            .records(&stream)
+            .iter()
+            .all(|r| r.meta.pruned_at.is_none())
+    );
+    let before = h.local_live(&stream).await;
+
+    let engine = h.engine_with(nango_sync::engine::EngineConfig {
+        prune_after_run: true,
+        ..Default::default()
+    });
+    h.fake.generate(&stream, 5, 5);
+    engine
+        .sync(&stream, &nango_sync::SyncOptions::default())
+        .await
+        .unwrap();
+    let upstream = h.fake.records(&stream);
+    assert_eq!(upstream.len(), 30);
+    assert!(
+        upstream.iter().all(|r| r.meta.pruned_at.is_some()),
+        "every record up to the stored cursor is pruned"
+    );
+    let after = h.local_live(&stream).await;
+    assert_eq!(after.len(), 30);
+    for (id, payload) in &before {
+        assert_eq!(&after[id], payload, "the store keeps the payload of {id}");
+    }
+
+    // The call itself: bad arguments are refused before any request; Nango's errors
+    // come back typed.
+    let cursor = upstream.last().unwrap().meta.cursor.clone();
+    let e = h
+        .client
+        .prune_records(&stream, &cursor, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Invalid { .. }), "{e:?}");
+    let out = h.client.prune_records(&stream, &cursor, 10).await.unwrap();
+    assert_eq!(out.count, 0, "pruning again prunes nothing more");
+    let e = h
+        .client
+        .prune_records(&StreamKey::new("github", "nobody", "Contact"), &cursor, 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status().map(|s| s / 100), Some(4), "{e}");
+}

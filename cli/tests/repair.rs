@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 
 use nango_sync::StreamKey;
 use nango_sync::sink;
+use nango_sync::sink::outbox::{NewOutboxItem, OutboxState};
 use nango_sync_testkit::{FakeConfig, FakeNango, local_live};
 use serde_json::Value;
 
@@ -150,6 +151,19 @@ async fn readable_store_is_rebuilt(url: &str) -> String {
         3
     );
     assert_eq!(fake.hard_reset(&deals()), 50);
+    // Two actions not delivered yet.
+    {
+        let store = sink::open(url).await.unwrap();
+        let mut item = NewOutboxItem::new("demo-crm", "acme", "create-issue");
+        item.input = Some(nango_sync::RawJson::from_trusted(r#"{"title":"Bug"}"#));
+        item.key = Some("issue-1".into());
+        item.then_sync = vec!["Contact".into()];
+        store.outbox_enqueue(item).await.unwrap();
+        store
+            .outbox_enqueue(NewOutboxItem::new("demo-crm", "acme", "close-issue"))
+            .await
+            .unwrap();
+    }
 
     let report = repair(&fake, url, &[]);
     assert_eq!(report["old_store_readable"], true, "{report:#}");
@@ -181,7 +195,27 @@ async fn readable_store_is_rebuilt(url: &str) -> String {
     assert_eq!(ids(&d["only_in_old_store"]).len(), 50);
     assert_eq!(ids(&d["only_in_old_store"])[0], "rec-0000001");
     let notes = report["notes"].to_string();
-    assert!(notes.contains("no outbox"), "{notes}");
+    assert!(
+        notes.contains("2 undelivered actions carried over"),
+        "{notes}"
+    );
+    // The undelivered actions are queued in the new store as they were.
+    let store = sink::open(url).await.unwrap();
+    let items = store
+        .outbox_list(&nango_sync::sink::outbox::OutboxQuery::first(10))
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert!(items.iter().all(|i| i.state == OutboxState::Pending));
+    assert_eq!(items[0].action, "create-issue");
+    assert_eq!(items[0].key.as_deref(), Some("issue-1"));
+    assert_eq!(items[0].then_sync, ["Contact"]);
+    assert_eq!(
+        items[0].input.as_ref().unwrap().to_value(),
+        serde_json::json!({"title": "Bug"})
+    );
+    assert_eq!(items[1].action, "close-issue");
+    drop(store);
 
     assert_equals_fake(url, &fake, &contacts()).await;
     assert_equals_fake(url, &fake, &deals()).await;

@@ -820,7 +820,7 @@ mod tests {
         let ok = NewOutboxItem::new("github", "acme", "create-issue").then_sync("Issue::eu");
         assert!(ok.check().is_ok());
         for bad in [
-            NewOutboxItem::new("git hub", "acme", "a"),
+            NewOutboxItem::new("git/hub", "acme", "a"),
             NewOutboxItem::new("github", "acme", "bad name"),
             NewOutboxItem::new("github", "acme", "a").then_sync("issue"),
             NewOutboxItem::new("github", "acme", "a").then_sync("Issue::"),

@@ -249,13 +249,18 @@ impl PostgresStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| classify(operation, e))?;
-        let Some(row) = row else {
-            return Ok(false);
+        // A claim that no longer holds its item changes nothing. The transaction is
+        // rolled back here, not on drop: sqlx only queues the rollback of a dropped
+        // transaction, and the idle pooled connection would keep the row locked, hiding
+        // it from the claims' `SKIP LOCKED`.
+        let item = match row.as_ref().map(item_from_row).transpose() {
+            Ok(Some(item)) if outbox::holds(&item, claim) => item,
+            other => {
+                tx.rollback().await.map_err(|e| classify(operation, e))?;
+                return other.map(|_| false);
+            }
         };
-        let mut item = item_from_row(&row)?;
-        if !outbox::holds(&item, claim) {
-            return Ok(false);
-        }
+        let mut item = item;
         f(&mut item);
         self.outbox_write_back(&mut tx, &item).await?;
         tx.commit().await.map_err(|e| classify(operation, e))?;

@@ -91,9 +91,9 @@ async fn route(
     body: Bytes,
 ) -> Response {
     // Nango's routing is not strict: `/records/` is `/records` (its Node SDK sends
-    // `GET /records/?...`).
+    // `GET /records/?...`). A proxy path is the provider's, forwarded as it is.
     let path = match path.strip_suffix('/') {
-        Some(trimmed) if !trimmed.is_empty() => trimmed,
+        Some(trimmed) if !trimmed.is_empty() && !path.starts_with("/proxy/") => trimmed,
         _ => path,
     };
     match (method, path) {
