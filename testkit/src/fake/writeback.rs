@@ -790,6 +790,23 @@ fn parse_syncs(v: Option<&Value>) -> Result<Vec<(String, String)>, Box<Response>
         .collect()
 }
 
+/// A strict JSON object body, as Nango's schemas take it: an object whose keys are all
+/// in `allowed` (else 400, as Nango answers).
+fn object_body(
+    body: &[u8],
+    allowed: &[&str],
+) -> Result<serde_json::Map<String, Value>, Box<Response>> {
+    let obj = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => m,
+        Ok(_) => return Err(Box::new(invalid_body("Invalid input: expected object"))),
+        Err(e) => return Err(Box::new(error_json(400, "invalid_json", &e.to_string()))),
+    };
+    match unknown_keys(&obj, allowed) {
+        Some(r) => Err(Box::new(r)),
+        None => Ok(obj),
+    }
+}
+
 fn unknown_keys(obj: &serde_json::Map<String, Value>, allowed: &[&str]) -> Option<Response> {
     let unknown: Vec<&String> = obj
         .keys()
@@ -902,13 +919,8 @@ fn sync_trigger(
     if let Some(r) = empty_query_or_error(raw_query) {
         return r;
     }
-    let obj = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return invalid_body("Invalid input: expected object"),
-        Err(e) => return error_json(400, "invalid_json", &e.to_string()),
-    };
-    if let Some(r) = unknown_keys(
-        &obj,
+    let obj = match object_body(
+        body,
         &[
             "syncs",
             "provider_config_key",
@@ -918,8 +930,9 @@ fn sync_trigger(
             "full_resync",
         ],
     ) {
-        return r;
-    }
+        Ok(obj) => obj,
+        Err(r) => return *r,
+    };
     let syncs = match parse_syncs(obj.get("syncs")) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -1043,14 +1056,10 @@ fn empty_cache_and_rerun(shared: &Arc<Shared>, stream: &StreamKey) {
 }
 
 fn sync_schedule(shared: &Shared, command: &str, body: &[u8]) -> Response {
-    let obj = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return invalid_body("Invalid input: expected object"),
-        Err(e) => return error_json(400, "invalid_json", &e.to_string()),
+    let obj = match object_body(body, &["syncs", "provider_config_key", "connection_id"]) {
+        Ok(obj) => obj,
+        Err(r) => return *r,
     };
-    if let Some(r) = unknown_keys(&obj, &["syncs", "provider_config_key", "connection_id"]) {
-        return r;
-    }
     let syncs = match parse_syncs(obj.get("syncs")) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -1119,13 +1128,8 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
     if let Some(r) = empty_query_or_error(raw_query) {
         return r;
     }
-    let obj = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => m,
-        Ok(_) => return invalid_body("Invalid input: expected object"),
-        Err(e) => return error_json(400, "invalid_json", &e.to_string()),
-    };
-    if let Some(r) = unknown_keys(
-        &obj,
+    let obj = match object_body(
+        body,
         &[
             "sync_name",
             "sync_variant",
@@ -1134,8 +1138,9 @@ fn sync_frequency(shared: &Shared, raw_query: &str, body: &[u8]) -> Response {
             "frequency",
         ],
     ) {
-        return r;
-    }
+        Ok(obj) => obj,
+        Err(r) => return *r,
+    };
     let s = |k: &str| obj.get(k).and_then(Value::as_str).map(str::to_string);
     let (Some(name), Some(integration), Some(connection)) =
         (s("sync_name"), s("provider_config_key"), s("connection_id"))
