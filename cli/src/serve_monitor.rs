@@ -1,7 +1,8 @@
 //! What `serve` shows of its streams: the Prometheus recorder behind `GET /metrics`
 //! (metrics-exporter-prometheus renders the exposition format), and the health checks
 //! behind `GET /health`, computed at most every two seconds (a scrape and a probe in
-//! the same instant read the store once), which also refresh the lag gauges.
+//! the same instant read the store once), which also refresh the lag gauges; each scrape
+//! also sets the outbox's items per state.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +63,9 @@ impl Monitor {
     pub async fn metrics(&self, scheduler: &Scheduler) -> Response {
         // A store that cannot be read leaves the gauges as they were; /health says why.
         let _ = self.health(scheduler).await;
+        if let Ok(counts) = scheduler.engine().sink().outbox_counts().await {
+            nango_sync::monitor::metrics::record_outbox_counts(&counts);
+        }
         (
             [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             self.handle.render(),

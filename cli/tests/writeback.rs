@@ -423,6 +423,26 @@ async fn serve_delivers_enqueued_actions_and_outbox_lists_them() {
         "{health}"
     );
     assert_eq!(o["worker"]["retried"], 2, "{health}");
+    // The same story in Prometheus' terms: items per state, settled attempts by outcome.
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "nango_sync_outbox_items{state=\"pending\"} 0",
+        "nango_sync_outbox_items{state=\"done\"} 2",
+        "nango_sync_outbox_items{state=\"failed\"} 1",
+        "nango_sync_outbox_deliveries_total{outcome=\"done\"} 2",
+        "nango_sync_outbox_deliveries_total{outcome=\"failed\"} 1",
+        "nango_sync_outbox_deliveries_total{outcome=\"retry\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "/metrics lacks {line:?}:\n{metrics}"
+        );
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status();

@@ -359,20 +359,24 @@ impl OutboxWorker {
             }
         };
         let done = matches!(settlement, Settlement::Done { .. });
-        let outcome = match &settlement {
-            Settlement::Done { .. } => &self.inner.counters.done,
-            Settlement::Failed { .. } => &self.inner.counters.failed,
-            Settlement::Retry { .. } => &self.inner.counters.retried,
+        let (outcome, label) = match &settlement {
+            Settlement::Done { .. } => (&self.inner.counters.done, "done"),
+            Settlement::Failed { .. } => (&self.inner.counters.failed, "failed"),
+            Settlement::Retry { .. } => (&self.inner.counters.retried, "retry"),
         };
         match settle_with_retries(&**self.sink(), &claim, settlement).await {
             Ok(true) => {
                 outcome.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::monitor::metrics::OUTBOX_DELIVERIES, "outcome" => label)
+                    .increment(1);
                 if done {
                     self.then_sync(&item);
                 }
             }
             Ok(false) => {
                 self.inner.counters.lost.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::monitor::metrics::OUTBOX_DELIVERIES, "outcome" => "lost")
+                    .increment(1);
                 warn!(
                     item = item.id,
                     "the claim ran out before the item was settled; another delivery owns it"

@@ -24,6 +24,8 @@
 //! | `nango_sync_retries_total` | counter | `request`, `class` (of the attempt that failed) | attempts made again after a retryable failure |
 //! | `nango_sync_rate_budget_waits_total` | counter | – | requests that waited for the shared rate budget |
 //! | `nango_sync_rate_budget_wait_seconds` | histogram | – | how long each of those requests waited |
+//! | `nango_sync_outbox_deliveries_total` | counter | `outcome` (`done`, `retry`, `failed`, `lost`) | outbox attempts settled by the worker (`lost`: its lease ran out first) |
+//! | `nango_sync_outbox_items` | gauge | `state` (`pending`, `running`, `done`, `failed`) | the store's outbox items per state (set by [`record_outbox_counts`], which `serve` calls on each scrape) |
 //!
 //! [`describe`] registers the descriptions and units with the installed recorder.
 
@@ -61,6 +63,23 @@ pub const RETRIES: &str = "nango_sync_retries_total";
 pub const RATE_BUDGET_WAITS: &str = "nango_sync_rate_budget_waits_total";
 /// How long requests waited for the rate budget.
 pub const RATE_BUDGET_WAIT_SECONDS: &str = "nango_sync_rate_budget_wait_seconds";
+
+/// Outbox attempts settled by the worker, by outcome.
+pub const OUTBOX_DELIVERIES: &str = "nango_sync_outbox_deliveries_total";
+/// The store's outbox items per state.
+pub const OUTBOX_ITEMS: &str = "nango_sync_outbox_items";
+
+/// Set the [`OUTBOX_ITEMS`] gauges from a store's counts.
+pub fn record_outbox_counts(counts: &crate::sink::outbox::OutboxCounts) {
+    for (state, n) in [
+        ("pending", counts.pending),
+        ("running", counts.running),
+        ("done", counts.done),
+        ("failed", counts.failed),
+    ] {
+        metrics::gauge!(OUTBOX_ITEMS, "state" => state).set(n as f64);
+    }
+}
 
 /// Register the description and unit of every metric with the installed recorder (a
 /// Prometheus exporter prints them as `# HELP` lines). Call it after installing one.
@@ -134,6 +153,12 @@ pub fn describe() {
         Unit::Seconds,
         "How long requests waited for the shared rate budget."
     );
+    describe_counter!(
+        OUTBOX_DELIVERIES,
+        Unit::Count,
+        "Outbox attempts settled by the worker, by outcome (done, retry, failed, lost)."
+    );
+    describe_gauge!(OUTBOX_ITEMS, "The store's outbox items, by state.");
 }
 
 /// The labels of a stream.
