@@ -31,7 +31,9 @@ impl PostgresStore {
         // The stored versions of the page's ids, in one query, once the cursor is known
         // to be the expected one.
         commit::check_cursor(&state, commit)?;
-        let mut stored: HashMap<String, StoredVersionBuf> = HashMap::new();
+        // Each with the `seq` of the commit that last changed it (the handle), whose
+        // change list the record leaves if this commit changes it.
+        let mut stored: HashMap<String, (StoredVersionBuf, i64)> = HashMap::new();
         if !commit.records.is_empty() {
             let rows = sqlx::query(self.sql.stored_versions.clone())
                 .bind(stream_id)
@@ -48,15 +50,14 @@ impl PostgresStore {
                     deleted: row.try_get(3).map_err(decode)?,
                     pruned: row.try_get(4).map_err(decode)?,
                 };
-                stored.insert(id, version);
+                stored.insert(id, (version, row.try_get(5).map_err(decode)?));
             }
         }
         // Each distinct id is looked up once: its version moves out of the map.
         let prepared = commit::prepare(&state, commit, |id| {
-            Ok(stored.remove(id).map(|version| Stored {
-                version,
-                handle: (),
-            }))
+            Ok(stored
+                .remove(id)
+                .map(|(version, seq)| Stored { version, handle: seq }))
         })?;
 
         let seq: i64 = sqlx::query_scalar(self.sql.next_seq.clone())
@@ -73,7 +74,15 @@ impl PostgresStore {
         let mut inserts = Vec::new();
         let mut overwrites = Vec::new();
         let mut keeps = Vec::new();
+        let mut written = Vec::with_capacity(prepared.writes().len());
         for w in prepared.writes() {
+            let old = match &w.kind {
+                WriteKind::Insert { .. } => None,
+                WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
+                    Some(*stored)
+                }
+            };
+            written.push((w.record.id.as_str(), old));
             match &w.kind {
                 WriteKind::Insert { payload } => inserts.push((w.record, *payload, w.change)),
                 WriteKind::Replace { payload, .. } => {
@@ -131,18 +140,15 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify("mark records seen", e))?;
         }
-        let swept = match prepared.sweep() {
-            Some(sweep) => sqlx::query(self.sql.sweep.clone())
-                .bind(stream_id)
-                .bind(to_i64(sweep.generation))
-                .bind(sweep.deleted_at.as_micros())
-                .bind(seq)
-                .bind(i16::from(Sweep::CHANGE.code()))
-                .execute(&mut **tx)
-                .await
-                .map_err(|e| classify("sweep", e))?
-                .rows_affected(),
-            None => 0,
+        // The sweep runs with the feed's upkeep, which needs the ids it deletes.
+        let swept = if written.is_empty() && prepared.sweep().is_none() {
+            0
+        } else {
+            let sweep = prepared
+                .sweep()
+                .map(|sweep| (sweep, i16::from(Sweep::CHANGE.code())));
+            self.feed_upkeep(&mut **tx, stream_id, seq, &written, sweep)
+                .await?
         };
         self.faults.after_records(BACKEND)?;
 

@@ -1,6 +1,20 @@
-//! The PostgreSQL store's side of the change feed: reads of the feed through the index on
-//! `records (seq, id)`, named consumers (`consumers`), the counts of a stream, and the
-//! commit signal, fed by this process's commits and by `LISTEN` for other processes'.
+//! The PostgreSQL store's side of the change feed: each commit's list of changed ids
+//! (`feed_commits`, written on the commit path), reads of the feed through those lists,
+//! named consumers (`consumers`), the counts of a stream, and the commit signal, fed by
+//! this process's commits and by `LISTEN` for other processes'.
+//!
+//! # One entry per commit
+//!
+//! A commit that changes records writes one row of `feed_commits` per chunk of at most
+//! 1,000 of its ids (sorted), keyed (seq, chunk); chunk 0 holds `live`, how many of the
+//! commit's records still carry its `seq`. The records themselves keep `seq` and the
+//! change kind, unindexed, so an update of a record changes no indexed column and can be
+//! HOT. A read walks the lists from the position and skips an id whose record's `seq`
+//! is no longer the list's: a later commit changed it, and the feed shows it there (the
+//! feed keeps only each record's last change). A commit that rewrites records of an
+//! older commit decrements that commit's `live` by their number, once per distinct
+//! older commit, and deletes its rows when `live` reaches 0, in the commit's
+//! transaction; so `feed_commits` holds at most one row per chunk of live records.
 //!
 //! # Why a reader misses nothing
 //!
@@ -28,7 +42,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgBindIterExt, PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgConnection, Row, SqlStr};
 
 use super::error::{classify, decode};
@@ -41,17 +55,24 @@ use crate::feed::{
     RecordCounts, check_ack, validate_consumer,
 };
 use crate::record::StreamKey;
+use crate::sink::commit::Sweep;
 
 /// The change kind of a row of `records r`: the stored one, or for a record written
 /// before migration 2, the kind derived from its metadata
 /// ([`ChangeKind::of_legacy`]).
 pub(super) const KIND: &str = "COALESCE(r.change_kind, CASE WHEN r.deleted THEN 3::int2 WHEN r.last_action = 1 THEN 1::int2 ELSE 2::int2 END)";
 
+/// The most ids a row of `feed_commits` holds: a commit that changes more (a full
+/// re-read's sweep) writes several rows, keyed (seq, chunk).
+const FEED_CHUNK: usize = 1000;
+
 /// The feed's statements, with the schema filled in once.
 #[derive(Debug)]
 pub(super) struct FeedStatements {
     after_commit: SqlStr,
     in_commit: SqlStr,
+    upkeep: SqlStr,
+    upkeep_sweep: SqlStr,
     last_seq: SqlStr,
     notify: SqlStr,
     consumer: SqlStr,
@@ -69,24 +90,50 @@ impl FeedStatements {
         };
         // One statement, one snapshot: the changes and the last commit number agree.
         // `$1`/`$2` the position, `$3..$6` the stream filter, `$7` the limit.
+        // Walks the commits' id lists in order (the key (seq, chunk), then each list's
+        // order, which is the ids' byte order), fetches each record, and skips an id
+        // whose record a later commit changed (its `seq` moved on).
         let read = |from: &str| {
             s(format!(
                 "WITH last AS (SELECT seq FROM {{s}}.commit_seq) \
                  SELECT f.*, last.seq AS last_seq FROM last LEFT JOIN LATERAL ( \
                    SELECT {RECORD_COLUMNS}, t.integration, t.connection, t.model, t.variant, \
                           {KIND} AS kind \
-                   FROM {{s}}.records r JOIN {{s}}.streams t ON t.stream_id = r.stream_id \
-                   WHERE {from} \
+                   FROM {{s}}.feed_commits c \
+                   JOIN {{s}}.streams t ON t.stream_id = c.stream_id \
+                   CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS u(id, n) \
+                   JOIN {{s}}.records r ON r.stream_id = c.stream_id AND r.id = u.id \
+                   WHERE {from} AND r.seq = c.seq \
                      AND ($3::text IS NULL OR t.integration = $3) \
                      AND ($4::text IS NULL OR t.connection = $4) \
                      AND ($5::text IS NULL OR t.model = $5) \
                      AND ($6::text IS NULL OR t.variant = $6) \
-                   ORDER BY r.seq, r.id LIMIT $7) f ON true"
+                   ORDER BY c.seq, c.chunk, u.n LIMIT $7) f ON true"
             ))
         };
-        FeedStatements {
-            after_commit: read("r.seq > $1 AND ($2::text IS NULL OR true)"),
-            in_commit: read("(r.seq, r.id) > ($1, $2::text)"),
+        // A commit's upkeep, after its writes: its id list, in chunks (`$1` the stream,
+        // `$2` the commit's number, `$3` the ids it wrote and `$4` the `seq` each had,
+        // NULL for a new record), and the retirement of the ids it took over from older
+        // commits: one decrement of `live` per distinct older commit, or the deletion of
+        // that commit's rows when none of its records is left.
+        let upkeep = |swept: &str, ids: &str, result: &str| {
+            s(format!(
+                "WITH {swept} c AS ({ids}), \
+                 entry AS (INSERT INTO {{s}}.feed_commits (seq, chunk, stream_id, ids, live) \
+                   SELECT $2, k, $1, array_agg(id ORDER BY id COLLATE \"C\"), \
+                          CASE WHEN k = 0 THEN (SELECT count(*) FROM c)::int END \
+                   FROM (SELECT id, (row_number() OVER (ORDER BY id COLLATE \"C\") - 1) / {FEED_CHUNK} AS k \
+                         FROM c) x \
+                   GROUP BY k), \
+                 gone AS (SELECT old, count(*)::int AS n FROM c WHERE old IS NOT NULL GROUP BY old), \
+                 kept AS (UPDATE {{s}}.feed_commits f SET live = f.live - g.n FROM gone g \
+                   WHERE f.seq = g.old AND f.chunk = 0 AND f.live > g.n), \
+                 retired AS (DELETE FROM {{s}}.feed_commits f USING {{s}}.feed_commits h, gone g \
+                   WHERE h.seq = g.old AND h.chunk = 0 AND h.live <= g.n AND f.seq = h.seq) \
+                 SELECT {result}"
+            ))
+        };
+        let written = "SELECT id, old FROM UNNEST($3::text[], $4::int8[]) AS u(id, old)";
             last_seq: s("SELECT seq FROM {s}.commit_seq".into()),
             notify: s("SELECT pg_notify($1, $2)".into()),
             consumer: s("SELECT seq, id FROM {s}.consumers WHERE name = $1".into()),
@@ -203,6 +250,44 @@ impl PostgresStore {
             .await
             .map_err(|e| classify("announce the commit", e))?;
         Ok(())
+    }
+
+    /// In a commit's transaction, after its writes: write the commit's id list (the ids
+    /// of `written`, each with the `seq` its record had before, `None` for a new record,
+    /// and those of the sweep when there is one) and retire the ids it took over from
+    /// older commits. Returns the number of records the sweep deleted.
+    pub(super) async fn feed_upkeep(
+        &self,
+        conn: &mut PgConnection,
+        stream_id: i64,
+        seq: i64,
+        written: &[(&str, Option<i64>)],
+        sweep: Option<(&Sweep, i16)>,
+    ) -> Result<u64> {
+        let ids = written.iter().map(|(id, _)| *id).bind_iter();
+        let olds = written.iter().map(|(_, old)| *old).bind_iter();
+        let swept: i64 = match sweep {
+            None => sqlx::query_scalar(self.feed_sql.upkeep.clone())
+                .bind(stream_id)
+                .bind(seq)
+                .bind(ids)
+                .bind(olds)
+                .fetch_one(conn)
+                .await
+                .map_err(|e| classify("write the commit's change list", e))?,
+            Some((sweep, kind)) => sqlx::query_scalar(self.feed_sql.upkeep_sweep.clone())
+                .bind(stream_id)
+                .bind(seq)
+                .bind(ids)
+                .bind(olds)
+                .bind(to_i64(sweep.generation))
+                .bind(sweep.deleted_at.as_micros())
+                .bind(kind)
+                .fetch_one(conn)
+                .await
+                .map_err(|e| classify("sweep", e))?,
+        };
+        Ok(to_u64(swept))
     }
 
     /// Acknowledge a position inside the application's own transaction (or on its own

@@ -20,10 +20,14 @@
 //!   sequence number of the commit that last changed it, and the last full re-read
 //!   generation that saw it;
 //! - `commit_seq`: the store's commit counter;
-//! - `consumers`: the change feed's named consumers and their positions.
+//! - `consumers`: the change feed's named consumers and their positions;
+//! - `feed_commits`: the change feed's index, one row per commit that changed records
+//!   (per chunk of 1,000 of its ids), with the count of its records no later commit
+//!   changed.
 //!
-//! Each record also keeps the kind of its last change (`change_kind`), and an index on
-//! `records (seq, id)` serves the change feed (see `feed.rs` for why a reader of the
+//! Each record also keeps the kind of its last change (`change_kind`), unindexed like
+//! its `seq`, so an update of a record changes only its primary key's index when its
+//! page has room (see `feed.rs` for how the feed is read and kept, why a reader of the
 //! feed never misses a change, and how commits are announced with `NOTIFY`).
 //! - `outbox`: actions to deliver to Nango, which an application may insert into in its
 //!   own transaction (columns: [`crate::sink::outbox`]).
@@ -56,8 +60,9 @@
 //!   the first executions of each connection (about 0.3 s per page at 100,000 records).
 //! - The pool's sessions run with `jit = off` (see `session_setup`).
 //! - Half of the server's time on a page goes into parsing payloads into `jsonb`.
-//! - Updates are not HOT (heap-only tuple) updates at the default fill factor: each new
-//!   version goes to another page and gets an index entry. On a store whose records are
+//! - Updates change no indexed column, but are mostly not HOT (heap-only tuple) updates
+//!   at the default fill factor: each new version goes to another page and gets an
+//!   index entry. On a store whose records are
 //!   rewritten often, `ALTER TABLE <schema>.records SET (fillfactor = 50)` keeps the new
 //!   versions on the same page (for pages written afterwards; `VACUUM FULL` rewrites the
 //!   others): measured at 100,000 records of 760 bytes, about 15% less server time for

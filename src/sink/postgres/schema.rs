@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/0003_run_history.sql"),
     ),
     (4, "outbox", include_str!("migrations/0004_outbox.sql")),
+    (
+        5,
+        "feed_per_commit",
+        include_str!("migrations/0005_feed_per_commit.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -176,6 +181,7 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
                pruned_at, cursor, deleted, seq, seen_generation, change_kind FROM {quoted}.records LIMIT 0"
         ),
         format!("SELECT name, seq, id, updated_at FROM {quoted}.consumers LIMIT 0"),
+        format!("SELECT seq, chunk, stream_id, ids, live FROM {quoted}.feed_commits LIMIT 0"),
         format!(
             "SELECT {} FROM {quoted}.outbox LIMIT 0",
             super::outbox::COLUMNS
@@ -263,7 +269,6 @@ pub(super) struct Statements {
     pub(super) next_seq: SqlStr,
     pub(super) upsert_records: SqlStr,
     pub(super) mark_seen: SqlStr,
-    pub(super) sweep: SqlStr,
     pub(super) update_stream: SqlStr,
     pub(super) stream_state: SqlStr,
     pub(super) set_upstream_error: SqlStr,
@@ -325,10 +330,10 @@ impl Statements {
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
                 .into()),
-            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned \
+            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned, r.seq \
                  FROM UNNEST($2::text[]) AS u(id) \
                  CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
-                   o.pruned_at IS NOT NULL OR o.payload = jsonb_build_object('id', o.id) AS pruned \
+                   o.pruned_at IS NOT NULL OR o.payload = jsonb_build_object('id', o.id) AS pruned, o.seq \
                    FROM {s}.records o \
                    WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
                 .into()),
@@ -360,10 +365,6 @@ impl Statements {
             mark_seen: s("UPDATE {s}.records AS r SET seen_generation = $2 \
                  FROM UNNEST($3::text[]) AS u(id) \
                  WHERE r.stream_id = $1 AND r.id = u.id AND r.seen_generation <> $2"
-                .into()),
-            sweep: s("UPDATE {s}.records SET last_action = 3, deleted_at = $3, deleted = true, seq = $4, \
-                   change_kind = $5 \
-                 WHERE stream_id = $1 AND seen_generation < $2 AND NOT deleted"
                 .into()),
             update_stream: s("UPDATE {s}.streams SET cursor = $2, generation = $3, full_read = $4, \
                    added = added + $5, updated = updated + $6, deleted = deleted + $7, \
