@@ -476,10 +476,22 @@ fn sync_loop(fake: Arc<FakeNango>, url: String, stop: Arc<AtomicBool>, seed: u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_killed_at_random_moments_misses_nothing() {
-    let seed = seed();
-    let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("feed.db").display());
+    consumer_killed_at_random_moments(url, seed()).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_consumer_killed_at_random_moments_misses_nothing() {
+    let url = nango_sync_testkit::stores::fresh_postgres_url();
+    consumer_killed_at_random_moments(url, seed() + 1).await;
+}
+
+/// Kill a following consumer at random moments while another thread syncs into the
+/// store at `url`; no change of the feed is missed.
+async fn consumer_killed_at_random_moments(url: String, seed: u64) {
+    let fake = Arc::new(FakeNango::start(FakeConfig::default()).await.unwrap());
     fake.generate(&contact(), 300, 100);
     fake.generate(&deal(), 100, 100);
     sync(&fake, &url);

@@ -55,9 +55,10 @@ impl PostgresStore {
         }
         // Each distinct id is looked up once: its version moves out of the map.
         let prepared = commit::prepare(&state, commit, |id| {
-            Ok(stored
-                .remove(id)
-                .map(|(version, seq)| Stored { version, handle: seq }))
+            Ok(stored.remove(id).map(|(version, seq)| Stored {
+                version,
+                handle: seq,
+            }))
         })?;
 
         let seq: i64 = sqlx::query_scalar(self.sql.next_seq.clone())

@@ -69,8 +69,7 @@ const FEED_CHUNK: usize = 1000;
 /// The feed's statements, with the schema filled in once.
 #[derive(Debug)]
 pub(super) struct FeedStatements {
-    after_commit: SqlStr,
-    in_commit: SqlStr,
+    read: SqlStr,
     upkeep: SqlStr,
     upkeep_sweep: SqlStr,
     last_seq: SqlStr,
@@ -93,24 +92,34 @@ impl FeedStatements {
         // Walks the commits' id lists in order (the key (seq, chunk), then each list's
         // order, which is the ids' byte order), fetches each record, and skips an id
         // whose record a later commit changed (its `seq` moved on).
-        let read = |from: &str| {
-            s(format!(
-                "WITH last AS (SELECT seq FROM {{s}}.commit_seq) \
-                 SELECT f.*, last.seq AS last_seq FROM last LEFT JOIN LATERAL ( \
-                   SELECT {RECORD_COLUMNS}, t.integration, t.connection, t.model, t.variant, \
-                          {KIND} AS kind \
-                   FROM {{s}}.feed_commits c \
-                   JOIN {{s}}.streams t ON t.stream_id = c.stream_id \
-                   CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS u(id, n) \
-                   JOIN {{s}}.records r ON r.stream_id = c.stream_id AND r.id = u.id \
-                   WHERE {from} AND r.seq = c.seq \
-                     AND ($3::text IS NULL OR t.integration = $3) \
-                     AND ($4::text IS NULL OR t.connection = $4) \
-                     AND ($5::text IS NULL OR t.model = $5) \
-                     AND ($6::text IS NULL OR t.variant = $6) \
-                   ORDER BY c.seq, c.chunk, u.n LIMIT $7) f ON true"
-            ))
-        };
+        // `$8`/`$9` the last list read by the round before (seq, chunk), `$10` how many
+        // lists this round reads at most. The position's commit `$1` lists only its ids
+        // after `$2`.
+        let read = s(format!(
+            "WITH last AS (SELECT seq FROM {{s}}.commit_seq), \
+             c AS (SELECT fc.seq, fc.chunk, fc.stream_id, fc.ids FROM {{s}}.feed_commits fc \
+               JOIN {{s}}.streams t ON t.stream_id = fc.stream_id \
+               WHERE (fc.seq, fc.chunk) > ($8, $9) \
+                 AND (fc.seq > $1 OR ($2::text IS NOT NULL AND fc.seq = $1 \
+                      AND fc.ids[array_upper(fc.ids, 1)] > $2::text)) \
+                 AND ($3::text IS NULL OR t.integration = $3) \
+                 AND ($4::text IS NULL OR t.connection = $4) \
+                 AND ($5::text IS NULL OR t.model = $5) \
+                 AND ($6::text IS NULL OR t.variant = $6) \
+               ORDER BY fc.seq, fc.chunk LIMIT $10), \
+             scanned AS (SELECT count(*) AS n, max(seq) AS seq, \
+               max(chunk) FILTER (WHERE seq = (SELECT max(seq) FROM c)) AS chunk FROM c) \
+             SELECT f.*, last.seq AS last_seq, scanned.n, scanned.seq, scanned.chunk \
+             FROM last CROSS JOIN scanned LEFT JOIN LATERAL ( \
+               SELECT {RECORD_COLUMNS}, t.integration, t.connection, t.model, t.variant, \
+                      {KIND} AS kind \
+               FROM c JOIN {{s}}.streams t ON t.stream_id = c.stream_id \
+               CROSS JOIN LATERAL unnest(c.ids) WITH ORDINALITY AS u(id, n) \
+               CROSS JOIN LATERAL (SELECT o.* FROM {{s}}.records o \
+                 WHERE o.stream_id = c.stream_id AND o.id = u.id OFFSET 0) r \
+               WHERE r.seq = c.seq AND (c.seq > $1 OR u.id > $2::text) \
+               ORDER BY c.seq, c.chunk, u.n LIMIT $7) f ON true"
+        ));
         // A commit's upkeep, after its writes: its id list, in chunks (`$1` the stream,
         // `$2` the commit's number, `$3` the ids it wrote and `$4` the `seq` each had,
         // NULL for a new record), and the retirement of the ids it took over from older
@@ -134,6 +143,21 @@ impl FeedStatements {
             ))
         };
         let written = "SELECT id, old FROM UNNEST($3::text[], $4::int8[]) AS u(id, old)";
+        FeedStatements {
+            read,
+            upkeep: upkeep("", written, "0::int8"),
+            // The sweep of a full re-read, with the `seq` each swept record had: `$5`
+            // the re-read's generation, `$6` the deletion time, `$7` the change kind.
+            upkeep_sweep: upkeep(
+                "swept AS (UPDATE {s}.records r SET last_action = 3, deleted_at = $6, deleted = true, \
+                   seq = $2, change_kind = $7 \
+                   FROM {s}.records o \
+                   WHERE r.stream_id = $1 AND r.seen_generation < $5 AND NOT r.deleted \
+                     AND o.stream_id = r.stream_id AND o.id = r.id \
+                   RETURNING r.id, o.seq AS old),",
+                &format!("{written} UNION ALL SELECT id, old FROM swept"),
+                "(SELECT count(*) FROM swept)",
+            ),
             last_seq: s("SELECT seq FROM {s}.commit_seq".into()),
             notify: s("SELECT pg_notify($1, $2)".into()),
             consumer: s("SELECT seq, id FROM {s}.consumers WHERE name = $1".into()),
@@ -262,7 +286,7 @@ impl PostgresStore {
         stream_id: i64,
         seq: i64,
         written: &[(&str, Option<i64>)],
-        sweep: Option<(&Sweep, i16)>,
+        sweep: Option<(&Sweep<'_>, i16)>,
     ) -> Result<u64> {
         let ids = written.iter().map(|(id, _)| *id).bind_iter();
         let olds = written.iter().map(|(_, old)| *old).bind_iter();
@@ -346,38 +370,66 @@ impl PostgresStore {
             .map_err(|e| classify("acquire a connection", e))
     }
 
+    /// Read the feed in rounds of id lists (1, 2, 4, ... up to 256 lists a round) until
+    /// the limit is reached or the lists end, in one read-only `REPEATABLE READ`
+    /// transaction: every round reads the same snapshot, so the changes and the last
+    /// commit number agree.
     pub(super) async fn feed_changes(&self, query: &ChangeQuery) -> Result<ChangeBatch> {
-        let sql = if query.since.id.is_some() {
-            &self.feed_sql.in_commit
-        } else {
-            &self.feed_sql.after_commit
-        };
+        let err = |e| classify("read the change feed", e);
         let f = &query.filter;
-        // At least one row: the last commit number, with NULL columns when no change
-        // follows.
-        let rows = sqlx::query(sql.clone())
-            .bind(to_i64(query.since.seq))
-            .bind(query.since.id.as_deref())
-            .bind(f.integration.as_deref())
-            .bind(f.connection.as_deref())
-            .bind(f.model.as_deref())
-            .bind(f.variant.as_deref())
-            .bind(i64::try_from(query.limit.max(1)).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+        let limit = query.limit.max(1);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await
-            .map_err(|e| classify("read the change feed", e))?;
+            .map_err(err)?;
+        let since = to_i64(query.since.seq);
+        let (mut after_seq, mut after_chunk) = (since, -1i32);
+        let mut lists: i64 = 1;
         let mut last = 0;
-        let mut changes = Vec::with_capacity(rows.len());
-        for row in &rows {
-            last = to_u64(row.try_get(14).map_err(decode)?);
-            if row
-                .try_get::<Option<String>, _>(0)
-                .map_err(decode)?
-                .is_some()
-            {
-                changes.push(change_from_row(row)?);
+        let mut changes = Vec::new();
+        loop {
+            // At least one row: the last commit number and what the round scanned,
+            // with NULL columns when no change follows.
+            let rows = sqlx::query(self.feed_sql.read.clone())
+                .bind(since)
+                .bind(query.since.id.as_deref())
+                .bind(f.integration.as_deref())
+                .bind(f.connection.as_deref())
+                .bind(f.model.as_deref())
+                .bind(f.variant.as_deref())
+                .bind(i64::try_from(limit - changes.len()).unwrap_or(i64::MAX))
+                .bind(after_seq)
+                .bind(after_chunk)
+                .bind(lists)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            let mut scanned = (0i64, None::<i64>, None::<i32>);
+            for row in &rows {
+                last = to_u64(row.try_get(14).map_err(decode)?);
+                scanned = (
+                    row.try_get(15).map_err(decode)?,
+                    row.try_get(16).map_err(decode)?,
+                    row.try_get(17).map_err(decode)?,
+                );
+                if row
+                    .try_get::<Option<String>, _>(0)
+                    .map_err(decode)?
+                    .is_some()
+                {
+                    changes.push(change_from_row(row)?);
+                }
+            }
+            match scanned {
+                (n, Some(seq), Some(chunk)) if n == lists && changes.len() < limit => {
+                    (after_seq, after_chunk) = (seq, chunk);
+                    lists = (lists * 2).min(256);
+                }
+                _ => break,
             }
         }
+        tx.commit().await.map_err(err)?;
         Ok(ChangeBatch::assemble(query, changes, last))
     }
 
