@@ -148,7 +148,7 @@ impl PostgresStore {
             let sweep = prepared
                 .sweep()
                 .map(|sweep| (sweep, i16::from(Sweep::CHANGE.code())));
-            self.feed_upkeep(&mut **tx, stream_id, seq, &written, sweep)
+            self.feed_upkeep(tx, stream_id, seq, &written, sweep)
                 .await?
         };
         self.faults.after_records(BACKEND)?;

@@ -22,8 +22,9 @@
 //! sequence number, and that row lock is held until the transaction ends. So a commit
 //! takes number `n + 1` only after the commit numbered `n` has committed (PostgreSQL makes
 //! a transaction visible before it releases its locks), and commits become visible in
-//! the order of their numbers. A feed read is one statement, so at `READ COMMITTED` it
-//! reads one snapshot: if it sees commit `n + 1`, it sees every commit before it. A
+//! the order of their numbers. A feed read is one read-only `REPEATABLE READ` transaction,
+//! so all its statements read one snapshot: if it sees commit `n + 1`, it sees every
+//! commit before it. A
 //! reader that stores the position of the last change it handled and resumes from it
 //! can therefore never skip a change, whatever crashed, and however many processes
 //! commit at once (the cost: commits of all streams are serialized on that row, from
