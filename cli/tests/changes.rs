@@ -481,13 +481,6 @@ async fn a_consumer_killed_at_random_moments_misses_nothing() {
     consumer_killed_at_random_moments(url, seed()).await;
 }
 
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_consumer_killed_at_random_moments_misses_nothing() {
-    let url = nango_sync_testkit::stores::fresh_postgres_url();
-    consumer_killed_at_random_moments(url, seed() + 1).await;
-}
-
 /// Kill a following consumer at random moments while another thread syncs into the
 /// store at `url`; no change of the feed is missed.
 async fn consumer_killed_at_random_moments(url: String, seed: u64) {
