@@ -466,16 +466,18 @@ mod sled {
             let mut other = key.to_vec();
             other.extend_from_slice(b"-moved");
             tree.insert(other, value).unwrap();
-            let feed_key = tree
-                .scan_prefix(b"c")
-                .keys()
-                .map(|k| k.unwrap())
-                .find(|k| k.ends_with(b"rec-09999"))
+            // The commit's last chunk of ids ends with the record's id, prefixed with its
+            // length (`u32` big-endian).
+            let listed = [&9u32.to_be_bytes()[..], b"rec-09999"].concat();
+            let (chunk, ids) = tree
+                .scan_prefix(b"e")
+                .map(|kv| kv.unwrap())
+                .find(|(_, v)| v.ends_with(&listed))
                 .unwrap();
-            tree.remove(&feed_key).unwrap();
-            let mut moved = feed_key.to_vec();
-            moved.extend_from_slice(b"-moved");
-            tree.insert(moved, &[][..]).unwrap();
+            let mut ids = ids[..ids.len() - listed.len()].to_vec();
+            ids.extend_from_slice(&15u32.to_be_bytes());
+            ids.extend_from_slice(b"rec-09999-moved");
+            tree.insert(chunk, ids).unwrap();
             db.flush().unwrap();
         }
         let check = SledStore::open(&path).await.unwrap().check().await.unwrap();
@@ -485,6 +487,133 @@ mod sled {
                 .contains("is the cursor of record \"rec-09999\", which the store does not hold"),
             "{:?}",
             check.problems
+        );
+    }
+
+    /// Every answer of the feed a reader can get: all of it read in pages of 7 (so
+    /// from positions inside commits, the 10,000-record commit's chunks included),
+    /// one stream's, and from a position inside the large commit.
+    async fn feed_answers(store: &SledStore) -> Vec<nango_sync::ChangeBatch> {
+        use nango_sync::{ChangeQuery, FeedPosition, StreamFilter};
+        let mut out = Vec::new();
+        let mut since = FeedPosition::START;
+        loop {
+            let batch =
+                RecordSink::changes(store, &ChangeQuery::since(since.clone()).with_limit(7))
+                    .await
+                    .unwrap();
+            let done = batch.changes.is_empty();
+            since = batch.next.clone();
+            out.push(batch);
+            if done {
+                break;
+            }
+        }
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        for query in [
+            ChangeQuery::since(FeedPosition::START)
+                .with_filter(StreamFilter::stream(&merge))
+                .with_limit(100),
+            ChangeQuery::since(FeedPosition::after_change(1, "rec-04999")).with_limit(3),
+            ChangeQuery::since(FeedPosition::after_change(1, "rec-09999")).with_limit(100),
+        ] {
+            out.push(RecordSink::changes(store, &query).await.unwrap());
+        }
+        out
+    }
+
+    /// Write the change feed's index of format 2 (one key per record: `'c'` + seq +
+    /// sid + id) by hand in place of the current one, and mark the store format 2 (or
+    /// format 1: no index at all). `interrupted` leaves the current index in place and
+    /// half of format 2's keys, as a migration killed midway does.
+    fn downgrade(path: &Path, format: u64, interrupted: bool) {
+        let db = ::sled::open(path).unwrap();
+        let tree = db.open_tree("nango_sync").unwrap();
+        if !interrupted {
+            for key in tree.scan_prefix(b"e").keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
+        }
+        if format == 2 {
+            let mut n = 0;
+            for item in tree.scan_prefix(b"r") {
+                let (key, value) = item.unwrap();
+                n += 1;
+                if interrupted && n % 2 == 0 {
+                    continue;
+                }
+                let seq = u64::from_be_bytes(value[1..9].try_into().unwrap());
+                let index = [&b"c"[..], &seq.to_be_bytes(), &key[1..]].concat();
+                tree.insert(index, &[][..]).unwrap();
+            }
+        }
+        tree.insert(b"\x00format", &format.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_of_formats_1_and_2_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let store = SledStore::open(&path).await.unwrap();
+        let before = feed_answers(&store).await;
+        // The large commit, the merge stream's changes, and every record read once.
+        let read: usize = before[..before.len() - 3]
+            .iter()
+            .map(|b| b.changes.len())
+            .sum();
+        assert_eq!(read, 10_005, "{:?}", before.last());
+        let contents_before = contents(&store).await;
+        drop(store);
+        for (format, interrupted) in [(2, false), (2, true), (1, false), (1, true)] {
+            downgrade(&path, format, interrupted);
+            let store = SledStore::open(&path).await.unwrap();
+            assert!(
+                feed_answers(&store).await == before,
+                "format {format} (interrupted: {interrupted}): the feed changed"
+            );
+            assert!(contents(&store).await == contents_before);
+            let check = store.check().await.unwrap();
+            assert!(check.is_consistent(), "{:?}", check.problems);
+            drop(store);
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            assert_eq!(
+                tree.get(b"\x00format").unwrap().unwrap().as_ref(),
+                &3u64.to_be_bytes()[..]
+            );
+            assert_eq!(
+                tree.scan_prefix(b"c").count(),
+                0,
+                "format 2's index is removed"
+            );
+        }
+        // The migrated store keeps changing: a commit superseding records of the
+        // migrated entries.
+        let store = SledStore::open(&path).await.unwrap();
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        commit_page(
+            &store,
+            &merge,
+            vec![
+                titled("a", 20, LastAction::Updated, "fourth"),
+                titled("e", 21, LastAction::Updated, "again"),
+            ],
+            None,
+        )
+        .await;
+        let check = store.check().await.unwrap();
+        assert!(check.is_consistent(), "{:?}", check.problems);
+        let after = feed_answers(&store).await;
+        let tail: Vec<_> = after[..after.len() - 3]
+            .iter()
+            .flat_map(|b| b.changes.iter().map(|c| (c.seq(), c.id().to_owned())))
+            .collect();
+        assert_eq!(tail.len(), 10_005);
+        assert_eq!(
+            tail[tail.len() - 2..],
+            [(6, "a".to_owned()), (6, "e".to_owned())]
         );
     }
 
