@@ -617,6 +617,75 @@ mod sled {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_finds_a_damaged_change_feed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let header = |seq: u64| [&b"e"[..], &seq.to_be_bytes()].concat();
+        let chunk = |seq: u64, n: u32| [header(seq), n.to_be_bytes().to_vec()].concat();
+        let damage = |f: &dyn Fn(&::sled::Tree)| {
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            f(&tree);
+            db.flush().unwrap();
+        };
+        let problems = || async {
+            let store = SledStore::open(&path).await.unwrap();
+            store.check().await.unwrap().problems
+        };
+        assert_eq!(problems().await, Vec::<String>::new());
+        // Commit 1 (10,000 records in 10 chunks) loses a chunk: its records are missing.
+        let lost = std::sync::Mutex::new(None);
+        damage(&|tree| *lost.lock().unwrap() = tree.remove(chunk(1, 4)).unwrap());
+        assert_eq!(
+            problems().await,
+            [
+                "the change feed's entry for commit 1 counts 10000 records it is the last change of, its ids name 9000",
+                "the change feed's entry for commit 1 has 9 chunks, its header says 10",
+                "1000 of the 10000 records last changed by commit 1 are missing from the change feed's index",
+            ]
+        );
+        // Put back; commit 5's live count is off by one, commit 2 (whose records were
+        // all changed again) has a header still, commit 3's header is lost.
+        let lost = lost.into_inner().unwrap().unwrap();
+        damage(&|tree| {
+            tree.insert(chunk(1, 4), lost.clone()).unwrap();
+            assert!(tree.get(header(2)).unwrap().is_none());
+            let mut more = tree.get(header(5)).unwrap().unwrap().to_vec();
+            more[7] += 1;
+            tree.insert(header(5), more).unwrap();
+            let mut one = 1u64.to_be_bytes().to_vec();
+            one.extend_from_slice(&1u32.to_be_bytes());
+            tree.insert(header(2), one).unwrap();
+            tree.remove(header(3)).unwrap().unwrap();
+        });
+        let found = problems().await;
+        for problem in [
+            "the change feed's entry for commit 5 counts 4 records it is the last change of, its ids name 3",
+            "the change feed's entry for commit 2 counts 1 records it is the last change of, its ids name 0",
+            "the change feed's entry for commit 2 has 0 chunks, its header says 1",
+            "the change feed holds ids of commit 3 without its header",
+        ] {
+            assert!(found.iter().any(|p| p == problem), "{problem}: {found:?}");
+        }
+        assert_eq!(found.len(), 4, "{found:?}");
+        // Ids out of order in a chunk, and one naming no record.
+        damage(&|tree| {
+            let mut ids = tree.get(chunk(1, 0)).unwrap().unwrap().to_vec();
+            ids.extend_from_slice(&5u32.to_be_bytes());
+            ids.extend_from_slice(b"ghost");
+            tree.insert(chunk(1, 0), ids).unwrap();
+        });
+        let found = problems().await;
+        for problem in [
+            "commit 1: the change feed lists record \"ghost\" out of order",
+            "the change feed lists record \"ghost\" of stream 1 at 1, which the store does not hold",
+        ] {
+            assert!(found.iter().any(|p| p == problem), "{problem}: {found:?}");
+        }
+    }
+
     fn run(pages: u64) -> RunSummary {
         RunSummary {
             id: nango_sync::RunId::new(),
