@@ -648,7 +648,6 @@ pub(super) fn migrate(tree: &Tree, from: u64, format: u64) -> Result<()> {
     if let Some(sid) = stream {
         flush(sid, &mut by_seq, &mut batch, &mut pending)?;
     }
-    drop(flush);
     tree.apply_batch(batch).map_err(&err)?;
     remove_prefix(tree, &[TAG_FEED_V2], &err)?;
     tree.insert(KEY_FORMAT, &format.to_be_bytes())
