@@ -466,16 +466,18 @@ mod sled {
             let mut other = key.to_vec();
             other.extend_from_slice(b"-moved");
             tree.insert(other, value).unwrap();
-            let feed_key = tree
-                .scan_prefix(b"c")
-                .keys()
-                .map(|k| k.unwrap())
-                .find(|k| k.ends_with(b"rec-09999"))
+            // The commit's last chunk of ids ends with the record's id, prefixed with its
+            // length (`u32` big-endian).
+            let listed = [&9u32.to_be_bytes()[..], b"rec-09999"].concat();
+            let (chunk, ids) = tree
+                .scan_prefix(b"e")
+                .map(|kv| kv.unwrap())
+                .find(|(_, v)| v.ends_with(&listed))
                 .unwrap();
-            tree.remove(&feed_key).unwrap();
-            let mut moved = feed_key.to_vec();
-            moved.extend_from_slice(b"-moved");
-            tree.insert(moved, &[][..]).unwrap();
+            let mut ids = ids[..ids.len() - listed.len()].to_vec();
+            ids.extend_from_slice(&15u32.to_be_bytes());
+            ids.extend_from_slice(b"rec-09999-moved");
+            tree.insert(chunk, ids).unwrap();
             db.flush().unwrap();
         }
         let check = SledStore::open(&path).await.unwrap().check().await.unwrap();
@@ -486,6 +488,202 @@ mod sled {
             "{:?}",
             check.problems
         );
+    }
+
+    /// Every answer of the feed a reader can get: all of it read in pages of 7 (so
+    /// from positions inside commits, the 10,000-record commit's chunks included),
+    /// one stream's, and from a position inside the large commit.
+    async fn feed_answers(store: &SledStore) -> Vec<nango_sync::ChangeBatch> {
+        use nango_sync::{ChangeQuery, FeedPosition, StreamFilter};
+        let mut out = Vec::new();
+        let mut since = FeedPosition::START;
+        loop {
+            let batch =
+                RecordSink::changes(store, &ChangeQuery::since(since.clone()).with_limit(7))
+                    .await
+                    .unwrap();
+            let done = batch.changes.is_empty();
+            since = batch.next.clone();
+            out.push(batch);
+            if done {
+                break;
+            }
+        }
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        for query in [
+            ChangeQuery::since(FeedPosition::START)
+                .with_filter(StreamFilter::stream(&merge))
+                .with_limit(100),
+            ChangeQuery::since(FeedPosition::after_change(1, "rec-04999")).with_limit(3),
+            ChangeQuery::since(FeedPosition::after_change(1, "rec-09999")).with_limit(100),
+        ] {
+            out.push(RecordSink::changes(store, &query).await.unwrap());
+        }
+        out
+    }
+
+    /// Write the change feed's index of format 2 (one key per record: `'c'` + seq +
+    /// sid + id) by hand in place of the current one, and mark the store format 2 (or
+    /// format 1: no index at all). `interrupted` leaves the current index in place and
+    /// half of format 2's keys, as a migration killed midway does.
+    fn downgrade(path: &Path, format: u64, interrupted: bool) {
+        let db = ::sled::open(path).unwrap();
+        let tree = db.open_tree("nango_sync").unwrap();
+        if !interrupted {
+            for key in tree.scan_prefix(b"e").keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
+        }
+        if format == 2 {
+            let mut n = 0;
+            for item in tree.scan_prefix(b"r") {
+                let (key, value) = item.unwrap();
+                n += 1;
+                if interrupted && n % 2 == 0 {
+                    continue;
+                }
+                let seq = u64::from_be_bytes(value[1..9].try_into().unwrap());
+                let index = [&b"c"[..], &seq.to_be_bytes(), &key[1..]].concat();
+                tree.insert(index, &[][..]).unwrap();
+            }
+        }
+        tree.insert(b"\x00format", &format.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stores_of_formats_1_and_2_are_migrated_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let store = SledStore::open(&path).await.unwrap();
+        let before = feed_answers(&store).await;
+        // The large commit, the merge stream's changes, and every record read once.
+        let read: usize = before[..before.len() - 3]
+            .iter()
+            .map(|b| b.changes.len())
+            .sum();
+        assert_eq!(read, 10_005, "{:?}", before.last());
+        let contents_before = contents(&store).await;
+        drop(store);
+        for (format, interrupted) in [(2, false), (2, true), (1, false), (1, true)] {
+            downgrade(&path, format, interrupted);
+            let store = SledStore::open(&path).await.unwrap();
+            assert!(
+                feed_answers(&store).await == before,
+                "format {format} (interrupted: {interrupted}): the feed changed"
+            );
+            assert!(contents(&store).await == contents_before);
+            let check = store.check().await.unwrap();
+            assert!(check.is_consistent(), "{:?}", check.problems);
+            drop(store);
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            assert_eq!(
+                tree.get(b"\x00format").unwrap().unwrap().as_ref(),
+                &3u64.to_be_bytes()[..]
+            );
+            assert_eq!(
+                tree.scan_prefix(b"c").count(),
+                0,
+                "format 2's index is removed"
+            );
+        }
+        // The migrated store keeps changing: a commit superseding records of the
+        // migrated entries.
+        let store = SledStore::open(&path).await.unwrap();
+        let merge = StreamKey::new("conformance", "merge", "Ticket");
+        commit_page(
+            &store,
+            &merge,
+            vec![
+                titled("a", 20, LastAction::Updated, "fourth"),
+                titled("e", 21, LastAction::Updated, "again"),
+            ],
+            None,
+        )
+        .await;
+        let check = store.check().await.unwrap();
+        assert!(check.is_consistent(), "{:?}", check.problems);
+        let after = feed_answers(&store).await;
+        let tail: Vec<_> = after[..after.len() - 3]
+            .iter()
+            .flat_map(|b| b.changes.iter().map(|c| (c.seq(), c.id().to_owned())))
+            .collect();
+        assert_eq!(tail.len(), 10_005);
+        assert_eq!(
+            tail[tail.len() - 2..],
+            [(6, "a".to_owned()), (6, "e".to_owned())]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_finds_a_damaged_change_feed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        filled_store(&path).await;
+        let header = |seq: u64| [&b"e"[..], &seq.to_be_bytes()].concat();
+        let chunk = |seq: u64, n: u32| [header(seq), n.to_be_bytes().to_vec()].concat();
+        let damage = |f: &dyn Fn(&::sled::Tree)| {
+            let db = ::sled::open(&path).unwrap();
+            let tree = db.open_tree("nango_sync").unwrap();
+            f(&tree);
+            db.flush().unwrap();
+        };
+        let problems = || async {
+            let store = SledStore::open(&path).await.unwrap();
+            store.check().await.unwrap().problems
+        };
+        assert_eq!(problems().await, Vec::<String>::new());
+        // Commit 1 (10,000 records in 10 chunks) loses a chunk: its records are missing.
+        let lost = std::sync::Mutex::new(None);
+        damage(&|tree| *lost.lock().unwrap() = tree.remove(chunk(1, 4)).unwrap());
+        assert_eq!(
+            problems().await,
+            [
+                "the change feed's entry for commit 1 counts 10000 records it is the last change of, its ids name 9000",
+                "the change feed's entry for commit 1 has 9 chunks, its header says 10",
+                "1000 of the 10000 records last changed by commit 1 are missing from the change feed's index",
+            ]
+        );
+        // Put back; commit 5's live count is off by one, commit 2 (whose records were
+        // all changed again) has a header still, commit 3's header is lost.
+        let lost = lost.into_inner().unwrap().unwrap();
+        damage(&|tree| {
+            tree.insert(chunk(1, 4), lost.clone()).unwrap();
+            assert!(tree.get(header(2)).unwrap().is_none());
+            let mut more = tree.get(header(5)).unwrap().unwrap().to_vec();
+            more[7] += 1;
+            tree.insert(header(5), more).unwrap();
+            let mut one = 1u64.to_be_bytes().to_vec();
+            one.extend_from_slice(&1u32.to_be_bytes());
+            tree.insert(header(2), one).unwrap();
+            tree.remove(header(3)).unwrap().unwrap();
+        });
+        let found = problems().await;
+        for problem in [
+            "the change feed's entry for commit 5 counts 4 records it is the last change of, its ids name 3",
+            "the change feed's entry for commit 2 counts 1 records it is the last change of, its ids name 0",
+            "the change feed's entry for commit 2 has 0 chunks, its header says 1",
+            "the change feed holds ids of commit 3 without its header",
+        ] {
+            assert!(found.iter().any(|p| p == problem), "{problem}: {found:?}");
+        }
+        assert_eq!(found.len(), 4, "{found:?}");
+        // Ids out of order in a chunk, and one naming no record.
+        damage(&|tree| {
+            let mut ids = tree.get(chunk(1, 0)).unwrap().unwrap().to_vec();
+            ids.extend_from_slice(&5u32.to_be_bytes());
+            ids.extend_from_slice(b"ghost");
+            tree.insert(chunk(1, 0), ids).unwrap();
+        });
+        let found = problems().await;
+        for problem in [
+            "commit 1: the change feed lists record \"ghost\" out of order",
+            "the change feed lists record \"ghost\" of stream 1 at 1, which the store does not hold",
+        ] {
+            assert!(found.iter().any(|p| p == problem), "{problem}: {found:?}");
+        }
     }
 
     fn run(pages: u64) -> RunSummary {

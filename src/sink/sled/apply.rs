@@ -1,12 +1,13 @@
 //! A commit, applied: under the writer lock, read the stored versions, let
 //! [`commit::prepare`] decide, and write what it prepared in one [`Batch`] with the
 //! stream's row (with the record its cursor belongs to, for the check), the change
-//! feed's index keys of the records it changed, and the sequence counter.
+//! feed's entry of the commit (and the live counts of the earlier commits whose records
+//! it changes again), and the sequence counter.
 
 use ::sled::Batch;
 
 use super::error::sled_err;
-use super::feed::{reindex, set_change};
+use super::feed::{FeedEntry, set_change};
 use super::rows::{RecordView, encode_record, seen_by, tombstone};
 use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
 use super::{BACKEND, Inner, corrupt};
@@ -40,6 +41,7 @@ impl Inner {
         })?;
 
         let generation = prepared.generation();
+        let mut entry = FeedEntry::default();
         for w in prepared.writes() {
             let (payload, old) = match &w.kind {
                 WriteKind::Insert { payload } => (payload.as_str().as_bytes(), None),
@@ -55,7 +57,7 @@ impl Inner {
             let mut value = encode_record(seq, generation, &w.record.meta, payload);
             set_change(&mut value, w.change);
             batch.insert(key.as_slice(), value);
-            reindex(&mut batch, sid, w.record.id.as_bytes(), old, seq)?;
+            entry.changed(w.record.id.as_bytes(), old)?;
         }
         for s in prepared.seen() {
             key.truncate(prefix_len);
@@ -75,12 +77,13 @@ impl Inner {
                 if sweep.sweeps(view.seen_gen(), view.deleted()) {
                     let mut value = tombstone(&v, sweep.deleted_at, seq);
                     set_change(&mut value, Sweep::CHANGE);
-                    reindex(&mut batch, sid, &k[prefix_len..], Some(&v), seq)?;
+                    entry.changed(&k[prefix_len..], Some(&v))?;
                     batch.insert(k, value);
                     swept += 1;
                 }
             }
         }
+        entry.write(&self.tree, &mut batch, seq, sid)?;
         faults.after_records(BACKEND)?;
 
         match prepared.cursor_record() {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::Inner;
 use super::error::sled_err;
-use super::feed::{TAG_CONSUMER, TAG_FEED, decode_position, feed_key_problem, is_indexed};
+use super::feed::{FeedCheck, TAG_CONSUMER, TAG_FEED, decode_position};
 use super::rows::{OFF_ACTION, OFF_SEQ, RecordView, StreamRow};
 use super::schema::{
     KEY_FORMAT, KEY_SEQ, KEY_SID, TAG_INDEX, TAG_META, TAG_RECORD, TAG_STREAM, be_u64, index_key,
@@ -74,6 +74,7 @@ impl Inner {
         let mut max_record_seq = (0u64, Vec::new());
         let mut records = 0u64;
         let mut history = super::history::HistoryCheck::default();
+        let mut feed = FeedCheck::default();
         for item in self.tree.iter() {
             let (key, value) = item.map_err(sled_err("check"))?;
             match key.first().copied() {
@@ -127,11 +128,7 @@ impl Inner {
                             if record_seq > max_record_seq.0 {
                                 max_record_seq = (record_seq, key.to_vec());
                             }
-                            if !is_indexed(&self.tree, record_seq, sid, &key[9..])? {
-                                problems.add(format!(
-                                    "record {id:?} of stream {sid} is missing from the change feed's index"
-                                ));
-                            }
+                            feed.record(record_seq);
                         }
                     }
                 }
@@ -141,7 +138,7 @@ impl Inner {
                     }
                 }
                 Some(TAG_FEED) => {
-                    if let Some(problem) = feed_key_problem(&self.tree, &key)? {
+                    for problem in feed.entry(&self.tree, &key, &value)? {
                         problems.add(problem);
                     }
                 }
@@ -212,6 +209,9 @@ impl Inner {
         }
         for sid in counted.keys().filter(|sid| !rows.contains_key(sid)) {
             problems.add(format!("records of stream number {sid}, which has no row"));
+        }
+        for problem in feed.problems() {
+            problems.add(problem);
         }
         for problem in history.problems(|sid| rows.contains_key(&sid)) {
             problems.add(problem);

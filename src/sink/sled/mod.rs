@@ -22,7 +22,7 @@
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
 //! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags with the kind of the last change), the cursor, then the payload JSON verbatim |
-//! | `'c'` + seq + sid + record id | the change feed's index: one key per record, at its last change |
+//! | `'e'` + seq, `'e'` + seq + chunk | the change feed's index: one entry per commit, its ids and how many of them it is still the last change of (see `feed.rs`) |
 //! | `'k'` + consumer name | a named consumer's feed position |
 //! | `0x00 "runs"`, `'h'` + sid + run number | the run history (see `history.rs`) |
 //! | `'o'` + id, `'q'` + ... | the outbox: items, their queue, the last id and the idempotency keys (see `outbox.rs`) |
@@ -80,7 +80,7 @@
 //! `apply.rs` a commit applied, `rows.rs` stream rows and record values, `error.rs` the
 //! error mapping, `recovery.rs` the removal of interrupted snapshots, `check.rs`
 //! [`SledStore::check`], `feed.rs` the change feed's index and reads, consumers, and the
-//! migration of format-1 stores.
+//! migration of format-1 and format-2 stores.
 
 use std::fmt;
 use std::ops::Bound;
@@ -347,8 +347,8 @@ impl Inner {
         match tree.get(KEY_FORMAT).map_err(open_err)? {
             Some(v) => {
                 let format = be_u64(&v).ok_or_else(|| corrupt("format key"))?;
-                if format == 1 {
-                    feed::migrate_from_format_1(&tree, FORMAT)?;
+                if format == 1 || format == 2 {
+                    feed::migrate(&tree, format, FORMAT)?;
                     mark()?;
                 } else if format != FORMAT {
                     return Err(Error::store(

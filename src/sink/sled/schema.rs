@@ -8,9 +8,10 @@ use crate::record::StreamKey;
 
 /// The one tree every key lives in (a sled batch is atomic within one tree only).
 pub(super) const TREE: &str = "nango_sync";
-/// The on-disk format this build reads and writes: 2, the change feed's index
-/// (format-1 stores are migrated when opened, see `feed::migrate_from_format_1`).
-pub(super) const FORMAT: u64 = 2;
+/// The on-disk format this build reads and writes: 3, the change feed indexed per
+/// commit (format 1 had no index, format 2 one key per record; both are migrated when
+/// opened, see `feed::migrate`).
+pub(super) const FORMAT: u64 = 3;
 
 /// A file written next to sled's own once the store is created (sled ignores it): an
 /// empty database beside it is a damaged store, not a new one.

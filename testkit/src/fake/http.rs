@@ -200,8 +200,18 @@ pub(super) fn auth(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     ))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
+}
+
+/// The `Connection-Id` and `Provider-Config-Key` headers, checked as Nango checks them:
+/// (connection, integration), or the 400 `invalid_headers` answer.
+pub(crate) fn connection_headers(headers: &HeaderMap) -> Result<(String, String), Box<Response>> {
+    validate_headers(
+        header_str(headers, "connection-id"),
+        header_str(headers, "provider-config-key"),
+    )
+    .map_err(|issues| Box::new(issues_response("invalid_headers", &issues)))
 }
 
 /// Headers, then the connection: the stream's integration and connection.
@@ -209,11 +219,7 @@ fn connection_check(
     shared: &Shared,
     headers: &HeaderMap,
 ) -> Result<(String, String), Box<Response>> {
-    let (connection, integration) = validate_headers(
-        header_str(headers, "connection-id"),
-        header_str(headers, "provider-config-key"),
-    )
-    .map_err(|issues| Box::new(issues_response("invalid_headers", &issues)))?;
+    let (connection, integration) = connection_headers(headers)?;
     let known = shared
         .read()
         .connections

@@ -64,9 +64,12 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::http::{auth, content_type_check, error_json, issues_response, json_response};
+use super::http::{
+    auth, connection_headers, content_type_check, error_json, header_str, issues_response,
+    json_response,
+};
 use super::json::normalize_record;
-use super::query::{Issue, parse_pairs, validate_headers};
+use super::query::{Issue, parse_pairs};
 use super::{FakeNango, Shared};
 use nango_sync::record::StreamKey;
 use nango_sync::time::Timestamp;
@@ -350,10 +353,6 @@ fn empty_query_or_error(raw_query: &str) -> Option<Response> {
     })
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"))
-}
-
 fn known_connection(shared: &Shared, integration: &str, connection: &str) -> bool {
     shared
         .read()
@@ -386,12 +385,9 @@ async fn trigger_action(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let (connection, integration) = match validate_headers(
-        header_str(headers, "connection-id"),
-        header_str(headers, "provider-config-key"),
-    ) {
+    let (connection, integration) = match connection_headers(headers) {
         Ok(v) => v,
-        Err(issues) => return issues_response("invalid_headers", &issues),
+        Err(r) => return *r,
     };
     let is_async = match header_str(headers, "x-async").map(stringbool) {
         None => false,
@@ -632,12 +628,9 @@ async fn proxy(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Response {
-    let (connection, integration) = match validate_headers(
-        header_str(headers, "connection-id"),
-        header_str(headers, "provider-config-key"),
-    ) {
+    let (connection, integration) = match connection_headers(headers) {
         Ok(v) => v,
-        Err(issues) => return issues_response("invalid_headers", &issues),
+        Err(r) => return *r,
     };
     if let Some(v) = header_str(headers, "decompress")
         && v != "true"
