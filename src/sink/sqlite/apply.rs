@@ -3,9 +3,9 @@
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::BACKEND;
 use super::error::sql_err;
 use super::rows::{ensure_stream, micros};
+use super::{BACKEND, feed};
 use crate::error::Result;
 use crate::merge::{StoredVersionBuf, payload_text_is_bare};
 use crate::record::Cursor;
@@ -13,6 +13,14 @@ use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
 use crate::sink::{Commit, CommitOutcome};
 use crate::time::Timestamp;
+
+/// What a commit's lookup found for a stored record: the row to write, and the commit
+/// that last changed it.
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    rowid: i64,
+    seq: i64,
+}
 
 /// Apply `commit` on the writer connection.
 pub(super) fn commit(
@@ -27,13 +35,15 @@ pub(super) fn commit(
     let (stream_id, state) = ensure_stream(&tx, &commit.stream).map_err(e)?;
 
     // The stored versions of the page's ids, one indexed lookup per distinct id; the
-    // rowid is the handle the writes use.
+    // handle the writes use is the rowid, with the `seq` of the commit that last changed
+    // the record (whose change list the record leaves if this commit changes it).
     let prepared = {
         let mut select = tx
             .prepare_cached(
                 "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3,
                         pruned_at IS NOT NULL,
-                        CASE WHEN octet_length(payload) <= 64 + 6 * octet_length(id) THEN payload END
+                        CASE WHEN octet_length(payload) <= 64 + 6 * octet_length(id) THEN payload END,
+                        seq
                  FROM nango_records WHERE stream_id = ?1 AND id = ?2",
             )
             .map_err(e)?;
@@ -41,7 +51,10 @@ pub(super) fn commit(
             select
                 .query_row(params![stream_id, id], |row| {
                     Ok(Stored {
-                        handle: row.get::<_, i64>(0)?,
+                        handle: Handle {
+                            rowid: row.get(0)?,
+                            seq: row.get(6)?,
+                        },
                         version: StoredVersionBuf {
                             last_modified_at: Timestamp::from_micros(row.get(1)?),
                             cursor: row.get(2)?,
@@ -68,6 +81,8 @@ pub(super) fn commit(
     let seq = last_seq + 1;
     let generation = prepared.generation() as i64;
 
+    // Each written id with the `seq` its record had (`None` when new), for the feed.
+    let mut written: Vec<(&str, Option<i64>)> = Vec::with_capacity(prepared.writes().len());
     {
         // Within this IMMEDIATE transaction nobody else writes, so the lookups above
         // decide between a plain insert and an update of the row in place.
@@ -94,6 +109,15 @@ pub(super) fn commit(
             )
             .map_err(e)?;
         for w in prepared.writes() {
+            written.push((
+                w.record.id.as_str(),
+                match &w.kind {
+                    WriteKind::Insert { .. } => None,
+                    WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
+                        Some(stored.seq)
+                    }
+                },
+            ));
             let m = &w.record.meta;
             let (first, last, action) = (
                 m.first_seen_at.as_micros(),
@@ -119,7 +143,7 @@ pub(super) fn commit(
                     change,
                 ]),
                 WriteKind::Replace { stored, payload } => update.execute(params![
-                    stored,
+                    stored.rowid,
                     payload.as_str(),
                     first,
                     last,
@@ -132,7 +156,16 @@ pub(super) fn commit(
                     change,
                 ]),
                 WriteKind::KeepPayload { stored } => keep_payload.execute(params![
-                    stored, first, last, action, deleted, pruned, cursor, generation, seq, change,
+                    stored.rowid,
+                    first,
+                    last,
+                    action,
+                    deleted,
+                    pruned,
+                    cursor,
+                    generation,
+                    seq,
+                    change,
                 ]),
             }
             .map_err(e)?;
@@ -142,16 +175,33 @@ pub(super) fn commit(
                 .prepare_cached("UPDATE nango_records SET seen_gen = ?2 WHERE record_id = ?1")
                 .map_err(e)?;
             for s in prepared.seen() {
-                seen.execute(params![s.stored, generation]).map_err(e)?;
+                seen.execute(params![s.stored.rowid, generation])
+                    .map_err(e)?;
             }
         }
     }
+    // The sweep's ids and the `seq` each had, read before it changes them (nobody else
+    // writes inside this transaction).
+    let mut swept_ids: Vec<(String, i64)> = Vec::new();
     let swept = match prepared.sweep() {
-        Some(sweep) => tx
-            .prepare_cached(
+        Some(sweep) => {
+            let live =
+                "stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3";
+            let mut select = tx
+                .prepare_cached(&format!("SELECT id, seq FROM nango_records WHERE {live}"))
+                .map_err(e)?;
+            let rows = select
+                .query_map(params![stream_id, sweep.generation as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(e)?;
+            for row in rows {
+                swept_ids.push(row.map_err(e)?);
+            }
+            tx.prepare_cached(&format!(
                 "UPDATE nango_records SET last_action = 3, deleted_at = ?3, seq = ?4, change_kind = ?5
-                 WHERE stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3",
-            )
+                 WHERE {live}"
+            ))
             .map_err(e)?
             .execute(params![
                 stream_id,
@@ -160,9 +210,12 @@ pub(super) fn commit(
                 seq,
                 Sweep::CHANGE.code(),
             ])
-            .map_err(e)? as u64,
+            .map_err(e)? as u64
+        }
         None => 0,
     };
+    written.extend(swept_ids.iter().map(|(id, old)| (id.as_str(), Some(*old))));
+    feed::index_commit(&tx, stream_id, seq, written).map_err(e)?;
     faults.after_records(BACKEND)?;
 
     let done = prepared.finish(seq as u64, swept);

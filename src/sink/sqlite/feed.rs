@@ -1,5 +1,7 @@
-//! The SQLite store's side of the change feed: reads of the feed through the index on
-//! `(seq, id)`, named consumers (`nango_consumers`), the counts of a stream, and the
+//! The SQLite store's side of the change feed: its index per commit
+//! (`nango_feed_commits`: each commit's changed ids, in chunks, with a count of the
+//! records it is still the last change of, kept by the commit itself), reads of the feed
+//! through it, named consumers (`nango_consumers`), the counts of a stream, and the
 //! commit signal, with a watcher that notices commits made by other processes.
 //!
 //! A feed read runs in one read transaction, so it sees whole commits and the last
@@ -14,6 +16,7 @@
 //! [`SqliteOptions::with_commit_poll_interval`](super::SqliteOptions::with_commit_poll_interval)
 //! (250 ms by default) and signals when another connection committed.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -85,71 +88,150 @@ fn kind_from_code(code: i64) -> rusqlite::Result<ChangeKind> {
         })
 }
 
-/// Read the feed on a read connection, in one read transaction.
+/// At most this many ids in one row of `nango_feed_commits` (a full re-read's sweep can
+/// change a whole stream in one commit).
+const CHUNK_IDS: usize = 1_000;
+
+/// A row's key: the commit's `seq` times this, plus the chunk.
+const CHUNKS_PER_COMMIT: i64 = 1 << 20;
+
+fn commit_key(seq: i64) -> i64 {
+    seq.saturating_mul(CHUNKS_PER_COMMIT)
+}
+
+/// In a commit's transaction, after its writes: index the commit in the feed. `written`
+/// holds each id the commit changed (its writes and its sweep, each once) with the `seq`
+/// its record had before (`None` for a new record). Writes the commit's id lists, and
+/// retires the ids it took over from older commits: one decrement of `live` per older
+/// commit, or the deletion of that commit's rows when none of its records is left.
+pub(super) fn index_commit(
+    tx: &Connection,
+    stream_id: i64,
+    seq: i64,
+    mut written: Vec<(&str, Option<i64>)>,
+) -> rusqlite::Result<()> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    written.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO nango_feed_commits (key, stream_id, ids, live) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (chunk, ids) in written.chunks(CHUNK_IDS).enumerate() {
+        let list = serde_json::to_string(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        let live = (chunk == 0).then_some(written.len() as i64);
+        insert.execute(params![
+            commit_key(seq) + chunk as i64,
+            stream_id,
+            list,
+            live
+        ])?;
+    }
+    let mut olds: Vec<i64> = written.iter().filter_map(|(_, old)| *old).collect();
+    olds.sort_unstable();
+    let mut decrement = tx.prepare_cached(
+        "UPDATE nango_feed_commits SET live = live - ?2 WHERE key = ?1 AND live > ?2",
+    )?;
+    let mut retire =
+        tx.prepare_cached("DELETE FROM nango_feed_commits WHERE key >= ?1 AND key < ?2")?;
+    for group in olds.chunk_by(|a, b| a == b) {
+        let (old, n) = (group[0], group.len() as i64);
+        if decrement.execute(params![commit_key(old), n])? == 0 {
+            retire.execute(params![commit_key(old), commit_key(old + 1)])?;
+        }
+    }
+    Ok(())
+}
+
+/// Read the feed on a read connection, in one read transaction: walk the commits' id
+/// lists in key order (commit, then chunk, then the ids' byte order), fetch each
+/// record, and skip an id whose record a later commit changed (its `seq` moved on).
 fn read_changes(conn: &Connection, query: &ChangeQuery) -> rusqlite::Result<ChangeBatch> {
     let tx = conn.unchecked_transaction()?;
     let last = last_seq(&tx)?;
     let mut changes = Vec::new();
-    if query.limit > 0 {
-        // `(r.seq, r.id) > (?1, ?2)` is a range of the (seq, id) index; a position at the
-        // end of a commit starts at the next commit's first id.
-        let (seq, id) = match &query.since.id {
-            Some(id) => (query.since.seq, id.clone()),
-            None => match query.since.seq.checked_add(1) {
-                Some(next) => (next, String::new()),
-                None => return Ok(ChangeBatch::assemble(query, changes, last)),
-            },
+    if query.limit == 0 {
+        drop(tx);
+        return Ok(ChangeBatch::assemble(query, changes, last));
+    }
+    // A position inside a commit reads the rest of that commit; one at its end starts
+    // at the next commit.
+    let since = i64::try_from(query.since.seq).unwrap_or(i64::MAX);
+    let (from_seq, after_id) = match &query.since.id {
+        Some(id) => (since, Some(id.as_str())),
+        None => (since.saturating_add(1), None),
+    };
+    let cols = RECORD_COLUMNS
+        .split(", ")
+        .map(|c| format!("r.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut lists = tx.prepare_cached(
+        "SELECT key, stream_id, ids FROM nango_feed_commits WHERE key >= ?1 ORDER BY key",
+    )?;
+    let mut record = tx.prepare_cached(&format!(
+        "SELECT {KIND}, {cols} FROM nango_records r WHERE r.stream_id = ?1 AND r.id = ?2 AND r.seq = ?3"
+    ))?;
+    let mut streams: HashMap<i64, Option<StreamKey>> = HashMap::new();
+    let mut rows = lists.query(params![commit_key(from_seq)])?;
+    'lists: while let Some(row) = rows.next()? {
+        let (key, stream_id): (i64, i64) = (row.get(0)?, row.get(1)?);
+        let seq = key / CHUNKS_PER_COMMIT;
+        let stream = match streams.get(&stream_id) {
+            Some(stream) => stream.clone(),
+            None => {
+                let stream = stream_of(&tx, stream_id)?.filter(|s| query.filter.matches(s));
+                streams.insert(stream_id, stream.clone());
+                stream
+            }
         };
-        let bound = if query.since.id.is_some() { ">" } else { ">=" };
-        // CROSS JOIN keeps the records (in index order) as the outer loop; the stream of
-        // each row is one primary-key lookup.
-        let sql = format!(
-            "SELECT s.integration, s.connection, s.model, s.variant, {KIND}, {cols}
-             FROM nango_records r CROSS JOIN nango_streams s
-             WHERE (r.seq, r.id) {bound} (?1, ?2) AND s.stream_id = r.stream_id
-               AND (?3 IS NULL OR s.integration = ?3) AND (?4 IS NULL OR s.connection = ?4)
-               AND (?5 IS NULL OR s.model = ?5) AND (?6 IS NULL OR s.variant = ?6)
-             ORDER BY r.seq, r.id LIMIT ?7",
-            cols = RECORD_COLUMNS
-                .split(", ")
-                .map(|c| format!("r.{c}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        );
-        let f = &query.filter;
-        let mut stmt = tx.prepare_cached(&sql)?;
-        let rows = stmt.query_map(
-            params![
-                i64::try_from(seq).unwrap_or(i64::MAX),
-                id,
-                f.integration,
-                f.connection,
-                f.model,
-                f.variant,
-                i64::try_from(query.limit).unwrap_or(i64::MAX),
-            ],
-            |r| {
-                let stream = StreamKey {
-                    integration: r.get(0)?,
-                    connection: r.get(1)?,
-                    model: r.get(2)?,
-                    variant: r.get(3)?,
-                };
-                let kind = kind_from_code(r.get(4)?)?;
-                let record = record_from_row_at(r, 5)?;
-                Ok(Change {
-                    stream,
+        let Some(stream) = stream else { continue };
+        let ids: Vec<String> = serde_json::from_str(row.get_ref(2)?.as_str()?).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, e.into())
+        })?;
+        for id in &ids {
+            if seq == from_seq && after_id.is_some_and(|after| id.as_str() <= after) {
+                continue;
+            }
+            let found = record
+                .query_row(params![stream_id, id, seq], |r| {
+                    Ok((kind_from_code(r.get(0)?)?, record_from_row_at(r, 1)?))
+                })
+                .optional()?;
+            if let Some((kind, record)) = found {
+                changes.push(Change {
+                    stream: stream.clone(),
                     kind,
                     record,
-                })
-            },
-        )?;
-        for row in rows {
-            changes.push(row?);
+                });
+                if changes.len() >= query.limit {
+                    break 'lists;
+                }
+            }
         }
     }
+    drop(rows);
+    drop(lists);
+    drop(record);
     drop(tx);
     Ok(ChangeBatch::assemble(query, changes, last))
+}
+
+/// The key of stream `stream_id`, if it exists.
+fn stream_of(conn: &Connection, stream_id: i64) -> rusqlite::Result<Option<StreamKey>> {
+    conn.prepare_cached(
+        "SELECT integration, connection, model, variant FROM nango_streams WHERE stream_id = ?1",
+    )?
+    .query_row([stream_id], |r| {
+        Ok(StreamKey {
+            integration: r.get(0)?,
+            connection: r.get(1)?,
+            model: r.get(2)?,
+            variant: r.get(3)?,
+        })
+    })
+    .optional()
 }
 
 fn position_of(seq: i64, id: Option<String>) -> FeedPosition {

@@ -5,7 +5,8 @@
 //! | table | what |
 //! |---|---|
 //! | `nango_streams` | one row per stream: key, cursor, full re-read generations, counters, live and deleted record counts, last run |
-//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, `seq` (the commit that last changed it) and `change_kind` (what that change did); a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` and the change feed's index on `(seq, id)` |
+//! | `nango_records` | one row per record: payload (JSON text, as received), metadata, the generation that last saw it, `seq` (the commit that last changed it) and `change_kind` (what that change did); a rowid table (new rows are appended whatever their id) with a unique index on `(stream_id, id)` |
+//! | `nango_feed_commits` | the change feed's index, one row per commit (per 1,000 ids): the ids it changed (a JSON array in byte order), its stream, and on its first row how many of them it is still the last change of; keyed `seq * 2^20 + chunk`, written and retired by the commits themselves |
 //! | `nango_meta` | schema version and the store's last commit sequence number |
 //! | `nango_consumers` | the change feed's named consumers and their positions |
 //! | `nango_records_view` | records joined with their stream key, for people reading the file with `sqlite3` |
@@ -463,6 +464,7 @@ impl RecordSink for SqliteStore {
 mod tests {
     use super::schema::{SCHEMA_VERSION, schema_version};
     use super::*;
+    use crate::feed::ChangeKind;
     use crate::record::{Cursor, LastAction, Metadata, RawJson, Record};
     use crate::sink::FullRead;
     use crate::time::Timestamp;
@@ -535,6 +537,14 @@ mod tests {
             live.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
             ["b"]
         );
+        // The change feed is indexed from the records' `seq`.
+        assert_eq!(
+            feed_of(&store).await,
+            [
+                (1, "b".to_string(), ChangeKind::Added),
+                (2, "a".to_string(), ChangeKind::Deleted)
+            ]
+        );
         // The migrated file takes new commits, which continue its sequence.
         let out = store
             .commit(Commit::new(
@@ -549,7 +559,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((out.seq, out.counts.updated, out.counts.added), (3, 1, 1));
+        assert_eq!(
+            feed_of(&store).await,
+            [
+                (2, "a".to_string(), ChangeKind::Deleted),
+                (3, "b".to_string(), ChangeKind::Updated),
+                (3, "c".to_string(), ChangeKind::Added)
+            ]
+        );
         drop(store);
+        // Commit 1 lost its last record to commit 3: its list is gone.
+        assert_eq!(
+            feed_rows(&Connection::open(&path).unwrap()),
+            [(2 << 20, Some(1)), (3 << 20, Some(2))]
+        );
         let conn = Connection::open(&path).unwrap();
         assert_eq!(schema_version(&conn).unwrap(), Some(SCHEMA_VERSION));
         let rows: i64 = conn
@@ -559,6 +582,75 @@ mod tests {
         // Reopening a current file changes nothing.
         let store = SqliteStore::open(&path).await.unwrap();
         assert_eq!(store.get(&stream, "c").await.unwrap().unwrap().seq, 3);
+    }
+
+    /// Every change of the feed: seq, id, kind.
+    async fn feed_of(store: &SqliteStore) -> Vec<(u64, String, ChangeKind)> {
+        store
+            .changes(&ChangeQuery::since(0).with_limit(usize::MAX))
+            .await
+            .unwrap()
+            .changes
+            .into_iter()
+            .map(|c| (c.record.seq, c.record.id, c.kind))
+            .collect()
+    }
+
+    /// The feed's index: each row's key and `live`.
+    fn feed_rows(conn: &Connection) -> Vec<(i64, Option<i64>)> {
+        conn.prepare("SELECT key, live FROM nango_feed_commits ORDER BY key")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_large_commit_of_an_old_file_is_indexed_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_1).unwrap();
+        // 2,500 more records, all changed by commit 2.
+        conn.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2500)
+             INSERT INTO nango_records SELECT 7, printf('r%05d', i), '{}', 1, 10, 1, NULL, NULL,
+                 'c', 0, 2 FROM n;",
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&path).await.unwrap();
+        let feed = feed_of(&store).await;
+        assert_eq!(feed.len(), 2502);
+        assert_eq!(feed[0], (1, "b".to_string(), ChangeKind::Added));
+        let ids: Vec<&str> = feed[1..].iter().map(|(_, id, _)| id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        assert_eq!(ids, sorted, "a commit's changes in id order");
+        assert_eq!((ids[0], ids[1]), ("a", "r00001"));
+        drop(store);
+        assert_eq!(
+            feed_rows(&Connection::open(&path).unwrap()),
+            [
+                (1 << 20, Some(1)),
+                (2 << 20, Some(2501)),
+                ((2 << 20) + 1, None),
+                ((2 << 20) + 2, None)
+            ]
+        );
+        // Reading from inside the large commit resumes after the position's id.
+        let store = SqliteStore::open(&path).await.unwrap();
+        let from = FeedPosition {
+            seq: 2,
+            id: Some("r01500".into()),
+        };
+        let rest = store
+            .changes(&ChangeQuery::since(from).with_limit(usize::MAX))
+            .await
+            .unwrap();
+        assert_eq!(rest.changes.len(), 1000);
+        assert_eq!(rest.changes[0].record.id, "r01501");
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/0003_change_feed.sql")),
     (4, include_str!("migrations/0004_run_history.sql")),
     (5, include_str!("migrations/0005_outbox.sql")),
+    (6, include_str!("migrations/0006_feed_per_commit.sql")),
 ];
 
 /// The schema version this build writes.
