@@ -96,12 +96,14 @@ async fn scalar(schema: &str, sql: &str) -> i64 {
     value
 }
 
-/// Turn a schema of this version back into the previous format: no per-commit lists,
-/// the index on `records (seq, id)`, migration 5 not recorded. The records, streams,
-/// consumers and commit counter are the same in both formats.
+/// Turn a schema of this version back into the format before migration 5: no
+/// per-commit lists, the index on `records (seq, id)`, migrations 5 and later (the
+/// instances' tables) not recorded. The records, streams, consumers and commit counter
+/// are the same in both formats.
 const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
-    DELETE FROM {s}.schema_migrations WHERE version = 5";
+    DROP TABLE {s}.leases; DROP TABLE {s}.instances; \
+    DELETE FROM {s}.schema_migrations WHERE version >= 5";
 
 const INDEXES: &str = "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \
     AND tablename = 'records' AND indexname = 'records_feed'";

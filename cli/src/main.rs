@@ -26,6 +26,7 @@ mod output;
 mod proxy;
 mod repair;
 mod serve;
+mod serve_cluster;
 mod serve_monitor;
 mod status;
 mod sync;

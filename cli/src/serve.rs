@@ -61,7 +61,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::dev_server::shutdown_signal;
-use crate::sync::{NangoArgs, Reconcile, open_sink};
+use crate::sync::{NangoArgs, Reconcile};
 
 /// Nango's request limit per account on the free plan.
 const DEFAULT_RATE_LIMIT: u32 = 200;
@@ -141,6 +141,8 @@ pub struct ServeArgs {
     run_history: Option<usize>,
     #[command(flatten)]
     outbox: crate::outbox::WorkerArgs,
+    #[command(flatten)]
+    instance: crate::serve_cluster::InstanceArgs,
 }
 
 /// The `--config` file.
@@ -433,6 +435,7 @@ struct AppState {
     receiver: WebhookReceiver,
     monitor: crate::serve_monitor::Monitor,
     outbox: Option<nango_sync::engine::outbox::OutboxWorker>,
+    instance: Arc<crate::serve_cluster::Instance>,
 }
 
 async fn health(State(app): State<AppState>) -> axum::response::Response {
@@ -487,6 +490,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
                 "runs_failed": st.runs_failed,
                 "last_run_finished_at": st.last_run_finished_at.map(|t| t.to_string()),
                 "last_error": st.last_error,
+                "runs_here": app.scheduler.runs_here(&key),
             })
         })
         .collect();
@@ -509,6 +513,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
             "too_large": w.too_large,
         },
         "outbox": outbox,
+        "instance": app.instance.health(),
     });
     ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -528,7 +533,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         .secret_key(SecretKey::new(key))
         .rate_budget(budget)
         .build()?;
-    let sink = open_sink(&args.sink).await?;
+    let mut instance = crate::serve_cluster::open(&args.sink, &args.instance).await?;
+    let sink = instance.sink.clone();
     let monitor = crate::serve_monitor::Monitor::install()?;
     let engine = Engine::with_config(
         client,
@@ -541,6 +547,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
                 min_interval: plan.reconcile_every,
                 ..CountCheckConfig::default()
             },
+            instance: instance.id.clone(),
             ..EngineConfig::default()
         },
     );
@@ -548,6 +555,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for rule in &plan.discovery {
         scheduler.add_discovery_rule(rule.clone());
     }
+    instance.join(&scheduler).await?;
+    let instance = Arc::new(instance);
 
     let verifier = match plan.keys.split_first() {
         Some((first, rest)) => rest
@@ -572,6 +581,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         receiver: receiver.clone(),
         monitor,
         outbox: outbox.as_ref().map(|(worker, _)| worker.clone()),
+        instance: instance.clone(),
     };
     let app = Router::new()
         .route("/health", get(health))
@@ -586,6 +596,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for s in &plan.streams {
         scheduler.register(s.clone());
     }
+    instance.refresh().await;
     info!(
         listen = %addr,
         streams = plan.streams.len(),
@@ -594,6 +605,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         poll_interval_ms = plan.scheduler.poll_interval.map(|d| d.as_millis() as u64),
         max_concurrent_runs = plan.scheduler.max_concurrent_runs,
         rate_limit_per_minute = plan.rate_limit,
+        instance = %instance.id,
         "serving"
     );
     {
@@ -620,6 +632,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     scheduler.shutdown().await;
+    instance.leave().await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server ended with an error"),

@@ -117,12 +117,14 @@ mod apply;
 mod error;
 mod feed;
 mod history;
+mod lease;
 mod options;
 mod outbox;
 mod rows;
 mod schema;
 
 use error::classify;
+pub use lease::TriggerMessage;
 pub use options::{DEFAULT_SCHEMA, PostgresOptions};
 use rows::{record_from_row, state_from_row, status_from_row, stream_hash};
 use schema::Statements;
@@ -272,7 +274,13 @@ impl RecordSink for PostgresStore {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let mut tx = self.begin().await?;
-        let applied = match self.apply(&mut tx, &commit).await {
+        // A leased commit is refused before anything is written when its lease is lost
+        // (`lease.rs`).
+        let applied = match self.check_fence(&mut tx, &commit).await {
+            Ok(()) => self.apply(&mut tx, &commit).await,
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
             // A commit that changed records is announced to listeners when it commits.
             Ok(outcome) if outcome.counts.changed() > 0 => {
                 self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
