@@ -7,12 +7,12 @@
 
 use std::time::Duration;
 
+use nango_sync::Error;
 use nango_sync::record::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey};
 use nango_sync::sink::lease::Fence;
 use nango_sync::sink::postgres::PostgresOptions;
 use nango_sync::sink::{Commit, PostgresStore, RecordSink, read_all};
 use nango_sync::time::Timestamp;
-use nango_sync::Error;
 use nango_sync_testkit::stores::{postgres_server_url, unique_schema};
 
 async fn open(schema: &str) -> PostgresStore {
@@ -42,7 +42,12 @@ fn record(id: &str, t: i64) -> Record {
 }
 
 /// A commit of `records` after what the store holds, under `fence`.
-async fn page(store: &PostgresStore, stream: &StreamKey, records: Vec<Record>, fence: Option<Fence>) -> Commit {
+async fn page(
+    store: &PostgresStore,
+    stream: &StreamKey,
+    records: Vec<Record>,
+    fence: Option<Fence>,
+) -> Commit {
     let state = store.stream_state(stream).await.unwrap();
     let cursor = records.last().map(|r| r.meta.cursor.clone());
     let mut c = Commit::new(stream.clone(), state.cursor, cursor, records);
@@ -58,7 +63,11 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
     let store = open(&schema).await;
     let stream = StreamKey::new("lease", "c1", "Ticket");
 
-    let a = store.acquire_lease(&stream, "a", TTL).await.unwrap().expect("a free lease");
+    let a = store
+        .acquire_lease(&stream, "a", TTL)
+        .await
+        .unwrap()
+        .expect("a free lease");
     assert_eq!(a.token, 1);
     assert_eq!(
         store.acquire_lease(&stream, "b", TTL).await.unwrap(),
@@ -73,10 +82,17 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
 
     // A pauses past its lease; B takes over with the next token.
     tokio::time::sleep(TTL + Duration::from_millis(200)).await;
-    let b = store.acquire_lease(&stream, "b", TTL).await.unwrap().expect("an expired lease is taken");
+    let b = store
+        .acquire_lease(&stream, "b", TTL)
+        .await
+        .unwrap()
+        .expect("an expired lease is taken");
     assert_eq!(b.token, 2);
     assert_eq!(
-        store.renew_leases("a", TTL, &[(stream.clone(), a.token)]).await.unwrap(),
+        store
+            .renew_leases("a", TTL, &[(stream.clone(), a.token)])
+            .await
+            .unwrap(),
         Vec::<StreamKey>::new(),
         "the old holder cannot renew"
     );
@@ -93,7 +109,11 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
         "{refused}"
     );
     assert!(refused.is_lease_lost() && !refused.is_retryable());
-    assert_eq!(read_all(&store, &stream, true).await.unwrap(), before, "nothing written");
+    assert_eq!(
+        read_all(&store, &stream, true).await.unwrap(),
+        before,
+        "nothing written"
+    );
     assert_eq!(store.last_seq().await.unwrap(), seq);
 
     // B commits; a commit without a fence (a single instance) is not checked.
@@ -111,7 +131,10 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
     for _ in 0..3 {
         tokio::time::sleep(TTL / 2).await;
         assert_eq!(
-            store.renew_leases("b", TTL, &[(stream.clone(), b.token)]).await.unwrap(),
+            store
+                .renew_leases("b", TTL, &[(stream.clone(), b.token)])
+                .await
+                .unwrap(),
             vec![stream.clone()]
         );
     }
@@ -119,7 +142,11 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
     assert_eq!(leases.len(), 1);
     assert!(leases[0].live && leases[0].holder == "b" && leases[0].token == 2);
     assert!(store.release_lease(&stream, &b).await.unwrap());
-    let c = store.acquire_lease(&stream, "c", TTL).await.unwrap().expect("a released lease is free");
+    let c = store
+        .acquire_lease(&stream, "c", TTL)
+        .await
+        .unwrap()
+        .expect("a released lease is free");
     assert_eq!(c.token, 3);
     let refused = store
         .commit(page(&store, &stream, vec![record("r4", 4)], Some(b)).await)
@@ -134,7 +161,11 @@ async fn a_commit_under_a_lost_lease_is_refused_and_writes_nothing() {
     store.leave("c").await.unwrap();
     assert_eq!(store.live_instances().await.unwrap(), ["d"]);
     assert!(!store.leases().await.unwrap()[0].live);
-    let d = store.acquire_lease(&stream, "d", TTL).await.unwrap().unwrap();
+    let d = store
+        .acquire_lease(&stream, "d", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(d.token, 4);
 }
 
@@ -144,7 +175,11 @@ async fn a_takeover_waits_for_the_commit_in_progress() {
     let store = open(&schema).await;
     let other = open(&schema).await;
     let stream = StreamKey::new("lease", "c1", "Ticket");
-    let a = store.acquire_lease(&stream, "a", TTL).await.unwrap().unwrap();
+    let a = store
+        .acquire_lease(&stream, "a", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     // The lease expired, but nobody took it yet: A's commit is refused anyway (an
     // expired lease is not held).
@@ -154,15 +189,25 @@ async fn a_takeover_waits_for_the_commit_in_progress() {
         .unwrap_err();
     assert!(refused.is_lease_lost(), "{refused}");
     // Taken again (same holder: a restarted instance), with the next token.
-    let a2 = store.acquire_lease(&stream, "a", TTL).await.unwrap().unwrap();
+    let a2 = store
+        .acquire_lease(&stream, "a", TTL)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(a2.token, a.token + 1);
     // While a commit holds the lease row, another instance's acquisition does not wait
     // and does not take it; after the commit it still cannot (the lease is live).
-    let big: Vec<Record> = (0..20_000).map(|i| record(&format!("r{i:06}"), i)).collect();
+    let big: Vec<Record> = (0..20_000)
+        .map(|i| record(&format!("r{i:06}"), i))
+        .collect();
     let commit = page(&store, &stream, big, Some(a2.clone())).await;
-    let committing = tokio::spawn(async move { store.commit(commit).await.map(|o| o.counts.added) });
+    let committing =
+        tokio::spawn(async move { store.commit(commit).await.map(|o| o.counts.added) });
     let started = std::time::Instant::now();
     assert_eq!(other.acquire_lease(&stream, "b", TTL).await.unwrap(), None);
-    assert!(started.elapsed() < Duration::from_secs(1), "the acquisition waited");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the acquisition waited"
+    );
     assert_eq!(committing.await.unwrap().unwrap(), 20_000);
 }

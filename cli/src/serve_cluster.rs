@@ -66,7 +66,8 @@ pub async fn open(url: &str, args: &InstanceArgs) -> Result<Instance> {
         {
             use anyhow::Context;
             use nango_sync::engine::cluster::{ClusterConfig, DEFAULT_LEASE_TTL};
-            let config = ClusterConfig::new(id.clone(), args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL));
+            let config =
+                ClusterConfig::new(id.clone(), args.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL));
             config.validate().context("--lease-ttl")?;
             let store = nango_sync::sink::PostgresStore::connect_url(url)
                 .await

@@ -246,12 +246,9 @@ pub async fn open_sink(url: &str) -> Result<SharedSink> {
 /// another process writes is refused at once, naming that process.
 pub async fn open_writer_sink(url: &str) -> Result<SharedSink> {
     let sink = open_sink(url).await?;
-    sink::DynRecordSink::claim_writer(&*sink).await.with_context(|| {
-        format!(
-            "cannot write to the store {}",
-            nango_sync::redact_url(url)
-        )
-    })?;
+    sink::DynRecordSink::claim_writer(&*sink)
+        .await
+        .with_context(|| format!("cannot write to the store {}", nango_sync::redact_url(url)))?;
     Ok(sink)
 }
 

@@ -22,7 +22,14 @@ async fn serve(fake: &FakeNango, url: &str) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--sink", url, "--host"])
         .arg(fake.url())
-        .args(["--integration", "github", "--connection", "acme", "--model", "Contact"])
+        .args([
+            "--integration",
+            "github",
+            "--connection",
+            "acme",
+            "--model",
+            "Contact",
+        ])
         .env("NANGO_SECRET_KEY", fake.secret_key().expose())
         .env_remove("NANGO_WEBHOOK_KEY")
         .stdout(Stdio::piped())
@@ -55,8 +62,15 @@ async fn sync(fake: &FakeNango, url: &str) -> std::process::Output {
     run(
         fake,
         &[
-            "sync", "--sink", url, "--integration", "github", "--connection", "acme",
-            "--model", "Contact",
+            "sync",
+            "--sink",
+            url,
+            "--integration",
+            "github",
+            "--connection",
+            "acme",
+            "--model",
+            "Contact",
         ],
     )
     .await
@@ -94,15 +108,26 @@ async fn second_writer_is_refused(url: &str, reads_allowed: bool) {
     server.start_kill().unwrap();
     server.wait().await.unwrap();
     let out = sync(&fake, url).await;
-    assert!(out.status.success(), "after the holder died: {}", text(&out.stderr));
-    let export = run(
-        &fake,
-        &[
-            "export", "--sink", url, "--integration", "github", "--connection", "acme",
-            "--model", "Contact",
-        ],
-    )
-    .await;
+    assert!(
+        out.status.success(),
+        "after the holder died: {}",
+        text(&out.stderr)
+    );
+    let export = Command::new(BIN)
+        .args([
+            "export",
+            "--sink",
+            url,
+            "--integration",
+            "github",
+            "--connection",
+            "acme",
+            "--model",
+            "Contact",
+        ])
+        .output()
+        .await
+        .unwrap();
     assert!(export.status.success(), "{}", text(&export.stderr));
     assert_eq!(text(&export.stdout).lines().count(), 50);
 }

@@ -348,14 +348,16 @@ impl Cluster {
     /// [`Scheduler::shutdown`], so that no run is in progress.
     pub async fn leave(&self) -> Result<()> {
         self.stop.send_replace(true);
-        let tasks: Vec<JoinHandle<()>> = std::mem::take(
-            &mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()),
-        );
+        let tasks: Vec<JoinHandle<()>> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
             let _ = t.await;
         }
         self.shared.held().clear();
-        self.shared.store.leave(&self.shared.config.instance).await?;
+        self.shared
+            .store
+            .leave(&self.shared.config.instance)
+            .await?;
         info!(instance = %self.shared.config.instance, "left the instances sharing the store; leases released");
         Ok(())
     }
@@ -410,11 +412,7 @@ async fn tick(shared: &Shared) {
         .iter()
         .map(|(s, h)| (s.clone(), h.fence.token))
         .collect();
-    match shared
-        .store
-        .renew_leases(me, config.lease_ttl, &held)
-        .await
-    {
+    match shared.store.renew_leases(me, config.lease_ttl, &held).await {
         Ok(renewed) => {
             let renewed: HashSet<StreamKey> = renewed.into_iter().collect();
             let mut map = shared.held();
@@ -539,14 +537,26 @@ mod tests {
 
     #[test]
     fn ids_and_lease_times_are_checked() {
-        assert!(ClusterConfig::new("", DEFAULT_LEASE_TTL).validate().is_err());
-        assert!(ClusterConfig::new("a\nb", DEFAULT_LEASE_TTL).validate().is_err());
+        assert!(
+            ClusterConfig::new("", DEFAULT_LEASE_TTL)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            ClusterConfig::new("a\nb", DEFAULT_LEASE_TTL)
+                .validate()
+                .is_err()
+        );
         assert!(
             ClusterConfig::new("a", Duration::from_millis(200))
                 .validate()
                 .is_err()
         );
         assert!(ClusterConfig::default().validate().is_ok());
-        assert!(ClusterConfig::default().instance.ends_with(&format!("-{}", std::process::id())));
+        assert!(
+            ClusterConfig::default()
+                .instance
+                .ends_with(&format!("-{}", std::process::id()))
+        );
     }
 }

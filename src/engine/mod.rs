@@ -46,12 +46,12 @@
 //! Other streams of [`Engine::sync_all`] go on. Record size is not limited by the engine:
 //! a page is held in memory whole, so memory is bounded by Nango's response size.
 
+#[cfg(all(feature = "postgres", feature = "webhook"))]
+pub mod cluster;
 mod operations;
 pub mod outbox;
 #[cfg(feature = "webhook")]
 pub mod scheduler;
-#[cfg(all(feature = "postgres", feature = "webhook"))]
-pub mod cluster;
 
 mod count_check;
 

@@ -13,13 +13,13 @@ use sqlx::postgres::{PgBindIterExt, PgListener, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlStr, Transaction};
 use tokio::sync::mpsc;
 
+use super::PostgresStore;
 use super::error::{classify, decode};
 use super::rows::{stream_hash, to_i64, to_u64};
-use super::PostgresStore;
 use crate::error::{Error, Result};
 use crate::record::StreamKey;
-use crate::sink::lease::{Fence, InstanceInfo, LeaseInfo};
 use crate::sink::Commit;
+use crate::sink::lease::{Fence, InstanceInfo, LeaseInfo};
 
 /// The statements over the instances' tables, with the schema filled in.
 fn sql(schema: &str, text: &str) -> SqlStr {
@@ -276,10 +276,8 @@ impl PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| classify("renew the leases", e))?;
-        let index: HashMap<&[u8], &StreamKey> = by_hash
-            .iter()
-            .map(|(h, s, _)| (h.as_slice(), *s))
-            .collect();
+        let index: HashMap<&[u8], &StreamKey> =
+            by_hash.iter().map(|(h, s, _)| (h.as_slice(), *s)).collect();
         Ok(renewed
             .iter()
             .filter_map(|h| index.get(h.as_slice()).map(|s| (*s).clone()))

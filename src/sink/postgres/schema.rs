@@ -36,7 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "feed_per_commit",
         include_str!("migrations/0005_feed_per_commit.sql"),
     ),
-    (6, "instances", include_str!("migrations/0006_instances.sql")),
+    (
+        6,
+        "instances",
+        include_str!("migrations/0006_instances.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
