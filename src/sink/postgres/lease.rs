@@ -89,6 +89,46 @@ impl PostgresStore {
         }
     }
 
+    /// The result of a leased commit, as the caller sees it: a commit that failed
+    /// while its lease is no longer held (expired, taken over) failed because of that
+    /// (a holder paused inside its commit loses its session to the idle timeout set by
+    /// [`PostgresStore::check_fence`]), so it is reported as
+    /// [`Error::LeaseLost`]; nothing of it was written either way.
+    pub(super) async fn fenced(
+        &self,
+        commit: &Commit,
+        result: Result<crate::sink::CommitOutcome>,
+    ) -> Result<crate::sink::CommitOutcome> {
+        let (Some(fence), Err(e)) = (&commit.fence, &result) else {
+            return result;
+        };
+        if e.is_lease_lost() {
+            return result;
+        }
+        let held: Option<i32> = sqlx::query_scalar(sql(
+            &self.quoted(),
+            "SELECT 1 FROM {s}.leases WHERE key_hash = $1 AND holder = $2 AND token = $3 \
+               AND expires_at > clock_timestamp()",
+        ))
+        .bind(stream_hash(&commit.stream))
+        .bind(&*fence.instance)
+        .bind(to_i64(fence.token))
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap_or(Some(1));
+        match held {
+            Some(_) => result,
+            None => {
+                tracing::debug!(stream = %commit.stream, error = %e, "a leased commit failed after its lease was lost");
+                Err(Error::LeaseLost {
+                    stream: commit.stream.to_string(),
+                    instance: fence.instance.to_string(),
+                    token: fence.token,
+                })
+            }
+        }
+    }
+
     /// Record that `instance` lives, for `ttl` from now (its heartbeat).
     pub async fn heartbeat(&self, instance: &str, ttl: Duration) -> Result<()> {
         sqlx::query(sql(
