@@ -102,7 +102,7 @@ async fn scalar(schema: &str, sql: &str) -> i64 {
 /// are the same in both formats.
 const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
-    DROP TABLE {s}.leases; DROP TABLE {s}.instances; \
+    DROP TABLE {s}.leases; DROP TABLE {s}.instances; DROP TABLE {s}.rate_windows; \
     DELETE FROM {s}.schema_migrations WHERE version >= 5";
 
 const INDEXES: &str = "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \

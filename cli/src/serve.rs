@@ -10,7 +10,7 @@
 //! poll_interval = "5m"          # "500ms", "30s", "5m", "1h" or seconds
 //! poll_jitter = 0.1
 //! max_concurrent_runs = 4
-//! rate_limit_per_minute = 200   # Nango's limit per account (free plan: 200)
+//! rate_limit_per_minute = 200   # an upper bound; default: the limit Nango states
 //! page_size = 1000
 //! allow_legacy_signature = false
 //! body_limit = 1048576
@@ -115,7 +115,9 @@ pub struct ServeArgs {
     /// Runs at the same time over all streams.
     #[arg(long)]
     max_concurrent_runs: Option<usize>,
-    /// Requests per minute to Nango, shared by every stream (Nango's limit per account).
+    /// Requests per minute to Nango, shared by every stream (Nango's limit per account);
+    /// an upper bound of the limit Nango states on its answers. Default: the limit Nango
+    /// states (200, the free plan's, until its first answer).
     #[arg(long)]
     rate_limit: Option<u32>,
     /// Also accept the deprecated X-Nango-Signature header.
@@ -206,6 +208,9 @@ struct Plan {
     keys: Vec<SecretKey>,
     scheduler: SchedulerConfig,
     rate_limit: u32,
+    /// Whether the limit was configured (an upper bound) or is the starting guess
+    /// until Nango states the account's limit.
+    rate_limit_configured: bool,
     page_size: u32,
     allow_legacy: bool,
     body_limit: usize,
@@ -411,6 +416,7 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
             .rate_limit
             .or(config.rate_limit_per_minute)
             .unwrap_or(DEFAULT_RATE_LIMIT),
+        rate_limit_configured: args.rate_limit.or(config.rate_limit_per_minute).is_some(),
         page_size: args
             .page_size
             .or(config.page_size)
@@ -527,14 +533,21 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let key = args.nango.secret_key.clone().filter(|k| !k.trim().is_empty()).context(
         "no secret key: set NANGO_SECRET_KEY or pass --secret-key (the environment's secret key from Nango's dashboard)",
     )?;
-    let budget = Arc::new(RateBudget::per_minute(plan.rate_limit));
+    // A configured limit is an upper bound; otherwise the free plan's limit until
+    // Nango states the account's own on its answers.
+    let budget = Arc::new(if plan.rate_limit_configured {
+        RateBudget::per_minute(plan.rate_limit)
+    } else {
+        RateBudget::learning(plan.rate_limit)
+    });
     let client = NangoClient::builder()
         .host(&args.nango.host)
         .secret_key(SecretKey::new(key))
-        .rate_budget(budget)
+        .rate_budget(budget.clone())
         .build()?;
     let mut instance = crate::serve_cluster::open(&args.sink, &args.instance).await?;
     let sink = instance.sink.clone();
+    instance.share_budget(&budget, &args.nango.host);
     let monitor = crate::serve_monitor::Monitor::install()?;
     let engine = Engine::with_config(
         client,

@@ -122,6 +122,17 @@ impl Instance {
         Ok(())
     }
 
+    /// Among several instances: take the permits of `budget` from the store's shared
+    /// count of Nango's windows for `account`, so that the instances together stay
+    /// within the account's limit.
+    pub fn share_budget(&self, budget: &nango_sync::client::RateBudget, account: &str) {
+        #[cfg(feature = "postgres")]
+        if let Some((store, _)) = &self.postgres {
+            budget.set_ledger(store.rate_ledger(account));
+        }
+        let _ = (budget, account);
+    }
+
     /// Take the leases of the streams registered since joining, at once.
     pub async fn refresh(&self) {
         #[cfg(feature = "postgres")]

@@ -156,6 +156,14 @@ impl PostgresStore {
         .execute(&self.pool)
         .await
         .map_err(|e| classify("remove dead instances", e))?;
+        sqlx::query(sql(
+            &self.quoted(),
+            "DELETE FROM {s}.rate_windows \
+             WHERE window_reset < extract(epoch FROM clock_timestamp())::bigint - 3600",
+        ))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| classify("remove old rate windows", e))?;
         sqlx::query_scalar(sql(
             &self.quoted(),
             "SELECT instance_id FROM {s}.instances WHERE expires_at > clock_timestamp() \
@@ -164,6 +172,24 @@ impl PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(|e| classify("read the live instances", e))
+    }
+
+    /// The shared count of Nango's rate-limit windows of `account` (for example the
+    /// Nango host), for [`RateBudget::set_ledger`](crate::client::RateBudget::set_ledger):
+    /// every instance of the account that shares this store takes its permits from it.
+    pub fn rate_ledger(&self, account: &str) -> std::sync::Arc<dyn crate::client::RateLedger> {
+        std::sync::Arc::new(PgRateLedger {
+            pool: self.pool.clone(),
+            take: sql(
+                &self.quoted(),
+                "INSERT INTO {s}.rate_windows AS w (account, window_reset, used) \
+                 VALUES ($1, $2, $4 + 1) \
+                 ON CONFLICT (account, window_reset) DO UPDATE SET used = greatest(w.used, $4) + 1 \
+                 WHERE greatest(w.used, $4) < $3 \
+                 RETURNING used",
+            ),
+            account: account.to_string(),
+        })
     }
 
     /// Every instance of the membership table, live or not, sorted by id.
@@ -464,5 +490,37 @@ impl PostgresStore {
             options = options.with_schema(schema);
         }
         Self::connect_with(&url, options).await
+    }
+}
+
+/// [`PostgresStore::rate_ledger`]: one row per account and window, its count raised by
+/// one statement per permit.
+struct PgRateLedger {
+    pool: sqlx::PgPool,
+    take: SqlStr,
+    account: String,
+}
+
+impl crate::client::RateLedger for PgRateLedger {
+    fn take(
+        &self,
+        window: i64,
+        limit: u32,
+        spent: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + '_>> {
+        Box::pin(async move {
+            if spent >= limit {
+                return Ok(false);
+            }
+            let granted: Option<i32> = sqlx::query_scalar(self.take.clone())
+                .bind(&self.account)
+                .bind(window)
+                .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                .bind(i32::try_from(spent).unwrap_or(i32::MAX))
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| classify("take a permit of the shared rate budget", e))?;
+            Ok(granted.is_some())
+        })
     }
 }

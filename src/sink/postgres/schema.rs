@@ -198,6 +198,7 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
             "SELECT key_hash, integration, connection, model, variant, holder, token, acquired_at, \
                expires_at FROM {quoted}.leases LIMIT 0"
         ),
+        format!("SELECT account, window_reset, used FROM {quoted}.rate_windows LIMIT 0"),
     ];
     for sql in probes {
         sqlx::query(AssertSqlSafe(sql))

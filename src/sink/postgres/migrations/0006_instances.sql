@@ -28,3 +28,14 @@ CREATE TABLE {schema}.leases (
 );
 
 CREATE INDEX leases_holder ON {schema}.leases (holder);
+
+-- The permits taken in each of Nango's rate-limit windows by every instance of one
+-- account (`account`: the Nango host), keyed by the window's end as Nango states it
+-- (`X-RateLimit-Reset`, epoch seconds), so that instances together stay within the
+-- account's limit.
+CREATE TABLE {schema}.rate_windows (
+    account       text COLLATE "C" NOT NULL,
+    window_reset  bigint NOT NULL,
+    used          integer NOT NULL,
+    PRIMARY KEY (account, window_reset)
+);
