@@ -211,3 +211,71 @@ async fn a_takeover_waits_for_the_commit_in_progress() {
     );
     assert_eq!(committing.await.unwrap().unwrap(), 20_000);
 }
+
+/// Two processes' budgets (two clients, each its own learning budget) share Nango's
+/// window through the store: together they never go past the limit the fake states,
+/// and the fake refuses none of their requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_one_rate_budget_through_the_store() {
+    use std::sync::Arc;
+
+    use nango_sync::client::{RateBudget, RecordsQuery};
+    use nango_sync_testkit::{FakeConfig, FakeNango};
+
+    let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
+    let stream = StreamKey::new("budget", "c1", "Ticket");
+    fake.generate(&stream, 10, 10);
+    fake.set_rate_limit(Some(30));
+    let schema = unique_schema();
+    let store = open(&schema).await;
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let budget = Arc::new(RateBudget::learning(200));
+            budget.set_ledger(store.rate_ledger("fake"));
+            let client = fake
+                .client_builder()
+                .rate_budget(budget.clone())
+                .build()
+                .unwrap();
+            (client, budget)
+        })
+        .collect();
+    // One request each: both learn the limit (30) and the window.
+    for (client, budget) in &clients {
+        client
+            .list_records(&RecordsQuery::new(&stream))
+            .await
+            .unwrap();
+        assert_eq!(budget.limit(), 30);
+    }
+    // Then 20 more each, at once: 28 permits are left in the window.
+    let mut tasks = Vec::new();
+    for (client, _) in &clients {
+        for _ in 0..20 {
+            let client = client.clone();
+            let stream = stream.clone();
+            tasks.push(tokio::spawn(async move {
+                client
+                    .list_records(&RecordsQuery::new(&stream))
+                    .await
+                    .unwrap();
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let answered = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/records")
+        .count();
+    // One permit stays in reserve for the first requests no ledger counted (see
+    // `RateBudget`): 29 or 30 answered, never more than the limit.
+    assert!(
+        (29..=30).contains(&answered),
+        "{answered} answered: the two processes together must take the window's permits, and no more"
+    );
+    assert_eq!(fake.rate_limited_requests(), 0, "no request was refused");
+    for t in tasks {
+        t.abort();
+    }
+}

@@ -16,7 +16,9 @@
 //!
 //! **Several processes.** A [`RateLedger`] (the PostgreSQL store's, for instances
 //! sharing a store) counts the permits every process of the account took in Nango's
-//! current window, so that together they stay within the limit.
+//! current window, so that together they stay within the limit. One permit in a hundred
+//! (at least one) stays in reserve for requests sent before a process knew Nango's
+//! window (its first), which no ledger counts.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -52,6 +54,8 @@ struct State {
     /// ledger's count.
     window_key: Option<i64>,
     used: u32,
+    /// What Nango counted as spent in its current window (every process's requests).
+    spent: u32,
     /// The limit Nango stated last.
     learned: Option<u32>,
     paused_until: Option<Instant>,
@@ -122,6 +126,7 @@ impl RateBudget {
                 window_end: None,
                 window_key: None,
                 used: 0,
+                spent: 0,
                 learned: None,
                 paused_until: None,
             }),
@@ -162,11 +167,13 @@ impl RateBudget {
         let spent = o.limit.saturating_sub(o.remaining);
         if s.window_key == Some(o.reset) {
             s.used = s.used.max(spent);
+            s.spent = s.spent.max(spent);
         } else if s.window_key.is_none_or(|k| k < o.reset) {
             s.window_key = Some(o.reset);
             s.window_end = Some(end);
             s.window_start = end.checked_sub(self.window).unwrap_or(now);
             s.used = spent;
+            s.spent = spent;
         }
     }
 
@@ -187,6 +194,7 @@ impl RateBudget {
                             s.window_end = None;
                             s.window_key = None;
                             s.used = 0;
+                            s.spent = 0;
                         }
                         if s.used < self.effective(s.learned) {
                             s.used += 1;
@@ -235,10 +243,13 @@ impl RateBudget {
             (
                 s.window_key?,
                 self.effective(s.learned),
-                s.used.saturating_sub(1),
+                s.spent,
                 s.window_end?,
             )
         };
+        // One permit in a hundred (at least one) stays in reserve for the requests
+        // processes sent before they knew Nango's window, which no ledger counted.
+        let limit = limit.saturating_sub((limit / 100).max(1)).max(1);
         match ledger.take(key, limit, spent).await {
             Ok(true) => None,
             Ok(false) => {
