@@ -42,9 +42,22 @@ struct Serve {
     base: String,
 }
 
-async fn start(bin: &str, fake: &FakeNango, sink: &str, config: &std::path::Path, extra: &[String]) -> Serve {
+async fn start(
+    bin: &str,
+    fake: &FakeNango,
+    sink: &str,
+    config: &std::path::Path,
+    extra: &[String],
+) -> Serve {
     let mut child = Command::new(bin)
-        .args(["--log", "warn", "serve", "--listen", "127.0.0.1:0", "--host"])
+        .args([
+            "--log",
+            "warn",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--host",
+        ])
         .arg(fake.url())
         .args(["--sink", sink, "--config"])
         .arg(config)
@@ -167,7 +180,11 @@ fn change_one(fake: &FakeNango, streams: &[StreamKey], rev: u64) -> Vec<String> 
     streams
         .iter()
         .map(|s| {
-            let r = fake.records(s).into_iter().find(|r| r.meta.deleted_at.is_none()).expect("a record");
+            let r = fake
+                .records(s)
+                .into_iter()
+                .find(|r| r.meta.deleted_at.is_none())
+                .expect("a record");
             let mut p = r.payload.clone();
             p["bench_rev"] = json!(rev);
             fake.save(s, vec![p]);
@@ -176,7 +193,12 @@ fn change_one(fake: &FakeNango, streams: &[StreamKey], rev: u64) -> Vec<String> 
         .collect()
 }
 
-async fn committed<S: RecordSink>(store: &S, streams: &[StreamKey], ids: &[String], rev: u64) -> usize {
+async fn committed<S: RecordSink>(
+    store: &S,
+    streams: &[StreamKey],
+    ids: &[String],
+    rev: u64,
+) -> usize {
     let mut n = 0;
     for (s, id) in streams.iter().zip(ids) {
         if let Ok(Some(r)) = store.get(s, id).await
@@ -238,8 +260,11 @@ async fn spread(bin: &str) {
             // Settled: every stream leased, the leases spread over every instance.
             loop {
                 let leases = store.leases().await.unwrap();
-                let holders: BTreeSet<&str> =
-                    leases.iter().filter(|l| l.live).map(|l| l.holder.as_str()).collect();
+                let holders: BTreeSet<&str> = leases
+                    .iter()
+                    .filter(|l| l.live)
+                    .map(|l| l.holder.as_str())
+                    .collect();
                 if leases.iter().filter(|l| l.live).count() == n_streams && holders.len() == n {
                     break;
                 }
@@ -309,7 +334,9 @@ async fn scale(bin: &str) {
     let config = write_config(dir.path(), &all, "");
     let db = dir.path().join("scale.db");
     let url = format!("sqlite://{}", db.display());
-    println!("scale: {n_streams} streams x {records} records, the fake announcing {rate} requests per minute");
+    println!(
+        "scale: {n_streams} streams x {records} records, the fake announcing {rate} requests per minute"
+    );
     let started = Instant::now();
     let serve = start(bin, &fake, &url, &config, &[]).await;
     let store = SqliteStore::open(&db).await.unwrap();
@@ -327,12 +354,16 @@ async fn scale(bin: &str) {
     let first = Instant::now();
     let mut acks = Vec::with_capacity(all.len());
     for chunk in all.chunks(50) {
-        let sent = futures::future::join_all(chunk.iter().map(|s| post_webhook(&http, &serve.base, s))).await;
+        let sent =
+            futures::future::join_all(chunk.iter().map(|s| post_webhook(&http, &serve.base, s)))
+                .await;
         acks.extend(sent);
     }
     let sent_in = first.elapsed();
     acks.sort();
-    let p = |q: f64| acks[((acks.len() as f64 * q) as usize).min(acks.len() - 1)].as_secs_f64() * 1000.0;
+    let p = |q: f64| {
+        acks[((acks.len() as f64 * q) as usize).min(acks.len() - 1)].as_secs_f64() * 1000.0
+    };
     loop {
         let done = committed(&store, &all, &ids, 1).await;
         if done == all.len() {
@@ -353,7 +384,10 @@ async fn scale(bin: &str) {
         "  every change committed {:.1} s after the first webhook; answers 429 in all: {}; requests: {}",
         all_committed.as_secs_f64(),
         fake.rate_limited_requests(),
-        fake.requests().iter().filter(|r| r.path == "/records").count()
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/records")
+            .count()
     );
     println!(
         "  serve: peak RSS {:.1} MB, CPU {:.1} s (start-up {:.1} s)",

@@ -74,7 +74,7 @@ pub struct RateObservation {
 
 impl RateObservation {
     /// Read the three headers; `None` unless all three are there and numbers.
-    pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
+    pub(crate) fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<Self> {
         let num = |name: &str| -> Option<i64> {
             headers.get(name)?.to_str().ok()?.trim().parse::<i64>().ok()
         };

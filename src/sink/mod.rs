@@ -47,7 +47,7 @@ pub mod lease;
 pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
 pub mod outbox;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
-mod process_lock;
+pub(crate) mod process_lock;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
