@@ -528,3 +528,49 @@ async fn a_paused_instance_is_fenced_off_when_it_resumes() {
     );
     let _ = other.stop().await;
 }
+
+/// Streams discovered by webhooks that all reach one instance are shared: the other
+/// instance registers them (from the trigger passed on, or from the store), takes the
+/// leases assigned to it, and every stream converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovered_streams_are_shared() {
+    let fake = FakeNango::start(FakeConfig::default()).await.unwrap();
+    let streams: Vec<StreamKey> = (0..8)
+        .map(|i| StreamKey::new("github", format!("new{i}"), "Contact"))
+        .collect();
+    for s in &streams {
+        fake.generate(s, 30, 30);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "poll_interval = \"1h\"\nrate_limit_per_minute = 1000000\n\n[[signing_keys]]\nkey_env = \"INSTANCES_TEST_KEY\"\n\n[[discover]]\nintegration = \"github\"\nmodels = [\"Contact\"]\n",
+    )
+    .unwrap();
+    let url = fresh_postgres_url();
+    let store = PostgresStore::connect_url(&url).await.unwrap();
+    let a = start(&fake, &url, &config, "a").await;
+    let b = start(&fake, &url, &config, "b").await;
+    for s in &streams {
+        assert!((200..300).contains(&a.webhook(&sync_body(s, false)).await));
+    }
+    wait_counts(&store, &fake, &streams, Duration::from_secs(60), "discovered streams").await;
+    for s in &streams {
+        assert_converged(&fake, &store, s).await;
+    }
+    let holders: BTreeSet<String> = store
+        .leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.live)
+        .map(|l| l.holder)
+        .collect();
+    assert_eq!(holders.len(), 2, "the discovered streams were not shared: {holders:?}");
+    let registered_on_b = b.health().await["streams"].as_array().unwrap().len();
+    assert_eq!(registered_on_b, streams.len());
+    assert_runs_never_overlap(&store, &streams).await;
+    let _ = a.stop().await;
+    let _ = b.stop().await;
+}

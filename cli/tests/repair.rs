@@ -543,7 +543,11 @@ mod postgres {
             [
                 "commit_seq",
                 "consumers",
+                "feed_commits",
+                "instances",
+                "leases",
                 "outbox",
+                "rate_windows",
                 "runs",
                 "schema_migrations",
                 "streams"
