@@ -3,7 +3,6 @@
 //! the others (`nango_sync::engine::cluster`). On SQLite and sled (one writing process)
 //! the instance id only names the runs in the history.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -27,21 +26,17 @@ pub struct InstanceArgs {
     pub lease_ttl: Option<Duration>,
 }
 
-#[cfg(feature = "postgres")]
-type Handle = Arc<nango_sync::engine::cluster::Cluster>;
-#[cfg(not(feature = "postgres"))]
-type Handle = std::convert::Infallible;
-
 /// The store of `serve`, and the instance's place among the others.
 pub struct Instance {
     pub sink: SharedSink,
     pub id: String,
     #[cfg(feature = "postgres")]
     postgres: Option<(
-        Arc<nango_sync::sink::PostgresStore>,
+        std::sync::Arc<nango_sync::sink::PostgresStore>,
         nango_sync::engine::cluster::ClusterConfig,
     )>,
-    cluster: Option<Handle>,
+    #[cfg(feature = "postgres")]
+    cluster: Option<std::sync::Arc<nango_sync::engine::cluster::Cluster>>,
 }
 
 /// The host name and the process id.
@@ -78,7 +73,7 @@ pub async fn open(url: &str, args: &InstanceArgs) -> Result<Instance> {
                         crate::sync::repair_hint(&e, url)
                     )
                 })?;
-            let store = Arc::new(store);
+            let store = std::sync::Arc::new(store);
             let sink: SharedSink = store.clone();
             return Ok(Instance {
                 sink,
@@ -98,6 +93,7 @@ pub async fn open(url: &str, args: &InstanceArgs) -> Result<Instance> {
         id,
         #[cfg(feature = "postgres")]
         postgres: None,
+        #[cfg(feature = "postgres")]
         cluster: None,
     })
 }
@@ -116,7 +112,7 @@ impl Instance {
             )
             .await
             .context("cannot join the instances sharing the store")?;
-            self.cluster = Some(Arc::new(cluster));
+            self.cluster = Some(std::sync::Arc::new(cluster));
         }
         let _ = scheduler;
         Ok(())

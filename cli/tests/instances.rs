@@ -555,7 +555,14 @@ async fn discovered_streams_are_shared() {
     for s in &streams {
         assert!((200..300).contains(&a.webhook(&sync_body(s, false)).await));
     }
-    wait_counts(&store, &fake, &streams, Duration::from_secs(60), "discovered streams").await;
+    wait_counts(
+        &store,
+        &fake,
+        &streams,
+        Duration::from_secs(60),
+        "discovered streams",
+    )
+    .await;
     for s in &streams {
         assert_converged(&fake, &store, s).await;
     }
@@ -567,7 +574,11 @@ async fn discovered_streams_are_shared() {
         .filter(|l| l.live)
         .map(|l| l.holder)
         .collect();
-    assert_eq!(holders.len(), 2, "the discovered streams were not shared: {holders:?}");
+    assert_eq!(
+        holders.len(),
+        2,
+        "the discovered streams were not shared: {holders:?}"
+    );
     let registered_on_b = b.health().await["streams"].as_array().unwrap().len();
     assert_eq!(registered_on_b, streams.len());
     assert_runs_never_overlap(&store, &streams).await;
