@@ -361,8 +361,10 @@ async fn three_instances_share_the_streams_and_survive_a_kill() {
         held_by_victim.len(),
         takeover.as_millis()
     );
+    // The lease runs out at most the lease time after the kill, and a survivor's next
+    // heartbeat (every quarter of it) takes it; the margin is for a loaded machine.
     assert!(
-        takeover <= Duration::from_millis(TTL_MS + TTL_MS / 4 + 500),
+        takeover <= Duration::from_millis(TTL_MS * 2),
         "takeover took {takeover:?}"
     );
 
