@@ -442,9 +442,24 @@ async fn a_paused_instance_is_fenced_off_when_it_resumes() {
     )
     .await;
     let b = start(&fake, &url, &config, "b").await;
-    let holder = store.leases().await.unwrap()[0].clone();
+    // Once both run, the lease settles on the instance the stream is assigned to.
+    let live = ["a".to_string(), "b".to_string()];
+    let assigned = nango_sync::engine::cluster::assigned(&live, &stream)
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_millis(TTL_MS * 4);
+    let holder = loop {
+        let l = store.leases().await.unwrap()[0].clone();
+        if l.live && l.holder == assigned {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lease did not settle on {assigned}: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let (paused, other) = if holder.holder == "a" { (a, b) } else { (b, a) };
-    assert!(holder.live && holder.holder == paused.id, "{holder:?}");
 
     // A long run on the holder: a full re-read of slow pages.
     fake.generate(&stream, 400, 100);

@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 use super::scheduler::{Ownership, Scheduler};
 use crate::RecordSink;
 use crate::error::{Error, Result};
+use crate::monitor::metrics::{LEASE_CHANGES, LEASES_HELD, TRIGGERS_PASSED_ON};
 use crate::record::StreamKey;
 use crate::sink::lease::Fence;
 use crate::sink::postgres::PostgresStore;
@@ -220,6 +221,7 @@ impl Ownership for Gate {
         let shared = self.0.clone();
         let stream = stream.clone();
         shared.stats().triggers_passed_on += 1;
+        metrics::counter!(TRIGGERS_PASSED_ON).increment(1);
         tokio::spawn(async move {
             if let Err(e) = shared.store.notify_trigger(&stream, full).await {
                 warn!(stream = %stream, error = %e, "could not pass the trigger on to the stream's holder; its poll will catch up");
@@ -354,6 +356,7 @@ impl Cluster {
             let _ = t.await;
         }
         self.shared.held().clear();
+        metrics::gauge!(LEASES_HELD).set(0.0);
         self.shared
             .store
             .leave(&self.shared.config.instance)
@@ -393,6 +396,11 @@ fn received(shared: &Shared, stream: &StreamKey, full: bool) {
 /// One heartbeat: membership, renewals, takeovers and releases.
 async fn tick(shared: &Shared) {
     let _one = shared.ticking.lock().await;
+    tick_once(shared).await;
+    metrics::gauge!(LEASES_HELD).set(shared.held().len() as f64);
+}
+
+async fn tick_once(shared: &Shared) {
     let config = &shared.config;
     let me = config.instance.as_str();
     if let Err(e) = shared.store.heartbeat(me, config.lease_ttl).await {
@@ -427,6 +435,7 @@ async fn tick(shared: &Shared) {
             }
             drop(map);
             shared.stats().leases_lost += lost.len() as u64;
+            metrics::counter!(LEASE_CHANGES, "change" => "lost").increment(lost.len() as u64);
         }
         Err(e) => warn!(error = %e, "could not renew the leases; retrying at the next heartbeat"),
     }
@@ -469,6 +478,7 @@ async fn tick(shared: &Shared) {
                         .held()
                         .insert(stream.clone(), Held { fence, runs: 0 });
                     shared.stats().leases_taken += 1;
+                    metrics::counter!(LEASE_CHANGES, "change" => "taken").increment(1);
                     shared.scheduler.trigger_here(&stream, false);
                 }
                 Ok(None) => {
@@ -491,6 +501,7 @@ async fn tick(shared: &Shared) {
                     Ok(_) => {
                         info!(stream = %stream, "released the stream's lease to the instance it is assigned to");
                         shared.stats().leases_released += 1;
+                        metrics::counter!(LEASE_CHANGES, "change" => "released").increment(1);
                     }
                     Err(e) => {
                         warn!(stream = %stream, error = %e, "could not release the stream's lease; it expires by itself");
