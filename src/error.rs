@@ -142,6 +142,22 @@ pub enum Error {
         actual: Option<String>,
     },
 
+    /// A commit was fenced off: the committing instance no longer holds the stream's
+    /// lease with the fencing token the commit carries (its lease ran out and another
+    /// instance took the stream over). Nothing of the commit was written; the run stops
+    /// (not retryable: the stream belongs to another instance now).
+    #[error(
+        "stream {stream}: the commit of instance {instance:?} was refused: it no longer holds the stream's lease with fencing token {token} (another instance took the stream over); nothing was written"
+    )]
+    LeaseLost {
+        /// The stream.
+        stream: String,
+        /// The instance that committed.
+        instance: String,
+        /// The fencing token the commit carried.
+        token: u64,
+    },
+
     /// An invalid argument or configuration value.
     #[error("invalid {what}: {detail}")]
     Invalid {
@@ -244,6 +260,7 @@ impl Error {
             | Error::ActionNotFinished { .. }
             | Error::Damaged { .. }
             | Error::CursorConflict { .. }
+            | Error::LeaseLost { .. }
             | Error::Invalid { .. }
             | Error::Deserialize { .. }
             | Error::FeatureDisabled { .. } => false,
@@ -283,6 +300,12 @@ impl Error {
     /// it is and needs a repair ([`crate::repair`]).
     pub fn is_damaged_store(&self) -> bool {
         matches!(self.root(), Error::Damaged { .. })
+    }
+
+    /// Whether this is (or wraps) an [`Error::LeaseLost`]: the instance lost the
+    /// stream's lease, and another instance runs it now.
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self.root(), Error::LeaseLost { .. })
     }
 
     /// The innermost error: unwraps [`Error::Stream`] and [`Error::RetriesExhausted`].

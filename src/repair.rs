@@ -7,9 +7,10 @@
 //! since (the store kept them, Nango serves only `{id}` now), and the outbox of
 //! write-back actions. [`repair`] therefore:
 //!
-//! 1. checks that there is a store at the URL and, for sled, takes its lock (another
-//!    process using the store is an error: stop it first; SQLite and PostgreSQL stores
-//!    must not be in use either, which `repair` cannot check);
+//! 1. checks that there is a store at the URL and takes its lock (sled's, or the writer
+//!    lock of a SQLite file): another process using the store is an error naming it
+//!    (stop it first); a PostgreSQL store must not be in use either, which `repair`
+//!    cannot check;
 //! 2. reads the old store if it still opens at all, without changing it: a file store
 //!    is opened from a scratch copy next to it (so not even sled's own recovery writes
 //!    to the original), a PostgreSQL schema read-only. Its streams are the ones rebuilt,
@@ -692,13 +693,26 @@ mod imp {
             }
         }
 
-        /// sled: take the store's lock, which is held until the store is moved.
-        fn lock(&self) -> Result<Option<std::fs::File>> {
+        /// Take the store's lock, which is held until the store is moved: sled's, and
+        /// the writer lock of a SQLite file (a process writing it is named, and nothing
+        /// is changed).
+        fn lock(&self) -> Result<Option<Box<dyn std::any::Any + Send>>> {
             match self {
+                #[cfg(feature = "sqlite")]
+                Place::Sqlite(p) => {
+                    let mut lock_path = p.as_os_str().to_owned();
+                    lock_path.push("-lock");
+                    let held = crate::sink::process_lock::acquire(
+                        "sqlite",
+                        &format!("the SQLite file {}", p.display()),
+                        std::path::Path::new(&lock_path),
+                    )?;
+                    Ok(Some(Box::new(held)))
+                }
                 #[cfg(feature = "sled")]
                 Place::Sled(p) => {
                     match crate::sink::sled::lock_directory(p, std::time::Duration::from_secs(5)) {
-                        Ok(Some(file)) => Ok(Some(file)),
+                        Ok(Some(file)) => Ok(Some(Box::new(file))),
                         Ok(None) => Err(Error::store(
                             "sled",
                             format!("repair {}", p.display()),

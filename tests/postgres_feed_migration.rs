@@ -96,12 +96,14 @@ async fn scalar(schema: &str, sql: &str) -> i64 {
     value
 }
 
-/// Turn a schema of this version back into the previous format: no per-commit lists,
-/// the index on `records (seq, id)`, migration 5 not recorded. The records, streams,
-/// consumers and commit counter are the same in both formats.
+/// Turn a schema of this version back into the format before migration 5: no
+/// per-commit lists, the index on `records (seq, id)`, migrations 5 and later (the
+/// instances' tables) not recorded. The records, streams, consumers and commit counter
+/// are the same in both formats.
 const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
-    DELETE FROM {s}.schema_migrations WHERE version = 5";
+    DROP TABLE {s}.leases; DROP TABLE {s}.instances; DROP TABLE {s}.rate_windows; \
+    DELETE FROM {s}.schema_migrations WHERE version >= 5";
 
 const INDEXES: &str = "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \
     AND tablename = 'records' AND indexname = 'records_feed'";
@@ -180,7 +182,8 @@ async fn a_previous_format_store_is_migrated_and_reads_the_same_feed() {
     );
     assert_eq!(
         scalar(&schema, "SELECT max(version) FROM {s}.schema_migrations").await,
-        5
+        6,
+        "migrated to the latest version"
     );
     // One list per commit that still has live records, in chunks of at most 1,000 ids,
     // whose live counts add up to the records.

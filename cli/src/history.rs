@@ -66,10 +66,11 @@ pub async fn run(args: HistoryArgs) -> Result<ExitCode> {
         writeln!(out, "no runs recorded")?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 11]> = vec![[
         "STARTED (UTC)".to_string(),
         "SECONDS".into(),
         "STREAM".into(),
+        "INSTANCE".into(),
         "OUTCOME".into(),
         "PAGES".into(),
         "ADDED".into(),
@@ -89,6 +90,7 @@ pub async fn run(args: HistoryArgs) -> Result<ExitCode> {
             r.started_at.to_utc_z(),
             format!("{secs:.2}"),
             e.stream.to_string(),
+            r.instance.clone(),
             r.outcome.to_string(),
             r.pages.to_string(),
             r.counts.added.to_string(),
@@ -102,16 +104,18 @@ pub async fn run(args: HistoryArgs) -> Result<ExitCode> {
             error,
         ]);
     }
-    let widths: Vec<usize> = (0..10)
+    // The instance column only when runs name their instance (several instances).
+    let instances = runs.iter().any(|e| !e.run.instance.is_empty());
+    let widths: Vec<usize> = (0..11)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     for row in &rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
-            if stream.is_some() && c == 2 {
+            if stream.is_some() && c == 2 || !instances && c == 3 {
                 continue;
             }
-            if c == 9 {
+            if c == 10 {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[c]));

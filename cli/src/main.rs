@@ -26,6 +26,7 @@ mod output;
 mod proxy;
 mod repair;
 mod serve;
+mod serve_cluster;
 mod serve_monitor;
 mod status;
 mod sync;
@@ -77,7 +78,7 @@ enum Command {
     /// Nango of every stream it knew; reports what could not be rebuilt.
     Repair(repair::RepairArgs),
     /// Keep streams fresh: receive Nango's webhooks, poll as a safety net, serve health.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Serve a local fake Nango for building against (records API + control API).
     DevServer(dev_server::DevServerArgs),
     /// Offline quick start: sync generated data from an in-process fake Nango into SQLite.
@@ -123,7 +124,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::History(args) => history::run(args).await,
             Command::Repair(args) => repair::run(args).await,
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::DevServer(args) => dev_server::run(args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Bench(args) => bench::run(args).await,

@@ -10,7 +10,7 @@
 //! poll_interval = "5m"          # "500ms", "30s", "5m", "1h" or seconds
 //! poll_jitter = 0.1
 //! max_concurrent_runs = 4
-//! rate_limit_per_minute = 200   # Nango's limit per account (free plan: 200)
+//! rate_limit_per_minute = 200   # an upper bound; default: the limit Nango states
 //! page_size = 1000
 //! allow_legacy_signature = false
 //! body_limit = 1048576
@@ -61,7 +61,7 @@ use serde::Deserialize;
 use tracing::{info, warn};
 
 use crate::dev_server::shutdown_signal;
-use crate::sync::{NangoArgs, Reconcile, open_sink};
+use crate::sync::{NangoArgs, Reconcile};
 
 /// Nango's request limit per account on the free plan.
 const DEFAULT_RATE_LIMIT: u32 = 200;
@@ -115,7 +115,9 @@ pub struct ServeArgs {
     /// Runs at the same time over all streams.
     #[arg(long)]
     max_concurrent_runs: Option<usize>,
-    /// Requests per minute to Nango, shared by every stream (Nango's limit per account).
+    /// Requests per minute to Nango, shared by every stream (Nango's limit per account);
+    /// an upper bound of the limit Nango states on its answers. Default: the limit Nango
+    /// states (200, the free plan's, until its first answer).
     #[arg(long)]
     rate_limit: Option<u32>,
     /// Also accept the deprecated X-Nango-Signature header.
@@ -141,6 +143,8 @@ pub struct ServeArgs {
     run_history: Option<usize>,
     #[command(flatten)]
     outbox: crate::outbox::WorkerArgs,
+    #[command(flatten)]
+    instance: crate::serve_cluster::InstanceArgs,
 }
 
 /// The `--config` file.
@@ -204,6 +208,9 @@ struct Plan {
     keys: Vec<SecretKey>,
     scheduler: SchedulerConfig,
     rate_limit: u32,
+    /// Whether the limit was configured (an upper bound) or is the starting guess
+    /// until Nango states the account's limit.
+    rate_limit_configured: bool,
     page_size: u32,
     allow_legacy: bool,
     body_limit: usize,
@@ -409,6 +416,7 @@ fn plan(args: &ServeArgs) -> Result<Plan> {
             .rate_limit
             .or(config.rate_limit_per_minute)
             .unwrap_or(DEFAULT_RATE_LIMIT),
+        rate_limit_configured: args.rate_limit.or(config.rate_limit_per_minute).is_some(),
         page_size: args
             .page_size
             .or(config.page_size)
@@ -433,6 +441,7 @@ struct AppState {
     receiver: WebhookReceiver,
     monitor: crate::serve_monitor::Monitor,
     outbox: Option<nango_sync::engine::outbox::OutboxWorker>,
+    instance: Arc<crate::serve_cluster::Instance>,
 }
 
 async fn health(State(app): State<AppState>) -> axum::response::Response {
@@ -487,6 +496,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
                 "runs_failed": st.runs_failed,
                 "last_run_finished_at": st.last_run_finished_at.map(|t| t.to_string()),
                 "last_error": st.last_error,
+                "runs_here": app.scheduler.runs_here(&key),
             })
         })
         .collect();
@@ -509,6 +519,7 @@ async fn health(State(app): State<AppState>) -> axum::response::Response {
             "too_large": w.too_large,
         },
         "outbox": outbox,
+        "instance": app.instance.health(),
     });
     ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
@@ -522,13 +533,21 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     let key = args.nango.secret_key.clone().filter(|k| !k.trim().is_empty()).context(
         "no secret key: set NANGO_SECRET_KEY or pass --secret-key (the environment's secret key from Nango's dashboard)",
     )?;
-    let budget = Arc::new(RateBudget::per_minute(plan.rate_limit));
+    // A configured limit is an upper bound; otherwise the free plan's limit until
+    // Nango states the account's own on its answers.
+    let budget = Arc::new(if plan.rate_limit_configured {
+        RateBudget::per_minute(plan.rate_limit)
+    } else {
+        RateBudget::learning(plan.rate_limit)
+    });
     let client = NangoClient::builder()
         .host(&args.nango.host)
         .secret_key(SecretKey::new(key))
-        .rate_budget(budget)
+        .rate_budget(budget.clone())
         .build()?;
-    let sink = open_sink(&args.sink).await?;
+    let mut instance = crate::serve_cluster::open(&args.sink, &args.instance).await?;
+    let sink = instance.sink.clone();
+    instance.share_budget(&budget, &args.nango.host);
     let monitor = crate::serve_monitor::Monitor::install()?;
     let engine = Engine::with_config(
         client,
@@ -541,6 +560,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
                 min_interval: plan.reconcile_every,
                 ..CountCheckConfig::default()
             },
+            instance: instance.id.clone(),
             ..EngineConfig::default()
         },
     );
@@ -548,6 +568,8 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for rule in &plan.discovery {
         scheduler.add_discovery_rule(rule.clone());
     }
+    instance.join(&scheduler).await?;
+    let instance = Arc::new(instance);
 
     let verifier = match plan.keys.split_first() {
         Some((first, rest)) => rest
@@ -572,6 +594,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         receiver: receiver.clone(),
         monitor,
         outbox: outbox.as_ref().map(|(worker, _)| worker.clone()),
+        instance: instance.clone(),
     };
     let app = Router::new()
         .route("/health", get(health))
@@ -586,6 +609,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
     for s in &plan.streams {
         scheduler.register(s.clone());
     }
+    instance.refresh().await;
     info!(
         listen = %addr,
         streams = plan.streams.len(),
@@ -594,6 +618,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         poll_interval_ms = plan.scheduler.poll_interval.map(|d| d.as_millis() as u64),
         max_concurrent_runs = plan.scheduler.max_concurrent_runs,
         rate_limit_per_minute = plan.rate_limit,
+        instance = %instance.id,
         "serving"
     );
     {
@@ -620,6 +645,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode> {
         }
     }
     scheduler.shutdown().await;
+    instance.leave().await;
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "the HTTP server ended with an error"),

@@ -127,5 +127,10 @@ pub fn describe_run(run: &RunSummary) -> String {
         None if run.full => ", full".to_string(),
         None => String::new(),
     };
-    format!("{} ({secs:.2} s{full}) {what}", run.started_at)
+    let by = if run.instance.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", run.instance)
+    };
+    format!("{} ({secs:.2} s{full}{by}) {what}", run.started_at)
 }

@@ -137,7 +137,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
         .transpose()
         .context("--modified-after")?;
     let client = args.nango.client()?;
-    let sink = open_sink(&args.sink).await?;
+    let sink = open_writer_sink(&args.sink).await?;
     let engine = Engine::with_config(
         client,
         sink,
@@ -240,6 +240,16 @@ pub async fn open_sink(url: &str) -> Result<SharedSink> {
             anyhow::Error::new(e).context(format!("cannot open the store {shown}"))
         }
     })
+}
+
+/// Open the store as its writing process: a one-process store (SQLite, sled) that
+/// another process writes is refused at once, naming that process.
+pub async fn open_writer_sink(url: &str) -> Result<SharedSink> {
+    let sink = open_sink(url).await?;
+    sink::DynRecordSink::claim_writer(&*sink)
+        .await
+        .with_context(|| format!("cannot write to the store {}", nango_sync::redact_url(url)))?;
+    Ok(sink)
 }
 
 /// For a damaged store: what to do about it (empty for other errors).

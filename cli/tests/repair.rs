@@ -544,7 +544,10 @@ mod postgres {
                 "commit_seq",
                 "consumers",
                 "feed_commits",
+                "instances",
+                "leases",
                 "outbox",
+                "rate_windows",
                 "runs",
                 "schema_migrations",
                 "streams"

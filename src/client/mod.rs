@@ -42,7 +42,7 @@ mod sync_status;
 pub mod syncs;
 
 pub use actions::{ActionRequest, ActionWakeups, AsyncAction, WaitOptions};
-pub use budget::RateBudget;
+pub use budget::{RateBudget, RateLedger, RateObservation};
 pub use connections::{Connection, ConnectionsQuery};
 pub use proxy::{ProxyRequest, ProxyResponse};
 pub use prune::PruneOutcome;
@@ -368,6 +368,13 @@ impl NangoClient {
                     self.inner.http.get(url.clone()).headers(headers.clone()),
                 )
                 .await?;
+            // Nango's own limit, stated on its records answers (not on the proxy's,
+            // whose headers may be the provider's).
+            if let Some(budget) = &self.inner.budget
+                && let Some(o) = RateObservation::from_headers(resp.headers())
+            {
+                budget.observe(o);
+            }
             let body = self.read_json_body(&describe, resp).await?;
             Page::parse(&body).map_err(|e| {
                 if e.is_truncated() {

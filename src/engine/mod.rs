@@ -46,6 +46,8 @@
 //! Other streams of [`Engine::sync_all`] go on. Record size is not limited by the engine:
 //! a page is held in memory whole, so memory is bounded by Nango's response size.
 
+#[cfg(all(feature = "postgres", feature = "webhook"))]
+pub mod cluster;
 mod operations;
 pub mod outbox;
 #[cfg(feature = "webhook")]
@@ -107,6 +109,9 @@ pub struct EngineConfig {
     /// [`repair`](crate::repair) included. A failed prune is logged, never an error of
     /// the run.
     pub prune_after_run: bool,
+    /// The name of this instance, recorded with each run in the run history (empty by
+    /// default; a run holding a lease records the lease's instance).
+    pub instance: String,
 }
 
 impl Default for EngineConfig {
@@ -119,6 +124,7 @@ impl Default for EngineConfig {
             run_history: DEFAULT_RUN_HISTORY,
             count_check: CountCheckConfig::default(),
             prune_after_run: false,
+            instance: String::new(),
         }
     }
 }
@@ -192,6 +198,11 @@ pub struct SyncOptions {
     /// Why the run is a full re-read, when [`SyncOptions::full`] is set (default:
     /// [`FullReadReason::Requested`]); kept in the run's summary.
     pub full_reason: Option<FullReadReason>,
+    /// The lease this run holds on the stream, when several instances share the store
+    /// ([`crate::sink::lease`]): every commit of the run carries it, and a commit the
+    /// store refuses ([`Error::LeaseLost`]) ends the run, unrecorded in the history
+    /// (the stream's new holder records its own runs).
+    pub fence: Option<crate::sink::lease::Fence>,
 }
 
 impl std::fmt::Debug for SyncOptions {
@@ -201,6 +212,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("modified_after", &self.modified_after)
             .field("page_size", &self.page_size)
             .field("full_reason", &self.full_reason)
+            .field("fence", &self.fence)
             .finish_non_exhaustive()
     }
 }
@@ -386,7 +398,10 @@ impl Engine {
                 .await;
             let mut summary = RunSummary {
                 id: run_id,
-                instance: String::new(),
+                instance: options
+                    .fence
+                    .as_ref()
+                    .map_or_else(|| self.config.instance.clone(), |f| f.instance.to_string()),
                 started_at,
                 finished_at: Timestamp::now(),
                 outcome: RunOutcome::Ok,
@@ -430,7 +445,11 @@ impl Engine {
                     && !self.repaired_recently(stream).await;
                 summary.count_check = Some(check);
             }
-            if let Err(e) = self
+            // A run fenced off by the stream's new holder leaves the history to it.
+            let fenced = matches!(&result, Err(e) if e.is_lease_lost());
+            if fenced {
+                warn!(stream = %stream, run_id = %run_id, "the stream's lease was lost: the run stops, another instance runs the stream");
+            } else if let Err(e) = self
                 .sink
                 .record_run(stream, &summary, self.config.run_history)
                 .await
@@ -526,6 +545,7 @@ impl Engine {
                     stop.as_mut(),
                     &mut report,
                     track,
+                    options.fence.as_ref(),
                 )
                 .await?;
             if stopped {
@@ -613,6 +633,7 @@ impl Engine {
                         page.records,
                     );
                     commit.full_read = full_read;
+                    commit.fence = options.fence.clone();
                     let out = self.commit(commit).await?;
                     if let Some(t) = page_track.high_water_mark {
                         track.saw_instant(t);
@@ -730,6 +751,7 @@ impl Engine {
         mut stop: Pin<&mut (impl Future<Output = ()> + Send)>,
         report: &mut RunReport,
         track: &mut RunTrack,
+        fence: Option<&crate::sink::lease::Fence>,
     ) -> Result<bool> {
         let window_micros = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
         // Nango compares at millisecond precision and refuses instants older than
@@ -762,12 +784,13 @@ impl Engine {
                 let mut page_track = RunTrack::default();
                 page_track.saw(&page.records);
                 // The cursor stays where it is: expected == new cursor.
-                let commit = Commit::new(
+                let mut commit = Commit::new(
                     stream.clone(),
                     state.cursor.clone(),
                     state.cursor.clone(),
                     page.records,
                 );
+                commit.fence = fence.cloned();
                 let out = self.commit(commit).await?;
                 if let Some(t) = page_track.high_water_mark {
                     track.saw_instant(t);

@@ -234,8 +234,12 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// Woken by `async_action` webhooks.
     wakeups: ActionWakeups,
+    /// Among several instances: which streams run here (`scheduler/ownership.rs`).
+    ownership: Mutex<Option<Arc<dyn Ownership>>>,
 }
 
+mod ownership;
+pub use ownership::Ownership;
 mod writeback;
 
 impl std::fmt::Debug for Scheduler {
@@ -298,6 +302,7 @@ impl Scheduler {
                 next_run_seq: AtomicU64::new(0),
                 clock,
                 wakeups: ActionWakeups::new(),
+                ownership: Mutex::new(None),
             }),
         }
     }
@@ -359,18 +364,17 @@ impl Scheduler {
 
     /// Ask for a run of `stream` (a full re-read when `full`). A trigger while the stream
     /// runs or already waits to run is merged into one follow-up run (a full request
-    /// makes that run full). Returns `false` when the stream is not registered.
+    /// makes that run full). Among several instances ([`Scheduler::set_ownership`]), a
+    /// trigger for a stream another instance holds is passed on to it. Returns `false`
+    /// when the stream is not registered.
     pub fn trigger(&self, stream: &StreamKey, full: bool) -> bool {
-        let Some(slot) = self.slot(stream) else {
-            return false;
-        };
-        let coalesced = slot.mark(full);
-        let mut stats = slot.stats();
-        stats.triggers += 1;
-        if coalesced {
-            stats.triggers_coalesced += 1;
+        if let Some(o) = self.ownership()
+            && self.is_registered(stream)
+            && o.fence(stream).is_none()
+        {
+            o.pass_on(stream, full);
         }
-        true
+        self.trigger_here(stream, full)
     }
 
     /// Whether `stream` is registered.
@@ -598,6 +602,16 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
         let Some((full, hint)) = slot.take() else {
             continue;
         };
+        // Among several instances, only the stream's lease holder runs it (polls too).
+        let fence = match ownership::gate(&inner, &stream) {
+            ownership::Gate::Run(fence) => fence,
+            ownership::Gate::Elsewhere => {
+                slot.stats().pending = slot.is_due();
+                debug!("run due, but another instance holds the stream: not run here");
+                poll_at = next_poll(&inner);
+                continue;
+            }
+        };
         let periodic = !full && monitor::periodic_full_due(&inner, &stream, &slot).await;
         let seq = inner.next_run_seq.fetch_add(1, Ordering::Relaxed);
         {
@@ -609,6 +623,7 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
         let options = SyncOptions {
             full: full || periodic,
             full_reason: periodic.then_some(crate::sink::FullReadReason::Periodic),
+            fence: fence.clone(),
             ..SyncOptions::default()
         };
         debug!(run = seq, full, "run starts");
@@ -616,6 +631,7 @@ async fn worker(inner: Arc<Inner>, stream: StreamKey, slot: Arc<Slot>) {
             .engine
             .sync_until(&stream, &options, stopped(inner.stop.subscribe()))
             .await;
+        ownership::ended(&inner, &stream, fence.as_ref());
         drop(permit);
         let mut stats = slot.stats();
         stats.runs_finished += 1;

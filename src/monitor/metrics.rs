@@ -26,6 +26,9 @@
 //! | `nango_sync_rate_budget_wait_seconds` | histogram | – | how long each of those requests waited |
 //! | `nango_sync_outbox_deliveries_total` | counter | `outcome` (`done`, `retry`, `failed`, `lost`) | outbox attempts settled by the worker (`lost`: its lease ran out first) |
 //! | `nango_sync_outbox_items` | gauge | `state` (`pending`, `running`, `done`, `failed`) | the store's outbox items per state (set by [`record_outbox_counts`], which `serve` calls on each scrape) |
+//! | `nango_sync_leases_held` | gauge | – | streams whose lease this instance holds (several instances on PostgreSQL) |
+//! | `nango_sync_lease_changes_total` | counter | `change` (`taken`, `released`, `lost`) | leases this instance took, released to their assigned instance, or failed to renew |
+//! | `nango_sync_triggers_passed_on_total` | counter | – | triggers (webhooks) for streams another instance holds, passed on to it |
 //!
 //! [`describe`] registers the descriptions and units with the installed recorder.
 
@@ -68,6 +71,13 @@ pub const RATE_BUDGET_WAIT_SECONDS: &str = "nango_sync_rate_budget_wait_seconds"
 pub const OUTBOX_DELIVERIES: &str = "nango_sync_outbox_deliveries_total";
 /// The store's outbox items per state.
 pub const OUTBOX_ITEMS: &str = "nango_sync_outbox_items";
+
+/// Streams whose lease this instance holds.
+pub const LEASES_HELD: &str = "nango_sync_leases_held";
+/// Leases taken, released or lost by this instance, by change.
+pub const LEASE_CHANGES: &str = "nango_sync_lease_changes_total";
+/// Triggers passed on to the instance holding the stream.
+pub const TRIGGERS_PASSED_ON: &str = "nango_sync_triggers_passed_on_total";
 
 /// Set the [`OUTBOX_ITEMS`] gauges from a store's counts.
 pub fn record_outbox_counts(counts: &crate::sink::outbox::OutboxCounts) {
@@ -159,6 +169,20 @@ pub fn describe() {
         "Outbox attempts settled by the worker, by outcome (done, retry, failed, lost)."
     );
     describe_gauge!(OUTBOX_ITEMS, "The store's outbox items, by state.");
+    describe_gauge!(
+        LEASES_HELD,
+        "Streams whose lease this instance holds (several instances on one PostgreSQL store)."
+    );
+    describe_counter!(
+        LEASE_CHANGES,
+        Unit::Count,
+        "Leases this instance took, released to the instance they are assigned to, or lost."
+    );
+    describe_counter!(
+        TRIGGERS_PASSED_ON,
+        Unit::Count,
+        "Triggers for streams another instance holds, passed on to it."
+    );
 }
 
 /// The labels of a stream.

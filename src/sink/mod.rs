@@ -43,8 +43,11 @@ use outbox::{
 
 pub mod commit;
 mod history;
+pub mod lease;
 pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
 pub mod outbox;
+#[cfg(any(feature = "sqlite", feature = "sled"))]
+pub(crate) mod process_lock;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -109,6 +112,12 @@ pub struct Commit {
     pub full_read: Option<FullRead>,
     /// The time recorded as `deleted_at` of records a completing full re-read sweeps.
     pub now: Timestamp,
+    /// The lease the committing instance holds on the stream, when several instances
+    /// share the store ([`lease`]): the store checks it inside the commit's transaction
+    /// and refuses the commit with [`Error::LeaseLost`] when it is no longer held.
+    /// `None` (the default) commits unchecked; stores only one process writes (memory,
+    /// SQLite, sled) have no leases and ignore it.
+    pub fence: Option<lease::Fence>,
 }
 
 impl Commit {
@@ -126,6 +135,7 @@ impl Commit {
             records: records.into(),
             full_read: None,
             now: Timestamp::now(),
+            fence: None,
         }
     }
 }
@@ -664,6 +674,20 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
     /// Remove the done and failed items that finished before `finished_before`; returns
     /// how many. Their idempotency keys can be used again.
     fn outbox_purge(&self, finished_before: Timestamp) -> impl Future<Output = Result<u64>> + Send;
+
+    // Writers: one-process stores (SQLite, sled) admit one writing process at a time
+    // (a lock file next to the store naming its holder); stores that several processes
+    // share (PostgreSQL, memory) admit any.
+
+    /// Become the store's writing process, or fail naming the process that is (SQLite,
+    /// sled: a second process is refused with an error naming the holder's pid; the
+    /// lock is the operating system's, released when the holder ends in any way).
+    /// Idempotent; [`RecordSink::commit`] claims it too, so a syncing process holds it
+    /// from its first commit. Other processes may still read, consume the change feed
+    /// and enqueue actions. The default claims nothing.
+    fn claim_writer(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A boxed future, for [`DynRecordSink`].
@@ -750,6 +774,8 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
     fn outbox_list<'a>(&'a self, query: &'a OutboxQuery) -> BoxFuture<'a, Result<Vec<OutboxItem>>>;
     fn outbox_counts(&self) -> BoxFuture<'_, Result<OutboxCounts>>;
     fn outbox_purge(&self, finished_before: Timestamp) -> BoxFuture<'_, Result<u64>>;
+    // Writers.
+    fn claim_writer(&self) -> BoxFuture<'_, Result<()>>;
 }
 
 impl<T: RecordSink> DynRecordSink for T {
@@ -887,6 +913,10 @@ impl<T: RecordSink> DynRecordSink for T {
     fn outbox_purge(&self, finished_before: Timestamp) -> BoxFuture<'_, Result<u64>> {
         Box::pin(RecordSink::outbox_purge(self, finished_before))
     }
+    // Writers.
+    fn claim_writer(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(RecordSink::claim_writer(self))
+    }
 }
 
 /// A store chosen at run time.
@@ -989,6 +1019,11 @@ impl RecordSink for SharedSink {
     }
     async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
         DynRecordSink::outbox_purge(&**self, finished_before).await
+    }
+
+    // Writers.
+    async fn claim_writer(&self) -> Result<()> {
+        DynRecordSink::claim_writer(&**self).await
     }
 }
 

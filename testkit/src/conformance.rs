@@ -839,6 +839,7 @@ async fn page<S: RecordSink>(store: &S, stream: &StreamKey, records: Vec<Record>
         records: records.into(),
         full_read: None,
         now: ts(1_000_000),
+        fence: None,
     }
 }
 

@@ -117,12 +117,14 @@ mod apply;
 mod error;
 mod feed;
 mod history;
+mod lease;
 mod options;
 mod outbox;
 mod rows;
 mod schema;
 
 use error::classify;
+pub use lease::TriggerMessage;
 pub use options::{DEFAULT_SCHEMA, PostgresOptions};
 use rows::{record_from_row, state_from_row, status_from_row, stream_hash};
 use schema::Statements;
@@ -271,29 +273,11 @@ impl RecordSink for PostgresStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
-        let mut tx = self.begin().await?;
-        let applied = match self.apply(&mut tx, &commit).await {
-            // A commit that changed records is announced to listeners when it commits.
-            Ok(outcome) if outcome.counts.changed() > 0 => {
-                self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
-            }
-            other => other,
-        };
-        match applied {
-            Ok(outcome) => {
-                tx.commit().await.map_err(|e| classify("commit", e))?;
-                if outcome.counts.changed() > 0 {
-                    self.feed.signal.committed(outcome.seq);
-                }
-                Ok(outcome)
-            }
-            Err(e) => {
-                // Dropping the transaction would roll it back too; doing it here returns
-                // the connection to the pool clean.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        let result = self.commit_in_tx(&commit).await;
+        // A leased commit that failed for any reason is refused as such when its lease
+        // is lost (for example a holder paused inside the commit loses its session when
+        // its lease runs out: `lease.rs`).
+        self.fenced(&commit, result).await
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -439,6 +423,41 @@ impl RecordSink for PostgresStore {
 
     async fn outbox_purge(&self, finished_before: Timestamp) -> Result<u64> {
         self.outbox_purge_impl(finished_before).await
+    }
+}
+
+impl PostgresStore {
+    /// A commit in one transaction (see the module documentation).
+    async fn commit_in_tx(&self, commit: &Commit) -> Result<CommitOutcome> {
+        let mut tx = self.begin().await?;
+        // A leased commit is refused before anything is written when its lease is lost
+        // (`lease.rs`).
+        let applied = match self.check_fence(&mut tx, commit).await {
+            Ok(()) => self.apply(&mut tx, commit).await,
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
+            // A commit that changed records is announced to listeners when it commits.
+            Ok(outcome) if outcome.counts.changed() > 0 => {
+                self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
+            }
+            other => other,
+        };
+        match applied {
+            Ok(outcome) => {
+                tx.commit().await.map_err(|e| classify("commit", e))?;
+                if outcome.counts.changed() > 0 {
+                    self.feed.signal.committed(outcome.seq);
+                }
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Dropping the transaction would roll it back too; doing it here returns
+                // the connection to the pool clean.
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
     }
 }
 

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "feed_per_commit",
         include_str!("migrations/0005_feed_per_commit.sql"),
     ),
+    (
+        6,
+        "instances",
+        include_str!("migrations/0006_instances.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -186,6 +191,14 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
             "SELECT {} FROM {quoted}.outbox LIMIT 0",
             super::outbox::COLUMNS
         ),
+        format!(
+            "SELECT instance_id, started_at, heartbeat_at, expires_at FROM {quoted}.instances LIMIT 0"
+        ),
+        format!(
+            "SELECT key_hash, integration, connection, model, variant, holder, token, acquired_at, \
+               expires_at FROM {quoted}.leases LIMIT 0"
+        ),
+        format!("SELECT account, window_reset, used FROM {quoted}.rate_windows LIMIT 0"),
     ];
     for sql in probes {
         sqlx::query(AssertSqlSafe(sql))

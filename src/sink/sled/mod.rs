@@ -116,6 +116,7 @@ mod outbox;
 mod recovery;
 mod rows;
 mod schema;
+mod writer;
 
 pub use check::StoreCheck;
 use error::{corrupt, lock_held, sled_err, sled_error, task_err};
@@ -150,6 +151,8 @@ struct Shared {
     recovery: Option<Recovery>,
     /// Wakes subscribers after each commit that changed records.
     signal: CommitSignal,
+    /// The directory's lock file, naming this process (`writer.rs`).
+    _writer_lock: Arc<crate::sink::process_lock::ProcessLock>,
 }
 
 struct Inner {
@@ -183,10 +186,11 @@ impl SledStore {
         let path = path.as_ref().to_path_buf();
         let faults = options.faults.clone();
         let (p, o) = (path.clone(), options.clone());
-        let (inner, recovery, last_seq) = tokio::task::spawn_blocking(move || {
+        let (inner, recovery, last_seq, writer_lock) = tokio::task::spawn_blocking(move || {
+            let writer_lock = writer::acquire(&p, o.lock_wait())?;
             let (inner, recovery) = Inner::open(&p, &o)?;
             let last_seq = inner.last_seq()?;
-            Ok::<_, Error>((inner, recovery, last_seq))
+            Ok::<_, Error>((inner, recovery, last_seq, writer_lock))
         })
         .await
         .map_err(|e| Error::store(BACKEND, "open", false, format!("open task failed: {e}")))??;
@@ -198,6 +202,7 @@ impl SledStore {
                 writes: AtomicU64::new(0),
                 recovery,
                 signal: CommitSignal::new(last_seq),
+                _writer_lock: writer_lock,
             }),
             faults,
         })

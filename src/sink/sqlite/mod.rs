@@ -66,6 +66,7 @@ mod options;
 mod outbox;
 mod rows;
 mod schema;
+mod writer;
 
 use error::{sql_err, task_err};
 pub use options::SqliteOptions;
@@ -80,6 +81,8 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     options: SqliteOptions,
     feed: Arc<feed::FeedState>,
+    /// The writer lock, once this handle has written (`writer.rs`).
+    writer_lock: std::sync::OnceLock<Arc<crate::sink::process_lock::ProcessLock>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -120,6 +123,7 @@ impl SqliteStore {
             readers: Arc::default(),
             options,
             feed: Arc::new(feed::FeedState::new(last_seq)),
+            writer_lock: std::sync::OnceLock::new(),
         })
     }
 
@@ -267,6 +271,7 @@ impl RecordSink for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
+        self.claim().await?;
         let outcome = self
             .write("commit", move |c, faults| apply::commit(c, faults, commit))
             .await?;
@@ -457,6 +462,11 @@ impl RecordSink for SqliteStore {
             outbox::purge(c, finished_before)
         })
         .await
+    }
+
+    // Writers (`writer.rs`).
+    async fn claim_writer(&self) -> Result<()> {
+        self.claim().await
     }
 }
 

@@ -315,6 +315,25 @@ async fn records(shared: &Shared, raw_query: &str, headers: &HeaderMap) -> Respo
     if let Some(r) = content_type_check(headers) {
         return r;
     }
+    // The account's request limit (off unless set), after authentication as in Nango.
+    if auth(shared, headers).is_none() {
+        let decision = shared.rate.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(d) = decision {
+            let mut resp = match d.retry_after {
+                Some(after) => rate_limited(after),
+                None => Box::pin(records_unlimited(shared, raw_query, headers)).await,
+            };
+            let h = resp.headers_mut();
+            h.insert("X-RateLimit-Limit", HeaderValue::from(d.limit));
+            h.insert("X-RateLimit-Remaining", HeaderValue::from(d.remaining));
+            h.insert("X-RateLimit-Reset", HeaderValue::from(d.reset));
+            return resp;
+        }
+    }
+    records_unlimited(shared, raw_query, headers).await
+}
+
+async fn records_unlimited(shared: &Shared, raw_query: &str, headers: &HeaderMap) -> Response {
     let mut short_cap = None;
     let mut body_fault = None;
     let mut extra_record = None;

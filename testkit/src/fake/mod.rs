@@ -137,6 +137,7 @@ mod http;
 mod json;
 mod late;
 mod query;
+mod rate_limit;
 mod state;
 mod sync_status;
 mod webhooks;
@@ -302,6 +303,8 @@ pub(crate) struct Shared {
     /// The sync states tests set for `GET /sync/status` (`sync_status.rs`).
     pub(crate) sync_states: Mutex<sync_status::SyncStates>,
     pub(crate) writeback: writeback::Writeback,
+    /// The request limit per account (`rate_limit.rs`).
+    pub(crate) rate: Mutex<rate_limit::RateLimiter>,
 }
 
 impl Shared {
@@ -535,6 +538,7 @@ impl FakeNango {
             webhooks: webhooks::Webhooks::default(),
             sync_states: Mutex::default(),
             writeback: writeback::Writeback::default(),
+            rate: Mutex::default(),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = http::router(shared.clone());
@@ -668,6 +672,28 @@ impl FakeNango {
     /// Set or remove the response byte budget.
     pub fn set_max_response_bytes(&self, budget: Option<usize>) {
         *self.shared.budget.lock().unwrap_or_else(|e| e.into_inner()) = budget;
+    }
+
+    /// Limit `/records` requests to `per_minute` per 60-second window, as Nango limits an
+    /// account (Free 200, Starter 1,000, Growth 2,000): every answer carries
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`, and requests
+    /// beyond the limit are answered 429 with `Retry-After` (whole seconds, can be 0).
+    /// `None` (the default) turns it off: no limit and no headers.
+    pub fn set_rate_limit(&self, per_minute: Option<u32>) {
+        self.shared
+            .rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_limit(per_minute);
+    }
+
+    /// How many `/records` requests the rate limit refused with 429 so far.
+    pub fn rate_limited_requests(&self) -> u64 {
+        self.shared
+            .rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .rejected()
     }
 
     /// Every record of the stream, deleted ones included, in stream order.
