@@ -6,27 +6,34 @@
 //!
 //! 1. **fetch ceiling**: the client pages through every record (HTTP + page parsing)
 //!    and discards the pages;
-//! 2. **store ceiling**: the store commits the same pages with no HTTP and no engine in
+//! 2. **raw ceiling**: the plainest fastest write of the same pages and cursor that the
+//!    backend allows (no merge, no lookups: see [`crate::bench_raw`]), timed like the
+//!    store ceiling;
+//! 3. **store ceiling**: the store commits the same pages with no HTTP and no engine in
 //!    the timed part (each page is fetched first, untimed, then its commit is timed;
 //!    commits are the ones the engine would make: records + cursor, one per page);
-//! 3. **engine**: a full `sync` of the same data into a fresh store.
+//! 4. **engine**: a full `sync` of the same data into a fresh store.
 //!
-//! Then every record changes upstream (a new payload revision), and 1–3 run again as
-//! the **update** pass (the store ceiling and the engine both update stores holding the
-//! first pass). Then a **no-change** incremental run counts its HTTP requests.
+//! Each round reports `store / raw` (how close the store's write path is to its
+//! database's best) and `engine / min(fetch, store)` (how close the engine is to the
+//! slower of its two ceilings).
+//!
+//! Then every record changes upstream (a new payload revision), and 1–4 run again as
+//! the **update** pass (the raw ceiling, the store ceiling and the engine each update
+//! the store holding their first pass). Then a **no-change** incremental run counts its HTTP requests.
 //! Last, the **feed read** reads the engine store's whole change feed (one change per
 //! record, in batches of 1,000) and, 20 times, the changes of its last commit only (a
 //! read of the newest changes: its cost does not grow with the store).
 //!
 //! # Fresh stores
 //!
-//! The ceiling and the engine each get a store of their own, derived from `--sink` and
-//! replaced at the start:
-//! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-ceiling.EXT` and `DIR/NAME-engine.EXT`
-//!   (with their `-wal`/`-shm` files);
-//! - `sled://DIR` → `DIR-ceiling` and `DIR-engine`;
-//! - `postgres://...[?schema=S]` → schemas `S_ceiling` and `S_engine` (`S` defaults to
-//!   `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
+//! The raw ceiling, the store ceiling and the engine each get a store of their own,
+//! derived from `--sink` and replaced at the start:
+//! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-raw.EXT`, `DIR/NAME-ceiling.EXT` and
+//!   `DIR/NAME-engine.EXT` (with their `-wal`/`-shm` files);
+//! - `sled://DIR` → `DIR-raw`, `DIR-ceiling` and `DIR-engine`;
+//! - `postgres://...[?schema=S]` → schemas `S_raw`, `S_ceiling` and `S_engine` (`S`
+//!   defaults to `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
 //!
 //! They are removed at the end unless `--keep`.
 //!
@@ -61,6 +68,8 @@ use nango_sync::engine::EngineConfig;
 use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
 use nango_sync::{Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, StreamKey, SyncOptions};
 use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
+
+use crate::bench_raw::RawStore;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -142,29 +151,30 @@ impl Pass {
     }
 }
 
-/// The fetch, store and engine passes over one version of the data.
+/// The fetch, raw, store and engine passes over one version of the data.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Round {
     fetch: Pass,
+    raw: Pass,
     store: Pass,
     engine: Pass,
+    /// store / raw.
+    store_ratio: f64,
     /// engine / min(fetch, store).
     ratio: f64,
 }
 
 impl Round {
-    fn new(fetch: Pass, store: Pass, engine: Pass) -> Self {
+    fn new(fetch: Pass, raw: Pass, store: Pass, engine: Pass) -> Self {
+        let over = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         let ceiling = fetch.records_per_second.min(store.records_per_second);
-        let ratio = if ceiling > 0.0 {
-            engine.records_per_second / ceiling
-        } else {
-            0.0
-        };
         Round {
+            store_ratio: over(store.records_per_second, raw.records_per_second),
+            ratio: over(engine.records_per_second, ceiling),
             fetch,
+            raw,
             store,
             engine,
-            ratio,
         }
     }
 }
@@ -249,11 +259,31 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     // Pass 1: fresh.
     progress("fresh: fetch ceiling");
     let (fetch_fresh, bytes) = fetch_ceiling(&client, &stream, page_size).await?;
-    progress("fresh: store ceiling");
     targets.reset().await?;
+    progress("fresh: raw ceiling");
+    let mut raw = RawStore::open(&targets.raw, true).await?;
+    let (raw_fresh, raw_cursor) = store_ceiling(
+        &client,
+        Writer::Raw(&mut raw),
+        &stream,
+        page_size,
+        None,
+        true,
+    )
+    .await?;
+    // Closed between passes: an open raw store would count in the engine's memory.
+    drop(raw);
+    progress("fresh: store ceiling");
     let ceiling_sink = sink::open(&targets.ceiling).await?;
-    let (store_fresh, ceiling_cursor) =
-        store_ceiling(&client, &ceiling_sink, &stream, page_size, None, true).await?;
+    let (store_fresh, ceiling_cursor) = store_ceiling(
+        &client,
+        Writer::Sink(&ceiling_sink),
+        &stream,
+        page_size,
+        None,
+        true,
+    )
+    .await?;
     drop(ceiling_sink);
     progress("fresh: engine");
     let engine_sink = sink::open(&targets.engine).await?;
@@ -271,11 +301,23 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     ));
     progress("update: fetch ceiling");
     let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
+    progress("update: raw ceiling");
+    let mut raw = RawStore::open(&targets.raw, false).await?;
+    let (raw_update, _) = store_ceiling(
+        &client,
+        Writer::Raw(&mut raw),
+        &stream,
+        page_size,
+        raw_cursor,
+        false,
+    )
+    .await?;
+    drop(raw);
     progress("update: store ceiling");
     let ceiling_sink = sink::open(&targets.ceiling).await?;
     let (store_update, _) = store_ceiling(
         &client,
-        &ceiling_sink,
+        Writer::Sink(&ceiling_sink),
         &stream,
         page_size,
         ceiling_cursor,
@@ -326,8 +368,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         records: args.records,
         page_size,
         record_bytes_avg: bytes / (args.records as u64).max(1),
-        fresh: Round::new(fetch_fresh, store_fresh, engine_fresh),
-        update: Round::new(fetch_update, store_update, engine_update),
+        fresh: Round::new(fetch_fresh, raw_fresh, store_fresh, engine_fresh),
+        update: Round::new(fetch_update, raw_update, store_update, engine_update),
         no_change,
         feed,
         peak_rss_mb: peak,
@@ -413,11 +455,17 @@ async fn fetch_ceiling(
     Ok((pass, bytes))
 }
 
+/// Where [`store_ceiling`] writes: a store, or the raw ceiling's plain tables.
+enum Writer<'a> {
+    Sink(&'a SharedSink),
+    Raw(&'a mut RawStore),
+}
+
 /// Fetch each page (untimed), then commit it (timed): the store's write path alone.
 /// `full`: the commits of a first sync (a full read stamping generation 1).
 async fn store_ceiling(
     client: &NangoClient,
-    sink: &SharedSink,
+    mut writer: Writer<'_>,
     stream: &StreamKey,
     page_size: u32,
     mut expected: Option<Cursor>,
@@ -439,19 +487,29 @@ async fn store_ceiling(
         let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
         next = page.next_cursor;
         records += page.records.len() as u64;
-        let mut commit = Commit::new(
-            stream.clone(),
-            expected.clone(),
-            cursor.clone(),
-            page.records,
-        );
-        commit.full_read = full.then_some(FullRead {
-            generation: 1,
-            complete: last,
-        });
-        let began = Instant::now();
-        let cpu_began = cpu::seconds();
-        sink.commit(commit).await?;
+        let (began, cpu_began) = match &mut writer {
+            Writer::Sink(sink) => {
+                let mut commit = Commit::new(
+                    stream.clone(),
+                    expected.clone(),
+                    cursor.clone(),
+                    page.records,
+                );
+                commit.full_read = full.then_some(FullRead {
+                    generation: 1,
+                    complete: last,
+                });
+                let (began, cpu_began) = (Instant::now(), cpu::seconds());
+                sink.commit(commit).await?;
+                (began, cpu_began)
+            }
+            Writer::Raw(raw) => {
+                let (began, cpu_began) = (Instant::now(), cpu::seconds());
+                raw.write(&page.records, cursor.as_ref().map(Cursor::as_str))
+                    .await?;
+                (began, cpu_began)
+            }
+        };
         commits.push(began.elapsed());
         if let Some(c) = cpu::since(cpu_began) {
             *cpu.get_or_insert(0.0) += c;
@@ -494,8 +552,10 @@ async fn engine_pass(engine: &Engine, stream: &StreamKey) -> Result<Pass> {
     Ok(pass)
 }
 
-/// The stores written by a bench: one for the store ceiling, one for the engine.
+/// The stores written by a bench: one for the raw ceiling, one for the store ceiling,
+/// one for the engine.
 struct Targets {
+    raw: String,
     ceiling: String,
     engine: String,
     kind: Kind,
@@ -526,14 +586,15 @@ impl Targets {
                     };
                     path.with_file_name(file)
                 };
-                let (c, e) = (name("ceiling"), name("engine"));
+                let (r, c, e) = (name("raw"), name("ceiling"), name("engine"));
                 let mut files = Vec::new();
-                for p in [&c, &e] {
+                for p in [&r, &c, &e] {
                     for tail in ["", "-wal", "-shm"] {
                         files.push(PathBuf::from(format!("{}{tail}", p.display())));
                     }
                 }
                 Ok(Targets {
+                    raw: format!("sqlite://{}", r.display()),
                     ceiling: format!("sqlite://{}", c.display()),
                     engine: format!("sqlite://{}", e.display()),
                     kind: Kind::Files(files),
@@ -541,11 +602,12 @@ impl Targets {
             }
             SinkUrl::Sled(path) => {
                 let name = |suffix: &str| PathBuf::from(format!("{}-{suffix}", path.display()));
-                let (c, e) = (name("ceiling"), name("engine"));
+                let (r, c, e) = (name("raw"), name("ceiling"), name("engine"));
                 Ok(Targets {
+                    raw: format!("sled://{}", r.display()),
                     ceiling: format!("sled://{}", c.display()),
                     engine: format!("sled://{}", e.display()),
-                    kind: Kind::Dirs(vec![c, e]),
+                    kind: Kind::Dirs(vec![r, c, e]),
                 })
             }
             SinkUrl::Postgres(_) => {
@@ -556,11 +618,16 @@ impl Targets {
                     format!("{base}{sep}schema={schema}_{suffix}")
                 };
                 Ok(Targets {
+                    raw: with("raw"),
                     ceiling: with("ceiling"),
                     engine: with("engine"),
                     kind: Kind::Schemas {
                         url: base.clone(),
-                        schemas: vec![format!("{schema}_ceiling"), format!("{schema}_engine")],
+                        schemas: vec![
+                            format!("{schema}_raw"),
+                            format!("{schema}_ceiling"),
+                            format!("{schema}_engine"),
+                        ],
                     },
                 })
             }
@@ -638,6 +705,7 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
         writeln!(out, "{name}:")?;
         for (what, p) in [
             ("fetch ceiling", &round.fetch),
+            ("raw ceiling", &round.raw),
             ("store ceiling", &round.store),
             ("engine", &round.engine),
         ] {
@@ -653,7 +721,11 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
                 mb(p.baseline_rss_mb),
             )?;
         }
-        writeln!(out, "  engine / min(fetch, store) = {:.2}", round.ratio)?;
+        writeln!(
+            out,
+            "  store / raw = {:.2}   engine / min(fetch, store) = {:.2}",
+            round.store_ratio, round.ratio
+        )?;
     }
     writeln!(
         out,

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 
 mod action;
 mod bench;
+mod bench_raw;
 mod changes;
 mod demo;
 mod dev_server;
