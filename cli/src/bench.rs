@@ -25,6 +25,15 @@
 //! record, in batches of 1,000) and, 20 times, the changes of its last commit only (a
 //! read of the newest changes: its cost does not grow with the store).
 //!
+//! # Against a real upstream
+//!
+//! With `--upstream URL` (and `--integration`, `--connection`, `--model`, the secret key
+//! from `NANGO_SECRET_KEY` or `--secret-key`), no fake runs: the fetch ceiling, the raw
+//! and store ceilings and the engine read that stream's records as they are, from that
+//! Nango (or a `dev-server` in another process), so the numbers are those of the
+//! user's own upstream and network. Nothing is written upstream, so there is no update
+//! pass; the no-change run counts the pages it fetched.
+//!
 //! # Fresh stores
 //!
 //! The raw ceiling, the store ceiling and the engine each get a store of their own,
@@ -66,7 +75,9 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use nango_sync::engine::EngineConfig;
 use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
-use nango_sync::{Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{
+    Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, SecretKey, StreamKey, SyncOptions,
+};
 use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
 
 use crate::bench_raw::RawStore;
@@ -100,6 +111,27 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure against this Nango (or a `dev-server` in another process) instead of an
+    /// in-process fake: the records of one existing stream, read as they are (no update
+    /// pass).
+    #[arg(long, value_name = "URL", requires_all = ["integration", "connection", "model"])]
+    upstream: Option<String>,
+    /// The environment's secret key, with `--upstream` (prefer the environment
+    /// variable: arguments are visible to other users of the machine).
+    #[arg(long, env = "NANGO_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// With `--upstream`: the stream's integration id.
+    #[arg(long, requires = "upstream")]
+    integration: Option<String>,
+    /// With `--upstream`: the stream's connection id.
+    #[arg(long, requires = "upstream")]
+    connection: Option<String>,
+    /// With `--upstream`: the stream's model.
+    #[arg(long, requires = "upstream")]
+    model: Option<String>,
+    /// With `--upstream`: the stream's variant (default: none).
+    #[arg(long, requires = "upstream")]
+    variant: Option<String>,
 }
 
 /// One measured pass.
@@ -182,11 +214,15 @@ impl Round {
 #[derive(Debug, serde::Serialize)]
 struct Report {
     backend: &'static str,
+    /// The upstream measured (`None`: the in-process fake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
     records: usize,
     page_size: u32,
     record_bytes_avg: u64,
     fresh: Round,
-    update: Round,
+    /// `None` with `--upstream`.
+    update: Option<Round>,
     no_change: NoChange,
     feed: FeedRead,
     peak_rss_mb: Option<f64>,
@@ -196,6 +232,7 @@ struct Report {
 #[derive(Debug, serde::Serialize)]
 struct NoChange {
     seconds: f64,
+    /// Requests the fake served; with `--upstream`, the pages the run fetched.
     http_requests: usize,
     streams: usize,
 }
@@ -225,30 +262,63 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         "--page-size must be between 1 and 10000"
     );
     let targets = Targets::derive(&args.sink)?;
-    let stream = StreamKey::new(STREAM.0, STREAM.1, STREAM.2);
     let progress = |msg: &str| {
         if !args.json {
             eprintln!("bench: {msg}");
         }
     };
 
-    let fake = FakeNango::start(FakeConfig {
-        seed: args.seed,
-        ..FakeConfig::default()
-    })
-    .await
-    .context("cannot start the in-process fake Nango")?;
-    let spec = GenerateSpec {
-        record_bytes: args.record_bytes,
-        ..GenerateSpec::new(args.records, 1000)
+    // The upstream: a fake in this process with generated records, or a real one.
+    let (fake, client, stream, spec) = match &args.upstream {
+        None => {
+            let stream = StreamKey::new(STREAM.0, STREAM.1, STREAM.2);
+            let fake = FakeNango::start(FakeConfig {
+                seed: args.seed,
+                ..FakeConfig::default()
+            })
+            .await
+            .context("cannot start the in-process fake Nango")?;
+            let spec = GenerateSpec {
+                record_bytes: args.record_bytes,
+                ..GenerateSpec::new(args.records, 1000)
+            };
+            progress(&format!("generating {} records", args.records));
+            drop(fake.generate_with(&stream, spec));
+            let client = NangoClient::builder()
+                .host(fake.url())
+                .secret_key(fake.secret_key())
+                .retry(RetryConfig::fast())
+                .build()?;
+            (Some(fake), client, stream, Some(spec))
+        }
+        Some(url) => {
+            let key = args
+                .secret_key
+                .clone()
+                .filter(|k| !k.trim().is_empty())
+                .context(
+                    "--upstream needs the secret key: set NANGO_SECRET_KEY or pass --secret-key",
+                )?;
+            let field = |v: &Option<String>, name: &str| {
+                v.clone()
+                    .with_context(|| format!("--upstream needs --{name}"))
+            };
+            let mut stream = StreamKey::new(
+                field(&args.integration, "integration")?,
+                field(&args.connection, "connection")?,
+                field(&args.model, "model")?,
+            );
+            if let Some(v) = &args.variant {
+                stream = stream.with_variant(v.as_str());
+            }
+            stream.validate()?;
+            let client = NangoClient::builder()
+                .host(url)
+                .secret_key(SecretKey::new(key))
+                .build()?;
+            (None, client, stream, None)
+        }
     };
-    progress(&format!("generating {} records", args.records));
-    drop(fake.generate_with(&stream, spec));
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()?;
     let defaults = EngineConfig::default();
     let config = EngineConfig {
         page_size,
@@ -259,6 +329,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     // Pass 1: fresh.
     progress("fresh: fetch ceiling");
     let (fetch_fresh, bytes) = fetch_ceiling(&client, &stream, page_size).await?;
+    ensure!(
+        fetch_fresh.records > 0,
+        "the stream {stream} has no records to measure"
+    );
     targets.reset().await?;
     progress("fresh: raw ceiling");
     let mut raw = RawStore::open(&targets.raw, true).await?;
@@ -289,87 +363,107 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let engine_sink = sink::open(&targets.engine).await?;
     let engine = Engine::with_config(client.clone(), engine_sink.clone(), config.clone());
     let engine_fresh = engine_pass(&engine, &stream).await?;
+    let fresh = Round::new(fetch_fresh, raw_fresh, store_fresh, engine_fresh);
 
-    // Pass 2: every record changes upstream.
-    progress("update: every record changes upstream");
-    drop(fake.regenerate(
-        &stream,
-        GenerateSpec {
-            revision: 1,
-            ..spec
-        },
-    ));
-    progress("update: fetch ceiling");
-    let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
-    progress("update: raw ceiling");
-    let mut raw = RawStore::open(&targets.raw, false).await?;
-    let (raw_update, _) = store_ceiling(
-        &client,
-        Writer::Raw(&mut raw),
-        &stream,
-        page_size,
-        raw_cursor,
-        false,
-    )
-    .await?;
-    drop(raw);
-    progress("update: store ceiling");
-    let ceiling_sink = sink::open(&targets.ceiling).await?;
-    let (store_update, _) = store_ceiling(
-        &client,
-        Writer::Sink(&ceiling_sink),
-        &stream,
-        page_size,
-        ceiling_cursor,
-        false,
-    )
-    .await?;
-    drop(ceiling_sink);
-    progress("update: engine");
-    let engine_update = engine_pass(&engine, &stream).await?;
+    // Pass 2: every record changes upstream (the fake only).
+    let update = match (&fake, spec) {
+        (Some(fake), Some(spec)) => {
+            progress("update: every record changes upstream");
+            drop(fake.regenerate(
+                &stream,
+                GenerateSpec {
+                    revision: 1,
+                    ..spec
+                },
+            ));
+            progress("update: fetch ceiling");
+            let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
+            progress("update: raw ceiling");
+            let mut raw = RawStore::open(&targets.raw, false).await?;
+            let (raw_update, _) = store_ceiling(
+                &client,
+                Writer::Raw(&mut raw),
+                &stream,
+                page_size,
+                raw_cursor,
+                false,
+            )
+            .await?;
+            drop(raw);
+            progress("update: store ceiling");
+            let ceiling_sink = sink::open(&targets.ceiling).await?;
+            let (store_update, _) = store_ceiling(
+                &client,
+                Writer::Sink(&ceiling_sink),
+                &stream,
+                page_size,
+                ceiling_cursor,
+                false,
+            )
+            .await?;
+            drop(ceiling_sink);
+            progress("update: engine");
+            let engine_update = engine_pass(&engine, &stream).await?;
+            Some(Round::new(
+                fetch_update,
+                raw_update,
+                store_update,
+                engine_update,
+            ))
+        }
+        _ => None,
+    };
 
     // Pass 3: nothing changed.
     progress("no change: engine");
-    let before = fake.request_count();
+    let before = fake.as_ref().map(|f| f.request_count());
     let began = Instant::now();
     let report = engine.sync(&stream, &SyncOptions::default()).await?;
     let no_change = NoChange {
         seconds: began.elapsed().as_secs_f64(),
-        http_requests: fake.request_count() - before,
+        http_requests: match (&fake, before) {
+            (Some(fake), Some(before)) => fake.request_count() - before,
+            _ => usize::try_from(report.pages).unwrap_or(usize::MAX),
+        },
         streams: 1,
     };
+    // A real upstream may have changed meanwhile; the fake has not.
     ensure!(
-        report.counts.total() == 0,
+        fake.is_none() || report.counts.total() == 0,
         "the no-change run received {} records",
         report.counts.total()
     );
     progress("feed read");
     let feed = feed_read(&engine_sink).await?;
+    let records = fresh.engine.records;
     ensure!(
-        feed.all.records == args.records as u64,
+        fake.is_none() || feed.all.records == records,
         "the feed holds {} changes for {} records",
         feed.all.records,
-        args.records
+        records
     );
     let backend = engine_sink.backend();
     drop(engine);
     drop(engine_sink);
-    fake.shutdown().await;
+    if let Some(fake) = fake {
+        fake.shutdown().await;
+    }
     if !args.keep {
         targets.remove().await?;
     }
 
-    let peak = [engine_fresh.peak_rss_mb, engine_update.peak_rss_mb]
-        .into_iter()
-        .flatten()
+    let peak = std::iter::once(&fresh)
+        .chain(update.as_ref())
+        .filter_map(|r| r.engine.peak_rss_mb)
         .reduce(f64::max);
     let report = Report {
         backend,
-        records: args.records,
+        upstream: args.upstream.as_deref().map(nango_sync::redact_url),
+        records: usize::try_from(fresh.fetch.records).unwrap_or(usize::MAX),
         page_size,
-        record_bytes_avg: bytes / (args.records as u64).max(1),
-        fresh: Round::new(fetch_fresh, raw_fresh, store_fresh, engine_fresh),
-        update: Round::new(fetch_update, raw_update, store_update, engine_update),
+        record_bytes_avg: bytes / fresh.fetch.records.max(1),
+        fresh,
+        update,
         no_change,
         feed,
         peak_rss_mb: peak,
@@ -696,12 +790,18 @@ async fn drop_schemas(_url: &str, _schemas: &[String]) -> Result<()> {
 fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
     writeln!(
         out,
-        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}",
-        r.records, r.record_bytes_avg, r.page_size, r.backend
+        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}, upstream {}",
+        r.records,
+        r.record_bytes_avg,
+        r.page_size,
+        r.backend,
+        r.upstream.as_deref().unwrap_or("in-process fake")
     )?;
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let mb = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
-    for (name, round) in [("fresh", &r.fresh), ("update", &r.update)] {
+    let rounds =
+        std::iter::once(("fresh", &r.fresh)).chain(r.update.as_ref().map(|u| ("update", u)));
+    for (name, round) in rounds {
         writeln!(out, "{name}:")?;
         for (what, p) in [
             ("fetch ceiling", &round.fetch),

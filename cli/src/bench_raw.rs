@@ -42,7 +42,7 @@ impl RawStore {
                 .context("cannot set up the raw SQLite file")?;
                 if create {
                     conn.execute_batch(
-                    "CREATE TABLE raw_records (id TEXT PRIMARY KEY, payload TEXT NOT NULL); \
+                        "CREATE TABLE raw_records (id TEXT PRIMARY KEY, payload TEXT NOT NULL); \
                      CREATE TABLE raw_cursor (one INTEGER PRIMARY KEY, cursor TEXT); \
                      INSERT INTO raw_cursor VALUES (1, NULL);",
                     )
@@ -130,10 +130,10 @@ impl RawStore {
                 use sqlx::postgres::PgBindIterExt;
                 let mut tx = pool.begin().await?;
                 sqlx::query(sqlx::AssertSqlSafe(upsert.clone()))
-                .bind(records.iter().map(|r| r.id.as_str()).bind_iter())
-                .bind(records.iter().map(|r| r.payload.as_str()).bind_iter())
-                .execute(&mut *tx)
-                .await?;
+                    .bind(records.iter().map(|r| r.id.as_str()).bind_iter())
+                    .bind(records.iter().map(|r| r.payload.as_str()).bind_iter())
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(sqlx::AssertSqlSafe(set_cursor.clone()))
                     .bind(cursor)
                     .execute(&mut *tx)
