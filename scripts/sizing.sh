@@ -36,6 +36,7 @@ if [[ -z "$DIR" ]]; then
     DIR=$(mktemp -d "${TMPDIR:-/tmp}/nango-sync-sizing.XXXXXX")
     trap 'rm -rf "$DIR"' EXIT
 fi
+mkdir -p "$DIR"
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -46,6 +47,7 @@ for n in "$@"; do
     dev=$!
     for _ in $(seq 1 600); do
         grep -q '^stream ' "$DIR/dev.env" 2>/dev/null && break
+        kill -0 "$dev" 2>/dev/null || break
         sleep 0.5
     done
     grep -q '^stream ' "$DIR/dev.env" || { cat "$DIR/dev.log" >&2; kill "$dev"; exit 1; }

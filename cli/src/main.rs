@@ -22,6 +22,7 @@ mod demo;
 mod dev_server;
 mod history;
 mod logging;
+mod memory;
 mod outbox;
 mod output;
 mod proxy;
@@ -99,6 +100,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let cli = Cli::parse();
     let format = if cli.log_json {
         logging::LogFormat::Json
