@@ -78,7 +78,7 @@ for n in "$@"; do
             sled) rm -rf "$DIR/sizing-sled" ;;
             postgres)
                 psql=$(command -v psql || ls /usr/lib/postgresql/*/bin/psql 2>/dev/null | sort -V | tail -n 1)
-                "$psql" "$NANGO_SYNC_TEST_POSTGRES_URL" -qc 'DROP SCHEMA IF EXISTS nango_sync_sizing CASCADE' >/dev/null ;;
+                PGOPTIONS="-c client_min_messages=warning" "$psql" "$NANGO_SYNC_TEST_POSTGRES_URL" -qc 'DROP SCHEMA IF EXISTS nango_sync_sizing CASCADE' >/dev/null ;;
         esac
     done
     kill "$dev"

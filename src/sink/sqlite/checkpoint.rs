@@ -17,7 +17,7 @@
 //! The thread stops when the store is dropped; a failed checkpoint is logged and tried
 //! again after the next commit (the data is safe in the WAL meanwhile).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -79,7 +79,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(shared: &Shared, path: &PathBuf, busy: Duration, limit: i64) {
+fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
     let mut conn: Option<Connection> = None;
     let mut restart = false;
     loop {
