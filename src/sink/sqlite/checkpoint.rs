@@ -8,11 +8,13 @@
 //! it ran): it copies what it can without waiting for the writer or the readers, and a
 //! checkpoint that caught up lets the next commit start the WAL from its beginning.
 //!
-//! The WAL stays bounded: when a checkpoint reports more than the store's limit
-//! ([`SqliteOptions::with_wal_autocheckpoint`](super::SqliteOptions::with_wal_autocheckpoint))
-//! still not copied (readers or a steady writer kept it from catching up), the next one
-//! is a `RESTART`, which waits for the writer (up to the busy timeout) and makes the
-//! next commit start the WAL anew.
+//! The WAL stays bounded: a commit starts the WAL anew only when it finds all of it
+//! copied back, which a steady writer rarely does. So when a `PASSIVE` checkpoint
+//! reports a WAL longer than the store's bound
+//! ([`SqliteOptions::with_wal_autocheckpoint`](super::SqliteOptions::with_wal_autocheckpoint)),
+//! a `RESTART` follows at once: it has little left to copy, waits for the commit in
+//! progress (up to the busy timeout; the next commit waits for it in turn) and makes the
+//! next commit start the WAL from its beginning.
 //!
 //! The thread stops when the store is dropped; a failed checkpoint is logged and tried
 //! again after the next commit (the data is safe in the WAL meanwhile).
@@ -81,7 +83,6 @@ impl Drop for Checkpointer {
 
 fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
     let mut conn: Option<Connection> = None;
-    let mut restart = false;
     loop {
         {
             let mut p = super::lock(&shared.pending);
@@ -103,22 +104,25 @@ fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
                 }
             },
         };
-        let mode = if restart { "RESTART" } else { "PASSIVE" };
-        match c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        }) {
-            // (busy, frames in the WAL, frames copied)
-            Ok((_, log, copied)) => restart = log >= 0 && log - copied.max(0) > limit,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed; tried again after the next commit");
-            }
+        // First without waiting for anyone; then, when the WAL has grown past its bound
+        // (the writer never found it all copied when it began), a RESTART, which has
+        // little left to copy and makes the next commit start the WAL anew.
+        let mut outcome = checkpoint(&c, "PASSIVE");
+        if matches!(outcome, Ok((_, log, _)) if log > limit) {
+            outcome = checkpoint(&c, "RESTART");
+        }
+        if let Err(e) = outcome {
+            tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed; tried again after the next commit");
         }
         conn = Some(c);
     }
+}
+
+/// One checkpoint: (busy, frames in the WAL, frames copied back).
+fn checkpoint(c: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
 }
 
 fn open(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {

@@ -62,10 +62,9 @@ impl SqliteOptions {
 
     /// The WAL's bound, in pages (default 4096: 64 MiB with 16 KiB pages). Checkpoints
     /// run in a thread of the store after commits, without waiting for the writer or
-    /// the readers; when one leaves more than this many pages of WAL not copied back
-    /// (a steady writer or a long reader kept it from catching up), the next one waits
-    /// for the writer (up to the busy timeout) and lets the next commit start the WAL
-    /// anew.
+    /// the readers; when the WAL holds more than this many pages, that thread also
+    /// waits for the commit in progress (up to the busy timeout) and makes the next
+    /// commit start the WAL anew.
     pub fn with_wal_autocheckpoint(mut self, pages: u32) -> Self {
         self.wal_autocheckpoint = pages;
         self
