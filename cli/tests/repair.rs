@@ -543,6 +543,7 @@ mod postgres {
             [
                 "commit_seq",
                 "consumers",
+                "feed_commits",
                 "outbox",
                 "runs",
                 "schema_migrations",
