@@ -6,27 +6,43 @@
 //!
 //! 1. **fetch ceiling**: the client pages through every record (HTTP + page parsing)
 //!    and discards the pages;
-//! 2. **store ceiling**: the store commits the same pages with no HTTP and no engine in
+//! 2. **raw ceiling**: the plainest fastest write of the same pages and cursor that the
+//!    backend allows (no merge, no lookups: see [`crate::bench_raw`]), timed like the
+//!    store ceiling;
+//! 3. **store ceiling**: the store commits the same pages with no HTTP and no engine in
 //!    the timed part (each page is fetched first, untimed, then its commit is timed;
 //!    commits are the ones the engine would make: records + cursor, one per page);
-//! 3. **engine**: a full `sync` of the same data into a fresh store.
+//! 4. **engine**: a full `sync` of the same data into a fresh store.
 //!
-//! Then every record changes upstream (a new payload revision), and 1–3 run again as
-//! the **update** pass (the store ceiling and the engine both update stores holding the
-//! first pass). Then a **no-change** incremental run counts its HTTP requests.
+//! Each round reports `store / raw` (how close the store's write path is to its
+//! database's best) and `engine / min(fetch, store)` (how close the engine is to the
+//! slower of its two ceilings).
+//!
+//! Then every record changes upstream (a new payload revision), and 1–4 run again as
+//! the **update** pass (the raw ceiling, the store ceiling and the engine each update
+//! the store holding their first pass). Then a **no-change** incremental run counts its HTTP requests.
 //! Last, the **feed read** reads the engine store's whole change feed (one change per
 //! record, in batches of 1,000) and, 20 times, the changes of its last commit only (a
 //! read of the newest changes: its cost does not grow with the store).
 //!
+//! # Against a real upstream
+//!
+//! With `--upstream URL` (and `--integration`, `--connection`, `--model`, the secret key
+//! from `NANGO_SECRET_KEY` or `--secret-key`), no fake runs: the fetch ceiling, the raw
+//! and store ceilings and the engine read that stream's records as they are, from that
+//! Nango (or a `dev-server` in another process), so the numbers are those of the
+//! user's own upstream and network. Nothing is written upstream, so there is no update
+//! pass; the no-change run counts the pages it fetched.
+//!
 //! # Fresh stores
 //!
-//! The ceiling and the engine each get a store of their own, derived from `--sink` and
-//! replaced at the start:
-//! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-ceiling.EXT` and `DIR/NAME-engine.EXT`
-//!   (with their `-wal`/`-shm` files);
-//! - `sled://DIR` → `DIR-ceiling` and `DIR-engine`;
-//! - `postgres://...[?schema=S]` → schemas `S_ceiling` and `S_engine` (`S` defaults to
-//!   `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
+//! The raw ceiling, the store ceiling and the engine each get a store of their own,
+//! derived from `--sink` and replaced at the start:
+//! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-raw.EXT`, `DIR/NAME-ceiling.EXT` and
+//!   `DIR/NAME-engine.EXT` (with their `-wal`/`-shm` files);
+//! - `sled://DIR` → `DIR-raw`, `DIR-ceiling` and `DIR-engine`;
+//! - `postgres://...[?schema=S]` → schemas `S_raw`, `S_ceiling` and `S_engine` (`S`
+//!   defaults to `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
 //!
 //! They are removed at the end unless `--keep`.
 //!
@@ -59,8 +75,12 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Args;
 use nango_sync::engine::EngineConfig;
 use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
-use nango_sync::{Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, StreamKey, SyncOptions};
+use nango_sync::{
+    Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, SecretKey, StreamKey, SyncOptions,
+};
 use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
+
+use crate::bench_raw::RawStore;
 
 /// Arguments of `bench`.
 #[derive(Debug, Args)]
@@ -91,6 +111,27 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure against this Nango (or a `dev-server` in another process) instead of an
+    /// in-process fake: the records of one existing stream, read as they are (no update
+    /// pass).
+    #[arg(long, value_name = "URL", requires_all = ["integration", "connection", "model"])]
+    upstream: Option<String>,
+    /// The environment's secret key, with `--upstream` (prefer the environment
+    /// variable: arguments are visible to other users of the machine).
+    #[arg(long, env = "NANGO_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// With `--upstream`: the stream's integration id.
+    #[arg(long, requires = "upstream")]
+    integration: Option<String>,
+    /// With `--upstream`: the stream's connection id.
+    #[arg(long, requires = "upstream")]
+    connection: Option<String>,
+    /// With `--upstream`: the stream's model.
+    #[arg(long, requires = "upstream")]
+    model: Option<String>,
+    /// With `--upstream`: the stream's variant (default: none).
+    #[arg(long, requires = "upstream")]
+    variant: Option<String>,
 }
 
 /// One measured pass.
@@ -142,29 +183,30 @@ impl Pass {
     }
 }
 
-/// The fetch, store and engine passes over one version of the data.
+/// The fetch, raw, store and engine passes over one version of the data.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Round {
     fetch: Pass,
+    raw: Pass,
     store: Pass,
     engine: Pass,
+    /// store / raw.
+    store_ratio: f64,
     /// engine / min(fetch, store).
     ratio: f64,
 }
 
 impl Round {
-    fn new(fetch: Pass, store: Pass, engine: Pass) -> Self {
+    fn new(fetch: Pass, raw: Pass, store: Pass, engine: Pass) -> Self {
+        let over = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         let ceiling = fetch.records_per_second.min(store.records_per_second);
-        let ratio = if ceiling > 0.0 {
-            engine.records_per_second / ceiling
-        } else {
-            0.0
-        };
         Round {
+            store_ratio: over(store.records_per_second, raw.records_per_second),
+            ratio: over(engine.records_per_second, ceiling),
             fetch,
+            raw,
             store,
             engine,
-            ratio,
         }
     }
 }
@@ -172,11 +214,15 @@ impl Round {
 #[derive(Debug, serde::Serialize)]
 struct Report {
     backend: &'static str,
+    /// The upstream measured (`None`: the in-process fake).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: Option<String>,
     records: usize,
     page_size: u32,
     record_bytes_avg: u64,
     fresh: Round,
-    update: Round,
+    /// `None` with `--upstream`.
+    update: Option<Round>,
     no_change: NoChange,
     feed: FeedRead,
     peak_rss_mb: Option<f64>,
@@ -186,6 +232,7 @@ struct Report {
 #[derive(Debug, serde::Serialize)]
 struct NoChange {
     seconds: f64,
+    /// Requests the fake served; with `--upstream`, the pages the run fetched.
     http_requests: usize,
     streams: usize,
 }
@@ -215,30 +262,63 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         "--page-size must be between 1 and 10000"
     );
     let targets = Targets::derive(&args.sink)?;
-    let stream = StreamKey::new(STREAM.0, STREAM.1, STREAM.2);
     let progress = |msg: &str| {
         if !args.json {
             eprintln!("bench: {msg}");
         }
     };
 
-    let fake = FakeNango::start(FakeConfig {
-        seed: args.seed,
-        ..FakeConfig::default()
-    })
-    .await
-    .context("cannot start the in-process fake Nango")?;
-    let spec = GenerateSpec {
-        record_bytes: args.record_bytes,
-        ..GenerateSpec::new(args.records, 1000)
+    // The upstream: a fake in this process with generated records, or a real one.
+    let (fake, client, stream, spec) = match &args.upstream {
+        None => {
+            let stream = StreamKey::new(STREAM.0, STREAM.1, STREAM.2);
+            let fake = FakeNango::start(FakeConfig {
+                seed: args.seed,
+                ..FakeConfig::default()
+            })
+            .await
+            .context("cannot start the in-process fake Nango")?;
+            let spec = GenerateSpec {
+                record_bytes: args.record_bytes,
+                ..GenerateSpec::new(args.records, 1000)
+            };
+            progress(&format!("generating {} records", args.records));
+            drop(fake.generate_with(&stream, spec));
+            let client = NangoClient::builder()
+                .host(fake.url())
+                .secret_key(fake.secret_key())
+                .retry(RetryConfig::fast())
+                .build()?;
+            (Some(fake), client, stream, Some(spec))
+        }
+        Some(url) => {
+            let key = args
+                .secret_key
+                .clone()
+                .filter(|k| !k.trim().is_empty())
+                .context(
+                    "--upstream needs the secret key: set NANGO_SECRET_KEY or pass --secret-key",
+                )?;
+            let field = |v: &Option<String>, name: &str| {
+                v.clone()
+                    .with_context(|| format!("--upstream needs --{name}"))
+            };
+            let mut stream = StreamKey::new(
+                field(&args.integration, "integration")?,
+                field(&args.connection, "connection")?,
+                field(&args.model, "model")?,
+            );
+            if let Some(v) = &args.variant {
+                stream = stream.with_variant(v.as_str());
+            }
+            stream.validate()?;
+            let client = NangoClient::builder()
+                .host(url)
+                .secret_key(SecretKey::new(key))
+                .build()?;
+            (None, client, stream, None)
+        }
     };
-    progress(&format!("generating {} records", args.records));
-    drop(fake.generate_with(&stream, spec));
-    let client = NangoClient::builder()
-        .host(fake.url())
-        .secret_key(fake.secret_key())
-        .retry(RetryConfig::fast())
-        .build()?;
     let defaults = EngineConfig::default();
     let config = EngineConfig {
         page_size,
@@ -249,85 +329,141 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     // Pass 1: fresh.
     progress("fresh: fetch ceiling");
     let (fetch_fresh, bytes) = fetch_ceiling(&client, &stream, page_size).await?;
-    progress("fresh: store ceiling");
+    ensure!(
+        fetch_fresh.records > 0,
+        "the stream {stream} has no records to measure"
+    );
     targets.reset().await?;
+    progress("fresh: raw ceiling");
+    let mut raw = RawStore::open(&targets.raw, true).await?;
+    let (raw_fresh, raw_cursor) = store_ceiling(
+        &client,
+        Writer::Raw(&mut raw),
+        &stream,
+        page_size,
+        None,
+        true,
+    )
+    .await?;
+    // Closed between passes: an open raw store would count in the engine's memory.
+    drop(raw);
+    progress("fresh: store ceiling");
     let ceiling_sink = sink::open(&targets.ceiling).await?;
-    let (store_fresh, ceiling_cursor) =
-        store_ceiling(&client, &ceiling_sink, &stream, page_size, None, true).await?;
+    let (store_fresh, ceiling_cursor) = store_ceiling(
+        &client,
+        Writer::Sink(&ceiling_sink),
+        &stream,
+        page_size,
+        None,
+        true,
+    )
+    .await?;
     drop(ceiling_sink);
     progress("fresh: engine");
     let engine_sink = sink::open(&targets.engine).await?;
     let engine = Engine::with_config(client.clone(), engine_sink.clone(), config.clone());
     let engine_fresh = engine_pass(&engine, &stream).await?;
+    let fresh = Round::new(fetch_fresh, raw_fresh, store_fresh, engine_fresh);
 
-    // Pass 2: every record changes upstream.
-    progress("update: every record changes upstream");
-    drop(fake.regenerate(
-        &stream,
-        GenerateSpec {
-            revision: 1,
-            ..spec
-        },
-    ));
-    progress("update: fetch ceiling");
-    let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
-    progress("update: store ceiling");
-    let ceiling_sink = sink::open(&targets.ceiling).await?;
-    let (store_update, _) = store_ceiling(
-        &client,
-        &ceiling_sink,
-        &stream,
-        page_size,
-        ceiling_cursor,
-        false,
-    )
-    .await?;
-    drop(ceiling_sink);
-    progress("update: engine");
-    let engine_update = engine_pass(&engine, &stream).await?;
+    // Pass 2: every record changes upstream (the fake only).
+    let update = match (&fake, spec) {
+        (Some(fake), Some(spec)) => {
+            progress("update: every record changes upstream");
+            drop(fake.regenerate(
+                &stream,
+                GenerateSpec {
+                    revision: 1,
+                    ..spec
+                },
+            ));
+            progress("update: fetch ceiling");
+            let (fetch_update, _) = fetch_ceiling(&client, &stream, page_size).await?;
+            progress("update: raw ceiling");
+            let mut raw = RawStore::open(&targets.raw, false).await?;
+            let (raw_update, _) = store_ceiling(
+                &client,
+                Writer::Raw(&mut raw),
+                &stream,
+                page_size,
+                raw_cursor,
+                false,
+            )
+            .await?;
+            drop(raw);
+            progress("update: store ceiling");
+            let ceiling_sink = sink::open(&targets.ceiling).await?;
+            let (store_update, _) = store_ceiling(
+                &client,
+                Writer::Sink(&ceiling_sink),
+                &stream,
+                page_size,
+                ceiling_cursor,
+                false,
+            )
+            .await?;
+            drop(ceiling_sink);
+            progress("update: engine");
+            let engine_update = engine_pass(&engine, &stream).await?;
+            Some(Round::new(
+                fetch_update,
+                raw_update,
+                store_update,
+                engine_update,
+            ))
+        }
+        _ => None,
+    };
 
     // Pass 3: nothing changed.
     progress("no change: engine");
-    let before = fake.request_count();
+    let before = fake.as_ref().map(|f| f.request_count());
     let began = Instant::now();
     let report = engine.sync(&stream, &SyncOptions::default()).await?;
     let no_change = NoChange {
         seconds: began.elapsed().as_secs_f64(),
-        http_requests: fake.request_count() - before,
+        http_requests: match (&fake, before) {
+            (Some(fake), Some(before)) => fake.request_count() - before,
+            _ => usize::try_from(report.pages).unwrap_or(usize::MAX),
+        },
         streams: 1,
     };
+    // A real upstream may have changed meanwhile; the fake has not.
     ensure!(
-        report.counts.total() == 0,
+        fake.is_none() || report.counts.total() == 0,
         "the no-change run received {} records",
         report.counts.total()
     );
     progress("feed read");
     let feed = feed_read(&engine_sink).await?;
+    let records = fresh.engine.records;
     ensure!(
-        feed.all.records == args.records as u64,
+        fake.is_none() || feed.all.records == records,
         "the feed holds {} changes for {} records",
         feed.all.records,
-        args.records
+        records
     );
     let backend = engine_sink.backend();
     drop(engine);
     drop(engine_sink);
-    fake.shutdown().await;
+    if let Some(fake) = fake {
+        fake.shutdown().await;
+    }
     if !args.keep {
         targets.remove().await?;
     }
 
-    let peak = [engine_fresh.peak_rss_mb, engine_update.peak_rss_mb]
-        .into_iter()
-        .flatten()
+    let peak = std::iter::once(&fresh)
+        .chain(update.as_ref())
+        .filter_map(|r| r.engine.peak_rss_mb)
         .reduce(f64::max);
     let report = Report {
         backend,
-        records: args.records,
+        upstream: args.upstream.as_deref().map(nango_sync::redact_url),
+        records: usize::try_from(fresh.fetch.records).unwrap_or(usize::MAX),
         page_size,
-        record_bytes_avg: bytes / (args.records as u64).max(1),
-        fresh: Round::new(fetch_fresh, store_fresh, engine_fresh),
-        update: Round::new(fetch_update, store_update, engine_update),
+        record_bytes_avg: bytes / fresh.fetch.records.max(1),
+        fresh,
+        update,
         no_change,
         feed,
         peak_rss_mb: peak,
@@ -413,11 +549,17 @@ async fn fetch_ceiling(
     Ok((pass, bytes))
 }
 
+/// Where [`store_ceiling`] writes: a store, or the raw ceiling's plain tables.
+enum Writer<'a> {
+    Sink(&'a SharedSink),
+    Raw(&'a mut RawStore),
+}
+
 /// Fetch each page (untimed), then commit it (timed): the store's write path alone.
 /// `full`: the commits of a first sync (a full read stamping generation 1).
 async fn store_ceiling(
     client: &NangoClient,
-    sink: &SharedSink,
+    mut writer: Writer<'_>,
     stream: &StreamKey,
     page_size: u32,
     mut expected: Option<Cursor>,
@@ -439,19 +581,29 @@ async fn store_ceiling(
         let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
         next = page.next_cursor;
         records += page.records.len() as u64;
-        let mut commit = Commit::new(
-            stream.clone(),
-            expected.clone(),
-            cursor.clone(),
-            page.records,
-        );
-        commit.full_read = full.then_some(FullRead {
-            generation: 1,
-            complete: last,
-        });
-        let began = Instant::now();
-        let cpu_began = cpu::seconds();
-        sink.commit(commit).await?;
+        let (began, cpu_began) = match &mut writer {
+            Writer::Sink(sink) => {
+                let mut commit = Commit::new(
+                    stream.clone(),
+                    expected.clone(),
+                    cursor.clone(),
+                    page.records,
+                );
+                commit.full_read = full.then_some(FullRead {
+                    generation: 1,
+                    complete: last,
+                });
+                let (began, cpu_began) = (Instant::now(), cpu::seconds());
+                sink.commit(commit).await?;
+                (began, cpu_began)
+            }
+            Writer::Raw(raw) => {
+                let (began, cpu_began) = (Instant::now(), cpu::seconds());
+                raw.write(&page.records, cursor.as_ref().map(Cursor::as_str))
+                    .await?;
+                (began, cpu_began)
+            }
+        };
         commits.push(began.elapsed());
         if let Some(c) = cpu::since(cpu_began) {
             *cpu.get_or_insert(0.0) += c;
@@ -494,8 +646,10 @@ async fn engine_pass(engine: &Engine, stream: &StreamKey) -> Result<Pass> {
     Ok(pass)
 }
 
-/// The stores written by a bench: one for the store ceiling, one for the engine.
+/// The stores written by a bench: one for the raw ceiling, one for the store ceiling,
+/// one for the engine.
 struct Targets {
+    raw: String,
     ceiling: String,
     engine: String,
     kind: Kind,
@@ -526,14 +680,15 @@ impl Targets {
                     };
                     path.with_file_name(file)
                 };
-                let (c, e) = (name("ceiling"), name("engine"));
+                let (r, c, e) = (name("raw"), name("ceiling"), name("engine"));
                 let mut files = Vec::new();
-                for p in [&c, &e] {
+                for p in [&r, &c, &e] {
                     for tail in ["", "-wal", "-shm"] {
                         files.push(PathBuf::from(format!("{}{tail}", p.display())));
                     }
                 }
                 Ok(Targets {
+                    raw: format!("sqlite://{}", r.display()),
                     ceiling: format!("sqlite://{}", c.display()),
                     engine: format!("sqlite://{}", e.display()),
                     kind: Kind::Files(files),
@@ -541,11 +696,12 @@ impl Targets {
             }
             SinkUrl::Sled(path) => {
                 let name = |suffix: &str| PathBuf::from(format!("{}-{suffix}", path.display()));
-                let (c, e) = (name("ceiling"), name("engine"));
+                let (r, c, e) = (name("raw"), name("ceiling"), name("engine"));
                 Ok(Targets {
+                    raw: format!("sled://{}", r.display()),
                     ceiling: format!("sled://{}", c.display()),
                     engine: format!("sled://{}", e.display()),
-                    kind: Kind::Dirs(vec![c, e]),
+                    kind: Kind::Dirs(vec![r, c, e]),
                 })
             }
             SinkUrl::Postgres(_) => {
@@ -556,11 +712,16 @@ impl Targets {
                     format!("{base}{sep}schema={schema}_{suffix}")
                 };
                 Ok(Targets {
+                    raw: with("raw"),
                     ceiling: with("ceiling"),
                     engine: with("engine"),
                     kind: Kind::Schemas {
                         url: base.clone(),
-                        schemas: vec![format!("{schema}_ceiling"), format!("{schema}_engine")],
+                        schemas: vec![
+                            format!("{schema}_raw"),
+                            format!("{schema}_ceiling"),
+                            format!("{schema}_engine"),
+                        ],
                     },
                 })
             }
@@ -629,15 +790,22 @@ async fn drop_schemas(_url: &str, _schemas: &[String]) -> Result<()> {
 fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
     writeln!(
         out,
-        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}",
-        r.records, r.record_bytes_avg, r.page_size, r.backend
+        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}, upstream {}",
+        r.records,
+        r.record_bytes_avg,
+        r.page_size,
+        r.backend,
+        r.upstream.as_deref().unwrap_or("in-process fake")
     )?;
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
     let mb = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
-    for (name, round) in [("fresh", &r.fresh), ("update", &r.update)] {
+    let rounds =
+        std::iter::once(("fresh", &r.fresh)).chain(r.update.as_ref().map(|u| ("update", u)));
+    for (name, round) in rounds {
         writeln!(out, "{name}:")?;
         for (what, p) in [
             ("fetch ceiling", &round.fetch),
+            ("raw ceiling", &round.raw),
             ("store ceiling", &round.store),
             ("engine", &round.engine),
         ] {
@@ -653,7 +821,11 @@ fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
                 mb(p.baseline_rss_mb),
             )?;
         }
-        writeln!(out, "  engine / min(fetch, store) = {:.2}", round.ratio)?;
+        writeln!(
+            out,
+            "  store / raw = {:.2}   engine / min(fetch, store) = {:.2}",
+            round.store_ratio, round.ratio
+        )?;
     }
     writeln!(
         out,

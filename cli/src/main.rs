@@ -16,11 +16,13 @@ use clap::{Parser, Subcommand};
 
 mod action;
 mod bench;
+mod bench_raw;
 mod changes;
 mod demo;
 mod dev_server;
 mod history;
 mod logging;
+mod memory;
 mod outbox;
 mod output;
 mod proxy;
@@ -99,6 +101,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    memory::limit_arenas();
     let cli = Cli::parse();
     let format = if cli.log_json {
         logging::LogFormat::Json

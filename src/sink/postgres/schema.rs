@@ -343,10 +343,14 @@ impl Statements {
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
                 .into()),
+            // A bare payload (`{"id": ...}`) is small: the size test, which reads only the
+            // value's header, spares building and comparing a JSON object for every
+            // stored record with a real payload.
             stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned, r.seq \
                  FROM UNNEST($2::text[]) AS u(id) \
                  CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
-                   o.pruned_at IS NOT NULL OR o.payload = jsonb_build_object('id', o.id) AS pruned, o.seq \
+                   o.pruned_at IS NOT NULL OR (pg_column_size(o.payload) <= 64 + 2 * octet_length(o.id) \
+                     AND o.payload = jsonb_build_object('id', o.id)) AS pruned, o.seq \
                    FROM {s}.records o \
                    WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
                 .into()),

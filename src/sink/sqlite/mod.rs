@@ -24,6 +24,10 @@
 //! cursor never gets ahead of the records). [`SqliteOptions::with_synchronous_full`]
 //! makes every commit durable on disk before it returns, at a cost in throughput.
 //!
+//! No commit copies the WAL back into the database file: a thread of the store does it
+//! between commits (see `checkpoint.rs`), so a commit's latency does not include a
+//! checkpoint, and the WAL stays bounded.
+//!
 //! # Threads
 //!
 //! `rusqlite` is blocking. The writer connection is used only inside
@@ -37,7 +41,7 @@
 //! [`SqliteOptions`], `schema.rs` and `migrations/` the schema, `apply.rs` a commit
 //! applied, `rows.rs` rows and their values, `error.rs` the error mapping, `feed.rs`
 //! the change feed, consumers and the commit watcher, `history.rs` the run history,
-//! `outbox.rs` the outbox.
+//! `outbox.rs` the outbox, `checkpoint.rs` the WAL checkpoint in a thread of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -59,6 +63,7 @@ use crate::sink::{
 use crate::time::Timestamp;
 
 mod apply;
+mod checkpoint;
 mod error;
 mod feed;
 mod history;
@@ -83,6 +88,7 @@ pub struct SqliteStore {
     feed: Arc<feed::FeedState>,
     /// The writer lock, once this handle has written (`writer.rs`).
     writer_lock: std::sync::OnceLock<Arc<crate::sink::process_lock::ProcessLock>>,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -117,6 +123,19 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| task_err("open", e))??;
+        let checkpointer = checkpoint::Checkpointer::start(
+            &path,
+            options.busy_timeout,
+            options.wal_autocheckpoint,
+        )
+        .map_err(|e| {
+            Error::store(
+                BACKEND,
+                "open",
+                true,
+                format!("cannot start the checkpoint thread: {e}"),
+            )
+        })?;
         Ok(SqliteStore {
             path,
             writer: Arc::new(Mutex::new(writer)),
@@ -124,6 +143,7 @@ impl SqliteStore {
             options,
             feed: Arc::new(feed::FeedState::new(last_seq)),
             writer_lock: std::sync::OnceLock::new(),
+            checkpointer,
         })
     }
 
@@ -139,9 +159,12 @@ impl SqliteStore {
     {
         let writer = self.writer.clone();
         let faults = self.options.faults.clone();
-        tokio::task::spawn_blocking(move || f(&mut lock(&writer), &faults))
+        let out = tokio::task::spawn_blocking(move || f(&mut lock(&writer), &faults))
             .await
-            .map_err(|e| task_err(operation, e))?
+            .map_err(|e| task_err(operation, e))?;
+        // What was written is in the WAL: the checkpointer copies it back later.
+        self.checkpointer.committed();
+        out
     }
 
     async fn read<T, F>(&self, operation: &'static str, f: F) -> Result<T>
@@ -227,9 +250,9 @@ fn open_writer(path: &Path, o: &SqliteOptions) -> Result<Connection> {
         ));
     }
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = {}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
+        // No automatic checkpoint inside a commit: the store's checkpoint thread does it.
+        "PRAGMA synchronous = {}; PRAGMA wal_autocheckpoint = 0; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;",
         if o.synchronous_full { "FULL" } else { "NORMAL" },
-        o.wal_autocheckpoint
     ))
     .map_err(open_err)?;
     conn.set_prepared_statement_cache_capacity(32);

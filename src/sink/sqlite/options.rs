@@ -32,8 +32,9 @@ impl Default for SqliteOptions {
 }
 
 impl SqliteOptions {
-    /// The defaults: `synchronous=NORMAL`, a 5 s busy timeout, 16 KiB pages, a
-    /// checkpoint every 4096 pages of WAL, no size cap.
+    /// The defaults: `synchronous=NORMAL`, a 5 s busy timeout, 16 KiB pages, WAL
+    /// checkpoints in the background waiting for the writer past 4096 pages of WAL, no
+    /// size cap.
     pub fn new() -> Self {
         Self::default()
     }
@@ -59,8 +60,11 @@ impl SqliteOptions {
         self
     }
 
-    /// WAL size, in pages, at which SQLite checkpoints (default 4096: 64 MiB with
-    /// 16 KiB pages).
+    /// The WAL's bound, in pages (default 4096: 64 MiB with 16 KiB pages). Checkpoints
+    /// run in a thread of the store after commits, without waiting for the writer or
+    /// the readers; when the WAL holds more than this many pages, that thread also
+    /// waits for the commit in progress (up to the busy timeout) and makes the next
+    /// commit start the WAL anew.
     pub fn with_wal_autocheckpoint(mut self, pages: u32) -> Self {
         self.wal_autocheckpoint = pages;
         self

@@ -1,0 +1,134 @@
+//! SQLite: the WAL checkpoint, off the commit path.
+//!
+//! The writer connection runs with `wal_autocheckpoint=0`, so no commit ever copies the
+//! WAL back into the database file (SQLite's own automatic checkpoint runs inside the
+//! commit that crosses the threshold, which made that commit tens of milliseconds
+//! slower than the others). Instead, a thread with a connection of its own runs a
+//! `PASSIVE` checkpoint after commits (one at a time, coalescing the commits made while
+//! it ran): it copies what it can without waiting for the writer or the readers, and a
+//! checkpoint that caught up lets the next commit start the WAL from its beginning.
+//!
+//! The WAL stays bounded: a commit starts the WAL anew only when it finds all of it
+//! copied back, which a steady writer rarely does. So when a `PASSIVE` checkpoint
+//! reports a WAL longer than the store's bound
+//! ([`SqliteOptions::with_wal_autocheckpoint`](super::SqliteOptions::with_wal_autocheckpoint)),
+//! a `RESTART` follows at once: it has little left to copy, waits for the commit in
+//! progress (up to the busy timeout; the next commit waits for it in turn) and makes the
+//! next commit start the WAL from its beginning.
+//!
+//! The thread stops when the store is dropped; a failed checkpoint is logged and tried
+//! again after the next commit (the data is safe in the WAL meanwhile).
+
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+/// What the writer tells the checkpointer.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Commits since the checkpointer last looked.
+    commits: u64,
+    /// The store is closing.
+    stop: bool,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+}
+
+/// The background checkpointer of one store.
+#[derive(Debug)]
+pub(super) struct Checkpointer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    /// Start the thread for the database at `path`; `limit_pages`: the WAL size, in
+    /// pages, beyond which a checkpoint waits for the writer.
+    pub(super) fn start(path: &Path, busy: Duration, limit_pages: u32) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared::default());
+        let (s, path) = (shared.clone(), path.to_path_buf());
+        let thread = std::thread::Builder::new()
+            .name("nango-sync-sqlite-checkpoint".into())
+            .spawn(move || run(&s, &path, busy, i64::from(limit_pages)))?;
+        Ok(Checkpointer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// A commit landed in the WAL.
+    pub(super) fn committed(&self) {
+        let mut p = super::lock(&self.shared.pending);
+        p.commits += 1;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        super::lock(&self.shared.pending).stop = true;
+        self.shared.wake.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        {
+            let mut p = super::lock(&shared.pending);
+            while p.commits == 0 && !p.stop {
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            if p.stop {
+                return;
+            }
+            p.commits = 0;
+        }
+        let c = match conn.take() {
+            Some(c) => c,
+            None => match open(path, busy) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot open the checkpoint connection; the WAL is checkpointed later");
+                    continue;
+                }
+            },
+        };
+        // First without waiting for anyone; then, when the WAL has grown past its bound
+        // (the writer never found it all copied when it began), a RESTART, which has
+        // little left to copy and makes the next commit start the WAL anew.
+        let mut outcome = checkpoint(&c, "PASSIVE");
+        if matches!(outcome, Ok((_, log, _)) if log > limit) {
+            outcome = checkpoint(&c, "RESTART");
+        }
+        if let Err(e) = outcome {
+            tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed; tried again after the next commit");
+        }
+        conn = Some(c);
+    }
+}
+
+/// One checkpoint: (busy, frames in the WAL, frames copied back).
+fn checkpoint(c: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+    })
+}
+
+fn open(path: &Path, busy: Duration) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(busy)?;
+    // This connection never writes; it must not checkpoint on its own either.
+    c.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+    Ok(c)
+}
