@@ -39,7 +39,8 @@
 //! The raw ceiling, the store ceiling and the engine each get a store of their own,
 //! derived from `--sink` and replaced at the start:
 //! - `sqlite://DIR/NAME.EXT` → `DIR/NAME-raw.EXT`, `DIR/NAME-ceiling.EXT` and
-//!   `DIR/NAME-engine.EXT` (with their `-wal`/`-shm` files);
+//!   `DIR/NAME-engine.EXT` (with their `-wal`/`-shm` files and the writer lock file,
+//!   `-lock`);
 //! - `sled://DIR` → `DIR-raw`, `DIR-ceiling` and `DIR-engine`;
 //! - `postgres://...[?schema=S]` → schemas `S_raw`, `S_ceiling` and `S_engine` (`S`
 //!   defaults to `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
@@ -683,7 +684,7 @@ impl Targets {
                 let (r, c, e) = (name("raw"), name("ceiling"), name("engine"));
                 let mut files = Vec::new();
                 for p in [&r, &c, &e] {
-                    for tail in ["", "-wal", "-shm"] {
+                    for tail in ["", "-wal", "-shm", "-lock"] {
                         files.push(PathBuf::from(format!("{}{tail}", p.display())));
                     }
                 }
