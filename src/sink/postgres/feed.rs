@@ -522,6 +522,27 @@ impl PostgresStore {
     }
 }
 
+/// A pool of the one long-lived connection a `LISTEN` task holds.
+pub(super) fn listener_pool(connect: PgConnectOptions) -> sqlx::PgPool {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_lazy_with(connect)
+}
+
+/// A listener on `pool`'s connection, listening on `channel` (it reconnects by itself
+/// only when told to: the caller's loop does, with its backoff).
+pub(super) async fn listen_on(
+    pool: &sqlx::PgPool,
+    channel: &str,
+) -> std::result::Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(channel).await?;
+    Ok(listener)
+}
+
 /// The `LISTEN` task: a connection of its own on the store's channel; every
 /// notification (and every reconnection, after reading `commit_seq`) signals the
 /// subscribers. Retries with backoff while the server is unreachable; ends with the
@@ -532,20 +553,10 @@ async fn listen(
     channel: String,
     last_seq: SqlStr,
 ) {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_lazy_with(connect);
+    let pool = listener_pool(connect);
     let mut backoff = Duration::from_millis(100);
     loop {
-        let setup = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.ignore_pool_close_event(true);
-            listener.listen(&channel).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = match setup.await {
+        let mut listener = match listen_on(&pool, &channel).await {
             Ok(listener) => listener,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot LISTEN for the store's commits; retrying");

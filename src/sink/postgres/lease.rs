@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgBindIterExt, PgListener, PgPoolOptions};
+use sqlx::postgres::PgBindIterExt;
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlStr, Transaction};
 use tokio::sync::mpsc;
 
 use super::PostgresStore;
 use super::error::{classify, decode};
+use super::feed::{listen_on, listener_pool};
 use super::rows::{stream_hash, to_i64, to_u64};
 use crate::error::{Error, Result};
 use crate::record::StreamKey;
@@ -422,20 +423,11 @@ impl PostgresStore {
     pub fn listen_triggers(&self) -> mpsc::Receiver<TriggerMessage> {
         let (tx, rx) = mpsc::channel(1024);
         let channel = trigger_channel(&self.schema);
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_lazy_with(self.connect.clone());
+        let pool = listener_pool(self.connect.clone());
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                let setup = async {
-                    let mut listener = PgListener::connect_with(&pool).await?;
-                    listener.ignore_pool_close_event(true);
-                    listener.listen(&channel).await?;
-                    Ok::<_, sqlx::Error>(listener)
-                };
+                let setup = listen_on(&pool, &channel);
                 let mut listener = tokio::select! {
                     () = tx.closed() => return,
                     l = setup => match l {
