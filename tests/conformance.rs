@@ -241,9 +241,27 @@ mod sled {
         names
     }
 
+    /// Open the directory with plain sled, as a tool or a test fixture would. A store just
+    /// dropped can hold sled's file lock a moment longer (sled's own I/O threads finish
+    /// their last writes after the handle is gone): wait for it, up to 10 s.
+    fn open_plain_sled(dir: &Path) -> ::sled::Result<::sled::Db> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match ::sled::open(dir) {
+                Err(::sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// sled itself refuses the directory (the fixture reproduces the failure).
     fn assert_sled_refuses(dir: &Path) {
-        match ::sled::open(dir) {
+        match open_plain_sled(dir) {
             Err(::sled::Error::Corruption { .. }) => {}
             Err(e) => panic!("sled failed otherwise than with a corruption error: {e}"),
             Ok(_) => {
@@ -408,7 +426,7 @@ mod sled {
         filled_store(&path).await;
         // Remove one record behind the store's back: its stream's counts no longer match.
         {
-            let db = ::sled::open(&path).unwrap();
+            let db = open_plain_sled(&path).unwrap();
             let tree = db.open_tree("nango_sync").unwrap();
             let (key, _) = tree.scan_prefix(b"r").next().unwrap().unwrap();
             tree.remove(key).unwrap();
@@ -452,7 +470,7 @@ mod sled {
         assert_eq!(Some(&last.meta.cursor), large.state.cursor.as_ref());
         drop(store);
         {
-            let db = ::sled::open(&path).unwrap();
+            let db = open_plain_sled(&path).unwrap();
             let tree = db.open_tree("nango_sync").unwrap();
             let key = tree
                 .scan_prefix(b"r")
@@ -527,7 +545,7 @@ mod sled {
     /// format 1: no index at all). `interrupted` leaves the current index in place and
     /// half of format 2's keys, as a migration killed midway does.
     fn downgrade(path: &Path, format: u64, interrupted: bool) {
-        let db = ::sled::open(path).unwrap();
+        let db = open_plain_sled(path).unwrap();
         let tree = db.open_tree("nango_sync").unwrap();
         if !interrupted {
             for key in tree.scan_prefix(b"e").keys() {
@@ -577,7 +595,7 @@ mod sled {
             let check = store.check().await.unwrap();
             assert!(check.is_consistent(), "{:?}", check.problems);
             drop(store);
-            let db = ::sled::open(&path).unwrap();
+            let db = open_plain_sled(&path).unwrap();
             let tree = db.open_tree("nango_sync").unwrap();
             assert_eq!(
                 tree.get(b"\x00format").unwrap().unwrap().as_ref(),
@@ -625,7 +643,7 @@ mod sled {
         let header = |seq: u64| [&b"e"[..], &seq.to_be_bytes()].concat();
         let chunk = |seq: u64, n: u32| [header(seq), n.to_be_bytes().to_vec()].concat();
         let damage = |f: &dyn Fn(&::sled::Tree)| {
-            let db = ::sled::open(&path).unwrap();
+            let db = open_plain_sled(&path).unwrap();
             let tree = db.open_tree("nango_sync").unwrap();
             f(&tree);
             db.flush().unwrap();
