@@ -180,37 +180,46 @@ pub(super) fn commit(
             }
         }
     }
-    // The sweep's ids and the `seq` each had, read before it changes them (nobody else
+    // The sweep: one scan finds the stream's records the re-read did not see, with the
+    // `seq` each had (for the feed), then each is tombstoned by its rowid (nobody else
     // writes inside this transaction).
     let mut swept_ids: Vec<(String, i64)> = Vec::new();
     let swept = match prepared.sweep() {
         Some(sweep) => {
-            let live =
-                "stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3";
             let mut select = tx
-                .prepare_cached(&format!("SELECT id, seq FROM nango_records WHERE {live}"))
+                .prepare_cached(
+                    "SELECT record_id, id, seq FROM nango_records
+                     WHERE stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3",
+                )
                 .map_err(e)?;
             let rows = select
                 .query_map(params![stream_id, sweep.generation as i64], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
+                    Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))
                 })
                 .map_err(e)?;
+            let mut rowids = Vec::new();
             for row in rows {
-                swept_ids.push(row.map_err(e)?);
+                let (rowid, id, old) = row.map_err(e)?;
+                rowids.push(rowid);
+                swept_ids.push((id, old));
             }
-            tx.prepare_cached(&format!(
-                "UPDATE nango_records SET last_action = 3, deleted_at = ?3, seq = ?4, change_kind = ?5
-                 WHERE {live}"
-            ))
-            .map_err(e)?
-            .execute(params![
-                stream_id,
-                sweep.generation as i64,
-                sweep.deleted_at.as_micros(),
-                seq,
-                Sweep::CHANGE.code(),
-            ])
-            .map_err(e)? as u64
+            let mut tombstone = tx
+                .prepare_cached(
+                    "UPDATE nango_records SET last_action = 3, deleted_at = ?2, seq = ?3, change_kind = ?4
+                     WHERE record_id = ?1",
+                )
+                .map_err(e)?;
+            for rowid in &rowids {
+                tombstone
+                    .execute(params![
+                        rowid,
+                        sweep.deleted_at.as_micros(),
+                        seq,
+                        Sweep::CHANGE.code(),
+                    ])
+                    .map_err(e)?;
+            }
+            rowids.len() as u64
         }
         None => 0,
     };
