@@ -2663,6 +2663,8 @@ pub async fn hostile_strings_round_trip<F: StoreFactory>(stores: &mut F) {
         "日本語",
         "😀🎉",
         "a\tb",
+        "a\nb",
+        "\u{1}x",
         long.as_str(),
     ];
     let mut keys = Vec::new();
@@ -2719,6 +2721,25 @@ pub async fn hostile_strings_round_trip<F: StoreFactory>(stores: &mut F) {
             listed, expected,
             "{b}: hostile ids listed in code-point order"
         );
+        // A second page finds each hostile id's stored version, and updates it.
+        let newer: Vec<Record> = records
+            .iter()
+            .map(|r| {
+                let mut u = updated(&r.id, 1_000, "again");
+                u.meta.cursor = Cursor(format!("{}+", r.meta.cursor.as_str()));
+                u
+            })
+            .collect();
+        let out = commit_page(store, key, newer.clone()).await;
+        assert_eq!(
+            (out.counts.updated, out.counts.added),
+            (hostile.len() as u64, 0),
+            "{b}: hostile ids found again in {key:?}"
+        );
+        for r in &newer {
+            let got = get(store, key, &r.id).await.expect("updated record");
+            assert_eq!(got.meta, r.meta, "{b}: updated hostile id {:?}", r.id);
+        }
         let msg = format!("{}{}", key.integration, key.model);
         store.set_upstream_error(key, Some(&msg)).await.unwrap();
         assert_eq!(
@@ -2743,8 +2764,8 @@ pub async fn hostile_strings_round_trip<F: StoreFactory>(stores: &mut F) {
         Err(Error::CursorConflict { actual, .. }) => {
             assert_eq!(
                 actual.as_deref(),
-                Some(records.last().unwrap().meta.cursor.as_str()),
-                "{b}: conflict cursor"
+                Some(format!("{}+", records.last().unwrap().meta.cursor.as_str()).as_str()),
+                "{b}: conflict cursor (the second page's)"
             )
         }
         other => panic!("{b}: expected a conflict, got {other:?}"),

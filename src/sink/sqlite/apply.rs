@@ -1,7 +1,9 @@
 //! A commit, applied: one `BEGIN IMMEDIATE` transaction that reads the stored versions,
 //! lets [`commit::prepare`] decide, and writes what it prepared.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::error::sql_err;
 use super::rows::{ensure_stream, micros};
@@ -22,6 +24,53 @@ struct Handle {
     seq: i64,
 }
 
+/// The stored versions of `commit`'s ids that the stream holds, by id.
+fn read_stored(
+    tx: &Connection,
+    stream_id: i64,
+    commit: &Commit,
+) -> rusqlite::Result<HashMap<String, Stored<Handle>>> {
+    let ids = serde_json::to_string(
+        &commit
+            .records
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    let mut select = tx.prepare_cached(
+        "SELECT r.id, r.record_id, r.last_modified_at, r.cursor,
+                r.deleted_at IS NOT NULL OR r.last_action = 3, r.pruned_at IS NOT NULL,
+                CASE WHEN octet_length(r.payload) <= 64 + 6 * octet_length(r.id) THEN r.payload END,
+                r.seq
+         FROM json_each(?2) AS j CROSS JOIN nango_records AS r
+         WHERE r.stream_id = ?1 AND r.id = j.value",
+    )?;
+    let mut rows = select.query(params![stream_id, ids])?;
+    let mut found = HashMap::with_capacity(commit.records.len());
+    while let Some(row) = rows.next()? {
+        let id: String = row.get(0)?;
+        let bare = row
+            .get_ref(6)?
+            .as_str_or_null()?
+            .is_some_and(|p| payload_text_is_bare(&id, p));
+        let stored = Stored {
+            handle: Handle {
+                rowid: row.get(1)?,
+                seq: row.get(7)?,
+            },
+            version: StoredVersionBuf {
+                last_modified_at: Timestamp::from_micros(row.get(2)?),
+                cursor: row.get(3)?,
+                deleted: row.get(4)?,
+                pruned: row.get::<_, bool>(5)? || bare,
+            },
+        };
+        found.insert(id, stored);
+    }
+    Ok(found)
+}
+
 /// Apply `commit` on the writer connection.
 pub(super) fn commit(
     conn: &mut Connection,
@@ -34,41 +83,18 @@ pub(super) fn commit(
         .map_err(e)?;
     let (stream_id, state) = ensure_stream(&tx, &commit.stream).map_err(e)?;
 
-    // The stored versions of the page's ids, one indexed lookup per distinct id; the
-    // handle the writes use is the rowid, with the `seq` of the commit that last changed
-    // the record (whose change list the record leaves if this commit changes it).
+    // The stored versions of the page's ids, read by one statement on the first lookup
+    // (after `prepare` checked the cursor): the page's ids go in as one JSON array, and
+    // each is one indexed probe. The handle the writes use is the rowid, with the `seq`
+    // of the commit that last changed the record (whose change list the record leaves if
+    // this commit changes it).
     let prepared = {
-        let mut select = tx
-            .prepare_cached(
-                "SELECT record_id, last_modified_at, cursor, deleted_at IS NOT NULL OR last_action = 3,
-                        pruned_at IS NOT NULL,
-                        CASE WHEN octet_length(payload) <= 64 + 6 * octet_length(id) THEN payload END,
-                        seq
-                 FROM nango_records WHERE stream_id = ?1 AND id = ?2",
-            )
-            .map_err(e)?;
+        let mut stored: Option<HashMap<String, Stored<Handle>>> = None;
         commit::prepare(&state, &commit, |id| {
-            select
-                .query_row(params![stream_id, id], |row| {
-                    Ok(Stored {
-                        handle: Handle {
-                            rowid: row.get(0)?,
-                            seq: row.get(6)?,
-                        },
-                        version: StoredVersionBuf {
-                            last_modified_at: Timestamp::from_micros(row.get(1)?),
-                            cursor: row.get(2)?,
-                            deleted: row.get(3)?,
-                            pruned: row.get::<_, bool>(4)?
-                                || row
-                                    .get_ref(5)?
-                                    .as_str_or_null()?
-                                    .is_some_and(|p| payload_text_is_bare(id, p)),
-                        },
-                    })
-                })
-                .optional()
-                .map_err(e)
+            if stored.is_none() {
+                stored = Some(read_stored(&tx, stream_id, &commit).map_err(e)?);
+            }
+            Ok(stored.as_mut().and_then(|m| m.remove(id)))
         })?
     };
     let last_seq: i64 = tx
