@@ -10,6 +10,7 @@ use super::error::sled_err;
 use super::feed::{FeedEntry, set_change};
 use super::rows::{RecordView, encode_record, seen_by, tombstone};
 use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
+use super::sweep::SeenTally;
 use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
 use crate::sink::commit::{self, CursorRecord, Stored, Sweep, WriteKind};
@@ -42,6 +43,7 @@ impl Inner {
 
         let generation = prepared.generation();
         let mut entry = FeedEntry::default();
+        let mut tally = SeenTally::new(row.seen_live, row.live, commit.full_read);
         for w in prepared.writes() {
             let (payload, old) = match &w.kind {
                 WriteKind::Insert { payload } => (payload.as_str().as_bytes(), None),
@@ -57,17 +59,30 @@ impl Inner {
             let mut value = encode_record(seq, generation, &w.record.meta, payload);
             set_change(&mut value, w.change);
             batch.insert(key.as_slice(), value);
+            tally.changed(old, generation, !w.record.is_deleted())?;
             entry.changed(w.record.id.as_bytes(), old)?;
         }
         for s in prepared.seen() {
             key.truncate(prefix_len);
             key.extend_from_slice(s.id.as_bytes());
             batch.insert(key.as_slice(), seen_by(&s.stored, generation));
+            let live = !RecordView::new(&s.stored)?.deleted();
+            tally.changed(Some(&s.stored), generation, live)?;
         }
         // The scan sees the records as they were before this batch: the page's own are
-        // spared by id.
+        // spared by id. It is skipped when the stream's count says that every live
+        // record carries the full read's generation (`sweep.rs`).
         let mut swept = 0u64;
-        if let Some(sweep) = prepared.sweep() {
+        let mut scanned = None;
+        if let Some(sweep) = prepared
+            .sweep()
+            .filter(|s| !tally.nothing_to_sweep(s.generation, row.live))
+        {
+            #[cfg(test)]
+            self.sweep_scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Live records the sweep spares for carrying a newer generation.
+            let mut newer = 0u64;
             for item in self.tree.scan_prefix(record_prefix(sid)) {
                 let (k, v) = item.map_err(sled_err("sweep"))?;
                 if std::str::from_utf8(&k[prefix_len..]).is_ok_and(|id| sweep.spares(id)) {
@@ -80,8 +95,11 @@ impl Inner {
                     entry.changed(&k[prefix_len..], Some(&v))?;
                     batch.insert(k, value);
                     swept += 1;
+                } else if !view.deleted() && view.seen_gen() > sweep.generation {
+                    newer += 1;
                 }
             }
+            scanned = Some((sweep.generation, newer));
         }
         entry.write(&self.tree, &mut batch, seq, sid)?;
         faults.after_records(BACKEND)?;
@@ -102,6 +120,7 @@ impl Inner {
             .deleted
             .checked_add_signed(done.deleted_delta)
             .ok_or_else(|| corrupt("negative deleted record count"))?;
+        row.seen_live = tally.finish(scanned, row.live);
         batch.insert(&stream_row_key(sid)[..], row.to_json()?);
         batch.insert(KEY_SEQ, &seq.to_be_bytes());
         faults.before_commit(BACKEND)?;

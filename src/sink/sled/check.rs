@@ -75,6 +75,8 @@ impl Inner {
         let mut records = 0u64;
         let mut history = super::history::HistoryCheck::default();
         let mut feed = FeedCheck::default();
+        // Per stream number and generation: live records stamped with it (`sweep.rs`).
+        let mut stamped: HashMap<(u64, u64), u64> = HashMap::new();
         for item in self.tree.iter() {
             let (key, value) = item.map_err(sled_err("check"))?;
             match key.first().copied() {
@@ -123,6 +125,7 @@ impl Inner {
                                 entry.1 += 1;
                             } else {
                                 entry.0 += 1;
+                                *stamped.entry((sid, view.seen_gen())).or_default() += 1;
                             }
                             let record_seq = view.u64_at(OFF_SEQ);
                             if record_seq > max_record_seq.0 {
@@ -196,6 +199,15 @@ impl Inner {
                     "stream {name}: its row counts {} live and {} deleted records, the store holds {live} and {deleted}",
                     row.live, row.deleted
                 ));
+            }
+            if let Some(seen) = row.seen_live {
+                let held = stamped.get(&(sid, seen.generation)).copied().unwrap_or(0);
+                if held != seen.count {
+                    problems.add(format!(
+                        "stream {name}: its row counts {} live records stamped with generation {}, the store holds {held}",
+                        seen.count, seen.generation
+                    ));
+                }
             }
             if let (Some(cursor), Some(id)) = (&row.state.cursor, &row.cursor_record) {
                 let mut key = record_prefix(sid);

@@ -20,7 +20,7 @@
 //! | `0x00 "seq"` | the last commit's sequence number |
 //! | `0x00 "sid"` | the last stream number handed out |
 //! | `'i'` + stream key | the stream's number (`sid`, `u64` big-endian) |
-//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor (JSON) |
+//! | `'s'` + sid | the stream's row: key, state, totals, record counts, last run, upstream error, the id of the record whose cursor is the stream's cursor, the live records stamped with the running full read's generation (JSON) |
 //! | `'r'` + sid + record id | one record: a fixed binary header (seq, generation seen, timestamps, action, flags with the kind of the last change), the cursor, then the payload JSON verbatim |
 //! | `'e'` + seq, `'e'` + seq + chunk | the change feed's index: one entry per commit, its ids and how many of them it is still the last change of (see `feed.rs`) |
 //! | `'k'` + consumer name | a named consumer's feed position |
@@ -80,7 +80,8 @@
 //! `apply.rs` a commit applied, `rows.rs` stream rows and record values, `error.rs` the
 //! error mapping, `recovery.rs` the removal of interrupted snapshots, `check.rs`
 //! [`SledStore::check`], `feed.rs` the change feed's index and reads, consumers, and the
-//! migration of format-1 and format-2 stores.
+//! migration of format-1 and format-2 stores, `sweep.rs` the count that lets a full
+//! read that saw every record skip the sweep's scan.
 
 use std::fmt;
 use std::ops::Bound;
@@ -116,6 +117,7 @@ mod outbox;
 mod recovery;
 mod rows;
 mod schema;
+mod sweep;
 mod writer;
 
 pub use check::StoreCheck;
@@ -163,6 +165,9 @@ struct Inner {
     write: Mutex<()>,
     /// Held for writing while a batch is applied, for reading by multi-key reads.
     apply: RwLock<()>,
+    /// Sweeps that scanned a stream's records (the others were skipped: `sweep.rs`).
+    #[cfg(test)]
+    sweep_scans: AtomicU64,
 }
 
 impl fmt::Debug for SledStore {
@@ -399,6 +404,8 @@ impl Inner {
             durability: options.durability,
             write: Mutex::new(()),
             apply: RwLock::new(()),
+            #[cfg(test)]
+            sweep_scans: AtomicU64::new(0),
         };
         if removed.is_empty() {
             return Ok((inner, None));

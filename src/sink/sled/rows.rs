@@ -30,6 +30,10 @@ pub(super) struct StreamRow {
     /// The last run that ended `ok` (see `history.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) last_success: Option<RunSummary>,
+    /// The live records stamped with the running full read's generation, while known
+    /// exactly (see `sweep.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen_live: Option<super::sweep::SeenLive>,
 }
 
 impl StreamRow {
@@ -44,6 +48,7 @@ impl StreamRow {
             upstream_error: None,
             cursor_record: None,
             last_success: None,
+            seen_live: None,
         }
     }
 
