@@ -10,9 +10,9 @@
 #
 # Prints one line per run: store, raw and engine records/s, fresh and update, their
 # ratios, the feed reads, and the server's milliseconds in the statements of each
-# schema (the store ceiling's, the raw ceiling's, the engine's; schema changes left
-# out). The JSON of each run and its per-statement table are left in $PG_BENCH_OUT
-# (default: a temporary directory, printed at the end).
+# schema (the store ceiling's, the raw ceiling's, the engine's with the feed reads;
+# schema changes left out). The JSON of each run and its per-statement table are left
+# in $PG_BENCH_OUT (default: a temporary directory, printed at the end).
 set -euo pipefail
 self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 
