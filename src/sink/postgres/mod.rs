@@ -79,12 +79,12 @@
 //!   ceiling's `UNNEST` upsert; the stored-version read about 10%; the feed's upkeep
 //!   statement 4-5%.
 //! - Tried and not kept: binary `COPY` of each page into a per-session temporary
-//!   table (`ON COMMIT DELETE ROWS`) merged by one statement. The merge took about 60%
+//!   table (`ON COMMIT DELETE ROWS`) merged by one statement. The merge took about half
 //!   of the two write statements' time, but the `COPY` cost more than that saving
-//!   (parsing the `jsonb` there, and writing the temporary table): 1.3 to 1.5 times the
+//!   (parsing the `jsonb` there, and writing the temporary table): 1.3 to 1.8 times the
 //!   server time of a page write, store ceiling fresh / update 8.8k / 7.0k records/s
-//!   against 12.2k / 13.4k in the same sitting (medians of 2). It would also need the temporary table
-//!   on every session, which a transaction-pooling proxy does not keep.
+//!   against 12.2k / 13.4k in the same sitting (medians of 2). It would also need the
+//!   temporary table on every session, which a transaction-pooling proxy does not keep.
 //! - The stored-version read stays a statement of its own, after the stream's lock:
 //!   folded into the locking statement, it would read the snapshot taken when that
 //!   statement started, before a concurrent commit of the same stream that the lock
