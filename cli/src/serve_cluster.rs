@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use nango_sync::engine::cluster;
 use nango_sync::engine::scheduler::Scheduler;
 use nango_sync::sink::{SharedSink, SinkUrl};
 
@@ -39,21 +40,13 @@ pub struct Instance {
     cluster: Option<std::sync::Arc<nango_sync::engine::cluster::Cluster>>,
 }
 
-/// The host name and the process id.
-fn default_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "host".to_string());
-    format!("{host}-{}", std::process::id())
-}
-
 /// Open the store for `serve` and check the instance's arguments.
 pub async fn open(url: &str, args: &InstanceArgs) -> Result<Instance> {
-    let id = args.instance_id.clone().unwrap_or_else(default_id);
-    if id.is_empty() || id.chars().count() > 200 || id.chars().any(char::is_control) {
+    let id = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(cluster::ClusterConfig::default_instance_id);
+    if !cluster::is_valid_instance_id(&id) {
         bail!("--instance-id {id:?}: 1 to 200 characters without control characters");
     }
     if let SinkUrl::Postgres(_) = SinkUrl::parse(url)? {

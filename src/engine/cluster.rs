@@ -63,6 +63,12 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
 }
 
+/// Whether `id` can name an instance: 1 to 200 characters, none of them a control
+/// character.
+pub fn is_valid_instance_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= 200 && !id.chars().any(char::is_control)
+}
+
 impl ClusterConfig {
     /// An instance `instance` with leases of `lease_ttl`.
     pub fn new(instance: impl Into<String>, lease_ttl: Duration) -> Self {
@@ -87,10 +93,7 @@ impl ClusterConfig {
     /// Check the id (1 to 200 characters, no control characters) and the lease time
     /// (at least [`MIN_LEASE_TTL`]).
     pub fn validate(&self) -> Result<()> {
-        if self.instance.is_empty()
-            || self.instance.chars().count() > 200
-            || self.instance.chars().any(char::is_control)
-        {
+        if !is_valid_instance_id(&self.instance) {
             return Err(Error::invalid(
                 "instance id",
                 format!(
