@@ -30,14 +30,7 @@ fn read_stored(
     stream_id: i64,
     commit: &Commit,
 ) -> rusqlite::Result<HashMap<String, Stored<Handle>>> {
-    let ids = serde_json::to_string(
-        &commit
-            .records
-            .iter()
-            .map(|r| r.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+    let ids = feed::id_list(commit.records.iter().map(|r| r.id.as_str()))?;
     let mut select = tx.prepare_cached(
         "SELECT r.id, r.record_id, r.last_modified_at, r.cursor,
                 r.deleted_at IS NOT NULL OR r.last_action = 3, r.pruned_at IS NOT NULL,

@@ -99,6 +99,13 @@ fn commit_key(seq: i64) -> i64 {
     seq.saturating_mul(CHUNKS_PER_COMMIT)
 }
 
+/// `ids` as one JSON array of strings: how a statement takes a list of ids (a feed
+/// row's list, a commit's lookups through `json_each`).
+pub(super) fn id_list<'a>(ids: impl Iterator<Item = &'a str>) -> rusqlite::Result<String> {
+    serde_json::to_string(&ids.collect::<Vec<_>>())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))
+}
+
 /// In a commit's transaction, after its writes: index the commit in the feed. `written`
 /// holds each id the commit changed (its writes and its sweep, each once) with the `seq`
 /// its record had before (`None` for a new record). Writes the commit's id lists, and
@@ -118,8 +125,7 @@ pub(super) fn index_commit(
         "INSERT INTO nango_feed_commits (key, stream_id, ids, live) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for (chunk, ids) in written.chunks(CHUNK_IDS).enumerate() {
-        let list = serde_json::to_string(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?;
+        let list = id_list(ids.iter().map(|(id, _)| *id))?;
         let live = (chunk == 0).then_some(written.len() as i64);
         insert.execute(params![
             commit_key(seq) + chunk as i64,
