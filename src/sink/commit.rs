@@ -334,6 +334,12 @@ impl<'c, H> Prepared<'c, H> {
         &self.seen
     }
 
+    /// The change of the stream's live record count made by the writes alone (the
+    /// sweep's deletions not counted).
+    pub fn live_delta_of_writes(&self) -> i64 {
+        self.live
+    }
+
     /// The sweep to run after the writes, on the completing commit of a full re-read.
     pub fn sweep(&self) -> Option<&Sweep<'c>> {
         self.sweep.as_ref()

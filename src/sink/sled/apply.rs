@@ -74,10 +74,9 @@ impl Inner {
         // record carries the full read's generation (`sweep.rs`).
         let mut swept = 0u64;
         let mut scanned = None;
-        if let Some(sweep) = prepared
-            .sweep()
-            .filter(|s| !tally.nothing_to_sweep(s.generation, row.live))
-        {
+        if let Some(sweep) = prepared.sweep().filter(|s| {
+            !tally.nothing_to_sweep(s.generation, row.live, prepared.live_delta_of_writes())
+        }) {
             #[cfg(test)]
             self.sweep_scans
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

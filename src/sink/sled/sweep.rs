@@ -42,8 +42,6 @@ pub(super) struct SeenTally {
     start: Option<SeenLive>,
     /// Live records stamped with the count's generation, added minus removed.
     delta: i64,
-    /// Live records, added minus removed (the commit's writes, before its sweep).
-    live_delta: i64,
 }
 
 impl SeenTally {
@@ -67,11 +65,7 @@ impl SeenTally {
             }
             (_, Some(_)) => None,
         };
-        SeenTally {
-            start,
-            delta: 0,
-            live_delta: 0,
-        }
+        SeenTally { start, delta: 0 }
     }
 
     /// A record the commit writes or stamps: its stored value (none for a new record)
@@ -85,18 +79,12 @@ impl SeenTally {
         let counted = self.start.map(|s| s.generation);
         if let Some(stored) = stored {
             let view = RecordView::new(stored)?;
-            if !view.deleted() {
-                self.live_delta -= 1;
-                if Some(view.seen_gen()) == counted {
-                    self.delta -= 1;
-                }
+            if !view.deleted() && Some(view.seen_gen()) == counted {
+                self.delta -= 1;
             }
         }
-        if live {
-            self.live_delta += 1;
-            if Some(generation) == counted {
-                self.delta += 1;
-            }
+        if live && Some(generation) == counted {
+            self.delta += 1;
         }
         Ok(())
     }
@@ -110,11 +98,14 @@ impl SeenTally {
 
     /// Whether the sweep of full read `generation` has nothing to mark deleted: every
     /// live record, after the commit's writes, is stamped with `generation`. `live` is
-    /// the stream's live records before the commit.
-    pub(super) fn nothing_to_sweep(&self, generation: u64, live: u64) -> bool {
+    /// the stream's live records before the commit, `writes_delta` the change the
+    /// commit's writes make to it ([`Prepared::live_delta_of_writes`]).
+    ///
+    /// [`Prepared::live_delta_of_writes`]: crate::sink::commit::Prepared::live_delta_of_writes
+    pub(super) fn nothing_to_sweep(&self, generation: u64, live: u64, writes_delta: i64) -> bool {
         let live_after = i64::try_from(live)
             .ok()
-            .and_then(|l| l.checked_add(self.live_delta));
+            .and_then(|l| l.checked_add(writes_delta));
         match (self.counted(), live_after) {
             (Some(s), Some(l)) => s.generation == generation && i64::try_from(s.count) == Ok(l),
             _ => false,
