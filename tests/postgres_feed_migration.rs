@@ -182,7 +182,7 @@ async fn a_previous_format_store_is_migrated_and_reads_the_same_feed() {
     );
     assert_eq!(
         scalar(&schema, "SELECT max(version) FROM {s}.schema_migrations").await,
-        6,
+        7,
         "migrated to the latest version"
     );
     // One list per commit that still has live records, in chunks of at most 1,000 ids,

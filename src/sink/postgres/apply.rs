@@ -70,8 +70,9 @@ impl PostgresStore {
         // Three kinds of writes, each one statement when there are any: records the
         // store does not hold are inserted (no conflict is possible: the stream's lock
         // orders its commits, and the read above saw every record of the stream);
-        // stored records are overwritten by an upsert; stored records keeping their
-        // payload get only the metadata.
+        // stored records are updated with their new payload; stored records keeping
+        // their payload get only the metadata. An update must find every row the read
+        // above found.
         let mut inserts = Vec::new();
         let mut overwrites = Vec::new();
         let mut keeps = Vec::new();
@@ -92,20 +93,24 @@ impl PostgresStore {
                 WriteKind::KeepPayload { .. } => keeps.push((w.record, w.change)),
             }
         }
-        for (sql, rows) in [
-            (&self.sql.insert_records, &inserts),
-            (&self.sql.upsert_records, &overwrites),
+        for (sql, rows, must_exist) in [
+            (&self.sql.insert_records, &inserts, false),
+            (&self.sql.update_records, &overwrites, true),
         ] {
             if !rows.is_empty() {
                 let q = sqlx::query(sql.clone())
                     .bind(stream_id)
                     .bind(rows.iter().map(|(r, _, _)| r.id.as_str()).bind_iter())
                     .bind(rows.iter().map(|(_, p, _)| p.as_str()).bind_iter());
-                bind_metadata(q, || rows.iter().map(|(r, _, _)| &r.meta), stamp)
+                let written = bind_metadata(q, || rows.iter().map(|(r, _, _)| &r.meta), stamp)
                     .bind(rows.iter().map(|(_, _, c)| i16::from(c.code())).bind_iter())
                     .execute(&mut **tx)
                     .await
-                    .map_err(|e| classify("write records", e))?;
+                    .map_err(|e| classify("write records", e))?
+                    .rows_affected();
+                if must_exist {
+                    all_found(written, rows.len())?;
+                }
             }
         }
         if !keeps.is_empty() {
@@ -118,19 +123,7 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify("write records", e))?
                 .rows_affected();
-            if updated != keeps.len() as u64 {
-                // A record read above is gone: something outside nango-sync deleted it.
-                return Err(Error::store(
-                    BACKEND,
-                    "write records",
-                    true,
-                    format!(
-                        "{} of {} stored records changed during the commit",
-                        keeps.len() as u64 - updated.min(keeps.len() as u64),
-                        keeps.len()
-                    ),
-                ));
-            }
+            all_found(updated, keeps.len())?;
         }
         if !prepared.seen().is_empty() {
             sqlx::query(self.sql.mark_seen.clone())
@@ -204,6 +197,24 @@ impl PostgresStore {
             "the stream row vanished while it was created",
         ))
     }
+}
+
+/// Check that an update of stored records found each of the `expected` rows the
+/// commit's read found; one missing was deleted by something outside nango-sync.
+fn all_found(updated: u64, expected: usize) -> Result<()> {
+    let expected = expected as u64;
+    if updated == expected {
+        return Ok(());
+    }
+    Err(Error::store(
+        BACKEND,
+        "write records",
+        true,
+        format!(
+            "{} of {expected} stored records changed during the commit",
+            expected - updated.min(expected),
+        ),
+    ))
 }
 
 /// Bind the metadata columns of a page write (one array per column, see

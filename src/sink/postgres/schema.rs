@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "instances",
         include_str!("migrations/0006_instances.sql"),
     ),
+    (
+        7,
+        "hot_updates",
+        include_str!("migrations/0007_hot_updates.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -280,7 +285,7 @@ pub(super) struct Statements {
     pub(super) insert_records: SqlStr,
     pub(super) update_metadata: SqlStr,
     pub(super) next_seq: SqlStr,
-    pub(super) upsert_records: SqlStr,
+    pub(super) update_records: SqlStr,
     pub(super) mark_seen: SqlStr,
     pub(super) update_stream: SqlStr,
     pub(super) stream_state: SqlStr,
@@ -355,15 +360,21 @@ impl Statements {
                    WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
                 .into()),
             next_seq: s("UPDATE {s}.commit_seq SET seq = seq + 1 RETURNING seq".into()),
-            upsert_records: s(format!(
-                "INSERT INTO {{s}}.records AS r ({WRITE_COLUMNS}) {WRITE_VALUES} \
-                 ON CONFLICT (stream_id, id) DO UPDATE SET \
-                   payload = EXCLUDED.payload, first_seen_at = EXCLUDED.first_seen_at, \
-                   last_modified_at = EXCLUDED.last_modified_at, last_action = EXCLUDED.last_action, \
-                   deleted_at = EXCLUDED.deleted_at, pruned_at = EXCLUDED.pruned_at, cursor = EXCLUDED.cursor, \
-                   deleted = EXCLUDED.deleted, seq = EXCLUDED.seq, seen_generation = EXCLUDED.seen_generation, \
-                   change_kind = EXCLUDED.change_kind"
-            )),
+            // Stored records get their new version by an update (same parameters as a
+            // page insert), not an upsert: the commit's lookup found them, and the
+            // stream's lock keeps them there.
+            update_records: s(
+                "UPDATE {s}.records AS r SET payload = u.payload::jsonb, first_seen_at = u.first_seen_at, \
+                   last_modified_at = u.last_modified_at, last_action = u.last_action, \
+                   deleted_at = u.deleted_at, pruned_at = u.pruned_at, cursor = u.cursor, \
+                   deleted = u.deleted, seq = $11, seen_generation = $12, change_kind = u.change_kind \
+                 FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
+                             $9::text[], $10::bool[], $13::int2[]) \
+                   AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted, \
+                        change_kind) \
+                 WHERE r.stream_id = $1 AND r.id = u.id"
+                    .into(),
+            ),
             insert_records: s(format!(
                 "INSERT INTO {{s}}.records ({WRITE_COLUMNS}) {WRITE_VALUES}"
             )),
