@@ -97,12 +97,13 @@ async fn scalar(schema: &str, sql: &str) -> i64 {
 }
 
 /// Turn a schema of this version back into the format before migration 5: no
-/// per-commit lists, the index on `records (seq, id)`, migrations 5 and later (the
-/// instances' tables) not recorded. The records, streams, consumers and commit counter
+/// per-commit lists, the index on `records (seq, id)`, full record pages, migrations 5
+/// and later (the instances' tables) not recorded. The records, streams, consumers and commit counter
 /// are the same in both formats.
 const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
     DROP TABLE {s}.leases; DROP TABLE {s}.instances; DROP TABLE {s}.rate_windows; \
+    ALTER TABLE {s}.records RESET (fillfactor); \
     DELETE FROM {s}.schema_migrations WHERE version >= 5";
 
 const INDEXES: &str = "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \
@@ -184,6 +185,16 @@ async fn a_previous_format_store_is_migrated_and_reads_the_same_feed() {
         scalar(&schema, "SELECT max(version) FROM {s}.schema_migrations").await,
         7,
         "migrated to the latest version"
+    );
+    assert_eq!(
+        scalar(
+            &schema,
+            "SELECT count(*) FROM pg_class WHERE oid = '{s}.records'::regclass \
+             AND reloptions @> ARRAY['fillfactor=50']"
+        )
+        .await,
+        1,
+        "record pages are filled to half, for updates in place"
     );
     // One list per commit that still has live records, in chunks of at most 1,000 ids,
     // whose live counts add up to the records.
