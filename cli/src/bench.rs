@@ -263,6 +263,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         "--page-size must be between 1 and 10000"
     );
     let targets = Targets::derive(&args.sink)?;
+    // The allocator settings `sync` uses for this store, in every pass alike.
+    crate::memory::for_store(&args.sink);
     let progress = |msg: &str| {
         if !args.json {
             eprintln!("bench: {msg}");

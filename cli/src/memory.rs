@@ -6,6 +6,13 @@
 //! resident memory of a long sync grew well past what was live (a 1,000,000-record sync
 //! into sled peaked at 250 MB with the default, 177 MB with one arena). Two arenas keep
 //! most of that gain without making every thread contend for one lock.
+//!
+//! With a sled store, blocks of 512 KiB and more are also mapped on their own
+//! ([`for_store`]): glibc otherwise raises that threshold as large blocks are freed and
+//! then serves them from the heap, where sled's large buffers left it fragmented. A
+//! standalone 1,000,000-record sync into sled peaked at 80 to 86 MB instead of 103 to
+//! 120 MB (four runs each, one sitting), for 8 to 11% more CPU (pages mapped and
+//! zeroed anew); SQLite and PostgreSQL keep glibc's default.
 
 /// Limit glibc's malloc arenas (no-op on other platforms and allocators).
 pub fn limit_arenas() {
@@ -15,4 +22,19 @@ pub fn limit_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// Allocator settings for the store at `url`, applied when the process opens it (see
+/// the module's documentation); no-op but for sled on glibc.
+pub fn for_store(url: &str) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if url.starts_with("sled://") {
+        // SAFETY: `mallopt` only sets an allocator parameter, under glibc's own lock;
+        // M_MMAP_THRESHOLD is documented as settable at any time.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = url;
 }

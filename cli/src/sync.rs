@@ -231,6 +231,7 @@ pub async fn sync(args: SyncArgs) -> Result<ExitCode> {
 }
 
 pub async fn open_sink(url: &str) -> Result<SharedSink> {
+    crate::memory::for_store(url);
     sink::open(url).await.map_err(|e| {
         let shown = nango_sync::redact_url(url);
         if e.is_damaged_store() {
