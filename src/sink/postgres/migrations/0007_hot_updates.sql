@@ -8,8 +8,9 @@
 -- index entry of its own. Pages filled to half leave that room: measured with `bench`
 -- (100,000 records of about 740 bytes), the server's time to write a page of updates
 -- fell by 29% against full pages, a page of new records cost 4% more. The table takes
--- more space after a first sync (about twice the rows' size), and about what a table of
--- full pages grows to after its records have all been updated once.
+-- more space after a first sync (100,000 rows of about 870 bytes: 195 MB against 87 MB),
+-- and no more as its records are updated (full pages grew to 174 MB after one update of
+-- every row, 261 MB after two, with no vacuum between).
 --
 -- It applies to pages written from now on; `VACUUM FULL {schema}.records` rewrites a
 -- table filled before.
