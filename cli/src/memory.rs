@@ -10,8 +10,8 @@
 //! With a sled store, blocks of 512 KiB and more are also mapped on their own
 //! ([`for_store`]): glibc otherwise raises that threshold as large blocks are freed and
 //! then serves them from the heap, where sled's large buffers left it fragmented. A
-//! standalone 1,000,000-record sync into sled peaked at 80 to 86 MB instead of 103 to
-//! 120 MB (four runs each, one sitting), for 8 to 11% more CPU (pages mapped and
+//! standalone 1,000,000-record sync into sled peaked at 80 to 86 MB instead of 98 to
+//! 120 MB (four and seven runs, one day), for about 10% more CPU (pages mapped and
 //! zeroed anew); SQLite and PostgreSQL keep glibc's default.
 
 /// Limit glibc's malloc arenas (no-op on other platforms and allocators).
