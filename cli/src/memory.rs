@@ -12,7 +12,9 @@
 //! then serves them from the heap, where sled's large buffers left it fragmented. A
 //! standalone 1,000,000-record sync into sled peaked at 80 to 86 MB instead of 98 to
 //! 120 MB (four and seven runs, one day), for about 10% more CPU (pages mapped and
-//! zeroed anew); SQLite and PostgreSQL keep glibc's default.
+//! zeroed anew; in `bench`, whose in-process fake and page buffers are mapped too, the
+//! sled passes took 13 to 21% more CPU and the store ceiling ran 15% slower). SQLite
+//! and PostgreSQL keep glibc's default, and a threshold the environment sets wins.
 
 /// Limit glibc's malloc arenas (no-op on other platforms and allocators).
 pub fn limit_arenas() {
@@ -25,10 +27,12 @@ pub fn limit_arenas() {
 }
 
 /// Allocator settings for the store at `url`, applied when the process opens it (see
-/// the module's documentation); no-op but for sled on glibc.
+/// the module's documentation); no-op but for sled on glibc, and when the environment
+/// sets the threshold itself (`MALLOC_MMAP_THRESHOLD_`, or `mmap_threshold` in
+/// `GLIBC_TUNABLES`): the user's setting wins.
 pub fn for_store(url: &str) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if url.starts_with("sled://") {
+    if url.starts_with("sled://") && !threshold_set_by_environment() {
         // SAFETY: `mallopt` only sets an allocator parameter, under glibc's own lock;
         // M_MMAP_THRESHOLD is documented as settable at any time.
         unsafe {
@@ -37,4 +41,11 @@ pub fn for_store(url: &str) {
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     let _ = url;
+}
+
+/// Whether the environment sets glibc's mmap threshold.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn threshold_set_by_environment() -> bool {
+    std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("mmap_threshold"))
 }
