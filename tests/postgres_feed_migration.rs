@@ -98,8 +98,8 @@ async fn scalar(schema: &str, sql: &str) -> i64 {
 
 /// Turn a schema of this version back into the format before migration 5: no
 /// per-commit lists, the index on `records (seq, id)`, full record pages, migrations 5
-/// and later (the instances' tables) not recorded. The records, streams, consumers and commit counter
-/// are the same in both formats.
+/// and later (the instances' tables) not recorded. The records, streams, consumers and
+/// commit counter are the same in both formats.
 const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
     DROP TABLE {s}.leases; DROP TABLE {s}.instances; DROP TABLE {s}.rate_windows; \

@@ -102,14 +102,14 @@ impl PostgresStore {
                     .bind(stream_id)
                     .bind(rows.iter().map(|(r, _, _)| r.id.as_str()).bind_iter())
                     .bind(rows.iter().map(|(_, p, _)| p.as_str()).bind_iter());
-                let written = bind_metadata(q, || rows.iter().map(|(r, _, _)| &r.meta), stamp)
+                let affected = bind_metadata(q, || rows.iter().map(|(r, _, _)| &r.meta), stamp)
                     .bind(rows.iter().map(|(_, _, c)| i16::from(c.code())).bind_iter())
                     .execute(&mut **tx)
                     .await
                     .map_err(|e| classify("write records", e))?
                     .rows_affected();
                 if must_exist {
-                    all_found(written, rows.len())?;
+                    all_found(affected, rows.len())?;
                 }
             }
         }

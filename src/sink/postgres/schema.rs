@@ -301,9 +301,8 @@ pub(super) struct Statements {
 /// array of change kinds.
 const WRITE_COLUMNS: &str = "stream_id, id, payload, first_seen_at, last_modified_at, last_action, \
      deleted_at, pruned_at, cursor, deleted, seq, seen_generation, change_kind";
-const WRITE_VALUES: &str = "SELECT $1, u.id, u.payload::jsonb, u.first_seen_at, u.last_modified_at, u.last_action, \
-       u.deleted_at, u.pruned_at, u.cursor, u.deleted, $11, $12, u.change_kind \
-     FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
+/// The rows of a page write, `u`, from its parameters (see [`WRITE_COLUMNS`]).
+const WRITE_ROWS: &str = "UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
                  $9::text[], $10::bool[], $13::int2[]) \
        AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted, \
             change_kind)";
@@ -363,20 +362,18 @@ impl Statements {
             // Stored records get their new version by an update (same parameters as a
             // page insert), not an upsert: the commit's lookup found them, and the
             // stream's lock keeps them there.
-            update_records: s(
-                "UPDATE {s}.records AS r SET payload = u.payload::jsonb, first_seen_at = u.first_seen_at, \
+            update_records: s(format!(
+                "UPDATE {{s}}.records AS r SET payload = u.payload::jsonb, first_seen_at = u.first_seen_at, \
                    last_modified_at = u.last_modified_at, last_action = u.last_action, \
                    deleted_at = u.deleted_at, pruned_at = u.pruned_at, cursor = u.cursor, \
                    deleted = u.deleted, seq = $11, seen_generation = $12, change_kind = u.change_kind \
-                 FROM UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int2[], $7::int8[], $8::int8[], \
-                             $9::text[], $10::bool[], $13::int2[]) \
-                   AS u(id, payload, first_seen_at, last_modified_at, last_action, deleted_at, pruned_at, cursor, deleted, \
-                        change_kind) \
-                 WHERE r.stream_id = $1 AND r.id = u.id"
-                    .into(),
-            ),
+                 FROM {WRITE_ROWS} WHERE r.stream_id = $1 AND r.id = u.id"
+            )),
             insert_records: s(format!(
-                "INSERT INTO {{s}}.records ({WRITE_COLUMNS}) {WRITE_VALUES}"
+                "INSERT INTO {{s}}.records ({WRITE_COLUMNS}) \
+                 SELECT $1, u.id, u.payload::jsonb, u.first_seen_at, u.last_modified_at, u.last_action, \
+                   u.deleted_at, u.pruned_at, u.cursor, u.deleted, $11, $12, u.change_kind \
+                 FROM {WRITE_ROWS}"
             )),
             update_metadata: s(
                 "UPDATE {s}.records AS r SET first_seen_at = u.first_seen_at, \

@@ -7,7 +7,7 @@
 -- a vacuum); when the page is full, the new version goes to another page and gets an
 -- index entry of its own. Pages filled to half leave that room: measured with `bench`
 -- (100,000 records of about 740 bytes), the server's time to write a page of updates
--- fell by 29% against full pages, a page of new records cost 4% more. The table takes
+-- fell by 29% against full pages, a page of new records cost 4 to 10% more. The table takes
 -- more space after a first sync (100,000 rows of about 870 bytes: 195 MB against 87 MB),
 -- and no more as its records are updated (full pages grew to 174 MB after one update of
 -- every row, 261 MB after two, with no vacuum between).
