@@ -222,15 +222,26 @@ pub fn merge(incoming: &Record, stored: Option<StoredVersion<'_>>) -> Decision {
 /// store holds. Cheap for real payloads: text longer than a bare object of this id could
 /// ever be is rejected without parsing.
 pub fn payload_text_is_bare(id: &str, payload: &str) -> bool {
-    // `{"id":"<id>"}` with every id byte escaped as `\uXXXX` (6 bytes) and generous
-    // whitespace is still shorter than this.
-    if payload.len() > 6 * id.len() + 64 {
+    if payload.len() > bare_length_limit(id) {
         return false;
     }
     match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(payload) {
         Ok(map) => map.len() == 1 && map.contains_key("id"),
         Err(_) => false,
     }
+}
+
+/// [`payload_text_is_bare`] for a payload a store holds as bytes: only bytes short
+/// enough to be a bare object are checked to be UTF-8 and parsed.
+pub fn payload_bytes_are_bare(id: &str, payload: &[u8]) -> bool {
+    payload.len() <= bare_length_limit(id)
+        && std::str::from_utf8(payload).is_ok_and(|p| payload_text_is_bare(id, p))
+}
+
+/// The longest a bare object of `id` can be: `{"id":"<id>"}` with every id byte escaped
+/// as `\uXXXX` (6 bytes) and generous whitespace is still shorter than this.
+fn bare_length_limit(id: &str) -> usize {
+    6 * id.len() + 64
 }
 
 /// Where the payload of a planned write comes from.
@@ -565,9 +576,12 @@ mod tests {
         ];
         for (id, text, bare) in cases {
             assert_eq!(payload_text_is_bare(id, text), bare, "{text}");
+            assert_eq!(payload_bytes_are_bare(id, text.as_bytes()), bare, "{text}");
         }
         let long = format!(r#"{{"id":"a","pad":"{}"}}"#, "x".repeat(500));
         assert!(!payload_text_is_bare("a", &long));
+        assert!(!payload_bytes_are_bare("a", long.as_bytes()));
+        assert!(!payload_bytes_are_bare("a", b"{\"id\":\"\xff\"}"));
     }
 
     #[test]

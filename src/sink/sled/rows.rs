@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::BACKEND;
 use super::error::corrupt;
 use crate::error::{Error, Result};
-use crate::merge::{Counts, StoredVersionBuf, payload_text_is_bare};
+use crate::merge::{Counts, StoredVersionBuf, payload_bytes_are_bare};
 use crate::record::{Cursor, LastAction, Metadata, RawJson, StoredRecord, StreamKey};
 use crate::sink::{RunSummary, StreamState};
 use crate::time::Timestamp;
@@ -181,7 +181,7 @@ impl<'a> RecordView<'a> {
 
     pub(super) fn version(&self, id: &str) -> Result<StoredVersionBuf> {
         let pruned = self.bytes[OFF_FLAGS] & FLAG_PRUNED_AT != 0
-            || std::str::from_utf8(self.payload_bytes()).is_ok_and(|p| payload_text_is_bare(id, p));
+            || payload_bytes_are_bare(id, self.payload_bytes());
         Ok(StoredVersionBuf {
             last_modified_at: self.ts_at(OFF_LAST_MODIFIED),
             cursor: self.cursor()?.to_owned(),

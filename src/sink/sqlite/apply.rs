@@ -9,7 +9,7 @@ use super::error::sql_err;
 use super::rows::{ensure_stream, micros};
 use super::{BACKEND, feed};
 use crate::error::Result;
-use crate::merge::{StoredVersionBuf, payload_text_is_bare};
+use crate::merge::{StoredVersionBuf, payload_bytes_are_bare};
 use crate::record::Cursor;
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
@@ -45,8 +45,8 @@ fn read_stored(
         let id: String = row.get(0)?;
         let bare = row
             .get_ref(6)?
-            .as_str_or_null()?
-            .is_some_and(|p| payload_text_is_bare(&id, p));
+            .as_bytes_or_null()?
+            .is_some_and(|p| payload_bytes_are_bare(&id, p));
         let stored = Stored {
             handle: Handle {
                 rowid: row.get(1)?,
