@@ -447,15 +447,26 @@ mod tests {
             _ => format!(r#""rec-{n}""#),
         };
         let meta = format!(
-            r#"{{"first_seen_at":"2026-11-26T19:47:22.72838+00:00","last_modified_at":"2026-11-2{}T19:47:22.7283{}+00:00","last_action":"{}","deleted_at":{},"pruned_at":null,"cursor":"{}"}}"#,
+            r#"{{{}"first_seen_at":"2026-11-26T19:47:22.72838+00:00",{}"last_modified_at":"2026-11-2{}T19:47:22.7283{}+00:00","last_action":"{}",{}"{}":{}}}"#,
+            r.pick(&["", "", r#""extra":[1,{"a":null}],"#]),
+            r.pick(&[
+                "",
+                r#""deleted_at":null,"#,
+                r#""deleted_at" : "2026-11-27T00:00:00+00:00","#
+            ]),
             r.below(9),
             r.below(10),
             r.pick(&["ADDED", "UPDATED", "DELETED"]),
-            r.pick(&["null", r#""2026-11-27T00:00:00+00:00""#]),
             r.pick(&[
-                "Y3Vy",
-                r#"Y3\u0056y"#,
-                "MjAyNi0xMS0yNlQxOTo0NzoyMi43MjgzOCswMDowMHx8"
+                "",
+                r#""pruned_at":null,"#,
+                r#""pruned_at":"2026-11-28T00:00:00Z","#
+            ]),
+            r.pick(&["cursor", "cursor", r#"curs\u006fr"#]),
+            r.pick(&[
+                r#""Y3Vy""#,
+                r#" "Y3\u0056y""#,
+                r#""MjAyNi0xMS0yNlQxOTo0NzoyMi43MjgzOCswMDowMHx8""#,
             ]),
         );
         let id_key = r.pick(&[r#""id""#, r#""\u0069d""#]);

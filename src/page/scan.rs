@@ -39,36 +39,32 @@ pub(super) fn parse(text: &str) -> Result<Page, PageError> {
 }
 
 /// What went wrong, and at which byte of the body. Made a [`PageError`] (with the place
-/// in the page, when it is known) by [`Fail::error`].
-struct Fail {
+/// in the page, when it is known) by [`Fail::error`]. Boxed, so that the scanner's
+/// results stay small on the path where nothing fails.
+struct Fail(Box<Failure>);
+
+struct Failure {
     kind: PageErrorKind,
     message: Cow<'static, str>,
     at: usize,
 }
 
 impl Fail {
+    fn new(kind: PageErrorKind, message: Cow<'static, str>, at: usize) -> Fail {
+        Fail(Box::new(Failure { kind, message, at }))
+    }
+
     fn eof(what: &'static str, at: usize) -> Fail {
-        Fail {
-            kind: PageErrorKind::Truncated,
-            message: Cow::Owned(format!("EOF while parsing {what}")),
-            at,
-        }
+        let message = format!("EOF while parsing {what}");
+        Fail::new(PageErrorKind::Truncated, Cow::Owned(message), at)
     }
 
     fn syntax(message: &'static str, at: usize) -> Fail {
-        Fail {
-            kind: PageErrorKind::Syntax,
-            message: Cow::Borrowed(message),
-            at,
-        }
+        Fail::new(PageErrorKind::Syntax, Cow::Borrowed(message), at)
     }
 
     fn invalid(message: impl Into<Cow<'static, str>>, at: usize) -> Fail {
-        Fail {
-            kind: PageErrorKind::Invalid,
-            message: message.into(),
-            at,
-        }
+        Fail::new(PageErrorKind::Invalid, message.into(), at)
     }
 
     /// An error of `serde_json`, which read a piece of the body and stopped at byte `at`
@@ -85,23 +81,19 @@ impl Fail {
         let text = e.to_string();
         let suffix = format!(" at line {} column {}", e.line(), e.column());
         let message = text.strip_suffix(&suffix).unwrap_or(&text).to_owned();
-        Fail {
-            kind,
-            message: Cow::Owned(message),
-            at,
-        }
+        Fail::new(kind, Cow::Owned(message), at)
     }
 
     /// The same failure with its kind changed (a string that cannot be decoded is a
     /// syntax error as a key, an invalid id as the value of `id`).
     fn with_kind(mut self, kind: PageErrorKind) -> Fail {
-        self.kind = kind;
+        self.0.kind = kind;
         self
     }
 
     fn error(self, place: Option<Place>) -> PageError {
         let place = place.map(|p| p.to_string()).unwrap_or_default();
-        let Fail { kind, message, at } = self;
+        let Failure { kind, message, at } = *self.0;
         let detail = match kind {
             PageErrorKind::Truncated => {
                 format!("the body ends before the page does ({place}{message} at byte {at})")
@@ -129,6 +121,10 @@ struct Str {
 
 /// A field of the record being read, in the order of the body.
 enum Field<'a> {
+    /// A member whose text in the body is its text in the payload (`"key":value`, no
+    /// whitespace, no escape sequence in the key, an id that is a plain string): its
+    /// span in the body.
+    Verbatim(usize, usize),
     /// `id`, written as a JSON string (`id_json`).
     Id,
     /// Any other field but `_nango_metadata`: its key as JSON text and its value's
@@ -549,6 +545,8 @@ impl<'a> Scanner<'a> {
                             Fail::invalid("duplicate id field", key_str.start),
                         ));
                     }
+                    self.ws();
+                    let start = self.pos;
                     let (value, json) = self.id().map_err(|f| place(&id, None, f))?;
                     if value.is_empty() {
                         return Err(place(
@@ -557,24 +555,34 @@ impl<'a> Scanner<'a> {
                             Fail::invalid("id is an empty string", key_str.start),
                         ));
                     }
+                    let compact = matches!((&key, &json), (Cow::Borrowed(_), Cow::Borrowed(_)))
+                        && start == key_str.end + 2;
+                    fields.push(if compact {
+                        Field::Verbatim(key_str.start - 1, self.pos)
+                    } else {
+                        Field::Id
+                    });
                     id = Some(value);
                     id_json = json;
-                    fields.push(Field::Id);
                 }
                 _ => {
-                    let key = match key {
-                        // No escape sequence: the key's text is its JSON text.
-                        Cow::Borrowed(_) => {
-                            Cow::Borrowed(&self.text[key_str.start - 1..=key_str.end])
-                        }
-                        Cow::Owned(k) => Cow::Owned(json_string(&k)),
-                    };
                     self.ws();
                     let start = self.pos;
                     self.skip_value().map_err(|f| place(&id, None, f))?;
-                    fields.push(Field::Other {
-                        key,
-                        value: (start, self.pos),
+                    let value = (start, self.pos);
+                    fields.push(match key {
+                        // No escape sequence: the key's text is its JSON text.
+                        Cow::Borrowed(_) if start == key_str.end + 2 => {
+                            Field::Verbatim(key_str.start - 1, self.pos)
+                        }
+                        Cow::Borrowed(_) => Field::Other {
+                            key: Cow::Borrowed(&self.text[key_str.start - 1..=key_str.end]),
+                            value,
+                        },
+                        Cow::Owned(k) => Field::Other {
+                            key: Cow::Owned(json_string(&k)),
+                            value,
+                        },
                     });
                 }
             }
@@ -601,7 +609,8 @@ impl<'a> Scanner<'a> {
     }
 
     /// The payload: `{`, each field but `_nango_metadata` as `key:value`, `}`, written
-    /// into one allocation of its final size.
+    /// into one allocation of its final size. Verbatim members that follow each other in
+    /// the body (with only a comma between them) are copied as one piece.
     fn payload(&self, fields: &[Field<'a>], id_json: &str) -> String {
         const ID_KEY: &str = "\"id\":";
         let len = 2
@@ -609,17 +618,31 @@ impl<'a> Scanner<'a> {
             + fields
                 .iter()
                 .map(|f| match f {
+                    Field::Verbatim(start, end) => end - start,
                     Field::Id => ID_KEY.len() + id_json.len(),
                     Field::Other { key, value } => key.len() + 1 + (value.1 - value.0),
                 })
                 .sum::<usize>();
         let mut out = String::with_capacity(len);
         out.push('{');
-        for (i, f) in fields.iter().enumerate() {
+        let mut i = 0;
+        while let Some(f) = fields.get(i) {
             if i > 0 {
                 out.push(',');
             }
+            i += 1;
             match f {
+                Field::Verbatim(start, end) => {
+                    let mut end = *end;
+                    while let Some(Field::Verbatim(next, next_end)) = fields.get(i) {
+                        if *next != end + 1 {
+                            break;
+                        }
+                        end = *next_end;
+                        i += 1;
+                    }
+                    out.push_str(&self.text[*start..end]);
+                }
                 Field::Id => {
                     out.push_str(ID_KEY);
                     out.push_str(id_json);
@@ -666,8 +689,88 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// `_nango_metadata`, read by `serde_json` from where the value starts.
+    /// `_nango_metadata`: an object of known fields, each a string (`deleted_at` and
+    /// `pruned_at` may be null), read here; anything else is left to `serde_json`, so
+    /// it fails (or not) as a `serde` reading of [`MetaDe`] would.
     fn metadata(&mut self) -> Result<Metadata, Fail> {
+        const NAMES: [&str; 6] = [
+            "first_seen_at",
+            "last_modified_at",
+            "last_action",
+            "deleted_at",
+            "pruned_at",
+            "cursor",
+        ];
+        // The fields that may be null or absent.
+        let optional = |slot: usize| slot == 3 || slot == 4;
+        if self.peek() != Some(b'{') {
+            return self.metadata_by_serde();
+        }
+        let start = self.pos;
+        self.pos += 1;
+        // Absent, null, or the string.
+        let mut values: [Option<Option<Cow<'a, str>>>; 6] = Default::default();
+        let mut first = true;
+        while let Some((key_str, key)) = self.key(first)? {
+            first = false;
+            let Some(slot) = NAMES.iter().position(|n| *n == key) else {
+                self.skip_value()?;
+                continue;
+            };
+            if values[slot].is_some() {
+                let message = format!("duplicate field `{}`", NAMES[slot]);
+                return Err(Fail::invalid(message, key_str.start));
+            }
+            values[slot] = Some(match self.peek() {
+                Some(b'"') => {
+                    let s = self.string()?;
+                    Some(self.text_of(s)?)
+                }
+                Some(b'n') if optional(slot) => {
+                    self.literal(b"null")?;
+                    None
+                }
+                _ => {
+                    let expected = if optional(slot) {
+                        "a string or null"
+                    } else {
+                        "a string"
+                    };
+                    return Err(self.wrong_type(expected));
+                }
+            });
+        }
+        let [
+            first_seen_at,
+            last_modified_at,
+            last_action,
+            deleted_at,
+            pruned_at,
+            cursor,
+        ] = values;
+        let end = self.pos;
+        let required = |value: Option<Option<Cow<'a, str>>>, slot: usize| match value {
+            Some(Some(text)) => Ok(text),
+            _ => Err(Fail::invalid(
+                format!("missing field `{}`", NAMES[slot]),
+                end,
+            )),
+        };
+        MetaDe {
+            first_seen_at: required(first_seen_at, 0)?,
+            last_modified_at: required(last_modified_at, 1)?,
+            last_action: required(last_action, 2)?,
+            deleted_at: deleted_at.flatten(),
+            pruned_at: pruned_at.flatten(),
+            cursor: required(cursor, 5)?,
+        }
+        .into_metadata()
+        .map_err(|e| Fail::invalid(e, start))
+    }
+
+    /// `_nango_metadata` that is not an object, read by `serde_json` from where the
+    /// value starts.
+    fn metadata_by_serde(&mut self) -> Result<Metadata, Fail> {
         let start = self.pos;
         let rest = &self.text[start..];
         let mut values = serde_json::Deserializer::from_str(rest).into_iter::<MetaDe<'_>>();
