@@ -4,10 +4,10 @@
 //! parsed. The payload written to the store is the record object without
 //! `_nango_metadata`, with every value byte-for-byte as Nango sent it.
 //!
-//! The body is read in one pass by a scanner of its own ([`scan`]): it checks the JSON
-//! syntax as it goes, finds each record's fields and copies the payload in one
-//! allocation of its final size. `serde_json` reads only `_nango_metadata` and strings
-//! with escape sequences.
+//! The body is read in one pass by a scanner of its own (`page/scan.rs`): it checks the
+//! JSON syntax as it goes, finds each record's fields and copies the payload in one
+//! allocation of its final size. `serde_json` only decodes strings with escape sequences
+//! (and reads a `_nango_metadata` that is not an object).
 
 use std::borrow::Cow;
 use std::fmt;

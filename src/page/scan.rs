@@ -2,9 +2,10 @@
 //! JSON syntax as it goes, finds each record's fields and copies its payload.
 //!
 //! Values that only travel into the payload are checked and skipped here (strings eight
-//! bytes at a time), never decoded. `_nango_metadata` is read by `serde_json` (a small
-//! object of known fields), and so are strings that carry escape sequences when their
-//! text is needed (a key, an id, the next cursor).
+//! bytes at a time), never decoded. `_nango_metadata`, an object of known fields, is read
+//! here too. `serde_json` decodes the strings that carry escape sequences when their text
+//! is needed (a key, an id, a metadata field, the next cursor), and reads a
+//! `_nango_metadata` that is not an object, so that it fails as a `serde` reading would.
 //!
 //! A body cut short anywhere, even inside a number, is [`PageErrorKind::Truncated`]:
 //! it is the end of the input that is wrong, not the text before it.
