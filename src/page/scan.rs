@@ -320,22 +320,16 @@ impl<'a> Scanner<'a> {
                 return Err(Fail::eof("a value", self.pos));
             };
             match first {
-                b'[' => {
+                open @ (b'[' | b'{') => {
                     self.pos += 1;
-                    if self.peek() == Some(b']') {
+                    let close = if open == b'[' { b']' } else { b'}' };
+                    if self.peek() == Some(close) {
                         self.pos += 1;
                     } else {
-                        self.stack.push(b'[');
-                        continue;
-                    }
-                }
-                b'{' => {
-                    self.pos += 1;
-                    if self.peek() == Some(b'}') {
-                        self.pos += 1;
-                    } else {
-                        self.stack.push(b'{');
-                        self.skip_key()?;
+                        self.stack.push(open);
+                        if open == b'{' {
+                            self.skip_key()?;
+                        }
                         continue;
                     }
                 }
@@ -660,10 +654,10 @@ impl<'a> Scanner<'a> {
         out
     }
 
-    /// The value of `id`: a string, or a number kept as its JSON text. Returns the id and
-    /// its JSON text in the payload (always a string).
+    /// The value of `id`, starting at `self.pos` (whitespace already passed): a string, or
+    /// a number kept as its JSON text. Returns the id and its JSON text in the payload
+    /// (always a string).
     fn id(&mut self) -> Result<(String, Cow<'a, str>), Fail> {
-        self.ws();
         let start = self.pos;
         if self.bytes.get(start) == Some(&b'"') {
             let s = self.string()?;
