@@ -28,27 +28,8 @@ use nango_sync::engine::{EngineConfig, Progress};
 use nango_sync::sink::fault::{FaultInjector, FaultPoint};
 use nango_sync::sink::{self, SharedSink};
 use nango_sync::{Engine, RetryConfig, StreamKey, SyncOptions};
-use nango_sync_testkit::{FakeConfig, FakeNango, Fault, TestStore};
+use nango_sync_testkit::{FakeConfig, FakeNango, Fault, SplitMix64 as Rng, TestStore};
 use serde_json::{Value, json};
-
-/// A small seeded generator (splitmix64), so a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The seeds to run: `NANGO_SYNC_SIM_SEED` (one), or `NANGO_SYNC_SIM_FROM` (default 1)
 /// to `NANGO_SYNC_SIM_SEEDS`.
@@ -196,7 +177,7 @@ async fn run_seed(
     backend: &'static str,
 ) -> Result<(), String> {
     let _guard = SeedGuard(seed, backend);
-    let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
+    let mut rng = Rng::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xA5A5);
     let fake = Arc::new(
         FakeNango::start(FakeConfig {
             seed,

@@ -64,6 +64,7 @@
 pub mod conformance;
 pub mod fake;
 pub mod harness;
+pub mod rng;
 pub mod stores;
 
 pub use fake::{
@@ -71,4 +72,5 @@ pub use fake::{
     WebhookSettings,
 };
 pub use harness::{Harness, HarnessBuilder, assert_converged, assert_cursor_covered, local_live};
+pub use rng::SplitMix64;
 pub use stores::TestStore;

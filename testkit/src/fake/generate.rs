@@ -1,28 +1,7 @@
 //! Deterministic, realistic record payloads for `generate`: 18 fields, nested
 //! objects, arrays and non-ASCII text, 700 to 800 bytes each.
 
-/// splitmix64: a tiny, good-enough seeded generator (no `rand` dependency).
-#[derive(Debug, Clone)]
-pub(crate) struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A number in `0..n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-}
+pub(crate) use crate::rng::SplitMix64;
 
 /// FNV-1a, to mix a stream key into the seed.
 pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
