@@ -78,6 +78,14 @@
 //!   upsert of changed ones, 47-78 ms) takes about 85% of it, about as much as the raw
 //!   ceiling's `UNNEST` upsert; the stored-version read about 10%; the feed's upkeep
 //!   statement 4-5%.
+//! - Tried and not kept: inserting a page's records first with `ON CONFLICT DO NOTHING
+//!   RETURNING id` when they are expected to be new (an empty stream, or a stream whose
+//!   previous commit was mostly inserts), then reading and preparing again only the ids
+//!   that conflicted. It spares the stored-version read of a first sync, but that read is
+//!   cheap when it finds nothing (0.8 ms a page, against 4 ms a page of stored records),
+//!   and the speculative insertion cost more than it saved: 1,305 against 1,150 ms of
+//!   server time for the 100 pages of new records, store ceiling store/raw 0.63-0.64
+//!   against 0.66-0.69 (3 alternated rounds of `scripts/pg-bench-ab.sh`).
 //! - Tried and not kept: binary `COPY` of each page into a per-session temporary
 //!   table (`ON COMMIT DELETE ROWS`) merged by one statement. The merge took about half
 //!   of the two write statements' time, but the `COPY` cost more than that saving
