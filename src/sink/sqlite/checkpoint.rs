@@ -51,12 +51,18 @@ pub(super) struct Checkpointer {
 impl Checkpointer {
     /// Start the thread for the database at `path`; `limit_pages`: the WAL size, in
     /// pages, beyond which a checkpoint waits for the writer.
-    pub(super) fn start(path: &Path, busy: Duration, limit_pages: u32) -> std::io::Result<Self> {
+    /// `writer`: the store's writer connection, held while a `RESTART` runs.
+    pub(super) fn start(
+        path: &Path,
+        busy: Duration,
+        limit_pages: u32,
+        writer: Arc<Mutex<Connection>>,
+    ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let (s, path) = (shared.clone(), path.to_path_buf());
         let thread = std::thread::Builder::new()
             .name("nango-sync-sqlite-checkpoint".into())
-            .spawn(move || run(&s, &path, busy, i64::from(limit_pages)))?;
+            .spawn(move || run(&s, &path, busy, i64::from(limit_pages), &writer))?;
         Ok(Checkpointer {
             shared,
             thread: Some(thread),
@@ -81,7 +87,7 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
+fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64, writer: &Mutex<Connection>) {
     let mut conn: Option<Connection> = None;
     loop {
         {
@@ -109,6 +115,13 @@ fn run(shared: &Shared, path: &Path, busy: Duration, limit: i64) {
         // little left to copy and makes the next commit start the WAL anew.
         let mut outcome = checkpoint(&c, "PASSIVE");
         if matches!(outcome, Ok((_, log, _)) if log > limit) {
+            // With the store's writer held, so no commit of this process is under way:
+            // the RESTART does not wait for one, nor one for it, in SQLite's busy handler
+            // (which sleeps 1, 2, 5, 10, 15, 20, 25 ms... between tries, so a wait
+            // there lasted up to tens of milliseconds after the other side was done).
+            // The next commit waits on the mutex instead and starts as soon as it is
+            // released.
+            let _writer = super::lock(writer);
             outcome = checkpoint(&c, "RESTART");
         }
         if let Err(e) = outcome {

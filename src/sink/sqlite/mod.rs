@@ -123,10 +123,12 @@ impl SqliteStore {
         })
         .await
         .map_err(|e| task_err("open", e))??;
+        let writer = Arc::new(Mutex::new(writer));
         let checkpointer = checkpoint::Checkpointer::start(
             &path,
             options.busy_timeout,
             options.wal_autocheckpoint,
+            writer.clone(),
         )
         .map_err(|e| {
             Error::store(
@@ -138,7 +140,7 @@ impl SqliteStore {
         })?;
         Ok(SqliteStore {
             path,
-            writer: Arc::new(Mutex::new(writer)),
+            writer,
             readers: Arc::default(),
             options,
             feed: Arc::new(feed::FeedState::new(last_seq)),
@@ -741,6 +743,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all.len(), 2);
+    }
+
+    /// With a WAL bound of one page, every checkpoint after a commit is a `RESTART`,
+    /// which the checkpointer runs holding the writer: commits of several streams and a
+    /// reader run meanwhile, every commit lands, and the WAL keeps starting over instead
+    /// of growing (to about 20 MB when it never restarts).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_run_while_every_checkpoint_restarts_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let options = SqliteOptions::default().with_wal_autocheckpoint(1);
+        let store = Arc::new(SqliteStore::open_with(&path, options).await.unwrap());
+        let filler = "x".repeat(400);
+        let (streams, commits, per_commit) = (3, 60, 20);
+        let writers: Vec<_> = (0..streams)
+            .map(|s| {
+                let (store, filler) = (store.clone(), filler.clone());
+                tokio::spawn(async move {
+                    let stream = StreamKey::new("github", "acme", format!("M{s}"));
+                    let mut expected = None;
+                    for c in 0..commits {
+                        let records = (0..per_commit)
+                            .map(|i| {
+                                let id = format!("r{c}-{i}");
+                                let payload = format!(r#"{{"id":"{id}","f":"{filler}"}}"#);
+                                record(&id, 10 + c, LastAction::Added, &payload)
+                            })
+                            .collect();
+                        let cursor = Some(Cursor(format!("c{c}")));
+                        store
+                            .commit(Commit::new(
+                                stream.clone(),
+                                expected.clone(),
+                                cursor.clone(),
+                                records,
+                            ))
+                            .await
+                            .unwrap();
+                        expected = cursor;
+                    }
+                    stream
+                })
+            })
+            .collect();
+        let reading = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamKey::new("github", "acme", "M0");
+                let mut reads = 0;
+                while reads < 200 {
+                    store.list(&stream, &ListQuery::default()).await.unwrap();
+                    reads += 1;
+                }
+            })
+        };
+        for w in writers {
+            let stream = w.await.unwrap();
+            let counts = store.count(&stream).await.unwrap();
+            assert_eq!(counts.live, (commits * per_commit) as u64, "{stream}");
+        }
+        reading.await.unwrap();
+        let wal = std::fs::metadata(dir.path().join("s.db-wal"))
+            .unwrap()
+            .len();
+        assert!(wal < 6 << 20, "the WAL grew to {wal} bytes");
     }
 
     #[cfg(feature = "fault-injection")]
