@@ -12,9 +12,14 @@
 //! copied back, which a steady writer rarely does. So when a `PASSIVE` checkpoint
 //! reports a WAL longer than the store's bound
 //! ([`SqliteOptions::with_wal_autocheckpoint`](super::SqliteOptions::with_wal_autocheckpoint)),
-//! a `RESTART` follows at once: it has little left to copy, waits for the commit in
-//! progress (up to the busy timeout; the next commit waits for it in turn) and makes the
-//! next commit start the WAL from its beginning.
+//! a `RESTART` follows at once: it has little left to copy, and makes the next commit
+//! start the WAL from its beginning. It runs holding the store's writer (the mutex of
+//! its connection), after the commit in progress and before the next one: waiting for
+//! each other through SQLite's locks instead, both sides slept in SQLite's busy handler,
+//! whose pauses grow (1, 2, 5, 10, 15, 20, 25 ms...), and at 1,000,000 records the
+//! engine's commit p99 on a first sync was 8 to 60 ms over 6 runs (median about 30)
+//! against 7 to 34 ms (median about 10) with the mutex, and the engine 8 to 11% faster.
+//! Only readers and other processes are still waited for in the busy handler.
 //!
 //! The thread stops when the store is dropped; a failed checkpoint is logged and tried
 //! again after the next commit (the data is safe in the WAL meanwhile).
