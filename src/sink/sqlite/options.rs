@@ -63,8 +63,8 @@ impl SqliteOptions {
     /// The WAL's bound, in pages (default 4096: 64 MiB with 16 KiB pages). Checkpoints
     /// run in a thread of the store after commits, without waiting for the writer or
     /// the readers; when the WAL holds more than this many pages, that thread also
-    /// waits for the commit in progress (up to the busy timeout) and makes the next
-    /// commit start the WAL anew.
+    /// copies the rest between two commits (the next one waits for it) and makes the
+    /// next commit start the WAL anew.
     pub fn with_wal_autocheckpoint(mut self, pages: u32) -> Self {
         self.wal_autocheckpoint = pages;
         self
