@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The long crash campaign (not run by CI): hundreds of SIGKILLs sent to `nango-sync sync`
 # while sled writes a snapshot, into a store of 50,000 records, then hundreds more at
-# random moments of syncs into sled, then hundreds sent to `nango-sync serve` while it
+# random moments of syncs into sled and into SQLite, then hundreds sent to `nango-sync serve` while it
 # delivers queued actions (SQLite and sled). Each phase prints what it saw (kills, kills that
 # left an interrupted snapshot, how many of those sled alone would refuse to open,
 # recoveries), then hundreds of SIGKILLs sent to a `nango-sync changes --consumer --follow`
@@ -40,10 +40,10 @@ if [[ $SNAPSHOT_KILLS -gt 0 ]]; then
         sled_survives_sigkill_during_snapshots -- --exact --nocapture
 fi
 if [[ $RANDOM_KILLS -gt 0 ]]; then
-    echo "== $RANDOM_KILLS kills at random moments of syncs into sled"
+    echo "== $RANDOM_KILLS kills at random moments of syncs, into sled then into SQLite"
     NANGO_SYNC_CRASH_KILLS=$RANDOM_KILLS \
-        cargo test --release -p "$PKG" --test crash \
-        sled_survives_sigkill_at_random_moments -- --exact --nocapture
+        cargo test --release -p "$PKG" --test crash -- --nocapture --test-threads 1 \
+        sled_survives_sigkill_at_random_moments sqlite_survives_sigkill_at_random_moments
 fi
 if [[ $FEED_KILLS -gt 0 ]]; then
     echo "== $FEED_KILLS kills of a following consumer during concurrent syncs (SQLite)"
