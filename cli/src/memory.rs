@@ -8,8 +8,8 @@
 //! threshold below). The process is capped at 8 arenas, whatever the number of cores.
 //! Fewer made the threads of a sync share arenas: the thread parsing the next page and
 //! the one committing the current page then waited on each other's locks. With 2 arenas,
-//! a standalone 1,000,000-record sled sync ran at 77–81k records/s, against 94–96k with 8
-//! (81–85 MB peak against 78–84), and in `bench` the sled engine ran 80k / 84k against
+//! a standalone 1,000,000-record sled sync ran at 74–81k records/s, against 82–96k with 8
+//! (79–86 MB peak against 78–84; two sittings), and in `bench` the sled engine ran 80k / 84k against
 //! 93k / 107k records/s (fresh / update, 3 alternated runs). SQLite gained 1–8% (a 10M
 //! sync peaked at 32 MB), and PostgreSQL, bound by its server, gained nothing (30–31 MB
 //! at 1M). 4 arenas did no better than 2.

@@ -55,8 +55,8 @@ pub(super) struct Checkpointer {
 
 impl Checkpointer {
     /// Start the thread for the database at `path`; `limit_pages`: the WAL size, in
-    /// pages, beyond which a checkpoint waits for the writer.
-    /// `writer`: the store's writer connection, held while a `RESTART` runs.
+    /// pages, beyond which a `RESTART` follows the `PASSIVE` checkpoint; `writer`: the
+    /// store's writer connection, held while that `RESTART` runs.
     pub(super) fn start(
         path: &Path,
         busy: Duration,
