@@ -791,10 +791,8 @@ mod tests {
             let store = store.clone();
             tokio::spawn(async move {
                 let stream = StreamKey::new("github", "acme", "M0");
-                let mut reads = 0;
-                while reads < 200 {
+                for _ in 0..200 {
                     store.list(&stream, &ListQuery::default()).await.unwrap();
-                    reads += 1;
                 }
             })
         };
