@@ -9,10 +9,10 @@
 //! Fewer made the threads of a sync share arenas: the thread parsing the next page and
 //! the one committing the current page then waited on each other's locks. With 2 arenas,
 //! a standalone 1,000,000-record sled sync ran at 74–81k records/s, against 82–96k with 8
-//! (79–86 MB peak against 78–84; two sittings), and in `bench` the sled engine ran 80k / 84k against
-//! 93k / 107k records/s (fresh / update, 3 alternated runs). SQLite gained 1–8% (a 10M
-//! sync peaked at 32 MB), and PostgreSQL, bound by its server, gained nothing (30–31 MB
-//! at 1M). 4 arenas did no better than 2.
+//! (79–86 MB peak against 78–84; two sittings), and in `bench` the sled engine ran
+//! 80k / 84k against 93k / 107k records/s (fresh / update, 3 alternated runs). SQLite
+//! gained 1–8% (a 10M sync peaked at 32 MB), and PostgreSQL, bound by its server,
+//! gained nothing (30–31 MB at 1M). 4 arenas did no better than 2.
 //!
 //! With a sled store, blocks of 512 KiB and more are also mapped on their own
 //! ([`for_store`]): glibc otherwise raises that threshold as large blocks are freed and
