@@ -48,6 +48,7 @@ pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId
 pub mod outbox;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 pub(crate) mod process_lock;
+pub mod seen;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;

@@ -10,11 +10,12 @@ use super::error::sled_err;
 use super::feed::{FeedEntry, set_change};
 use super::rows::{RecordView, encode_record, seen_by, tombstone};
 use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
-use super::sweep::SeenTally;
+use super::sweep::stamp_of;
 use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
 use crate::sink::commit::{self, CursorRecord, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
+use crate::sink::seen::{SeenTally, Stamp};
 use crate::sink::{Commit, CommitOutcome};
 
 impl Inner {
@@ -59,15 +60,27 @@ impl Inner {
             let mut value = encode_record(seq, generation, &w.record.meta, payload);
             set_change(&mut value, w.change);
             batch.insert(key.as_slice(), value);
-            tally.changed(old, generation, !w.record.is_deleted())?;
+            tally.changed(
+                old.map(stamp_of).transpose()?,
+                Stamp {
+                    generation,
+                    live: !w.record.is_deleted(),
+                },
+            );
             entry.changed(w.record.id.as_bytes(), old)?;
         }
         for s in prepared.seen() {
             key.truncate(prefix_len);
             key.extend_from_slice(s.id.as_bytes());
             batch.insert(key.as_slice(), seen_by(&s.stored, generation));
-            let live = !RecordView::new(&s.stored)?.deleted();
-            tally.changed(Some(&s.stored), generation, live)?;
+            let before = stamp_of(&s.stored)?;
+            tally.changed(
+                Some(before),
+                Stamp {
+                    generation,
+                    live: before.live,
+                },
+            );
         }
         // The scan sees the records as they were before this batch: the page's own are
         // spared by id. It is skipped when the stream's count says that every live

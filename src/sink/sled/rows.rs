@@ -33,7 +33,7 @@ pub(super) struct StreamRow {
     /// The live records stamped with the running full read's generation, while known
     /// exactly (see `sweep.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) seen_live: Option<super::sweep::SeenLive>,
+    pub(super) seen_live: Option<crate::sink::seen::SeenLive>,
 }
 
 impl StreamRow {

@@ -1,131 +1,27 @@
-//! The sweep's shortcut: each stream's row counts the live records that the running
-//! full read has seen, so the completing commit of a full read that saw every live
-//! record skips the sweep's scan of the whole stream.
+//! The sweep's shortcut on sled ([`crate::sink::seen`]): each stream's row keeps the
+//! count of live records stamped with the running full read's generation, in its JSON
+//! (`seen_live`), so the completing commit of a full read that saw every live record
+//! skips the sweep's scan of the whole stream.
 //!
-//! The sweep marks deleted every live record of the stream that the full read did not
-//! see (stamped with an older generation). Finding them means reading every record of
-//! the stream, and with sled that read costs more than time: every page read enters
-//! sled's cache, and sled evicts only after 64 reads of the same cache shard (of 256),
-//! so a scan of 1,000,000 records kept about 75 MB of pages in memory beyond the cache's
-//! capacity, the peak of a first sync. When the row's count says that every live record
-//! is stamped with the full read's generation, there is nothing to sweep and the scan is
-//! skipped.
-//!
-//! The count ([`SeenLive`]: a generation and the live records stamped with it) is
-//! changed by every commit in the batch that writes the records, from each record's
-//! stored and new stamp. It is only kept while it is known to be exact: it starts at 0
-//! when a full read begins on a stream with no live record, or on a stream whose every
-//! live record the previous count covered (the new generation is newer than all of
-//! them); after a scan, it is set from what the scan found. A stream without a count
-//! (made by an older build, or after a full read that began otherwise) is swept by a
-//! scan, as before, and has a count from then on. [`SledStore::check`] checks it.
+//! With sled that scan costs more than time: every page read enters sled's cache, and
+//! sled evicts only after 64 reads of the same cache shard (of 256), so a scan of
+//! 1,000,000 records kept about 75 MB of pages in memory beyond the cache's capacity,
+//! the peak of a first sync. A scan counts the live records stamped with a newer
+//! generation, so the count is exact after it too. [`SledStore::check`] checks it.
 //!
 //! [`SledStore::check`]: super::SledStore::check
 
-use serde::{Deserialize, Serialize};
-
 use super::rows::RecordView;
 use crate::error::Result;
-use crate::sink::FullRead;
+use crate::sink::seen::Stamp;
 
-/// How many live records of a stream are stamped with a generation: kept in the
-/// stream's row while exact.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct SeenLive {
-    pub(super) generation: u64,
-    pub(super) count: u64,
-}
-
-/// A commit's changes to its stream's [`SeenLive`], gathered while it plans its writes.
-pub(super) struct SeenTally {
-    /// The count the commit starts from (none: not known exactly).
-    start: Option<SeenLive>,
-    /// Live records stamped with the count's generation, added minus removed.
-    delta: i64,
-}
-
-impl SeenTally {
-    /// The tally of a commit (a full read's when `full_read`) on a stream whose row
-    /// holds `live` live records and the count `kept`.
-    pub(super) fn new(kept: Option<SeenLive>, live: u64, full_read: Option<FullRead>) -> Self {
-        let start = match (kept, full_read) {
-            (kept, None) => kept,
-            (Some(s), Some(f)) if s.generation == f.generation => Some(s),
-            // No live record, or every one stamped with an older generation: none has
-            // the new one yet.
-            (_, Some(f)) if live == 0 => Some(SeenLive {
-                generation: f.generation,
-                count: 0,
-            }),
-            (Some(s), Some(f)) if s.count == live && s.generation < f.generation => {
-                Some(SeenLive {
-                    generation: f.generation,
-                    count: 0,
-                })
-            }
-            (_, Some(_)) => None,
-        };
-        SeenTally { start, delta: 0 }
-    }
-
-    /// A record the commit writes or stamps: its stored value (none for a new record)
-    /// and its new state, live or not, stamped with `generation`.
-    pub(super) fn changed(
-        &mut self,
-        stored: Option<&[u8]>,
-        generation: u64,
-        live: bool,
-    ) -> Result<()> {
-        let counted = self.start.map(|s| s.generation);
-        if let Some(stored) = stored {
-            let view = RecordView::new(stored)?;
-            if !view.deleted() && Some(view.seen_gen()) == counted {
-                self.delta -= 1;
-            }
-        }
-        if live && Some(generation) == counted {
-            self.delta += 1;
-        }
-        Ok(())
-    }
-
-    /// The count after the commit's writes, when known.
-    fn counted(&self) -> Option<SeenLive> {
-        let s = self.start?;
-        let count = u64::try_from(i64::try_from(s.count).ok()?.checked_add(self.delta)?).ok()?;
-        Some(SeenLive { count, ..s })
-    }
-
-    /// Whether the sweep of full read `generation` has nothing to mark deleted: every
-    /// live record, after the commit's writes, is stamped with `generation`. `live` is
-    /// the stream's live records before the commit, `writes_delta` the change the
-    /// commit's writes make to it ([`Prepared::live_delta_of_writes`]).
-    ///
-    /// [`Prepared::live_delta_of_writes`]: crate::sink::commit::Prepared::live_delta_of_writes
-    pub(super) fn nothing_to_sweep(&self, generation: u64, live: u64, writes_delta: i64) -> bool {
-        let live_after = i64::try_from(live)
-            .ok()
-            .and_then(|l| l.checked_add(writes_delta));
-        match (self.counted(), live_after) {
-            (Some(s), Some(l)) => s.generation == generation && i64::try_from(s.count) == Ok(l),
-            _ => false,
-        }
-    }
-
-    /// The count to keep in the row after the commit. `scanned`: the sweep of full read
-    /// `generation` scanned the stream and found `newer` live records (not the commit's
-    /// own) stamped with a newer generation; `live` is the stream's live records after
-    /// the commit, sweep included. Every other live record is the commit's or was not
-    /// swept, so it carries `generation`.
-    pub(super) fn finish(self, scanned: Option<(u64, u64)>, live: u64) -> Option<SeenLive> {
-        match scanned {
-            Some((generation, newer)) => Some(SeenLive {
-                generation,
-                count: live.checked_sub(newer)?,
-            }),
-            None => self.counted(),
-        }
-    }
+/// The stamp of a stored record's value.
+pub(super) fn stamp_of(stored: &[u8]) -> Result<Stamp> {
+    let view = RecordView::new(stored)?;
+    Ok(Stamp {
+        generation: view.seen_gen(),
+        live: !view.deleted(),
+    })
 }
 
 #[cfg(test)]
@@ -133,9 +29,9 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::super::{SledOptions, SledStore};
-    use super::*;
     use crate::record::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey};
-    use crate::sink::{Commit, RecordSink};
+    use crate::sink::seen::SeenLive;
+    use crate::sink::{Commit, FullRead, RecordSink};
     use crate::time::Timestamp;
 
     fn record(id: &str, t: i64) -> Record {
