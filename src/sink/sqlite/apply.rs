@@ -8,20 +8,22 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use super::error::sql_err;
 use super::rows::{ensure_stream, micros};
 use super::{BACKEND, feed};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::merge::{StoredVersionBuf, payload_bytes_are_bare};
 use crate::record::Cursor;
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
+use crate::sink::seen::{SeenLive, SeenTally, Stamp};
 use crate::sink::{Commit, CommitOutcome};
 use crate::time::Timestamp;
 
-/// What a commit's lookup found for a stored record: the row to write, and the commit
-/// that last changed it.
+/// What a commit's lookup found for a stored record: the row to write, the commit that
+/// last changed it, and its stamp (for the sweep's count, [`crate::sink::seen`]).
 #[derive(Debug, Clone, Copy)]
 struct Handle {
     rowid: i64,
     seq: i64,
+    stamp: Stamp,
 }
 
 /// The stored versions of `commit`'s ids that the stream holds, by id.
@@ -35,7 +37,7 @@ fn read_stored(
         "SELECT r.id, r.record_id, r.last_modified_at, r.cursor,
                 r.deleted_at IS NOT NULL OR r.last_action = 3, r.pruned_at IS NOT NULL,
                 CASE WHEN octet_length(r.payload) <= 64 + 6 * octet_length(r.id) THEN r.payload END,
-                r.seq
+                r.seq, r.seen_gen
          FROM json_each(?2) AS j CROSS JOIN nango_records AS r
          WHERE r.stream_id = ?1 AND r.id = j.value",
     )?;
@@ -47,21 +49,61 @@ fn read_stored(
             .get_ref(6)?
             .as_bytes_or_null()?
             .is_some_and(|p| payload_bytes_are_bare(&id, p));
+        let deleted: bool = row.get(4)?;
         let stored = Stored {
             handle: Handle {
                 rowid: row.get(1)?,
                 seq: row.get(7)?,
+                stamp: Stamp {
+                    generation: row.get::<_, i64>(8)? as u64,
+                    live: !deleted,
+                },
             },
             version: StoredVersionBuf {
                 last_modified_at: Timestamp::from_micros(row.get(2)?),
                 cursor: row.get(3)?,
-                deleted: row.get(4)?,
+                deleted,
                 pruned: row.get::<_, bool>(5)? || bare,
             },
         };
         found.insert(id, stored);
     }
     Ok(found)
+}
+
+/// The sweeps that scanned a stream, by database file (for tests, which run
+/// concurrently, each on files of its own).
+#[cfg(test)]
+pub(super) static SWEEP_SCANS: std::sync::Mutex<Vec<(String, u64)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Count a sweep's scan of the database `conn` writes.
+#[cfg(test)]
+fn count_scan(conn: &Connection) {
+    let path = conn.path().unwrap_or_default().to_owned();
+    let mut scans = SWEEP_SCANS.lock().unwrap();
+    match scans.iter_mut().find(|(p, _)| *p == path) {
+        Some((_, n)) => *n += 1,
+        None => scans.push((path, 1)),
+    }
+}
+
+/// The stream's live records and its kept count of them stamped with a generation.
+fn seen_live(tx: &Connection, stream_id: i64) -> rusqlite::Result<(u64, Option<SeenLive>)> {
+    tx.prepare_cached(
+        "SELECT live_records, seen_live_generation, seen_live_count FROM nango_streams WHERE stream_id = ?1",
+    )?
+    .query_row([stream_id], |r| {
+        let live = r.get::<_, i64>(0)?.max(0) as u64;
+        let kept = match (r.get::<_, Option<i64>>(1)?, r.get::<_, Option<i64>>(2)?) {
+            (Some(generation), Some(count)) => Some(SeenLive {
+                generation: generation as u64,
+                count: count.max(0) as u64,
+            }),
+            _ => None,
+        };
+        Ok((live, kept))
+    })
 }
 
 /// Apply `commit` on the writer connection.
@@ -75,6 +117,7 @@ pub(super) fn commit(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(e)?;
     let (stream_id, state) = ensure_stream(&tx, &commit.stream).map_err(e)?;
+    let (live, kept) = seen_live(&tx, stream_id).map_err(e)?;
 
     // The stored versions of the page's ids, read by one statement on the first lookup
     // (after `prepare` checked the cursor): the page's ids go in as one JSON array, and
@@ -99,6 +142,7 @@ pub(super) fn commit(
         .map_err(e)?;
     let seq = last_seq + 1;
     let generation = prepared.generation() as i64;
+    let mut tally = SeenTally::new(kept, live, commit.full_read);
 
     // Each written id with the `seq` its record had (`None` when new), for the feed.
     let mut written: Vec<(&str, Option<i64>)> = Vec::with_capacity(prepared.writes().len());
@@ -128,6 +172,18 @@ pub(super) fn commit(
             )
             .map_err(e)?;
         for w in prepared.writes() {
+            tally.changed(
+                match &w.kind {
+                    WriteKind::Insert { .. } => None,
+                    WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
+                        Some(stored.stamp)
+                    }
+                },
+                Stamp {
+                    generation: generation as u64,
+                    live: !w.record.is_deleted(),
+                },
+            );
             written.push((
                 w.record.id.as_str(),
                 match &w.kind {
@@ -196,32 +252,59 @@ pub(super) fn commit(
             for s in prepared.seen() {
                 seen.execute(params![s.stored.rowid, generation])
                     .map_err(e)?;
+                tally.changed(
+                    Some(s.stored.stamp),
+                    Stamp {
+                        generation: generation as u64,
+                        live: s.stored.stamp.live,
+                    },
+                );
             }
         }
     }
-    // The sweep: one scan finds the stream's records the re-read did not see, with the
-    // `seq` each had (for the feed), then each is tombstoned by its rowid (nobody else
-    // writes inside this transaction).
+    // The sweep: one scan finds the stream's live records stamped with another
+    // generation than the re-read's, with the `seq` each had (for the feed): the older
+    // ones are tombstoned by their rowid (nobody else writes inside this transaction),
+    // the newer ones counted. It runs after the writes, so the page's records carry the
+    // re-read's generation already. It is skipped when the stream's count says that
+    // every live record carries it ([`crate::sink::seen`]).
     let mut swept_ids: Vec<(String, i64)> = Vec::new();
-    let swept = match prepared.sweep() {
+    let mut scanned = None;
+    let sweep = prepared
+        .sweep()
+        .filter(|s| !tally.nothing_to_sweep(s.generation, live, prepared.live_delta_of_writes()));
+    let swept = match sweep {
         Some(sweep) => {
+            #[cfg(test)]
+            count_scan(&tx);
             let mut select = tx
                 .prepare_cached(
-                    "SELECT record_id, id, seq FROM nango_records
-                     WHERE stream_id = ?1 AND seen_gen < ?2 AND deleted_at IS NULL AND last_action != 3",
+                    "SELECT record_id, id, seq, seen_gen FROM nango_records
+                     WHERE stream_id = ?1 AND seen_gen != ?2 AND deleted_at IS NULL AND last_action != 3",
                 )
                 .map_err(e)?;
             let rows = select
                 .query_map(params![stream_id, sweep.generation as i64], |r| {
-                    Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?))
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
                 })
                 .map_err(e)?;
             let mut rowids = Vec::new();
+            let mut newer = 0u64;
             for row in rows {
-                let (rowid, id, old) = row.map_err(e)?;
-                rowids.push(rowid);
-                swept_ids.push((id, old));
+                let (rowid, id, old, seen_gen) = row.map_err(e)?;
+                if sweep.sweeps(seen_gen as u64, false) {
+                    rowids.push(rowid);
+                    swept_ids.push((id, old));
+                } else {
+                    newer += 1;
+                }
             }
+            scanned = Some((sweep.generation, newer));
             let mut tombstone = tx
                 .prepare_cached(
                     "UPDATE nango_records SET last_action = 3, deleted_at = ?2, seq = ?3, change_kind = ?4
@@ -247,12 +330,17 @@ pub(super) fn commit(
     faults.after_records(BACKEND)?;
 
     let done = prepared.finish(seq as u64, swept);
+    let live_after = live
+        .checked_add_signed(done.live_delta)
+        .ok_or_else(|| Error::store(BACKEND, "commit", false, "negative live record count"))?;
+    let seen_after = tally.finish(scanned, live_after);
     let (next, counts) = (&done.state, &done.outcome.counts);
     tx.prepare_cached(
         "UPDATE nango_streams SET cursor = ?2, generation = ?3, full_read = ?4,
              added = added + ?5, updated = updated + ?6, deleted = deleted + ?7,
              unchanged = unchanged + ?8, stale = stale + ?9,
-             live_records = live_records + ?10, deleted_records = deleted_records + ?11
+             live_records = live_records + ?10, deleted_records = deleted_records + ?11,
+             seen_live_generation = ?12, seen_live_count = ?13
          WHERE stream_id = ?1",
     )
     .map_err(e)?
@@ -268,6 +356,8 @@ pub(super) fn commit(
         counts.stale as i64,
         done.live_delta,
         done.deleted_delta,
+        seen_after.map(|s| s.generation as i64),
+        seen_after.map(|s| s.count as i64),
     ])
     .map_err(e)?;
     tx.prepare_cached("UPDATE nango_meta SET value = ?1 WHERE key = 'last_seq'")

@@ -878,6 +878,142 @@ mod tests {
         assert_eq!(store.stream_state(&stream).await.unwrap().generation, 2);
     }
 
+    /// The sweeps that scanned the database at `path`, and its streams' kept counts
+    /// next to the true counts of live records stamped with the kept generation.
+    fn scans_and_counts(path: &std::path::Path) -> (u64, Vec<(Option<i64>, Option<i64>, i64)>) {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let canonical = conn.path().unwrap().to_owned();
+        let scans = apply::SWEEP_SCANS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(p, _)| *p == canonical)
+            .map_or(0, |(_, n)| *n);
+        let mut q = conn
+            .prepare(
+                "SELECT s.seen_live_generation, s.seen_live_count,
+                        (SELECT count(*) FROM nango_records r WHERE r.stream_id = s.stream_id
+                           AND r.seen_gen = s.seen_live_generation
+                           AND r.deleted_at IS NULL AND r.last_action != 3)
+                 FROM nango_streams s ORDER BY s.stream_id",
+            )
+            .unwrap();
+        let counts = q
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .unwrap();
+        (scans, counts)
+    }
+
+    #[tokio::test]
+    async fn a_full_read_that_saw_every_live_record_skips_the_sweeps_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let mut cursor: Option<Cursor> = None;
+        let mut t = 10;
+        let mut page = async |ids: &[&str], full: Option<(u64, bool)>| {
+            t += 1;
+            let records = ids
+                .iter()
+                .map(|id| {
+                    let action = if id.starts_with('-') {
+                        LastAction::Deleted
+                    } else {
+                        LastAction::Added
+                    };
+                    let id = id.trim_start_matches('-');
+                    record(id, t, action, &format!(r#"{{"id":"{id}","t":{t}}}"#))
+                })
+                .collect();
+            let next = Some(Cursor(format!("c{t}")));
+            let mut c = Commit::new(stream.clone(), cursor.clone(), next.clone(), records);
+            c.full_read = full.map(|(generation, complete)| FullRead {
+                generation,
+                complete,
+            });
+            let out = store.commit(c).await.unwrap();
+            cursor = next;
+            let (scans, counts) = scans_and_counts(&path);
+            if let [(Some(_), Some(kept), actual)] = counts[..] {
+                assert_eq!(kept, actual, "the kept count is exact");
+            }
+            (out.swept, scans, counts[0].0.zip(counts[0].1))
+        };
+
+        // A first sync: counted from 0, no scan.
+        page(&["a", "b"], Some((1, false))).await;
+        assert_eq!(page(&["c"], Some((1, true))).await, (0, 0, Some((1, 3))));
+        // Incremental commits stamp the stream's generation: still counted, deletions
+        // included.
+        assert_eq!(page(&["d", "-a"], None).await, (0, 0, Some((1, 3))));
+        // A re-read that misses "b": the count says so, the sweep scans and marks it
+        // deleted, and the count is exact again after the scan.
+        page(&["c"], Some((2, false))).await;
+        assert_eq!(page(&["d"], Some((2, true))).await, (1, 1, Some((2, 2))));
+        assert!(store.get(&stream, "b").await.unwrap().unwrap().is_deleted());
+        // A re-read that sees every live record: no scan.
+        page(&["c", "d"], Some((3, false))).await;
+        assert_eq!(page(&[], Some((3, true))).await, (0, 1, Some((3, 2))));
+        // A record rewritten outside the re-read with the stream's older generation
+        // leaves the count: the sweep scans, and marks it deleted, as a scan always did.
+        page(&["c", "d"], Some((4, false))).await;
+        page(&["c"], None).await;
+        assert_eq!(page(&["d"], Some((4, true))).await, (1, 2, Some((4, 1))));
+        assert!(store.get(&stream, "c").await.unwrap().unwrap().is_deleted());
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_count_is_scanned_once_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let c = Commit::new(
+            stream.clone(),
+            None,
+            Some(Cursor("c1".into())),
+            vec![
+                record("a", 10, LastAction::Added, r#"{"id":"a","v":1}"#),
+                record("b", 10, LastAction::Added, r#"{"id":"b","v":1}"#),
+            ],
+        );
+        store.commit(c).await.unwrap();
+        // As a stream of a file written before the count existed.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "UPDATE nango_streams SET seen_live_generation = NULL, seen_live_count = NULL",
+            )
+            .unwrap();
+        let mut c = Commit::new(
+            stream.clone(),
+            Some(Cursor("c1".into())),
+            Some(Cursor("c2".into())),
+            vec![record("a", 11, LastAction::Updated, r#"{"id":"a","v":2}"#)],
+        );
+        c.full_read = Some(FullRead {
+            generation: 1,
+            complete: true,
+        });
+        assert_eq!(store.commit(c).await.unwrap().swept, 1);
+        assert_eq!(scans_and_counts(&path), (1, vec![(Some(1), Some(1), 1)]));
+        let mut c = Commit::new(
+            stream.clone(),
+            Some(Cursor("c2".into())),
+            Some(Cursor("c3".into())),
+            vec![record("a", 12, LastAction::Updated, r#"{"id":"a","v":3}"#)],
+        );
+        c.full_read = Some(FullRead {
+            generation: 2,
+            complete: true,
+        });
+        assert_eq!(store.commit(c).await.unwrap().swept, 0);
+        assert_eq!(scans_and_counts(&path).0, 1, "counted from then on");
+    }
+
     #[tokio::test]
     async fn missing_directory_is_a_clear_error() {
         let err = SqliteStore::open("/nonexistent-dir-for-nango-sync/x.db")

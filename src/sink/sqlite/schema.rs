@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("migrations/0004_run_history.sql")),
     (5, include_str!("migrations/0005_outbox.sql")),
     (6, include_str!("migrations/0006_feed_per_commit.sql")),
+    (7, include_str!("migrations/0007_seen_live.sql")),
 ];
 
 /// The schema version this build writes.
