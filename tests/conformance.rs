@@ -913,6 +913,107 @@ mod postgres {
         }
     }
 
+    /// The stream's kept count of live records stamped with a generation, and the count
+    /// of them in `records`.
+    async fn seen_counts(pool: &sqlx::PgPool, schema: &str) -> (Option<(i64, i64)>, i64) {
+        let (generation, count, actual): (Option<i64>, Option<i64>, i64) =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT s.seen_live_generation, s.seen_live_count, \
+                   (SELECT count(*) FROM \"{schema}\".records r WHERE r.stream_id = s.stream_id \
+                      AND r.seen_generation = s.seen_live_generation AND NOT r.deleted) \
+                 FROM \"{schema}\".streams s"
+            )))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (generation.zip(count), actual)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sweep_scans_only_when_the_count_of_seen_records_falls_short() {
+        use nango_sync::sink::{Commit, FullRead};
+        use nango_sync::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey, Timestamp};
+
+        let schema = unique_schema();
+        let store = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
+        let stream = StreamKey::new("conformance", "seen", "Ticket");
+        let mut cursor: Option<Cursor> = None;
+        let mut t = 10;
+        let mut page = async |ids: &[&str], generation: u64, complete: bool| -> u64 {
+            t += 1;
+            let records = ids
+                .iter()
+                .map(|id| Record {
+                    id: (*id).to_owned(),
+                    payload: RawJson::from_trusted(format!(r#"{{"id":"{id}","t":{t}}}"#)),
+                    payload_is_bare: false,
+                    meta: Metadata {
+                        first_seen_at: Timestamp::from_micros(t),
+                        last_modified_at: Timestamp::from_micros(t),
+                        last_action: LastAction::Added,
+                        deleted_at: None,
+                        pruned_at: None,
+                        cursor: Cursor(format!("c{t}")),
+                    },
+                })
+                .collect();
+            let next = Some(Cursor(format!("c{t}")));
+            let mut c = Commit::new(stream.clone(), cursor.clone(), next.clone(), records);
+            c.full_read = Some(FullRead {
+                generation,
+                complete,
+            });
+            let swept = store.commit(c).await.unwrap().swept;
+            cursor = next;
+            let (kept, actual) = seen_counts(&pool, &schema).await;
+            if let Some((_, count)) = kept {
+                assert_eq!(count, actual, "the kept count is exact: {kept:?} at {t}");
+            }
+            swept
+        };
+
+        page(&["a", "b"], 1, false).await;
+        // A row written behind the store's back, which its counts do not know of, shows
+        // whether a sweep scans: a scan would mark it deleted, the count's shortcut does
+        // not see it. It is removed again before the store's counts matter.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO \"{schema}\".records (stream_id, id, payload, first_seen_at, \
+               last_modified_at, last_action, cursor, deleted, seq, seen_generation) \
+             SELECT stream_id, 'behind', '{{}}', 0, 0, 1, 'c0', false, 0, 0 FROM \"{schema}\".streams"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        // A first sync: counted from 0, and its completing commit does not scan.
+        assert_eq!(page(&["c"], 1, true).await, 0);
+        assert_eq!(seen_counts(&pool, &schema).await.0, Some((1, 3)));
+        assert!(
+            !store
+                .get(&stream, "behind")
+                .await
+                .unwrap()
+                .unwrap()
+                .is_deleted()
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM \"{schema}\".records WHERE id = 'behind'"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        // A re-read that misses "b": the count falls short, the sweep scans and marks
+        // "b" deleted, and the count is set from the scan.
+        assert_eq!(page(&["a", "c"], 2, true).await, 1);
+        assert!(store.get(&stream, "b").await.unwrap().unwrap().is_deleted());
+        assert_eq!(seen_counts(&pool, &schema).await, (Some((2, 2)), 2));
+        // A re-read that sees both: no scan needed, nothing swept.
+        assert_eq!(page(&["a"], 3, false).await, 0);
+        assert_eq!(page(&["c"], 3, true).await, 0);
+        assert_eq!(seen_counts(&pool, &schema).await, (Some((3, 2)), 2));
+        pool.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn open_url_builds_a_postgres_store() {
         let sink = nango_sync::sink::open(&server_url()).await.unwrap();

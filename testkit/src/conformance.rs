@@ -691,6 +691,7 @@ macro_rules! conformance_tests {
             merge_outcomes_are_counted,
             restored_payload_fills_a_pruned_copy,
             full_read_sweeps_unseen_records,
+            successive_full_reads_sweep_what_each_did_not_see,
             seq_is_monotonic_and_per_record,
             list_pages_in_code_point_order,
             stream_status_is_reported,
@@ -1947,6 +1948,98 @@ pub async fn full_read_sweeps_unseen_records<F: StoreFactory>(stores: &mut F) {
         "{b}: counts after the second re-read"
     );
     assert_eq!(st.state.generation, 2);
+    subject.finish().await;
+}
+
+/// A stream's life of full reads: a first sync, incremental commits, re-reads that see
+/// every live record and re-reads that miss some, a record rewritten outside a re-read,
+/// and records stamped by a re-read numbered above the one completing. Each completing
+/// commit sweeps exactly the live records its re-read did not see, whether the store
+/// finds them by scanning the stream or knows from its count of seen records
+/// ([`nango_sync::sink::seen`]) that there are none.
+pub async fn successive_full_reads_sweep_what_each_did_not_see<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let s = stream("reread");
+    let mut t = 100;
+    // Commit `records` (ids; "-id" a deletion) as a page of full read `full`
+    // (generation, complete); returns the ids it swept, sorted.
+    let mut step = async |ids: &[&str], full: Option<(u64, bool)>| -> Vec<String> {
+        t += 1;
+        let records = ids
+            .iter()
+            .map(|id| match id.strip_prefix('-') {
+                Some(id) => deleted_bare(id, t),
+                None => updated(id, t, &format!("{id} at {t}")),
+            })
+            .collect();
+        let mut c = page(store, &s, records).await;
+        c.full_read = full.map(|(generation, complete)| FullRead {
+            generation,
+            complete,
+        });
+        c.now = ts(t);
+        let out = commit(store, c).await;
+        let mut swept: Vec<String> = all(store, &s, true)
+            .await
+            .into_iter()
+            .filter(|r| {
+                r.seq == out.seq
+                    && r.meta.deleted_at == Some(ts(t))
+                    && !ids.iter().any(|id| id.trim_start_matches('-') == r.id)
+            })
+            .map(|r| r.id)
+            .collect();
+        swept.sort();
+        assert_eq!(out.swept, swept.len() as u64, "{b}: swept count at {t}");
+        swept
+    };
+    let none: Vec<String> = Vec::new();
+    let live = async || -> Vec<String> {
+        all(store, &s, false)
+            .await
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+
+    // A first sync, over two pages: nothing to sweep.
+    assert_eq!(step(&["a", "b"], Some((1, false))).await, none, "{b}");
+    assert_eq!(step(&["c"], Some((1, true))).await, none, "{b}: first sync");
+    // Incremental commits: a new record, a deletion.
+    step(&["d", "-a"], None).await;
+    // A re-read that misses "b".
+    step(&["c"], Some((2, false))).await;
+    assert_eq!(step(&["d"], Some((2, true))).await, ["b"], "{b}: re-read 2");
+    // A re-read that sees every live record, the last page empty.
+    step(&["c", "d"], Some((3, false))).await;
+    assert_eq!(step(&[], Some((3, true))).await, none, "{b}: re-read 3");
+    // During a re-read, an incremental commit rewrites "c" with the stream's
+    // generation (3), so the re-read no longer counts it as seen: swept.
+    step(&["c", "d", "e"], Some((4, false))).await;
+    step(&["c"], None).await;
+    assert_eq!(step(&["d"], Some((4, true))).await, ["c"], "{b}: re-read 4");
+    // Records stamped by a re-read numbered 10 that did not complete are spared by
+    // the completing re-reads numbered 5 and 6, and swept by the one numbered 11.
+    step(&["d"], Some((10, false))).await;
+    assert_eq!(step(&["e"], Some((5, true))).await, none, "{b}: re-read 5");
+    assert_eq!(step(&["f"], Some((6, true))).await, ["e"], "{b}: re-read 6");
+    assert_eq!(live().await, ["d", "f"], "{b}");
+    assert_eq!(
+        step(&["f"], Some((11, true))).await,
+        ["d"],
+        "{b}: re-read 11"
+    );
+    // And a re-read that saw everything after that.
+    assert_eq!(
+        step(&["f"], Some((12, true))).await,
+        none,
+        "{b}: re-read 12"
+    );
+    assert_eq!(live().await, ["f"], "{b}");
+    let st = status(store, &s).await.unwrap();
+    assert_eq!((st.live_records, st.deleted_records), (1, 5), "{b}: counts");
     subject.finish().await;
 }
 

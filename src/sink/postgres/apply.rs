@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::merge::StoredVersionBuf;
 use crate::record::{Metadata, StreamKey};
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
+use crate::sink::seen::{SeenLive, SeenTally, Stamp};
 use crate::sink::{Commit, CommitOutcome, StreamState};
 use crate::time::Timestamp;
 
@@ -26,14 +27,15 @@ impl PostgresStore {
         commit: &Commit,
     ) -> Result<CommitOutcome> {
         let hash = stream_hash(&commit.stream);
-        let (stream_id, state) = self.lock_stream(tx, &commit.stream, &hash).await?;
+        let locked = self.lock_stream(tx, &commit.stream, &hash).await?;
+        let (stream_id, state) = (locked.stream_id, &locked.state);
 
         // The stored versions of the page's ids, in one query, once the cursor is known
         // to be the expected one.
-        commit::check_cursor(&state, commit)?;
-        // Each with the `seq` of the commit that last changed it (the handle), whose
-        // change list the record leaves if this commit changes it.
-        let mut stored: HashMap<String, (StoredVersionBuf, i64)> = HashMap::new();
+        commit::check_cursor(state, commit)?;
+        // Each with the `seq` of the commit that last changed it, whose change list the
+        // record leaves if this commit changes it, and its stamp (the handle).
+        let mut stored: HashMap<String, (StoredVersionBuf, Handle)> = HashMap::new();
         if !commit.records.is_empty() {
             let rows = sqlx::query(self.sql.stored_versions.clone())
                 .bind(stream_id)
@@ -50,15 +52,21 @@ impl PostgresStore {
                     deleted: row.try_get(3).map_err(decode)?,
                     pruned: row.try_get(4).map_err(decode)?,
                 };
-                stored.insert(id, (version, row.try_get(5).map_err(decode)?));
+                let handle = Handle {
+                    seq: row.try_get(5).map_err(decode)?,
+                    stamp: Stamp {
+                        generation: to_u64(row.try_get(6).map_err(decode)?),
+                        live: !version.deleted,
+                    },
+                };
+                stored.insert(id, (version, handle));
             }
         }
         // Each distinct id is looked up once: its version moves out of the map.
-        let prepared = commit::prepare(&state, commit, |id| {
-            Ok(stored.remove(id).map(|(version, seq)| Stored {
-                version,
-                handle: seq,
-            }))
+        let prepared = commit::prepare(state, commit, |id| {
+            Ok(stored
+                .remove(id)
+                .map(|(version, handle)| Stored { version, handle }))
         })?;
 
         let seq: i64 = sqlx::query_scalar(self.sql.next_seq.clone())
@@ -66,6 +74,7 @@ impl PostgresStore {
             .await
             .map_err(|e| classify("next commit number", e))?;
         let stamp = (seq, to_i64(prepared.generation()));
+        let mut tally = SeenTally::new(locked.seen_live, locked.live, commit.full_read);
 
         // Three kinds of writes, each one statement when there are any: records the
         // store does not hold are inserted (no conflict is possible: the stream's lock
@@ -84,7 +93,14 @@ impl PostgresStore {
                     Some(*stored)
                 }
             };
-            written.push((w.record.id.as_str(), old));
+            tally.changed(
+                old.map(|h| h.stamp),
+                Stamp {
+                    generation: prepared.generation(),
+                    live: !w.record.is_deleted(),
+                },
+            );
+            written.push((w.record.id.as_str(), old.map(|h| h.seq)));
             match &w.kind {
                 WriteKind::Insert { payload } => inserts.push((w.record, *payload, w.change)),
                 WriteKind::Replace { payload, .. } => {
@@ -125,6 +141,15 @@ impl PostgresStore {
                 .rows_affected();
             all_found(updated, keeps.len())?;
         }
+        for s in prepared.seen() {
+            tally.changed(
+                Some(s.stored.stamp),
+                Stamp {
+                    generation: prepared.generation(),
+                    live: s.stored.stamp.live,
+                },
+            );
+        }
         if !prepared.seen().is_empty() {
             sqlx::query(self.sql.mark_seen.clone())
                 .bind(stream_id)
@@ -134,20 +159,34 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify("mark records seen", e))?;
         }
-        // The sweep runs with the feed's upkeep, which needs the ids it deletes.
-        let swept = if written.is_empty() && prepared.sweep().is_none() {
-            0
+        // The sweep runs with the feed's upkeep, which needs the ids it deletes. It is
+        // skipped when the stream's count says that every live record carries the
+        // re-read's generation (`sink::seen`).
+        let sweep = prepared.sweep().filter(|s| {
+            !tally.nothing_to_sweep(s.generation, locked.live, prepared.live_delta_of_writes())
+        });
+        let scanned = if written.is_empty() && sweep.is_none() {
+            None
         } else {
-            let sweep = prepared
-                .sweep()
-                .map(|sweep| (sweep, i16::from(Sweep::CHANGE.code())));
+            let sweep = sweep.map(|sweep| (sweep, i16::from(Sweep::CHANGE.code())));
             self.feed_upkeep(tx, stream_id, seq, &written, sweep)
                 .await?
+                .zip(sweep)
+                .map(|((swept, newer), (sweep, _))| (sweep.generation, swept, newer))
         };
+        let swept = scanned.map_or(0, |(_, swept, _)| swept);
         self.faults.after_records(BACKEND)?;
 
         let done = prepared.finish(to_u64(seq), swept);
         let (next, counts) = (&done.state, &done.outcome.counts);
+        let live_after = locked
+            .live
+            .checked_add_signed(done.live_delta)
+            .ok_or_else(|| Error::store(BACKEND, "commit", false, "negative live record count"))?;
+        let seen_after = tally.finish(
+            scanned.map(|(generation, _, newer)| (generation, newer)),
+            live_after,
+        );
         sqlx::query(self.sql.update_stream.clone())
             .bind(stream_id)
             .bind(next.cursor.as_ref().map(|c| c.as_str()))
@@ -160,6 +199,8 @@ impl PostgresStore {
             .bind(to_i64(counts.stale))
             .bind(done.live_delta)
             .bind(done.deleted_delta)
+            .bind(seen_after.map(|s| to_i64(s.generation)))
+            .bind(seen_after.map(|s| to_i64(s.count)))
             .execute(&mut **tx)
             .await
             .map_err(|e| classify("write stream state", e))?;
@@ -167,14 +208,14 @@ impl PostgresStore {
         Ok(done.outcome)
     }
 
-    /// The stream's id and state, locked until the transaction ends; the stream row is
-    /// created when missing.
+    /// The stream's row, locked until the transaction ends; the stream row is created
+    /// when missing.
     async fn lock_stream(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         stream: &StreamKey,
         hash: &[u8],
-    ) -> Result<(i64, StreamState)> {
+    ) -> Result<Locked> {
         for _ in 0..2 {
             let row = sqlx::query(self.sql.lock_stream.clone())
                 .bind(hash)
@@ -182,8 +223,22 @@ impl PostgresStore {
                 .await
                 .map_err(|e| classify("lock stream", e))?;
             if let Some(row) = row {
-                let state = state_from_row(&row, 1)?;
-                return Ok((row.try_get(0).map_err(decode)?, state));
+                let seen_live = match (
+                    row.try_get::<Option<i64>, _>(5).map_err(decode)?,
+                    row.try_get::<Option<i64>, _>(6).map_err(decode)?,
+                ) {
+                    (Some(generation), Some(count)) => Some(SeenLive {
+                        generation: to_u64(generation),
+                        count: to_u64(count),
+                    }),
+                    _ => None,
+                };
+                return Ok(Locked {
+                    stream_id: row.try_get(0).map_err(decode)?,
+                    state: state_from_row(&row, 1)?,
+                    live: to_u64(row.try_get(4).map_err(decode)?),
+                    seen_live,
+                });
             }
             self.bind_stream(sqlx::query(self.sql.insert_stream.clone()), stream, hash)
                 .execute(&mut **tx)
@@ -197,6 +252,24 @@ impl PostgresStore {
             "the stream row vanished while it was created",
         ))
     }
+}
+
+/// A stream's row, locked by a commit.
+struct Locked {
+    stream_id: i64,
+    state: StreamState,
+    /// Its live records.
+    live: u64,
+    /// Its count of live records stamped with a generation, when known.
+    seen_live: Option<SeenLive>,
+}
+
+/// What a commit's lookup found for a stored record besides its version: the commit
+/// that last changed it and its stamp.
+#[derive(Debug, Clone, Copy)]
+struct Handle {
+    seq: i64,
+    stamp: Stamp,
 }
 
 /// Check that an update of stored records found each of the `expected` rows the

@@ -149,15 +149,20 @@ impl FeedStatements {
             upkeep: upkeep("", written, "0::int8"),
             // The sweep of a full re-read, with the `seq` each swept record had: `$5`
             // the re-read's generation, `$6` the deletion time, `$7` the change kind.
+            // One scan finds the stream's live records stamped with another generation
+            // (the page's carry the re-read's already): the older ones are swept, the
+            // newer ones counted, for the stream's count of `sink::seen`.
             upkeep_sweep: upkeep(
-                "swept AS (UPDATE {s}.records r SET last_action = 3, deleted_at = $6, deleted = true, \
+                "other AS (SELECT id, seq, seen_generation FROM {s}.records \
+                   WHERE stream_id = $1 AND seen_generation <> $5 AND NOT deleted), \
+                 swept AS (UPDATE {s}.records r SET last_action = 3, deleted_at = $6, deleted = true, \
                    seq = $2, change_kind = $7 \
-                   FROM {s}.records o \
-                   WHERE r.stream_id = $1 AND r.seen_generation < $5 AND NOT r.deleted \
-                     AND o.stream_id = r.stream_id AND o.id = r.id \
+                   FROM other o \
+                   WHERE o.seen_generation < $5 AND r.stream_id = $1 AND r.id = o.id \
                    RETURNING r.id, o.seq AS old),",
                 &format!("{written} UNION ALL SELECT id, old FROM swept"),
-                "(SELECT count(*) FROM swept)",
+                "(SELECT count(*) FROM swept), \
+                 (SELECT count(*) FROM other WHERE seen_generation > $5)",
             ),
             last_seq: s("SELECT seq FROM {s}.commit_seq".into()),
             notify: s("SELECT pg_notify($1, $2)".into()),
@@ -280,7 +285,8 @@ impl PostgresStore {
     /// In a commit's transaction, after its writes: write the commit's id list (the ids
     /// of `written`, each with the `seq` its record had before, `None` for a new record,
     /// and those of the sweep when there is one) and retire the ids it took over from
-    /// older commits. Returns the number of records the sweep deleted.
+    /// older commits. With a sweep, returns the number of records it deleted and of the
+    /// live records it spared for carrying a newer generation than the re-read's.
     pub(super) async fn feed_upkeep(
         &self,
         conn: &mut PgConnection,
@@ -288,31 +294,36 @@ impl PostgresStore {
         seq: i64,
         written: &[(&str, Option<i64>)],
         sweep: Option<(&Sweep<'_>, i16)>,
-    ) -> Result<u64> {
+    ) -> Result<Option<(u64, u64)>> {
         let ids = written.iter().map(|(id, _)| *id).bind_iter();
         let olds = written.iter().map(|(_, old)| *old).bind_iter();
-        let swept: i64 = match sweep {
-            None => sqlx::query_scalar(self.feed_sql.upkeep.clone())
-                .bind(stream_id)
-                .bind(seq)
-                .bind(ids)
-                .bind(olds)
-                .fetch_one(conn)
-                .await
-                .map_err(|e| classify("write the commit's change list", e))?,
-            Some((sweep, kind)) => sqlx::query_scalar(self.feed_sql.upkeep_sweep.clone())
-                .bind(stream_id)
-                .bind(seq)
-                .bind(ids)
-                .bind(olds)
-                .bind(to_i64(sweep.generation))
-                .bind(sweep.deleted_at.as_micros())
-                .bind(kind)
-                .fetch_one(conn)
-                .await
-                .map_err(|e| classify("sweep", e))?,
-        };
-        Ok(to_u64(swept))
+        match sweep {
+            None => {
+                sqlx::query(self.feed_sql.upkeep.clone())
+                    .bind(stream_id)
+                    .bind(seq)
+                    .bind(ids)
+                    .bind(olds)
+                    .execute(conn)
+                    .await
+                    .map_err(|e| classify("write the commit's change list", e))?;
+                Ok(None)
+            }
+            Some((sweep, kind)) => {
+                let (swept, newer): (i64, i64) = sqlx::query_as(self.feed_sql.upkeep_sweep.clone())
+                    .bind(stream_id)
+                    .bind(seq)
+                    .bind(ids)
+                    .bind(olds)
+                    .bind(to_i64(sweep.generation))
+                    .bind(sweep.deleted_at.as_micros())
+                    .bind(kind)
+                    .fetch_one(conn)
+                    .await
+                    .map_err(|e| classify("sweep", e))?;
+                Ok(Some((to_u64(swept), to_u64(newer))))
+            }
+        }
     }
 
     /// Acknowledge a position inside the application's own transaction (or on its own

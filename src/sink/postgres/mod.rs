@@ -48,8 +48,11 @@
 //! commits, so none can appear between the read and the write), an
 //! `INSERT ... ON CONFLICT DO UPDATE` of the stored records that get the page's payload,
 //! and an `UPDATE` of the metadata of the stored records that keep their payload. A full
-//! re-read marks the ids it saw and sweeps with one `UPDATE` each; the stream's row gets
-//! the cursor and counters. A page costs the same few round trips whatever its size.
+//! re-read marks the ids it saw with one `UPDATE`; its completing commit sweeps with
+//! another, which scans the stream, unless the stream's count of live records stamped
+//! with the re-read's generation ([`crate::sink::seen`], in `streams`) says that it saw
+//! every one, as a first sync always does. The stream's row gets the cursor, counters
+//! and that count. A page costs the same few round trips whatever its size.
 //! Durability is PostgreSQL's: a commit that returned `Ok` is committed.
 //!
 //! # Performance notes

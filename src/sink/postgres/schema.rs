@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "hot_updates",
         include_str!("migrations/0007_hot_updates.sql"),
     ),
+    (
+        8,
+        "seen_live",
+        include_str!("migrations/0008_seen_live.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -180,7 +185,8 @@ pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> R
         format!(
             "SELECT stream_id, key_hash, integration, connection, model, variant, cursor, generation, \
                full_read, added, updated, deleted, unchanged, stale, live_records, deleted_records, \
-               last_run, upstream_error FROM {quoted}.streams LIMIT 0"
+               last_run, upstream_error, seen_live_generation, seen_live_count \
+               FROM {quoted}.streams LIMIT 0"
         ),
         format!(
             "SELECT s.last_success, r.run_seq, r.stream_id, r.run_id, r.instance, r.started_at, \
@@ -341,7 +347,8 @@ impl Statements {
         };
         Statements {
             lock_stream: s(
-                "SELECT stream_id, cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
+                "SELECT stream_id, cursor, generation, full_read, live_records, seen_live_generation, \
+                   seen_live_count FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
                     .into(),
             ),
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
@@ -350,11 +357,12 @@ impl Statements {
             // A bare payload (`{"id": ...}`) is small: the size test, which reads only the
             // value's header, spares building and comparing a JSON object for every
             // stored record with a real payload.
-            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned, r.seq \
+            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned, r.seq, \
+                   r.seen_generation \
                  FROM UNNEST($2::text[]) AS u(id) \
                  CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
                    o.pruned_at IS NOT NULL OR (pg_column_size(o.payload) <= 64 + 2 * octet_length(o.id) \
-                     AND o.payload = jsonb_build_object('id', o.id)) AS pruned, o.seq \
+                     AND o.payload = jsonb_build_object('id', o.id)) AS pruned, o.seq, o.seen_generation \
                    FROM {s}.records o \
                    WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
                 .into()),
@@ -394,7 +402,8 @@ impl Statements {
             update_stream: s("UPDATE {s}.streams SET cursor = $2, generation = $3, full_read = $4, \
                    added = added + $5, updated = updated + $6, deleted = deleted + $7, \
                    unchanged = unchanged + $8, stale = stale + $9, \
-                   live_records = live_records + $10, deleted_records = deleted_records + $11 \
+                   live_records = live_records + $10, deleted_records = deleted_records + $11, \
+                   seen_live_generation = $12, seen_live_count = $13 \
                  WHERE stream_id = $1"
                 .into()),
             stream_state: s("SELECT cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1".into()),

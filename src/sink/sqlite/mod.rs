@@ -878,9 +878,12 @@ mod tests {
         assert_eq!(store.stream_state(&stream).await.unwrap().generation, 2);
     }
 
-    /// The sweeps that scanned the database at `path`, and its streams' kept counts
-    /// next to the true counts of live records stamped with the kept generation.
-    fn scans_and_counts(path: &std::path::Path) -> (u64, Vec<(Option<i64>, Option<i64>, i64)>) {
+    /// A stream's kept count (generation, count) and the true count of its live records
+    /// stamped with that generation.
+    type Counted = (Option<i64>, Option<i64>, i64);
+
+    /// The sweeps that scanned the database at `path`, and its streams' counts.
+    fn scans_and_counts(path: &std::path::Path) -> (u64, Vec<Counted>) {
         let conn = rusqlite::Connection::open(path).unwrap();
         let canonical = conn.path().unwrap().to_owned();
         let scans = apply::SWEEP_SCANS
