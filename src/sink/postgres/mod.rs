@@ -81,6 +81,8 @@
 //!   upsert of changed ones, 47-78 ms) takes about 85% of it, about as much as the raw
 //!   ceiling's `UNNEST` upsert; the stored-version read about 10%; the feed's upkeep
 //!   statement 4-5%.
+//! - The change feed's id lists are stored without compression (migration 9): pglz cost
+//!   about 0.8 ms per list of 1,000 ids and saved nothing on UUID-like ids.
 //! - Tried and not kept: inserting a page's records first with `ON CONFLICT DO NOTHING
 //!   RETURNING id` when they are expected to be new (an empty stream, or a stream whose
 //!   previous commit was mostly inserts), then reading and preparing again only the ids

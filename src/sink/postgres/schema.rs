@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "seen_live",
         include_str!("migrations/0008_seen_live.sql"),
     ),
+    (
+        9,
+        "feed_ids_uncompressed",
+        include_str!("migrations/0009_feed_ids_uncompressed.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
