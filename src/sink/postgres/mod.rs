@@ -63,14 +63,14 @@
 //!   the first executions of each connection (about 0.3 s per page at 100,000 records).
 //! - The pool's sessions run with `jit = off` (see `session_setup`).
 //! - Half of the server's time on a page goes into parsing payloads into `jsonb`.
-//! - Updates change no indexed column, but are mostly not HOT (heap-only tuple) updates
-//!   at the default fill factor: each new version goes to another page and gets an
-//!   index entry. On a store whose records are
-//!   rewritten often, `ALTER TABLE <schema>.records SET (fillfactor = 50)` keeps the new
-//!   versions on the same page (for pages written afterwards; `VACUUM FULL` rewrites the
-//!   others): measured at 100,000 records of 760 bytes, about 15% less server time for
-//!   an update of every record, 10% more for the first sync, and a table twice as large.
-//!   It is not the default for that last reason.
+//! - Updates change no indexed column, so they can be HOT (heap-only tuple) updates when
+//!   the row's page has room for the new version: `records` is filled to half
+//!   (`fillfactor = 50`, migration 7), which took 29% off the server's time for an
+//!   update of every record and added 4-10% to a first sync's, for a table twice as
+//!   large after a first sync and no larger after updates (see the migration). A store
+//!   that is mostly read and rarely rewritten can go back to full pages with
+//!   `ALTER TABLE <schema>.records SET (fillfactor = 100)` (for pages written
+//!   afterwards; `VACUUM FULL` rewrites the others).
 //! - `synchronous_commit` is left to the server: each page's commit waits for its WAL
 //!   flush. Lowering it (for example `ALTER ROLE ... SET synchronous_commit = off`)
 //!   trades the durability of the last commits before a server crash for speed; the
