@@ -4,7 +4,7 @@
 //! `scripts/pg.sh`.
 #![cfg(feature = "sqlite")]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nango_sync::{RecordSink, StreamKey};
 use nango_sync_testkit::{FakeConfig, FakeNango};
@@ -129,20 +129,18 @@ mod server_app {
     }
 
     async fn wait_until_equal(db: &sqlx::PgPool, fake: &FakeNango, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        nango_sync_testkit::eventually(Duration::from_secs(30), || async {
             let (got, want) = (table(db).await, upstream(fake));
             if got == want {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
+            Err(format!(
                 "{what}: the app's table has {} rows, upstream {}",
                 got.len(),
                 want.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ))
+        })
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

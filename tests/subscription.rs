@@ -90,14 +90,13 @@ async fn a_spawned_consumer_is_woken_by_commits_and_resumes_after_its_ack() {
     // The handler saw the changes before the consumer acknowledged them: wait for the
     // acknowledgement to be stored before stopping it.
     let last = FeedPosition::after_commit(store.sink.last_seq().await.unwrap());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while store.sink.consumer_position("indexer").await.unwrap() != last {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the consumer did not acknowledge its batch"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    nango_sync_testkit::eventually(Duration::from_secs(10), || async {
+        match store.sink.consumer_position("indexer").await.unwrap() {
+            p if p == last => Ok(()),
+            p => Err(format!("the consumer acknowledged {p:?}, not {last:?}")),
+        }
+    })
+    .await;
     consumer.abort();
     let _ = consumer.await;
 

@@ -18,9 +18,9 @@ use nango_sync::sink::{
 };
 use nango_sync::webhook::{WebhookEvent, WebhookReceiver, WebhookVerifier, router};
 use nango_sync::{Engine, SecretKey, StreamKey};
+use nango_sync_testkit::eventually;
 use nango_sync_testkit::{FakeConfig, FakeNango, TestStore, WebhookSettings, local_live};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
 const KEY: &str = "webhook-signing-key-current";
 const OLD_KEY: &str = "webhook-signing-key-previous";
@@ -130,29 +130,24 @@ impl Setup {
 
     /// Wait (generously) until the store holds exactly what the fake holds.
     async fn converged(&self, stream: &StreamKey) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(Duration::from_secs(60), || async {
             if self.local(stream).await == self.fake.live_payloads(stream) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the store did not converge for {stream}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("the store did not converge for {stream}"))
+        })
+        .await
     }
 
     async fn idle(&self, stream: &StreamKey) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        eventually(Duration::from_secs(60), || async {
             let st = self.scheduler.stats(stream).unwrap();
             if !st.running && !st.pending && st.runs_started == st.runs_finished {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "{stream} did not become idle");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("{stream} did not become idle: {st:?}"))
+        })
+        .await
     }
 
     async fn upstream_error(&self, stream: &StreamKey) -> Option<String> {
@@ -428,14 +423,13 @@ async fn duplicates_and_a_burst_of_1000_webhooks_cause_at_most_two_runs() {
     let before = s.scheduler.stats(&k).unwrap().runs_started;
     gate.set(false);
     assert_eq!(s.post(&body, Some(KEY)).await, 200);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while gate.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the run did not reach its commit"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(Duration::from_secs(60), || async {
+        match gate.waiting.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Err("the run did not reach its commit".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in 0..20 {
         let http = s.http.clone();
@@ -562,11 +556,13 @@ async fn a_failure_webhook_shows_in_status_until_a_success() {
     })
     .to_string();
     assert_eq!(s.post(&failure, Some(KEY)).await, 200);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while s.upstream_error(&b).await.is_none() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        match s.upstream_error(&b).await {
+            Some(_) => Ok(()),
+            None => Err(format!("no upstream error recorded for {b}")),
+        }
+    })
+    .await;
     let err = s.upstream_error(&a).await.unwrap();
     assert!(err.contains("token expired"), "{err}");
     assert_eq!(
@@ -578,10 +574,13 @@ async fn a_failure_webhook_shows_in_status_until_a_success() {
     s.fake.save(&a, vec![ticket("tk-1", "back")]);
     assert_eq!(s.post(&sync_body(&a, false), Some(KEY)).await, 200);
     s.converged(&a).await;
-    while s.upstream_error(&a).await.is_some() {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(30), || async {
+        match s.upstream_error(&a).await {
+            None => Ok(()),
+            Some(e) => Err(format!("{a} still has its upstream error: {e}")),
+        }
+    })
+    .await;
     assert!(
         s.upstream_error(&b).await.is_some(),
         "User is still failing"

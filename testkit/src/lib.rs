@@ -15,6 +15,8 @@
 //! - [`harness`]: a fake, a store and an engine wired together ([`Harness`]), and the
 //!   convergence oracle: the store's live records equal the fake's
 //!   ([`assert_converged`]).
+//! - [`wait`]: [`eventually`], a condition polled until it holds, failing the test with
+//!   what it saw when it does not in time.
 //!
 //! ```no_run
 //! use nango_sync::StreamKey;
@@ -66,6 +68,7 @@ pub mod fake;
 pub mod harness;
 pub mod rng;
 pub mod stores;
+pub mod wait;
 
 pub use fake::{
     Effect, FakeConfig, FakeNango, FakeRecord, Fault, GenerateSpec, LoggedRequest, WebhookDelivery,
@@ -74,3 +77,4 @@ pub use fake::{
 pub use harness::{Harness, HarnessBuilder, assert_converged, assert_cursor_covered, local_live};
 pub use rng::SplitMix64;
 pub use stores::TestStore;
+pub use wait::eventually;
