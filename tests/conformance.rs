@@ -913,6 +913,51 @@ mod postgres {
         }
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_wakes_the_subscribers_of_another_store_on_the_same_schema() {
+        use nango_sync::sink::Commit;
+        use nango_sync::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey, Timestamp};
+
+        let schema = unique_schema();
+        let writer = connect(PostgresOptions::new().with_schema(&schema)).await;
+        // Another store on the same schema, as another process would open it: only the
+        // commit's `NOTIFY` can tell it.
+        let reader = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let mut commits = reader.subscribe();
+        commits.borrow_and_update();
+        let stream = StreamKey::new("conformance", "notify", "Ticket");
+        let mut cursor = None;
+        for t in 1..=3i64 {
+            let next = Some(Cursor(format!("c{t}")));
+            let record = Record {
+                id: format!("r{t}"),
+                payload: RawJson::from_trusted(format!(r#"{{"id":"r{t}"}}"#)),
+                payload_is_bare: true,
+                meta: Metadata {
+                    first_seen_at: Timestamp::from_micros(t),
+                    last_modified_at: Timestamp::from_micros(t),
+                    last_action: LastAction::Added,
+                    deleted_at: None,
+                    pruned_at: None,
+                    cursor: Cursor(format!("c{t}")),
+                },
+            };
+            let commit = Commit::new(stream.clone(), cursor.clone(), next.clone(), vec![record]);
+            let seq = writer.commit(commit).await.unwrap().seq;
+            cursor = next;
+            nango_sync_testkit::eventually(std::time::Duration::from_secs(10), || {
+                let seen = *commits.borrow_and_update();
+                async move {
+                    match seen {
+                        s if s >= seq => Ok(()),
+                        s => Err(format!("the other store's signal is at {s}, not {seq}")),
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
     /// The stream's kept count of live records stamped with a generation, and the count
     /// of them in `records`.
     async fn seen_counts(pool: &sqlx::PgPool, schema: &str) -> (Option<(i64, i64)>, i64) {

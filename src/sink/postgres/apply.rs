@@ -201,6 +201,11 @@ impl PostgresStore {
             .bind(done.deleted_delta)
             .bind(seen_after.map(|s| to_i64(s.generation)))
             .bind(seen_after.map(|s| to_i64(s.count)))
+            // A commit that changed records is announced to listeners when it commits
+            // (`feed.rs`).
+            .bind(counts.changed() > 0)
+            .bind(&self.channel)
+            .bind(seq.to_string())
             .execute(&mut **tx)
             .await
             .map_err(|e| classify("write stream state", e))?;

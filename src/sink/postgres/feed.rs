@@ -33,8 +33,9 @@
 //! # Notifications
 //!
 //! A commit that changed records sends `NOTIFY` on the store's channel
-//! ([`PostgresStore::notify_channel`]) with its sequence number, in its transaction, so
-//! the notification is delivered only if it commits. The first
+//! ([`PostgresStore::notify_channel`]) with its sequence number, in its transaction (by
+//! the statement that writes the stream's row, sparing a round trip), so the
+//! notification is delivered only if it commits. The first
 //! [`subscribe`](crate::RecordSink::subscribe) starts a task that `LISTEN`s on a
 //! connection of its own and wakes the subscribers; after the connection is lost and
 //! made again it reads `commit_seq`, so a commit made meanwhile still wakes them.
@@ -74,7 +75,6 @@ pub(super) struct FeedStatements {
     upkeep: SqlStr,
     upkeep_sweep: SqlStr,
     last_seq: SqlStr,
-    notify: SqlStr,
     consumer: SqlStr,
     ack: SqlStr,
     consumers: SqlStr,
@@ -180,7 +180,6 @@ impl FeedStatements {
                  (SELECT count(*) FROM other WHERE seen_generation > $5)",
             ),
             last_seq: s("SELECT seq FROM {s}.commit_seq".into()),
-            notify: s("SELECT pg_notify($1, $2)".into()),
             consumer: s("SELECT seq, id FROM {s}.consumers WHERE name = $1".into()),
             // Stored only when later than the stored position (the end of a commit,
             // a NULL id, comes after each of its ids).
@@ -284,17 +283,6 @@ impl PostgresStore {
     /// commit's sequence number), for applications that listen themselves.
     pub fn notify_channel(&self) -> &str {
         &self.channel
-    }
-
-    /// In a commit's transaction, once it is known to change records: announce it.
-    pub(super) async fn notify(&self, conn: &mut PgConnection, seq: u64) -> Result<()> {
-        sqlx::query(self.feed_sql.notify.clone())
-            .bind(&self.channel)
-            .bind(seq.to_string())
-            .execute(conn)
-            .await
-            .map_err(|e| classify("announce the commit", e))?;
-        Ok(())
     }
 
     /// In a commit's transaction, after its writes: write the commit's id list (the ids

@@ -471,13 +471,6 @@ impl PostgresStore {
             Ok(()) => self.apply(&mut tx, commit).await,
             Err(e) => Err(e),
         };
-        let applied = match applied {
-            // A commit that changed records is announced to listeners when it commits.
-            Ok(outcome) if outcome.counts.changed() > 0 => {
-                self.notify(&mut tx, outcome.seq).await.map(|()| outcome)
-            }
-            other => other,
-        };
         match applied {
             Ok(outcome) => {
                 tx.commit().await.map_err(|e| classify("commit", e))?;

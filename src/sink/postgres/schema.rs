@@ -409,7 +409,8 @@ impl Statements {
                    unchanged = unchanged + $8, stale = stale + $9, \
                    live_records = live_records + $10, deleted_records = deleted_records + $11, \
                    seen_live_generation = $12, seen_live_count = $13 \
-                 WHERE stream_id = $1"
+                 WHERE stream_id = $1 \
+                 RETURNING (SELECT count(*) FROM (SELECT pg_notify($15, $16) WHERE $14) n)"
                 .into()),
             stream_state: s("SELECT cursor, generation, full_read FROM {s}.streams WHERE key_hash = $1".into()),
             set_upstream_error: upsert_stream("upstream_error"),
