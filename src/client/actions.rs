@@ -128,10 +128,9 @@ impl WaitOptions {
 /// [`NangoClient::wait_action`] to read their results at once.
 ///
 /// Give every `async_action` webhook to [`ActionWakeups::notify`] (the scheduler does it
-/// for the webhooks it receives: [`Scheduler::action_wakeups`]); the last 4,096 ids
-/// are remembered, so a webhook that arrives before the wait starts is not lost.
-///
-/// [`Scheduler::action_wakeups`]: crate::engine::scheduler::Scheduler::action_wakeups
+/// for the webhooks it receives: `engine::scheduler::Scheduler::action_wakeups`, feature
+/// `webhook`); the last 4,096 ids are remembered, so a webhook that arrives before the
+/// wait starts is not lost.
 #[derive(Debug, Clone, Default)]
 pub struct ActionWakeups {
     inner: Arc<Mutex<Wakeups>>,

@@ -19,7 +19,7 @@ impl Engine {
     /// Nango runs the sync after it answers, so a re-read made at once may see the cache
     /// before that run has filled it again (then it sweeps records that come back as
     /// `ADDED` later, and converges on the next run). The run ends with a full-sync
-    /// webhook, which makes a [`Scheduler`](crate::engine::scheduler::Scheduler) re-read
+    /// webhook, which makes a `Scheduler` (`engine::scheduler`, feature `webhook`) re-read
     /// again; without webhooks, sync these streams with [`SyncOptions::full`] once Nango
     /// reports the run finished.
     pub async fn trigger_syncs(

@@ -15,7 +15,7 @@
 //! overwrite what the new holder wrote.
 //!
 //! The lease statements are methods of `PostgresStore` (`src/sink/postgres/lease.rs`);
-//! [`crate::engine::cluster`] (features `postgres` and `webhook`) keeps an instance's
+//! `crate::engine::cluster` (features `postgres` and `webhook`) keeps an instance's
 //! membership, leases and triggers.
 
 use std::sync::Arc;
