@@ -2,9 +2,10 @@
 # Peak memory and time of a standalone `nango-sync sync` process, per store and size:
 # a `dev-server` in another process serves N generated records of one model, and
 # `nango-sync sync` (under /usr/bin/time -v) syncs them into a fresh store, then syncs
-# again after nothing changed. One line per run:
+# again after nothing changed, then again after every record changed upstream (the
+# dev-server's `/_fake/regenerate`: a bulk update of all N). One line per run:
 #
-#   store records seconds records_per_second peak_rss_mb
+#   store pass records seconds records_per_second peak_rss_mb
 #
 #   scripts/sizing.sh [--bin PATH] [--stores "sqlite sled postgres"] [--dir DIR] N...
 #
@@ -32,6 +33,7 @@ if [[ $# -eq 0 ]]; then
 fi
 [[ -x "$BIN" ]] || { echo "error: $BIN not found (cargo build --release -p nango-sync-cli)" >&2; exit 1; }
 [[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time (GNU time) is needed for the peak RSS" >&2; exit 1; }
+command -v curl >/dev/null || { echo "error: curl is needed to change the dev-server's records" >&2; exit 1; }
 if [[ -z "$DIR" ]]; then
     DIR=$(mktemp -d "${TMPDIR:-/tmp}/nango-sync-sizing.XXXXXX")
     trap 'rm -rf "$DIR"' EXIT
@@ -54,6 +56,7 @@ for n in "$@"; do
     export NANGO_HOST="http://127.0.0.1:$port"
     NANGO_SECRET_KEY=$(sed -n 's/^NANGO_SECRET_KEY=//p' "$DIR/dev.env")
     export NANGO_SECRET_KEY
+    revision=0
     for store in $STORES; do
         case "$store" in
             sqlite) sink="sqlite://$DIR/sizing.db" ;;
@@ -63,14 +66,23 @@ for n in "$@"; do
                 sink="$NANGO_SYNC_TEST_POSTGRES_URL?schema=nango_sync_sizing" ;;
             *) echo "error: unknown store $store" >&2; kill "$dev"; exit 2 ;;
         esac
-        for pass in sync no-change; do
+        for pass in sync no-change update; do
+            if [[ "$pass" == update ]]; then
+                # Every record changes upstream (a revision of its own per store: the
+                # next store's first sync reads this one's).
+                revision=$((revision + 1))
+                curl -sf -X POST "$NANGO_HOST/_fake/regenerate" \
+                    -H "Authorization: Bearer $NANGO_SECRET_KEY" -H 'Content-Type: application/json' \
+                    -d "{\"integration\":\"demo-crm\",\"connection\":\"acme\",\"model\":\"Ticket\",\"count\":$n,\"revision\":$revision}" \
+                    >/dev/null || { echo "error: the dev-server did not regenerate its records" >&2; kill "$dev"; exit 1; }
+            fi
             /usr/bin/time -v -o "$DIR/time.txt" "$BIN" sync --sink "$sink" \
                 --integration demo-crm --connection acme --model Ticket >/dev/null 2>"$DIR/sync.log" \
                 || { cat "$DIR/sync.log" >&2; kill "$dev"; exit 1; }
             awk -v store="$store" -v n="$n" -v pass="$pass" '
                 /Elapsed \(wall clock\)/ { split($NF, t, ":"); s = (length(t) == 3) ? t[1]*3600 + t[2]*60 + t[3] : t[1]*60 + t[2] }
                 /Maximum resident set size/ { rss = $NF / 1024 }
-                END { printf "%s %s %s %.1f %.0f %.0f\n", store, pass, n, s, (pass == "sync" && s > 0) ? n / s : 0, rss }
+                END { printf "%s %s %s %.1f %.0f %.0f\n", store, pass, n, s, (pass != "no-change" && s > 0) ? n / s : 0, rss }
             ' "$DIR/time.txt"
         done
         case "$store" in

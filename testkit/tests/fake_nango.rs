@@ -660,6 +660,24 @@ async fn control_api_scripts_upstream_changes() {
     .unwrap())
     .await;
     assert_eq!(r["added"], 25);
+    let r = ok(post(
+        "/_fake/regenerate",
+        target(json!({"count": 20, "revision": 1})),
+    )
+    .await
+    .unwrap())
+    .await;
+    assert_eq!(
+        (r["updated"].clone(), r["added"].clone()),
+        (json!(20), json!(0))
+    );
+    let r = post(
+        "/_fake/regenerate",
+        target(json!({"count": 20, "revision": 0})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400, "revision 0 is the first one");
     let r = ok(http
         .get(format!("{}/_fake/streams", fake.url()))
         .bearer_auth(&key)

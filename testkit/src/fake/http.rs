@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::json::{Normalized, normalize_record, str_lit};
 use super::query::{Issue, RecordsParams, parse_pairs, validate_headers, validate_records_query};
 use super::state::{Pos, RecRef, Renderer, State as Store, decode_cursor};
-use super::{Effect, Fault, LoggedRequest, Shared};
+use super::{Effect, Fault, GenerateSpec, LoggedRequest, Shared};
 use nango_sync::record::StreamKey;
 use nango_sync::time::Timestamp;
 
@@ -634,6 +634,7 @@ struct ControlBody {
     until_cursor: Option<String>,
     count: Option<usize>,
     batch_size: Option<usize>,
+    revision: Option<u64>,
     minutes: Option<i32>,
     status: Option<u16>,
     rate_limited: Option<u64>,
@@ -755,6 +756,23 @@ fn control_op(shared: &Shared, path: &str, b: &ControlBody) -> Result<Response, 
             let key = b.stream()?;
             let count = b.count.ok_or("missing \"count\"")?;
             let e = shared.generate(&key, count, b.batch_size.unwrap_or(1000));
+            json_response(
+                200,
+                json!({"added": e.added.len(), "updated": e.updated.len(), "deleted": e.deleted.len(), "unchanged": e.unchanged.len()})
+                    .to_string(),
+            )
+        }
+        "/_fake/regenerate" => {
+            let key = b.stream()?;
+            let mut spec = GenerateSpec::new(
+                b.count.ok_or("missing \"count\"")?,
+                b.batch_size.unwrap_or(1000),
+            );
+            spec.revision = match b.revision {
+                Some(r) if r > 0 => r,
+                _ => return Err("\"revision\" must be 1 or more (0 is the first one)".into()),
+            };
+            let e = shared.generate_with(&key, spec, true);
             json_response(
                 200,
                 json!({"added": e.added.len(), "updated": e.updated.len(), "deleted": e.deleted.len(), "unchanged": e.unchanged.len()})

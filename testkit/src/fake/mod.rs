@@ -105,6 +105,7 @@
 //! | `POST /_fake/prune` | `ids: [..]` or `until_cursor` | `{"pruned": n}` |
 //! | `POST /_fake/reset` | nothing | hard reset: `{"removed": n}` |
 //! | `POST /_fake/generate` | `count`, optional `batch_size` (default 1000) | `{"added": n, "updated": n, "deleted": n, "unchanged": n}` |
+//! | `POST /_fake/regenerate` | `count`, `revision` (1 or more), optional `batch_size`: generated records `1..=count` saved again with that revision's payloads (a bulk update, [`FakeNango::regenerate`]) | like `generate` |
 //! | `POST /_fake/connections` | `integration`, `connection` only | `{"internal_connection_id": n}` |
 //! | `GET /_fake/streams` | – | `{"streams": [{integration, connection, model, variant, records, live}]}` |
 //! | `POST /_fake/offset` | `{"minutes": -300}` only | `{"utc_offset_minutes": -300}` |
