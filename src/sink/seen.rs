@@ -14,8 +14,8 @@
 //! record's stamp before and after the commit ([`SeenTally::changed`]). It is only kept
 //! while it is known to be exact: it starts at 0 when a full read begins on a stream
 //! with no live record, or on a stream whose every live record the previous count
-//! covered (the new generation is newer than all of them); after a scan, the store may
-//! set it from what the scan found ([`SeenTally::finish`]). A stream without a count
+//! covered (the new generation is newer than all of them); after a scan, the store sets
+//! it from what the scan found ([`SeenTally::finish`]). A stream without a count
 //! (written by an older build, or after a full read that began otherwise) is swept by a
 //! scan, as before.
 //!
@@ -126,9 +126,8 @@ impl SeenTally {
     /// `generation` scanned the stream and found `newer` live records (not the commit's
     /// own) stamped with a newer generation; `live` is the stream's live records after
     /// the commit, sweep included. Every other live record is the commit's or was not
-    /// swept, so it carries `generation`. A store whose scan does not count the newer
-    /// records passes `None` for `scanned` only when it did not scan, and keeps no
-    /// count after a scan.
+    /// swept, so it carries `generation`. `None`: the commit did not scan, and the count
+    /// is the tally's, when known.
     pub fn finish(self, scanned: Option<(u64, u64)>, live: u64) -> Option<SeenLive> {
         match scanned {
             Some((generation, newer)) => Some(SeenLive {
