@@ -179,14 +179,16 @@ impl PostgresStore {
 
         let done = prepared.finish(to_u64(seq), swept);
         let (next, counts) = (&done.state, &done.outcome.counts);
-        let live_after = locked
+        // A stream row whose live count is off (rows removed by hand) keeps no count.
+        let seen_after = locked
             .live
             .checked_add_signed(done.live_delta)
-            .ok_or_else(|| Error::store(BACKEND, "commit", false, "negative live record count"))?;
-        let seen_after = tally.finish(
-            scanned.map(|(generation, _, newer)| (generation, newer)),
-            live_after,
-        );
+            .and_then(|live| {
+                tally.finish(
+                    scanned.map(|(generation, _, newer)| (generation, newer)),
+                    live,
+                )
+            });
         sqlx::query(self.sql.update_stream.clone())
             .bind(stream_id)
             .bind(next.cursor.as_ref().map(|c| c.as_str()))

@@ -8,7 +8,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use super::error::sql_err;
 use super::rows::{ensure_stream, micros};
 use super::{BACKEND, feed};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::merge::{StoredVersionBuf, payload_bytes_are_bare};
 use crate::record::Cursor;
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
@@ -330,10 +330,10 @@ pub(super) fn commit(
     faults.after_records(BACKEND)?;
 
     let done = prepared.finish(seq as u64, swept);
-    let live_after = live
+    // A stream row whose live count is off (rows removed by hand) keeps no count.
+    let seen_after = live
         .checked_add_signed(done.live_delta)
-        .ok_or_else(|| Error::store(BACKEND, "commit", false, "negative live record count"))?;
-    let seen_after = tally.finish(scanned, live_after);
+        .and_then(|live| tally.finish(scanned, live));
     let (next, counts) = (&done.state, &done.outcome.counts);
     tx.prepare_cached(
         "UPDATE nango_streams SET cursor = ?2, generation = ?3, full_read = ?4,

@@ -1018,6 +1018,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_row_whose_live_count_is_off_still_commits_and_keeps_no_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let mut c = Commit::new(
+            stream.clone(),
+            None,
+            Some(Cursor("c1".into())),
+            vec![record("a", 10, LastAction::Added, r#"{"id":"a","v":1}"#)],
+        );
+        c.full_read = Some(FullRead {
+            generation: 1,
+            complete: true,
+        });
+        store.commit(c).await.unwrap();
+        // As if rows had been counted wrong, or removed and counted by hand.
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("UPDATE nango_streams SET live_records = 0")
+            .unwrap();
+        let c = Commit::new(
+            stream.clone(),
+            Some(Cursor("c1".into())),
+            Some(Cursor("c2".into())),
+            vec![record("a", 11, LastAction::Deleted, r#"{"id":"a"}"#)],
+        );
+        assert_eq!(store.commit(c).await.unwrap().counts.deleted, 1);
+        assert!(store.get(&stream, "a").await.unwrap().unwrap().is_deleted());
+        assert_eq!(scans_and_counts(&path).1, vec![(None, None, 0)]);
+    }
+
+    #[tokio::test]
     async fn missing_directory_is_a_clear_error() {
         let err = SqliteStore::open("/nonexistent-dir-for-nango-sync/x.db")
             .await
