@@ -111,6 +111,16 @@ pub struct Seen<'c, H> {
     pub stored: H,
 }
 
+impl<H> WriteKind<'_, H> {
+    /// The handle of the stored row this write replaces or keeps; `None` for an insert.
+    pub fn stored(&self) -> Option<&H> {
+        match self {
+            WriteKind::Insert { .. } => None,
+            WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => Some(stored),
+        }
+    }
+}
+
 /// What the completing commit of a full re-read marks deleted: every live record of
 /// the stream whose generation is older than [`Sweep::generation`] (the re-read did not
 /// see it, so Nango no longer has it).

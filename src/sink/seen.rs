@@ -21,15 +21,17 @@
 //!
 //! ```text
 //! lock the stream row: live records, kept count
-//! tally = SeenTally::new(kept, live, commit.full_read)
-//! for each write and seen mark: tally.changed(stamp before, stamp after)
+//! tally = SeenTally::of(kept, live, &prepared, stamp of a stored handle)
+//!   (every write and seen mark: tally.changed(stamp before, stamp after))
 //! if let Some(sweep) = prepared.sweep(), unless tally.nothing_to_sweep(..): scan
 //! row.count = tally.finish(what the scan found, live after the commit)
 //! ```
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Result;
 use crate::sink::FullRead;
+use crate::sink::commit::Prepared;
 
 /// How many live records of a stream are stamped with a generation: kept in the
 /// stream's row while exact.
@@ -83,6 +85,30 @@ impl SeenTally {
             (_, Some(_)) => None,
         };
         SeenTally { start, delta: 0 }
+    }
+
+    /// The tally of `prepared` on a stream whose row holds `live` live records and the
+    /// count `kept`, with every write and seen mark counted: `stamp` gives the stamp of
+    /// a stored record from the store's handle of it.
+    pub fn of<H>(
+        kept: Option<SeenLive>,
+        live: u64,
+        prepared: &Prepared<'_, H>,
+        stamp: impl Fn(&H) -> Result<Stamp>,
+    ) -> Result<Self> {
+        let mut tally = SeenTally::new(kept, live, prepared.commit().full_read);
+        let generation = prepared.generation();
+        for w in prepared.writes() {
+            let before = w.kind.stored().map(&stamp).transpose()?;
+            let live = !w.record.is_deleted();
+            tally.changed(before, Stamp { generation, live });
+        }
+        for s in prepared.seen() {
+            let before = stamp(&s.stored)?;
+            let live = before.live;
+            tally.changed(Some(before), Stamp { generation, live });
+        }
+        Ok(tally)
     }
 
     /// A record the commit writes or stamps: its stamp `before` (none for a new record)

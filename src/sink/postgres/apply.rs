@@ -74,7 +74,7 @@ impl PostgresStore {
             .await
             .map_err(|e| classify("next commit number", e))?;
         let stamp = (seq, to_i64(prepared.generation()));
-        let mut tally = SeenTally::new(locked.seen_live, locked.live, commit.full_read);
+        let tally = SeenTally::of(locked.seen_live, locked.live, &prepared, |h| Ok(h.stamp))?;
 
         // Three kinds of writes, each one statement when there are any: records the
         // store does not hold are inserted (no conflict is possible: the stream's lock
@@ -87,20 +87,7 @@ impl PostgresStore {
         let mut keeps = Vec::new();
         let mut written = Vec::with_capacity(prepared.writes().len());
         for w in prepared.writes() {
-            let old = match &w.kind {
-                WriteKind::Insert { .. } => None,
-                WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
-                    Some(*stored)
-                }
-            };
-            tally.changed(
-                old.map(|h| h.stamp),
-                Stamp {
-                    generation: prepared.generation(),
-                    live: !w.record.is_deleted(),
-                },
-            );
-            written.push((w.record.id.as_str(), old.map(|h| h.seq)));
+            written.push((w.record.id.as_str(), w.kind.stored().map(|h| h.seq)));
             match &w.kind {
                 WriteKind::Insert { payload } => inserts.push((w.record, *payload, w.change)),
                 WriteKind::Replace { payload, .. } => {
@@ -140,15 +127,6 @@ impl PostgresStore {
                 .map_err(|e| classify("write records", e))?
                 .rows_affected();
             all_found(updated, keeps.len())?;
-        }
-        for s in prepared.seen() {
-            tally.changed(
-                Some(s.stored.stamp),
-                Stamp {
-                    generation: prepared.generation(),
-                    live: s.stored.stamp.live,
-                },
-            );
         }
         if !prepared.seen().is_empty() {
             sqlx::query(self.sql.mark_seen.clone())

@@ -15,7 +15,7 @@ use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
 use crate::sink::commit::{self, CursorRecord, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
-use crate::sink::seen::{SeenTally, Stamp};
+use crate::sink::seen::SeenTally;
 use crate::sink::{Commit, CommitOutcome};
 
 impl Inner {
@@ -44,7 +44,7 @@ impl Inner {
 
         let generation = prepared.generation();
         let mut entry = FeedEntry::default();
-        let mut tally = SeenTally::new(row.seen_live, row.live, commit.full_read);
+        let tally = SeenTally::of(row.seen_live, row.live, &prepared, |v| stamp_of(v))?;
         for w in prepared.writes() {
             let (payload, old) = match &w.kind {
                 WriteKind::Insert { payload } => (payload.as_str().as_bytes(), None),
@@ -60,27 +60,12 @@ impl Inner {
             let mut value = encode_record(seq, generation, &w.record.meta, payload);
             set_change(&mut value, w.change);
             batch.insert(key.as_slice(), value);
-            tally.changed(
-                old.map(stamp_of).transpose()?,
-                Stamp {
-                    generation,
-                    live: !w.record.is_deleted(),
-                },
-            );
             entry.changed(w.record.id.as_bytes(), old)?;
         }
         for s in prepared.seen() {
             key.truncate(prefix_len);
             key.extend_from_slice(s.id.as_bytes());
             batch.insert(key.as_slice(), seen_by(&s.stored, generation));
-            let before = stamp_of(&s.stored)?;
-            tally.changed(
-                Some(before),
-                Stamp {
-                    generation,
-                    live: before.live,
-                },
-            );
         }
         // The scan sees the records as they were before this batch: the page's own are
         // spared by id. It is skipped when the stream's count says that every live

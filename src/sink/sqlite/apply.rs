@@ -142,7 +142,7 @@ pub(super) fn commit(
         .map_err(e)?;
     let seq = last_seq + 1;
     let generation = prepared.generation() as i64;
-    let mut tally = SeenTally::new(kept, live, commit.full_read);
+    let tally = SeenTally::of(kept, live, &prepared, |h| Ok(h.stamp))?;
 
     // Each written id with the `seq` its record had (`None` when new), for the feed.
     let mut written: Vec<(&str, Option<i64>)> = Vec::with_capacity(prepared.writes().len());
@@ -172,27 +172,7 @@ pub(super) fn commit(
             )
             .map_err(e)?;
         for w in prepared.writes() {
-            tally.changed(
-                match &w.kind {
-                    WriteKind::Insert { .. } => None,
-                    WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
-                        Some(stored.stamp)
-                    }
-                },
-                Stamp {
-                    generation: generation as u64,
-                    live: !w.record.is_deleted(),
-                },
-            );
-            written.push((
-                w.record.id.as_str(),
-                match &w.kind {
-                    WriteKind::Insert { .. } => None,
-                    WriteKind::Replace { stored, .. } | WriteKind::KeepPayload { stored } => {
-                        Some(stored.seq)
-                    }
-                },
-            ));
+            written.push((w.record.id.as_str(), w.kind.stored().map(|h| h.seq)));
             let m = &w.record.meta;
             let (first, last, action) = (
                 m.first_seen_at.as_micros(),
@@ -252,13 +232,6 @@ pub(super) fn commit(
             for s in prepared.seen() {
                 seen.execute(params![s.stored.rowid, generation])
                     .map_err(e)?;
-                tally.changed(
-                    Some(s.stored.stamp),
-                    Stamp {
-                        generation: generation as u64,
-                        live: s.stored.stamp.live,
-                    },
-                );
             }
         }
     }
