@@ -913,10 +913,28 @@ mod postgres {
         }
     }
 
+    /// Record `id` added at `t` (microseconds), with the cursor `c{t}`.
+    fn added_at(id: &str, t: i64) -> nango_sync::Record {
+        use nango_sync::{Cursor, LastAction, Metadata, RawJson, Record, Timestamp};
+        Record {
+            id: id.to_owned(),
+            payload: RawJson::from_trusted(format!(r#"{{"id":"{id}","t":{t}}}"#)),
+            payload_is_bare: false,
+            meta: Metadata {
+                first_seen_at: Timestamp::from_micros(t),
+                last_modified_at: Timestamp::from_micros(t),
+                last_action: LastAction::Added,
+                deleted_at: None,
+                pruned_at: None,
+                cursor: Cursor(format!("c{t}")),
+            },
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_wakes_the_subscribers_of_another_store_on_the_same_schema() {
         use nango_sync::sink::Commit;
-        use nango_sync::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey, Timestamp};
+        use nango_sync::{Cursor, StreamKey};
 
         let schema = unique_schema();
         let writer = connect(PostgresOptions::new().with_schema(&schema)).await;
@@ -929,19 +947,7 @@ mod postgres {
         let mut cursor = None;
         for t in 1..=3i64 {
             let next = Some(Cursor(format!("c{t}")));
-            let record = Record {
-                id: format!("r{t}"),
-                payload: RawJson::from_trusted(format!(r#"{{"id":"r{t}"}}"#)),
-                payload_is_bare: true,
-                meta: Metadata {
-                    first_seen_at: Timestamp::from_micros(t),
-                    last_modified_at: Timestamp::from_micros(t),
-                    last_action: LastAction::Added,
-                    deleted_at: None,
-                    pruned_at: None,
-                    cursor: Cursor(format!("c{t}")),
-                },
-            };
+            let record = added_at(&format!("r{t}"), t);
             let commit = Commit::new(stream.clone(), cursor.clone(), next.clone(), vec![record]);
             let seq = writer.commit(commit).await.unwrap().seq;
             cursor = next;
@@ -977,7 +983,7 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_sweep_scans_only_when_the_count_of_seen_records_falls_short() {
         use nango_sync::sink::{Commit, FullRead};
-        use nango_sync::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey, Timestamp};
+        use nango_sync::{Cursor, Record, StreamKey};
 
         let schema = unique_schema();
         let store = connect(PostgresOptions::new().with_schema(&schema)).await;
@@ -987,22 +993,7 @@ mod postgres {
         let mut t = 10;
         let mut page = async |ids: &[&str], generation: u64, complete: bool| -> u64 {
             t += 1;
-            let records = ids
-                .iter()
-                .map(|id| Record {
-                    id: (*id).to_owned(),
-                    payload: RawJson::from_trusted(format!(r#"{{"id":"{id}","t":{t}}}"#)),
-                    payload_is_bare: false,
-                    meta: Metadata {
-                        first_seen_at: Timestamp::from_micros(t),
-                        last_modified_at: Timestamp::from_micros(t),
-                        last_action: LastAction::Added,
-                        deleted_at: None,
-                        pruned_at: None,
-                        cursor: Cursor(format!("c{t}")),
-                    },
-                })
-                .collect();
+            let records = ids.iter().map(|id| added_at(id, t)).collect();
             let next = Some(Cursor(format!("c{t}")));
             let mut c = Commit::new(stream.clone(), cursor.clone(), next.clone(), records);
             c.full_read = Some(FullRead {
@@ -1056,6 +1047,29 @@ mod postgres {
         assert_eq!(page(&["a"], 3, false).await, 0);
         assert_eq!(page(&["c"], 3, true).await, 0);
         assert_eq!(seen_counts(&pool, &schema).await, (Some((3, 2)), 2));
+        // A re-read that sees both again unchanged (seen marks, no write) counts them,
+        // page by page.
+        for (id, complete, counted) in [("a", false, 1), ("c", true, 2)] {
+            let r = store.get(&stream, id).await.unwrap().unwrap();
+            let again = Record {
+                id: r.id,
+                payload: r.payload,
+                payload_is_bare: false,
+                meta: r.meta,
+            };
+            let at = store.stream_state(&stream).await.unwrap().cursor;
+            let mut c = Commit::new(stream.clone(), at.clone(), at, vec![again]);
+            c.full_read = Some(FullRead {
+                generation: 4,
+                complete,
+            });
+            let out = store.commit(c).await.unwrap();
+            assert_eq!((out.counts.unchanged, out.swept), (1, 0));
+            assert_eq!(
+                seen_counts(&pool, &schema).await,
+                (Some((4, counted)), counted)
+            );
+        }
         pool.close().await;
     }
 

@@ -966,6 +966,28 @@ mod tests {
         page(&["c"], None).await;
         assert_eq!(page(&["d"], Some((4, true))).await, (1, 2, Some((4, 1))));
         assert!(store.get(&stream, "c").await.unwrap().unwrap().is_deleted());
+        // A re-read that sees "d" again unchanged (a seen mark, no write) counts it: no
+        // scan.
+        let d = store.get(&stream, "d").await.unwrap().unwrap();
+        let unchanged = Record {
+            id: d.id,
+            payload: d.payload,
+            payload_is_bare: false,
+            meta: d.meta,
+        };
+        let mut c = Commit::new(
+            stream.clone(),
+            cursor.clone(),
+            cursor.clone(),
+            vec![unchanged],
+        );
+        c.full_read = Some(FullRead {
+            generation: 5,
+            complete: true,
+        });
+        let out = store.commit(c).await.unwrap();
+        assert_eq!((out.counts.unchanged, out.swept), (1, 0));
+        assert_eq!(scans_and_counts(&path), (2, vec![(Some(5), Some(1), 1)]));
     }
 
     #[tokio::test]
