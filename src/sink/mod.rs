@@ -1207,6 +1207,15 @@ pub fn split_schema_param(url: &str) -> (String, Option<String>) {
     (url, schema)
 }
 
+/// A commit's mark of full read `generation` (`complete`: its last commit), for tests.
+#[cfg(test)]
+pub(crate) fn full(generation: u64, complete: bool) -> Option<FullRead> {
+    Some(FullRead {
+        generation,
+        complete,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

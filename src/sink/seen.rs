@@ -168,13 +168,7 @@ impl SeenTally {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn full(generation: u64, complete: bool) -> Option<FullRead> {
-        Some(FullRead {
-            generation,
-            complete,
-        })
-    }
+    use crate::sink::full;
 
     fn stamp(generation: u64, live: bool) -> Stamp {
         Stamp { generation, live }

@@ -31,7 +31,7 @@ mod tests {
     use super::super::{SledOptions, SledStore};
     use crate::record::{Cursor, LastAction, Metadata, RawJson, Record, StreamKey};
     use crate::sink::seen::SeenLive;
-    use crate::sink::{Commit, FullRead, RecordSink};
+    use crate::sink::{Commit, FullRead, RecordSink, full};
     use crate::time::Timestamp;
 
     fn record(id: &str, t: i64) -> Record {
@@ -69,13 +69,6 @@ mod tests {
         commit.full_read = full;
         commit.now = Timestamp::from_micros(t);
         store.commit(commit).await.unwrap().swept
-    }
-
-    fn full(generation: u64, complete: bool) -> Option<FullRead> {
-        Some(FullRead {
-            generation,
-            complete,
-        })
     }
 
     async fn kept(store: &SledStore, stream: &StreamKey) -> Option<SeenLive> {

@@ -501,7 +501,7 @@ mod tests {
     use super::*;
     use crate::feed::ChangeKind;
     use crate::record::{Cursor, LastAction, Metadata, RawJson, Record};
-    use crate::sink::FullRead;
+    use crate::sink::{FullRead, full};
     use crate::time::Timestamp;
 
     fn record(id: &str, lma: i64, action: LastAction, payload: &str) -> Record {
@@ -853,10 +853,7 @@ mod tests {
                 record("b", 10, LastAction::Added, r#"{"id":"b"}"#),
             ],
         );
-        c.full_read = Some(FullRead {
-            generation: 1,
-            complete: true,
-        });
+        c.full_read = full(1, true);
         store.commit(c).await.unwrap();
         let mut c = Commit::new(
             stream.clone(),
@@ -864,10 +861,7 @@ mod tests {
             Some(Cursor("c1".into())),
             vec![record("a", 10, LastAction::Added, r#"{"id":"a"}"#)],
         );
-        c.full_read = Some(FullRead {
-            generation: 2,
-            complete: true,
-        });
+        c.full_read = full(2, true);
         let out = store.commit(c).await.unwrap();
         assert_eq!(
             (out.swept, out.counts.deleted, out.counts.unchanged),
@@ -981,10 +975,7 @@ mod tests {
             cursor.clone(),
             vec![unchanged],
         );
-        c.full_read = Some(FullRead {
-            generation: 5,
-            complete: true,
-        });
+        c.full_read = full(5, true);
         let out = store.commit(c).await.unwrap();
         assert_eq!((out.counts.unchanged, out.swept), (1, 0));
         assert_eq!(scans_and_counts(&path), (2, vec![(Some(5), Some(1), 1)]));
@@ -1019,10 +1010,7 @@ mod tests {
             Some(Cursor("c2".into())),
             vec![record("a", 11, LastAction::Updated, r#"{"id":"a","v":2}"#)],
         );
-        c.full_read = Some(FullRead {
-            generation: 1,
-            complete: true,
-        });
+        c.full_read = full(1, true);
         assert_eq!(store.commit(c).await.unwrap().swept, 1);
         assert_eq!(scans_and_counts(&path), (1, vec![(Some(1), Some(1), 1)]));
         let mut c = Commit::new(
@@ -1031,10 +1019,7 @@ mod tests {
             Some(Cursor("c3".into())),
             vec![record("a", 12, LastAction::Updated, r#"{"id":"a","v":3}"#)],
         );
-        c.full_read = Some(FullRead {
-            generation: 2,
-            complete: true,
-        });
+        c.full_read = full(2, true);
         assert_eq!(store.commit(c).await.unwrap().swept, 0);
         assert_eq!(scans_and_counts(&path).0, 1, "counted from then on");
     }
@@ -1051,10 +1036,7 @@ mod tests {
             Some(Cursor("c1".into())),
             vec![record("a", 10, LastAction::Added, r#"{"id":"a","v":1}"#)],
         );
-        c.full_read = Some(FullRead {
-            generation: 1,
-            complete: true,
-        });
+        c.full_read = full(1, true);
         store.commit(c).await.unwrap();
         // As if rows had been counted wrong, or removed and counted by hand.
         rusqlite::Connection::open(&path)
