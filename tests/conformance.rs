@@ -964,6 +964,208 @@ mod postgres {
         }
     }
 
+    /// Record `id` at `t` (microseconds) with the given action and cursor `c{t}`.
+    fn version_at(id: &str, t: i64, action: nango_sync::LastAction) -> nango_sync::Record {
+        let mut record = added_at(id, t);
+        record.meta.last_action = action;
+        record
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_takes_its_stored_versions_from_a_prefetch_only_while_it_is_good() {
+        use nango_sync::LastAction::Updated;
+        use nango_sync::sink::Commit;
+        use nango_sync::sink::postgres::PrefetchStats;
+        use nango_sync::{Cursor, Record, StreamKey};
+
+        let schema = unique_schema();
+        let store = Arc::new(connect(PostgresOptions::new().with_schema(&schema)).await);
+        let other = connect(PostgresOptions::new().with_schema(&schema)).await;
+        let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
+        let stream = StreamKey::new("conformance", "prefetch", "Ticket");
+        let commit = |from: u32, to: u32, records| {
+            Commit::new(
+                stream.clone(),
+                Some(Cursor(format!("c{from}"))).filter(|_| from > 0),
+                Some(Cursor(format!("c{to}"))),
+                records,
+            )
+        };
+        let stats = |s: PrefetchStats| (s.used, s.not_used);
+
+        store
+            .commit(commit(0, 1, vec![added_at("r1", 1), added_at("r2", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(stats(store.prefetch_stats()), (0, 0), "no prefetch yet");
+
+        // Read ahead after the stream's last commit: every version read is current.
+        let p2 = vec![version_at("r2", 2, Updated), added_at("r3", 2)];
+        store.prefetch(&stream, &p2);
+        let out = store.commit(commit(1, 2, p2)).await.unwrap();
+        assert_eq!((out.counts.added, out.counts.updated), (1, 1), "{out:?}");
+        assert_eq!(stats(store.prefetch_stats()), (1, 0));
+
+        // Read ahead while the commit before is held up (another session holds the
+        // stream's row): the read sees the stream before that commit, which writes r3.
+        // The next commit takes r1's version from the read and reads r3 again.
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM \"{schema}\".streams FOR UPDATE"
+        )))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        let p3 = vec![version_at("r3", 3, Updated)];
+        let held = tokio::spawn({
+            let (store, c) = (store.clone(), commit(2, 3, p3));
+            async move { store.commit(c).await }
+        });
+        let p4 = vec![
+            version_at("r3", 4, Updated),
+            version_at("r1", 4, Updated),
+            added_at("r9", 4),
+        ];
+        store.prefetch(&stream, &p4);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+        let out = held.await.unwrap().unwrap();
+        assert_eq!(out.counts.updated, 1, "{out:?}");
+        let out = store.commit(commit(3, 4, p4)).await.unwrap();
+        assert_eq!(
+            (out.counts.added, out.counts.updated, out.counts.stale),
+            (1, 2, 0),
+            "{out:?}"
+        );
+        assert_eq!(stats(store.prefetch_stats()), (2, 0));
+
+        // Another store commits to the stream between the read and the commit: the
+        // read is not used, and the newer version the other store wrote wins.
+        let p5 = vec![version_at("r1", 5, Updated)];
+        store.prefetch(&stream, &p5);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let out = other
+            .commit(commit(4, 4, vec![version_at("r1", 50, Updated)]))
+            .await
+            .unwrap();
+        assert_eq!(out.counts.updated, 1, "{out:?}");
+        let out = store.commit(commit(4, 5, p5)).await.unwrap();
+        assert_eq!((out.counts.updated, out.counts.stale), (0, 1), "{out:?}");
+        assert_eq!(stats(store.prefetch_stats()), (2, 1));
+        let r1 = store.get(&stream, "r1").await.unwrap().unwrap();
+        assert_eq!(r1.meta.last_modified_at.as_micros(), 50);
+
+        // A prefetch of other ids than the commit's is not used, and stays.
+        store.prefetch(&stream, &[added_at("r7", 6)]);
+        let out = store
+            .commit(commit(5, 6, vec![version_at("r2", 6, Updated)]))
+            .await
+            .unwrap();
+        assert_eq!(out.counts.updated, 1, "{out:?}");
+        let out = store
+            .commit(commit(6, 7, vec![added_at("r7", 6)]))
+            .await
+            .unwrap();
+        assert_eq!(out.counts.added, 1, "{out:?}");
+        assert_eq!(stats(store.prefetch_stats()), (3, 1));
+
+        // As the engine does: each page told of while the one before commits, each
+        // page repeating an id of the one before.
+        let pages: Vec<Vec<Record>> = (8..13)
+            .map(|k| {
+                vec![
+                    version_at(&format!("p{}", k - 1), k, Updated),
+                    added_at(&format!("p{k}"), k),
+                ]
+            })
+            .collect();
+        store.prefetch(&stream, &pages[0]);
+        for (i, page) in pages.iter().enumerate() {
+            if let Some(next) = pages.get(i + 1) {
+                store.prefetch(&stream, next);
+            }
+            let k = i as u32 + 8;
+            let out = store.commit(commit(k - 1, k, page.clone())).await.unwrap();
+            let updated = u64::from(i > 0);
+            assert_eq!(
+                (out.counts.added, out.counts.updated),
+                (2 - updated, updated),
+                "page {k}: {out:?}"
+            );
+        }
+        assert_eq!(stats(store.prefetch_stats()), (8, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_prefetch_read_before_a_sweep_is_not_used() {
+        use nango_sync::LastAction::Updated;
+        use nango_sync::sink::{Commit, FullRead, read_all};
+        use nango_sync::{Cursor, StreamKey};
+
+        // The same commits on a store told of the pages ahead and on one that is not.
+        let told = Arc::new(connect(PostgresOptions::new().with_schema(&unique_schema())).await);
+        let schema = told.schema().to_owned();
+        let plain = connect(PostgresOptions::new().with_schema(&unique_schema())).await;
+        let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
+        let stream = StreamKey::new("conformance", "prefetch", "Ticket");
+        let commit = |from: u32, to: u32, records, full: Option<(u64, bool)>| {
+            let mut c = Commit::new(
+                stream.clone(),
+                Some(Cursor(format!("c{from}"))).filter(|_| from > 0),
+                Some(Cursor(format!("c{to}"))),
+                records,
+            );
+            c.full_read = full.map(|(generation, complete)| FullRead {
+                generation,
+                complete,
+            });
+            c
+        };
+        let both = async |c: Commit| {
+            let expected = plain.commit(c.clone()).await.unwrap();
+            (expected, c)
+        };
+        let (_, first) = both(commit(
+            0,
+            1,
+            vec![added_at("s1", 1), added_at("s2", 1), added_at("s3", 1)],
+            None,
+        ))
+        .await;
+        told.commit(first).await.unwrap();
+        let (_, f1) = both(commit(1, 2, vec![added_at("s1", 1)], Some((1, false)))).await;
+        told.commit(f1).await.unwrap();
+
+        // The completing page sweeps s3, which the next page brings back; that page's
+        // versions are read ahead while the sweep waits for the stream's row.
+        let (swept, f2) = both(commit(2, 3, vec![added_at("s2", 1)], Some((1, true)))).await;
+        assert_eq!(swept.swept, 1, "{swept:?}");
+        let next = vec![version_at("s3", 5, Updated)];
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM \"{schema}\".streams FOR UPDATE"
+        )))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        let sweeping = tokio::spawn({
+            let told = told.clone();
+            async move { told.commit(f2).await }
+        });
+        told.prefetch(&stream, &next);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+        assert_eq!(sweeping.await.unwrap().unwrap(), swept);
+        let (expected, last) = both(commit(3, 4, next, None)).await;
+        assert_eq!(told.commit(last).await.unwrap(), expected);
+        let stats = told.prefetch_stats();
+        assert_eq!((stats.used, stats.not_used), (0, 1), "{stats:?}");
+        assert_eq!(
+            read_all(&*told, &stream, true).await.unwrap(),
+            read_all(&plain, &stream, true).await.unwrap()
+        );
+    }
+
     /// The stream's kept count of live records stamped with a generation, and the count
     /// of them in `records`.
     async fn seen_counts(pool: &sqlx::PgPool, schema: &str) -> (Option<(i64, i64)>, i64) {

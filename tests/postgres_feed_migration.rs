@@ -104,7 +104,7 @@ const PREVIOUS_FORMAT: &str = "DROP TABLE {s}.feed_commits; \
     CREATE INDEX records_feed ON {s}.records (seq, id); \
     DROP TABLE {s}.leases; DROP TABLE {s}.instances; DROP TABLE {s}.rate_windows; \
     ALTER TABLE {s}.records RESET (fillfactor); \
-    ALTER TABLE {s}.streams DROP COLUMN seen_live_generation, DROP COLUMN seen_live_count; \
+    ALTER TABLE {s}.streams DROP COLUMN seen_live_generation, DROP COLUMN seen_live_count, DROP COLUMN last_seq; \
     DELETE FROM {s}.schema_migrations WHERE version >= 5";
 
 const INDEXES: &str = "SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' \
@@ -184,7 +184,7 @@ async fn a_previous_format_store_is_migrated_and_reads_the_same_feed() {
     );
     assert_eq!(
         scalar(&schema, "SELECT max(version) FROM {s}.schema_migrations").await,
-        9,
+        10,
         "migrated to the latest version"
     );
     assert_eq!(

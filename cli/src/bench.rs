@@ -559,6 +559,8 @@ enum Writer<'a> {
 }
 
 /// Fetch each page (untimed), then commit it (timed): the store's write path alone.
+/// Like the engine, the store is told of the next page before a commit
+/// (`RecordSink::prefetch`): the page after is fetched first, untimed too.
 /// `full`: the commits of a first sync (a full read stamping generation 1).
 async fn store_ceiling(
     client: &NangoClient,
@@ -568,24 +570,32 @@ async fn store_ceiling(
     mut expected: Option<Cursor>,
     full: bool,
 ) -> Result<(Pass, Option<Cursor>)> {
+    let fetch = |cursor: Option<Cursor>| async move {
+        client
+            .list_records(
+                &RecordsQuery::new(stream)
+                    .cursor(cursor.as_ref())
+                    .limit(page_size),
+            )
+            .await
+    };
     let mut commits = Vec::new();
     let mut cpu: Option<f64> = None;
     let mut records = 0u64;
-    let mut next: Option<Cursor> = None;
+    let mut page = fetch(None).await?;
     loop {
-        let page = client
-            .list_records(
-                &RecordsQuery::new(stream)
-                    .cursor(next.as_ref())
-                    .limit(page_size),
-            )
-            .await?;
         let last = page.is_last();
         let cursor = page.end_cursor().cloned().or_else(|| expected.clone());
-        next = page.next_cursor;
+        let ahead = match &page.next_cursor {
+            Some(next) if !last => Some(fetch(Some(next.clone())).await?),
+            _ => None,
+        };
         records += page.records.len() as u64;
         let (began, cpu_began) = match &mut writer {
             Writer::Sink(sink) => {
+                if let Some(next) = &ahead {
+                    sink.prefetch(stream, &next.records);
+                }
                 let mut commit = Commit::new(
                     stream.clone(),
                     expected.clone(),
@@ -612,8 +622,9 @@ async fn store_ceiling(
             *cpu.get_or_insert(0.0) += c;
         }
         expected = cursor;
-        if last {
-            break;
+        match ahead {
+            Some(next) => page = next,
+            None => break,
         }
     }
     let total = commits.iter().sum();

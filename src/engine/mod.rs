@@ -588,6 +588,9 @@ impl Engine {
         };
         let mut expected = state.cursor.clone();
         let mut pending = Some(Ok(first));
+        // The page after the one committing, when the fetcher had it ready: the store
+        // was told of it (`RecordSink::prefetch`).
+        let mut ahead: Option<Result<Page>> = None;
         let mut stopped = false;
         let result: Result<()> = async {
             loop {
@@ -600,7 +603,12 @@ impl Engine {
                             stopped = true;
                             return Ok(());
                         }
-                        item = rx.recv() => item,
+                        item = async {
+                            match ahead.take() {
+                                Some(item) => Some(item),
+                                None => rx.recv().await,
+                            }
+                        } => item,
                     } {
                         Some(item) => item,
                         None => {
@@ -634,6 +642,12 @@ impl Engine {
                     );
                     commit.full_read = full_read;
                     commit.fence = options.fence.clone();
+                    if !last && ahead.is_none() {
+                        ahead = rx.try_recv().ok();
+                    }
+                    if let Some(Ok(next)) = &ahead {
+                        self.sink.prefetch(stream, &next.records);
+                    }
                     let out = self.commit(commit).await?;
                     if let Some(t) = page_track.high_water_mark {
                         track.saw_instant(t);

@@ -379,6 +379,17 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
     /// sweep. All of it or nothing.
     fn commit(&self, commit: Commit) -> impl Future<Output = Result<CommitOutcome>> + Send;
 
+    /// A hint: the next commit of `stream` will hold these `records`, after the commit
+    /// of the stream that may be running now. The engine gives it when it has the next
+    /// page in hand. A store may start reading their stored versions at once; its
+    /// commit must still be exactly what it would be without the hint (the PostgreSQL
+    /// store reads ahead and checks, under the stream's lock, that nothing changed the
+    /// stream since in a way it does not know of). Must not block. The default does
+    /// nothing.
+    fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
+        let _ = (stream, records);
+    }
+
     /// One record by id, tombstones included (see [`StoredRecord::live`]).
     fn get(
         &self,
@@ -701,6 +712,7 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
     fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
+    fn prefetch(&self, stream: &StreamKey, records: &[Record]);
     fn get<'a>(
         &'a self,
         stream: &'a StreamKey,
@@ -788,6 +800,9 @@ impl<T: RecordSink> DynRecordSink for T {
     }
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>> {
         Box::pin(RecordSink::commit(self, commit))
+    }
+    fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
+        RecordSink::prefetch(self, stream, records)
     }
     fn get<'a>(
         &'a self,
@@ -934,6 +949,9 @@ impl RecordSink for SharedSink {
     }
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         DynRecordSink::commit(&**self, commit).await
+    }
+    fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
+        DynRecordSink::prefetch(&**self, stream, records)
     }
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
         DynRecordSink::get(&**self, stream, id).await

@@ -2,13 +2,12 @@
 //! versions in one query, lets [`commit::prepare`] decide, and writes what it prepared
 //! with a few set-based statements.
 
-use std::collections::HashMap;
-
-use sqlx::postgres::{PgArguments, PgBindIterExt};
+use sqlx::postgres::{PgArguments, PgBindIterExt, PgRow};
 use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::error::{classify, decode};
+use super::prefetch::{LastCommit, Usable, Versions};
 use super::rows::{state_from_row, stream_hash, to_i64, to_u64};
 use super::{BACKEND, PostgresStore};
 use crate::error::{Error, Result};
@@ -21,11 +20,14 @@ use crate::time::Timestamp;
 
 impl PostgresStore {
     /// Apply `commit` inside `tx` (the caller commits or rolls back).
+    ///
+    /// Also returns what the store remembers of the commit for a prefetch of the
+    /// stream's next page (`prefetch.rs`), when one waits.
     pub(super) async fn apply(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         commit: &Commit,
-    ) -> Result<CommitOutcome> {
+    ) -> Result<(CommitOutcome, Option<LastCommit>)> {
         let hash = stream_hash(&commit.stream);
         let locked = self.lock_stream(tx, &commit.stream, &hash).await?;
         let (stream_id, state) = (locked.stream_id, &locked.state);
@@ -34,34 +36,12 @@ impl PostgresStore {
         // to be the expected one.
         commit::check_cursor(state, commit)?;
         // Each with the `seq` of the commit that last changed it, whose change list the
-        // record leaves if this commit changes it, and its stamp (the handle).
-        let mut stored: HashMap<String, (StoredVersionBuf, Handle)> = HashMap::new();
-        if !commit.records.is_empty() {
-            let rows = sqlx::query(self.sql.stored_versions.clone())
-                .bind(stream_id)
-                .bind(commit.records.iter().map(|r| r.id.as_str()).bind_iter())
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(|e| classify("read stored versions", e))?;
-            stored.reserve(rows.len());
-            for row in rows {
-                let id: String = row.try_get(0).map_err(decode)?;
-                let version = StoredVersionBuf {
-                    last_modified_at: Timestamp::from_micros(row.try_get(1).map_err(decode)?),
-                    cursor: row.try_get(2).map_err(decode)?,
-                    deleted: row.try_get(3).map_err(decode)?,
-                    pruned: row.try_get(4).map_err(decode)?,
-                };
-                let handle = Handle {
-                    seq: row.try_get(5).map_err(decode)?,
-                    stamp: Stamp {
-                        generation: to_u64(row.try_get(6).map_err(decode)?),
-                        live: !version.deleted,
-                    },
-                };
-                stored.insert(id, (version, handle));
-            }
-        }
+        // record leaves if this commit changes it, and its stamp (the handle). Read by
+        // a prefetch while the previous page committed, when it is still good
+        // (`prefetch.rs`).
+        let mut stored = self
+            .stored_versions(tx, &hash, stream_id, locked.last_seq, commit)
+            .await?;
         // Each distinct id is looked up once: its version moves out of the map.
         let prepared = commit::prepare(state, commit, |id| {
             Ok(stored
@@ -186,11 +166,82 @@ impl PostgresStore {
             .bind(counts.changed() > 0)
             .bind(&self.channel)
             .bind(seq.to_string())
+            .bind(seq)
             .execute(&mut **tx)
             .await
             .map_err(|e| classify("write stream state", e))?;
         self.faults.before_commit(BACKEND)?;
-        Ok(done.outcome)
+        let last = self.prefetches.pending(&hash).then(|| LastCommit {
+            before: locked.last_seq,
+            seq,
+            ids: commit.records.iter().map(|r| r.id.clone()).collect(),
+            swept: scanned.is_some(),
+        });
+        Ok((done.outcome, last))
+    }
+
+    /// The stored versions of the commit's ids: from the prefetch of these ids when it
+    /// is still good (`prefetch.rs`), else read in the transaction.
+    async fn stored_versions(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        hash: &[u8],
+        stream_id: i64,
+        last_seq: i64,
+        commit: &Commit,
+    ) -> Result<Versions> {
+        let ids = commit.records.iter().map(|r| r.id.as_str());
+        if commit.records.is_empty() {
+            return Ok(Versions::new());
+        }
+        let prefetched = match self.prefetches.take(hash, ids.clone()) {
+            Some(read) => {
+                let usable = match read.await {
+                    Ok(Ok(Some(snapshot))) => self.prefetches.usable(hash, snapshot, last_seq),
+                    // A failed read is only a missed shortcut: the commit reads itself.
+                    _ => None,
+                };
+                self.prefetches.count(usable.is_some());
+                usable
+            }
+            None => None,
+        };
+        match prefetched {
+            Some(Usable::All(versions)) => Ok(versions),
+            Some(Usable::Except(mut versions, changed)) => {
+                let again: Vec<&str> = ids.filter(|id| changed.contains(*id)).collect();
+                if again.is_empty() {
+                    return Ok(versions);
+                }
+                for id in &again {
+                    versions.remove(*id);
+                }
+                versions.extend(self.read_stored(tx, stream_id, again.into_iter()).await?);
+                Ok(versions)
+            }
+            None => self.read_stored(tx, stream_id, ids).await,
+        }
+    }
+
+    /// Read the stored versions of `ids` in the transaction.
+    async fn read_stored<'a>(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        stream_id: i64,
+        ids: impl Iterator<Item = &'a str> + Clone + Send + 'a,
+    ) -> Result<Versions> {
+        let rows = sqlx::query(self.sql.stored_versions.clone())
+            .bind(stream_id)
+            .bind(ids.bind_iter())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(|e| classify("read stored versions", e))?;
+        let mut stored = Versions::with_capacity(rows.len());
+        for row in rows {
+            let (id, version, handle) = decode_stored(&row)?;
+            stored.insert(id, (version, handle));
+        }
+        Ok(stored)
     }
 
     /// The stream's row, locked until the transaction ends; the stream row is created
@@ -223,6 +274,7 @@ impl PostgresStore {
                     state: state_from_row(&row, 1)?,
                     live: to_u64(row.try_get(4).map_err(decode)?),
                     seen_live,
+                    last_seq: row.try_get(7).map_err(decode)?,
                 });
             }
             self.bind_stream(sqlx::query(self.sql.insert_stream.clone()), stream, hash)
@@ -247,14 +299,36 @@ struct Locked {
     live: u64,
     /// Its count of live records stamped with a generation, when known.
     seen_live: Option<SeenLive>,
+    /// The number of the last commit that changed it (migration 10).
+    last_seq: i64,
 }
 
 /// What a commit's lookup found for a stored record besides its version: the commit
 /// that last changed it and its stamp.
 #[derive(Debug, Clone, Copy)]
-struct Handle {
+pub(super) struct Handle {
     seq: i64,
     stamp: Stamp,
+}
+
+/// A stored version as `schema::stored_version_of` gives it, after the id: the id, the
+/// version and its handle.
+pub(super) fn decode_stored(row: &PgRow) -> Result<(String, StoredVersionBuf, Handle)> {
+    let id: String = row.try_get(0).map_err(decode)?;
+    let version = StoredVersionBuf {
+        last_modified_at: Timestamp::from_micros(row.try_get(1).map_err(decode)?),
+        cursor: row.try_get(2).map_err(decode)?,
+        deleted: row.try_get(3).map_err(decode)?,
+        pruned: row.try_get(4).map_err(decode)?,
+    };
+    let handle = Handle {
+        seq: row.try_get(5).map_err(decode)?,
+        stamp: Stamp {
+            generation: to_u64(row.try_get(6).map_err(decode)?),
+            live: !version.deleted,
+        },
+    };
+    Ok((id, version, handle))
 }
 
 /// Check that an update of stored records found each of the `expected` rows the

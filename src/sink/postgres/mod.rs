@@ -155,12 +155,14 @@ mod history;
 mod lease;
 mod options;
 mod outbox;
+mod prefetch;
 mod rows;
 mod schema;
 
 use error::classify;
 pub use lease::TriggerMessage;
 pub use options::{DEFAULT_SCHEMA, PostgresOptions};
+pub use prefetch::PrefetchStats;
 use rows::{record_from_row, state_from_row, status_from_row, stream_hash};
 use schema::Statements;
 pub(crate) use schema::{rename_schema, schema_exists};
@@ -184,6 +186,8 @@ pub struct PostgresStore {
     channel: String,
     /// How to connect (for the `LISTEN` connection); holds the password, never shown.
     connect: PgConnectOptions,
+    /// The next pages' stored versions, read ahead (`prefetch.rs`).
+    prefetches: prefetch::Prefetches,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -242,6 +246,7 @@ impl PostgresStore {
             schema: options.schema,
             pool_size: options.pool_size,
             faults: options.faults,
+            prefetches: Default::default(),
         };
         store.feed = std::sync::Arc::new(feed::FeedState::new(store.feed_last_seq().await?));
         Ok(store)
@@ -250,6 +255,12 @@ impl PostgresStore {
     /// The schema holding the store's tables.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// How the stored versions read ahead for the next page of a stream (see
+    /// [`RecordSink::prefetch`]) served the commits of this store since it connected.
+    pub fn prefetch_stats(&self) -> PrefetchStats {
+        self.prefetches.stats()
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Postgres>> {
@@ -313,6 +324,16 @@ impl RecordSink for PostgresStore {
         // is lost (for example a holder paused inside the commit loses its session when
         // its lease runs out: `lease.rs`).
         self.fenced(&commit, result).await
+    }
+
+    fn prefetch(&self, stream: &StreamKey, records: &[crate::record::Record]) {
+        let ids = records.iter().map(|r| r.id.clone()).collect();
+        self.prefetches.start(
+            &self.pool,
+            &self.sql.prefetch_versions,
+            stream_hash(stream),
+            ids,
+        );
     }
 
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
@@ -471,9 +492,14 @@ impl PostgresStore {
             Ok(()) => self.apply(&mut tx, commit).await,
             Err(e) => Err(e),
         };
+        let hash = rows::stream_hash(&commit.stream);
         match applied {
-            Ok(outcome) => {
-                tx.commit().await.map_err(|e| classify("commit", e))?;
+            Ok((outcome, last)) => {
+                if let Err(e) = tx.commit().await {
+                    self.prefetches.committed(&hash, None);
+                    return Err(classify("commit", e));
+                }
+                self.prefetches.committed(&hash, last);
                 if outcome.counts.changed() > 0 {
                     self.feed.signal.committed(outcome.seq);
                 }
@@ -483,6 +509,7 @@ impl PostgresStore {
                 // Dropping the transaction would roll it back too; doing it here returns
                 // the connection to the pool clean.
                 let _ = tx.rollback().await;
+                self.prefetches.committed(&hash, None);
                 Err(e)
             }
         }

@@ -56,6 +56,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "feed_ids_uncompressed",
         include_str!("migrations/0009_feed_ids_uncompressed.sql"),
     ),
+    (
+        10,
+        "stream_last_seq",
+        include_str!("migrations/0010_stream_last_seq.sql"),
+    ),
 ];
 
 /// First key of the advisory lock taken while migrating (the second is the schema's hash).
@@ -293,6 +298,7 @@ pub(super) struct Statements {
     pub(super) lock_stream: SqlStr,
     pub(super) insert_stream: SqlStr,
     pub(super) stored_versions: SqlStr,
+    pub(super) prefetch_versions: SqlStr,
     pub(super) insert_records: SqlStr,
     pub(super) update_metadata: SqlStr,
     pub(super) next_seq: SqlStr,
@@ -322,6 +328,20 @@ const WRITE_ROWS: &str = "UNNEST($2::text[], $3::text[], $4::int8[], $5::int8[],
 pub(super) const STATUS_COLUMNS: &str = "integration, connection, model, variant, cursor, generation, full_read, \
      added, updated, deleted, unchanged, stale, live_records, deleted_records, \
      last_run::text, upstream_error, last_success::text";
+
+/// The stored version of the record `u.id` of the stream `stream_id` (an SQL expression),
+/// in the columns `apply.rs` reads: `last_modified_at, cursor, deleted, pruned, seq,
+/// seen_generation`. A lateral subquery, one primary-key probe per id. A bare payload
+/// (`{"id": ...}`) is small: the size test, which reads only the value's header, spares
+/// building and comparing a JSON object for every stored record with a real payload.
+fn stored_version_of(stream_id: &str) -> String {
+    format!(
+        "SELECT o.last_modified_at, o.cursor, o.deleted, \
+           o.pruned_at IS NOT NULL OR (pg_column_size(o.payload) <= 64 + 2 * octet_length(o.id) \
+             AND o.payload = jsonb_build_object('id', o.id)) AS pruned, o.seq, o.seen_generation \
+         FROM {{s}}.records o WHERE o.stream_id = {stream_id} AND o.id = u.id OFFSET 0"
+    )
+}
 
 pub(super) const RECORD_COLUMNS: &str = "r.id, r.payload::text, r.first_seen_at, r.last_modified_at, r.last_action, r.deleted_at, r.pruned_at, r.cursor, r.seq";
 
@@ -353,24 +373,28 @@ impl Statements {
         Statements {
             lock_stream: s(
                 "SELECT stream_id, cursor, generation, full_read, live_records, seen_live_generation, \
-                   seen_live_count FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
+                   seen_live_count, last_seq FROM {s}.streams WHERE key_hash = $1 FOR UPDATE"
                     .into(),
             ),
             insert_stream: s("INSERT INTO {s}.streams (key_hash, integration, connection, model, variant) \
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_hash) DO NOTHING"
                 .into()),
-            // A bare payload (`{"id": ...}`) is small: the size test, which reads only the
-            // value's header, spares building and comparing a JSON object for every
-            // stored record with a real payload.
-            stored_versions: s("SELECT u.id, r.last_modified_at, r.cursor, r.deleted, r.pruned, r.seq, \
-                   r.seen_generation \
-                 FROM UNNEST($2::text[]) AS u(id) \
-                 CROSS JOIN LATERAL (SELECT o.last_modified_at, o.cursor, o.deleted, \
-                   o.pruned_at IS NOT NULL OR (pg_column_size(o.payload) <= 64 + 2 * octet_length(o.id) \
-                     AND o.payload = jsonb_build_object('id', o.id)) AS pruned, o.seq, o.seen_generation \
-                   FROM {s}.records o \
-                   WHERE o.stream_id = $1 AND o.id = u.id OFFSET 0) AS r"
-                .into()),
+            stored_versions: s(format!(
+                "SELECT u.id, r.* FROM UNNEST($2::text[]) AS u(id) \
+                 CROSS JOIN LATERAL ({}) AS r",
+                stored_version_of("$1")
+            )),
+            // One snapshot: the stream's `last_seq` (the row whose id is NULL) and the
+            // stored versions, or no row at all for a stream without a row yet.
+            prefetch_versions: s(format!(
+                "WITH st AS (SELECT stream_id, last_seq FROM {{s}}.streams WHERE key_hash = $1) \
+                 SELECT NULL::text, NULL::int8, NULL::text, NULL::bool, NULL::bool, NULL::int8, \
+                   NULL::int8, st.last_seq FROM st \
+                 UNION ALL \
+                 SELECT u.id, r.*, st.last_seq FROM st CROSS JOIN UNNEST($2::text[]) AS u(id) \
+                 CROSS JOIN LATERAL ({}) AS r",
+                stored_version_of("st.stream_id")
+            )),
             next_seq: s("UPDATE {s}.commit_seq SET seq = seq + 1 RETURNING seq".into()),
             // Stored records get their new version by an update (same parameters as a
             // page insert), not an upsert: the commit's lookup found them, and the
@@ -408,7 +432,7 @@ impl Statements {
                    added = added + $5, updated = updated + $6, deleted = deleted + $7, \
                    unchanged = unchanged + $8, stale = stale + $9, \
                    live_records = live_records + $10, deleted_records = deleted_records + $11, \
-                   seen_live_generation = $12, seen_live_count = $13 \
+                   seen_live_generation = $12, seen_live_count = $13, last_seq = $17 \
                  WHERE stream_id = $1 \
                  RETURNING (SELECT count(*) FROM (SELECT pg_notify($15, $16) WHERE $14) n)"
                 .into()),
