@@ -1103,9 +1103,9 @@ mod postgres {
         use nango_sync::{Cursor, StreamKey};
 
         // The same commits on a store told of the pages ahead and on one that is not.
-        let told = Arc::new(connect(PostgresOptions::new().with_schema(&unique_schema())).await);
+        let told = Arc::new(connect(PostgresOptions::new().with_schema(unique_schema())).await);
         let schema = told.schema().to_owned();
-        let plain = connect(PostgresOptions::new().with_schema(&unique_schema())).await;
+        let plain = connect(PostgresOptions::new().with_schema(unique_schema())).await;
         let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
         let stream = StreamKey::new("conformance", "prefetch", "Ticket");
         let commit = |from: u32, to: u32, records, full: Option<(u64, bool)>| {
