@@ -14,7 +14,7 @@
 //! writing anything.
 //!
 //! - `streams`: one row per stream (the four key fields, cursor, generation, counters,
-//!   last run as `jsonb`, upstream error);
+//!   last run as `jsonb`, upstream error, the number of the last commit that changed it);
 //! - `records`: one row per record, keyed by `(stream_id, id)`: payload as `jsonb`,
 //!   timestamps as microseconds since the epoch (`bigint`), cursor, tombstone flag, the
 //!   sequence number of the commit that last changed it, and the last full re-read
@@ -40,7 +40,9 @@
 //!
 //! One transaction: the stream's row is locked (`SELECT ... FOR UPDATE`) and its cursor
 //! checked; the stored versions of the page's ids are read by one query (one primary-key
-//! lookup per id) and the commit is prepared by
+//! lookup per id), or taken from the read made ahead while the previous page committed
+//! when the stream's `last_seq` shows it still holds (`prefetch.rs`,
+//! [`RecordSink::prefetch`]), and the commit is prepared by
 //! [`commit::prepare`](crate::sink::commit::prepare); the commit counter row is bumped (its
 //! lock orders commits, so sequence numbers are gap-free and follow commit order). The
 //! writes take at most three statements, each over arrays (`UNNEST`): a plain `INSERT`
@@ -81,6 +83,16 @@
 //!   upsert of changed ones, 47-78 ms) takes about 85% of it, about as much as the raw
 //!   ceiling's `UNNEST` upsert; the stored-version read about 10%; the feed's upkeep
 //!   statement 4-5%.
+//! - The next page's stored versions are read while the current page commits, on
+//!   another connection of the pool (`prefetch.rs`): the read leaves the commit's
+//!   critical path, and the commit checks under the stream's lock that the stream's
+//!   `last_seq` (migration 10) is the one read, or that the only commit since was this
+//!   store's previous one (whose ids it reads again, usually none). In `bench`
+//!   (2 alternated rounds of `scripts/pg-bench-ab.sh`), the store ceiling went from
+//!   47-48k to 54-56k records/s on updates (store/raw 0.75-0.76 to 0.86-0.88), the
+//!   engine's update pass from 44-46k to 50-51k; a first sync gained little (store/raw
+//!   0.75-0.76 to 0.77-0.80): its read, which finds nothing, is short, and it now runs
+//!   beside the page write on the same two cores.
 //! - The change feed's id lists are stored without compression (migration 9): pglz cost
 //!   about 0.8 ms per list of 1,000 ids and saved nothing on UUID-like ids.
 //! - Tried and not kept: inserting a page's records first with `ON CONFLICT DO NOTHING
@@ -98,10 +110,12 @@
 //!   server time of a page write, store ceiling fresh / update 8.8k / 7.0k records/s
 //!   against 12.2k / 13.4k in the same sitting (medians of 2). It would also need the
 //!   temporary table on every session, which a transaction-pooling proxy does not keep.
-//! - The stored-version read stays a statement of its own, after the stream's lock:
-//!   folded into the locking statement, it would read the snapshot taken when that
-//!   statement started, before a concurrent commit of the same stream that the lock
-//!   waited for had committed (`READ COMMITTED` re-reads only the locked row).
+//! - A stored-version read in the commit stays a statement of its own, after the
+//!   stream's lock: folded into the locking statement, it would read the snapshot taken
+//!   when that statement started, before a concurrent commit of the same stream that
+//!   the lock waited for had committed (`READ COMMITTED` re-reads only the locked row).
+//!   The read ahead has the same problem, which is why it is checked against the
+//!   stream's `last_seq` under the lock.
 //! - Reading the feed's newest 1,000 changes is mostly rendering their payloads as text
 //!   (`jsonb` output, about 17 of 25 ms for 740-byte payloads in `EXPLAIN ANALYZE`),
 //!   not the primary-key lookups (5 ms). One index scan per list with
@@ -124,7 +138,8 @@
 //!
 //! `mod.rs` the store and its [`RecordSink`] implementation, `options.rs`
 //! [`PostgresOptions`], `schema.rs` and `migrations/` the schema and the statements over
-//! it, `apply.rs` a commit applied, `rows.rs` rows and their values, `error.rs` the
+//! it, `apply.rs` a commit applied, `prefetch.rs` the stored versions read ahead,
+//! `rows.rs` rows and their values, `error.rs` the
 //! error mapping, `feed.rs` the change feed, consumers and notifications, `history.rs`
 //! the run history, `outbox.rs` the outbox.
 
