@@ -975,7 +975,7 @@ mod postgres {
     async fn a_commit_takes_its_stored_versions_from_a_prefetch_only_while_it_is_good() {
         use nango_sync::LastAction::Updated;
         use nango_sync::sink::Commit;
-        use nango_sync::sink::postgres::PrefetchStats;
+        use nango_sync::sink::PrefetchStats;
         use nango_sync::{Cursor, Record, StreamKey};
 
         let schema = unique_schema();

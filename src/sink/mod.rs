@@ -46,9 +46,13 @@ mod history;
 pub mod lease;
 pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
 pub mod outbox;
+#[cfg(any(feature = "postgres", feature = "sled"))]
+mod prefetch;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 pub(crate) mod process_lock;
 pub mod seen;
+#[cfg(any(feature = "postgres", feature = "sled"))]
+pub use prefetch::PrefetchStats;
 
 #[cfg(feature = "fault-injection")]
 pub mod fault;

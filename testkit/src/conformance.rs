@@ -346,6 +346,10 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
         self.store.stream_state(stream).await
     }
 
+    fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
+        self.store.prefetch(stream, records);
+    }
+
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let _order = self.order.lock().await;
         let b = self.store.backend();
@@ -692,6 +696,7 @@ macro_rules! conformance_tests {
             restored_payload_fills_a_pruned_copy,
             full_read_sweeps_unseen_records,
             successive_full_reads_sweep_what_each_did_not_see,
+            pages_told_ahead_commit_the_same,
             seq_is_monotonic_and_per_record,
             list_pages_in_code_point_order,
             stream_status_is_reported,
@@ -2040,6 +2045,101 @@ pub async fn successive_full_reads_sweep_what_each_did_not_see<F: StoreFactory>(
     assert_eq!(live().await, ["f"], "{b}");
     let st = status(store, &s).await.unwrap();
     assert_eq!((st.live_records, st.deleted_records), (1, 5), "{b}: counts");
+    subject.finish().await;
+}
+
+/// The engine tells the store of the next page while the current one commits
+/// (`RecordSink::prefetch`); a store that reads ahead commits exactly what it would
+/// without the hint (the reference store, which ignores hints, checks every outcome).
+/// Pages told two deep, ids repeated from one page to the next, deletions, unchanged
+/// re-reads, a completing re-read's sweep followed by the page that brings a swept
+/// record back, a hint for a page never committed and one for other ids, and
+/// commits of another stream in between.
+pub async fn pages_told_ahead_commit_the_same<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let (s, other) = (stream("ahead"), stream("ahead-other"));
+    let mut t = 100;
+    // The time of each id's last version sent.
+    let mut sent: std::collections::HashMap<String, i64> = Default::default();
+    // A run: its pages (ids; "-id" a deletion; "=id" the last version sent again,
+    // unchanged; "<id" a version older than any, stale) as a full read `full`
+    // (generation) or incremental, each page after the first told while the one
+    // before commits, as the engine does; `then`: the ids of the next run's first page, told while the last
+    // page commits.
+    let mut run = async |pages: &[&[&str]], full: Option<u64>, then: &[&str]| {
+        let mut built = Vec::new();
+        for ids in pages {
+            t += 1;
+            let records: Vec<Record> = ids
+                .iter()
+                .map(|id| match id.split_at(1) {
+                    ("-", id) => {
+                        sent.insert(id.to_owned(), t);
+                        deleted_bare(id, t)
+                    }
+                    ("=", id) => {
+                        let at = sent[id];
+                        updated(id, at, &format!("{id} at {at}"))
+                    }
+                    ("<", id) => updated(id, 1, "old"),
+                    _ => {
+                        sent.insert(id.to_string(), t);
+                        updated(id, t, &format!("{id} at {t}"))
+                    }
+                })
+                .collect();
+            built.push(records);
+        }
+        for (i, records) in built.iter().enumerate() {
+            match built.get(i + 1) {
+                Some(next) => store.prefetch(&s, next),
+                None if !then.is_empty() => {
+                    let next: Vec<Record> = then.iter().map(|id| updated(id, t, "")).collect();
+                    store.prefetch(&s, &next);
+                }
+                None => {}
+            }
+            let mut c = page(store, &s, records.clone()).await;
+            c.full_read = full.map(|generation| FullRead {
+                generation,
+                complete: i + 1 == built.len(),
+            });
+            commit(store, c).await;
+            // Another stream's commit between two pages changes nothing of this one.
+            commit_page(store, &other, vec![updated("o", t, "other")]).await;
+        }
+    };
+    // A first sync over four pages, each repeating an id of the one before.
+    run(
+        &[&["a", "b"], &["b", "c"], &["c", "d", "e"], &["e", "f"]],
+        Some(1),
+        &[],
+    )
+    .await;
+    // Incremental runs: deletions, records changed again, versions unchanged and stale.
+    run(&[&["a", "-b"], &["=c", "b", "<e"], &["-a", "g"]], None, &[]).await;
+    // A re-read that misses "d" and sees unchanged records: the completing page sweeps
+    // "d", the next run brings it back, told while the sweep commits.
+    run(
+        &[&["=b", "=c"], &["=c", "e", "=f", "=g"]],
+        Some(2),
+        &["d", "c"],
+    )
+    .await;
+    run(&[&["d", "c"], &["=d", "h"]], None, &[]).await;
+    // A hint for a page that is never committed (a run stopped), then one for other
+    // ids than the page that commits, then a run.
+    store.prefetch(&s, &[updated("x", 1, "never")]);
+    store.prefetch(&s, &[updated("y", 1, "other ids")]);
+    run(&[&["h", "x"], &["y"]], None, &[]).await;
+    let live: Vec<String> = all(store, &s, false)
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(live, ["b", "c", "d", "e", "f", "g", "h", "x", "y"], "{b}");
     subject.finish().await;
 }
 

@@ -7,13 +7,14 @@ use sqlx::query::Query;
 use sqlx::{Postgres, Row, Transaction};
 
 use super::error::{classify, decode};
-use super::prefetch::{LastCommit, Usable, Versions};
+use super::prefetch::Versions;
 use super::rows::{state_from_row, stream_hash, to_i64, to_u64};
 use super::{BACKEND, PostgresStore};
 use crate::error::{Error, Result};
 use crate::merge::StoredVersionBuf;
 use crate::record::{Metadata, StreamKey};
 use crate::sink::commit::{self, Stored, Sweep, WriteKind};
+use crate::sink::prefetch::{LastCommit, Usable};
 use crate::sink::seen::{SeenLive, SeenTally, Stamp};
 use crate::sink::{Commit, CommitOutcome, StreamState};
 use crate::time::Timestamp;
@@ -173,7 +174,7 @@ impl PostgresStore {
         self.faults.before_commit(BACKEND)?;
         let last = self.prefetches.pending(&hash).then(|| LastCommit {
             before: locked.last_seq,
-            seq,
+            after: seq,
             ids: commit.records.iter().map(|r| r.id.clone()).collect(),
             swept: scanned.is_some(),
         });
@@ -195,15 +196,12 @@ impl PostgresStore {
             return Ok(Versions::new());
         }
         let prefetched = match self.prefetches.take(hash, ids.clone()) {
-            Some(read) => {
-                let usable = match read.await {
-                    Ok(Ok(Some(snapshot))) => self.prefetches.usable(hash, snapshot, last_seq),
-                    // A failed read is only a missed shortcut: the commit reads itself.
-                    _ => None,
-                };
-                self.prefetches.count(usable.is_some());
-                usable
-            }
+            // A failed read is only a missed shortcut: the commit reads itself.
+            Some(read) => self.prefetches.usable(
+                hash,
+                read.await.ok().and_then(Result::ok).flatten(),
+                last_seq,
+            ),
             None => None,
         };
         match prefetched {

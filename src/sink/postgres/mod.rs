@@ -177,7 +177,6 @@ mod schema;
 use error::classify;
 pub use lease::TriggerMessage;
 pub use options::{DEFAULT_SCHEMA, PostgresOptions};
-pub use prefetch::PrefetchStats;
 use rows::{record_from_row, state_from_row, status_from_row, stream_hash};
 use schema::Statements;
 pub(crate) use schema::{rename_schema, schema_exists};
@@ -202,7 +201,7 @@ pub struct PostgresStore {
     /// How to connect (for the `LISTEN` connection); holds the password, never shown.
     connect: PgConnectOptions,
     /// The next pages' stored versions, read ahead (`prefetch.rs`).
-    prefetches: prefetch::Prefetches,
+    prefetches: crate::sink::prefetch::Prefetches<prefetch::Read>,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -274,7 +273,7 @@ impl PostgresStore {
 
     /// How the stored versions read ahead for the next page of a stream (see
     /// [`RecordSink::prefetch`]) served the commits of this store since it connected.
-    pub fn prefetch_stats(&self) -> PrefetchStats {
+    pub fn prefetch_stats(&self) -> crate::sink::PrefetchStats {
         self.prefetches.stats()
     }
 
@@ -343,7 +342,8 @@ impl RecordSink for PostgresStore {
 
     fn prefetch(&self, stream: &StreamKey, records: &[crate::record::Record]) {
         let ids = records.iter().map(|r| r.id.clone()).collect();
-        self.prefetches.start(
+        prefetch::start(
+            &self.prefetches,
             &self.pool,
             &self.sql.prefetch_versions,
             stream_hash(stream),
