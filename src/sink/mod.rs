@@ -46,12 +46,12 @@ mod history;
 pub mod lease;
 pub use history::{CountCheck, DEFAULT_RUN_HISTORY, HistoryQuery, RunEntry, RunId, RunOutcome};
 pub mod outbox;
-#[cfg(any(feature = "postgres", feature = "sled"))]
+#[cfg(feature = "postgres")]
 mod prefetch;
 #[cfg(any(feature = "sqlite", feature = "sled"))]
 pub(crate) mod process_lock;
 pub mod seen;
-#[cfg(any(feature = "postgres", feature = "sled"))]
+#[cfg(feature = "postgres")]
 pub use prefetch::PrefetchStats;
 
 #[cfg(feature = "fault-injection")]

@@ -5,15 +5,14 @@
 //! A commit reads the stored versions of its page's ids before it writes. The engine
 //! knows the next page while the current one commits, and says so
 //! ([`RecordSink::prefetch`](crate::sink::RecordSink::prefetch)); a store that reads
-//! those versions at once (PostgreSQL on another connection, sled on another thread)
-//! takes the read off the commit's critical path. [`Prefetches`] keeps those reads per
-//! stream, and decides whether the page's commit may use one.
+//! those versions at once (PostgreSQL, on another connection) takes the read off the
+//! commit's critical path. [`Prefetches`] keeps those reads per stream, and decides
+//! whether the page's commit may use one.
 //!
-//! Each read carries the *version* of the stream it saw, taken before it read any
-//! record: PostgreSQL's `streams.last_seq` (the number of the last commit that changed
-//! the stream, from the read's own snapshot), or for sled, a count of the stream's
-//! commits that this registry keeps ([`Prefetches::count_commit`]). The commit, holding
-//! the stream's lock, compares it with the stream's current version:
+//! Each read carries the *version* of the stream it saw, taken with the records it
+//! read: PostgreSQL's `streams.last_seq` (the number of the last commit that changed
+//! the stream, from the read's own snapshot). The commit, holding the stream's lock,
+//! compares it with the stream's current version:
 //! - the same: no commit since the read began, every version read is current;
 //! - one commit since, this store's own, which did not sweep: it wrote or marked only
 //!   the ids of its page, so every other version read is current, and the ids of that
@@ -95,9 +94,6 @@ struct Slot<R> {
     /// Oldest first.
     pending: VecDeque<Pending<R>>,
     last: Option<LastCommit>,
-    /// The stream's commits counted by [`Prefetches::count_commit`] while the slot
-    /// existed.
-    commits: i64,
 }
 
 impl<R> Default for Slot<R> {
@@ -105,7 +101,6 @@ impl<R> Default for Slot<R> {
         Slot {
             pending: VecDeque::new(),
             last: None,
-            commits: 0,
         }
     }
 }
@@ -125,22 +120,15 @@ impl<R> Prefetches<R> {
     }
 
     /// Start a read of the stored versions of `ids` in the stream `key`: `read` starts
-    /// it, given the stream's commit count ([`count_commit`](Self::count_commit)), and
-    /// returns it, or `None` when it cannot start. Both happen under the registry's
-    /// lock, so no commit is counted in between. The oldest read beyond the bound is
-    /// dropped.
-    pub(crate) fn start(
-        &self,
-        key: Vec<u8>,
-        ids: Vec<String>,
-        read: impl FnOnce(i64) -> Option<R>,
-    ) {
+    /// it and returns it, or `None` when it cannot start. The oldest read beyond the
+    /// bound is dropped.
+    pub(crate) fn start(&self, key: Vec<u8>, ids: Vec<String>, read: impl FnOnce() -> Option<R>) {
         if ids.is_empty() {
             return;
         }
         let mut streams = self.lock();
         let slot = streams.entry(key.clone()).or_default();
-        let Some(read) = read(slot.commits) else {
+        let Some(read) = read() else {
             if slot.pending.is_empty() && slot.last.is_none() {
                 streams.remove(&key);
             }
@@ -195,7 +183,6 @@ impl<R> Prefetches<R> {
         usable
     }
 
-    #[cfg(feature = "postgres")]
     /// Whether a read of the stream `key` waits for a later commit: only then is a
     /// commit of the stream worth remembering.
     pub(crate) fn pending(&self, key: &[u8]) -> bool {
@@ -204,7 +191,6 @@ impl<R> Prefetches<R> {
             .is_some_and(|slot| !slot.pending.is_empty())
     }
 
-    #[cfg(feature = "postgres")]
     /// Remember this store's commit of the stream `key`, once it is committed, for the
     /// read waiting for a later commit; `None`: forget the last one (a commit whose
     /// outcome is not known, or nothing waiting).
@@ -217,40 +203,6 @@ impl<R> Prefetches<R> {
         if slot.pending.is_empty() {
             streams.remove(key);
         }
-    }
-
-    #[cfg(feature = "sled")]
-    /// For a store without a version of its streams of its own (sled): count a commit
-    /// of the stream `key` once its writes are visible to readers, and remember it as
-    /// with [`committed`](Self::committed). Every commit of the stream must be counted
-    /// while a read of it waits. `ids` and `swept` describe the commit.
-    pub(crate) fn count_commit<'a>(
-        &self,
-        key: &[u8],
-        ids: impl Iterator<Item = &'a str>,
-        swept: bool,
-    ) {
-        let mut streams = self.lock();
-        let Some(slot) = streams.get_mut(key) else {
-            return;
-        };
-        let before = slot.commits;
-        slot.commits += 1;
-        slot.last = (!slot.pending.is_empty()).then(|| LastCommit {
-            before,
-            after: slot.commits,
-            ids: ids.map(str::to_owned).collect(),
-            swept,
-        });
-        if slot.pending.is_empty() {
-            streams.remove(key);
-        }
-    }
-
-    #[cfg(feature = "sled")]
-    /// The stream's commits counted so far (its version for a store without one).
-    pub(crate) fn commits(&self, key: &[u8]) -> i64 {
-        self.lock().get(key).map_or(0, |slot| slot.commits)
     }
 
     /// The counts so far.

@@ -35,7 +35,7 @@ pub(super) fn start(
     ids: Vec<String>,
 ) {
     let (sql, key, wanted) = (sql.clone(), hash.clone(), ids.clone());
-    prefetches.start(hash, ids, |_| {
+    prefetches.start(hash, ids, || {
         let mut conn = pool.try_acquire()?;
         Some(tokio::spawn(async move {
             let rows = sqlx::query(sql)

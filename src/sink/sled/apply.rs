@@ -1,26 +1,20 @@
-//! A commit, applied: under the writer lock, read the stored versions (or take them
-//! from the read made ahead while the previous page committed, when it still holds:
-//! [`crate::sink::prefetch`]), let [`commit::prepare`] decide, and write what it prepared in one [`Batch`] with the
+//! A commit, applied: under the writer lock, read the stored versions, let
+//! [`commit::prepare`] decide, and write what it prepared in one [`Batch`] with the
 //! stream's row (with the record its cursor belongs to, for the check), the change
 //! feed's entry of the commit (and the live counts of the earlier commits whose records
 //! it changes again), and the sequence counter.
 
-use std::collections::HashMap;
-use std::sync::{Arc, mpsc};
-
-use ::sled::{Batch, IVec};
+use ::sled::Batch;
 
 use super::error::sled_err;
 use super::feed::{FeedEntry, set_change};
 use super::rows::{RecordView, encode_record, seen_by, tombstone};
-use super::schema::{KEY_SEQ, index_key, record_prefix, stream_row_key};
+use super::schema::{KEY_SEQ, record_prefix, stream_row_key};
 use super::sweep::stamp_of;
-use super::{BACKEND, Inner, Shared, corrupt};
+use super::{BACKEND, Inner, corrupt};
 use crate::error::Result;
-use crate::record::{Record, StreamKey};
 use crate::sink::commit::{self, CursorRecord, Stored, Sweep, WriteKind};
 use crate::sink::fault::Faults;
-use crate::sink::prefetch::{Snapshot, Usable};
 use crate::sink::seen::SeenTally;
 use crate::sink::{Commit, CommitOutcome};
 
@@ -32,36 +26,14 @@ impl Inner {
         let mut batch = Batch::default();
         let (sid, mut row) = self.row_for_write(&commit.stream, &mut batch)?;
 
-        // The stored values read ahead, when that read still holds: the stream's
-        // commits are counted by the registry, and this lock orders them.
-        let stream_key = index_key(&commit.stream);
-        let ids = commit.records.iter().map(|r| r.id.as_str());
-        let mut ahead = self.prefetches.take(&stream_key, ids).and_then(|read| {
-            let current = self.prefetches.commits(&stream_key);
-            // A failed read is only a missed shortcut: the commit reads itself.
-            let snapshot = read.recv().ok().and_then(Result::ok);
-            self.prefetches.usable(&stream_key, snapshot, current)
-        });
-
         // The stored versions, one get per distinct id; the stored value is the handle
         // (a kept payload and a seen mark are written from it).
         let mut key = record_prefix(sid);
         let prefix_len = key.len();
         let prepared = commit::prepare(&row.state, &commit, |id| {
-            let read_ahead = match &mut ahead {
-                Some(Usable::All(values)) => Some(values.remove(id)),
-                Some(Usable::Except(values, changed)) if !changed.contains(id) => {
-                    Some(values.remove(id))
-                }
-                _ => None,
-            };
             key.truncate(prefix_len);
             key.extend_from_slice(id.as_bytes());
-            let stored = match read_ahead {
-                Some(value) => value,
-                None => self.tree.get(&key).map_err(sled_err("read"))?,
-            };
-            match stored {
+            match self.tree.get(&key).map_err(sled_err("read"))? {
                 Some(value) => Ok(Some(Stored {
                     version: RecordView::new(&value)?.version(id)?,
                     handle: value,
@@ -149,78 +121,7 @@ impl Inner {
         batch.insert(&stream_row_key(sid)[..], row.to_json()?);
         batch.insert(KEY_SEQ, &seq.to_be_bytes());
         faults.before_commit(BACKEND)?;
-        let applied = self.apply(batch, "commit");
-        // Counted even when applying failed: a batch may be visible to readers before
-        // its flush fails, and a commit counted for nothing only costs a read ahead.
-        self.prefetches.count_commit(
-            &stream_key,
-            commit.records.iter().map(|r| r.id.as_str()),
-            scanned.is_some(),
-        );
-        applied?;
+        self.apply(batch, "commit")?;
         Ok(done.outcome)
     }
-
-    /// The stored values of `ids` in `stream`, read ahead: `version` is the stream's
-    /// commit count when the read was registered, before any get.
-    fn read_ahead(
-        &self,
-        stream: &StreamKey,
-        ids: &[String],
-        version: i64,
-    ) -> Result<Snapshot<IVec>> {
-        let mut values = HashMap::with_capacity(ids.len());
-        if let Some(sid) = self.sid(stream)? {
-            let mut key = record_prefix(sid);
-            let prefix_len = key.len();
-            for id in ids {
-                key.truncate(prefix_len);
-                key.extend_from_slice(id.as_bytes());
-                if let Some(value) = self.tree.get(&key).map_err(sled_err("read ahead"))? {
-                    values.insert(id.clone(), value);
-                }
-            }
-        }
-        Ok(Snapshot {
-            version,
-            versions: values,
-        })
-    }
-}
-
-/// A read ahead under way: its snapshot arrives on the channel.
-pub(super) type Ahead = mpsc::Receiver<Result<Snapshot<IVec>>>;
-
-/// Start reading the stored values of `records` ahead, on tokio's blocking pool (see
-/// [`RecordSink::prefetch`](crate::sink::RecordSink::prefetch)). Nothing is started
-/// outside a tokio runtime, or while the store is closed or being reopened.
-///
-/// Neither this nor the read waits for the store's slot: a commit waiting for the read
-/// holds the slot for reading, and a reopen queued for writing would otherwise block
-/// the read behind it, and the commit with it. A read that finds the slot taken sends
-/// nothing, and the commit reads for itself.
-pub(super) fn prefetch(shared: &Arc<Shared>, stream: &StreamKey, records: &[Record]) {
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let Ok(slot) = shared.slot.try_read() else {
-        return;
-    };
-    let Ok(inner) = &*slot else {
-        return;
-    };
-    let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-    let wanted = ids.clone();
-    inner.prefetches.start(index_key(stream), ids, |version| {
-        let (tx, rx) = mpsc::sync_channel(1);
-        let (shared, stream) = (Arc::clone(shared), stream.clone());
-        runtime.spawn_blocking(move || {
-            if let Ok(slot) = shared.slot.try_read()
-                && let Ok(inner) = &*slot
-            {
-                let _ = tx.send(inner.read_ahead(&stream, &wanted, version));
-            }
-        });
-        Some(rx)
-    });
 }

@@ -101,7 +101,6 @@ use crate::sink::fault::Faults;
 use crate::sink::outbox::{
     Claim, ClaimRequest, NewOutboxItem, OutboxCounts, OutboxItem, OutboxQuery, Settlement,
 };
-use crate::sink::prefetch::Prefetches;
 use crate::sink::{
     Commit, CommitOutcome, HistoryQuery, ListQuery, RecordSink, RunEntry, RunSummary, StreamState,
     StreamStatus,
@@ -166,8 +165,6 @@ struct Inner {
     write: Mutex<()>,
     /// Held for writing while a batch is applied, for reading by multi-key reads.
     apply: RwLock<()>,
-    /// The next pages' stored values, read ahead on another thread (`apply.rs`).
-    prefetches: Prefetches<apply::Ahead>,
     /// Sweeps that scanned a stream's records (the others were skipped: `sweep.rs`).
     #[cfg(test)]
     sweep_scans: AtomicU64,
@@ -219,17 +216,6 @@ impl SledStore {
     /// The directory of the store.
     pub fn path(&self) -> &Path {
         &self.shared.path
-    }
-
-    /// How the stored values read ahead for the next page of a stream (see
-    /// [`RecordSink::prefetch`]) served the commits of the store since it was opened
-    /// (or last reopened to write a snapshot).
-    pub fn prefetch_stats(&self) -> crate::sink::PrefetchStats {
-        let slot = self.shared.slot.read().unwrap_or_else(|p| p.into_inner());
-        match &*slot {
-            Ok(inner) => inner.prefetches.stats(),
-            Err(_) => crate::sink::PrefetchStats::default(),
-        }
     }
 
     /// What opening the store recovered from (interrupted snapshots removed, and the
@@ -418,7 +404,6 @@ impl Inner {
             durability: options.durability,
             write: Mutex::new(()),
             apply: RwLock::new(()),
-            prefetches: Prefetches::default(),
             #[cfg(test)]
             sweep_scans: AtomicU64::new(0),
         };
@@ -607,10 +592,6 @@ impl RecordSink for SledStore {
         }
         self.wrote().await;
         Ok(outcome)
-    }
-
-    fn prefetch(&self, stream: &StreamKey, records: &[crate::record::Record]) {
-        apply::prefetch(&self.shared, stream, records);
     }
 
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
