@@ -30,6 +30,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// page before it committed, and the page after it.
 const PENDING: usize = 2;
 
+/// The streams the registry keeps reads for. A read whose page is never committed (a
+/// run stopped or failed after the hint) stays until the stream's next commit; beyond
+/// this many streams, the reads of another stream are dropped to make room (its next
+/// commit reads for itself).
+const STREAMS: usize = 64;
+
 /// A read of stored versions made outside a commit: the version of the stream it saw
 /// and what it found, by id (absent ids are not stored).
 #[derive(Debug)]
@@ -127,6 +133,12 @@ impl<R> Prefetches<R> {
             return;
         }
         let mut streams = self.lock();
+        if streams.len() >= STREAMS && !streams.contains_key(&key) {
+            let other = streams.keys().next().cloned();
+            if let Some(other) = other {
+                streams.remove(&other);
+            }
+        }
         let slot = streams.entry(key.clone()).or_default();
         let Some(read) = read() else {
             if slot.pending.is_empty() && slot.last.is_none() {
@@ -211,5 +223,116 @@ impl<R> Prefetches<R> {
             used: self.used.load(Ordering::Relaxed),
             not_used: self.not_used.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn snapshot(version: i64, found: &[&str]) -> Option<Snapshot<u8>> {
+        Some(Snapshot {
+            version,
+            versions: found.iter().map(|id| ((*id).to_owned(), 1)).collect(),
+        })
+    }
+
+    fn last(before: i64, after: i64, page: &[&str], swept: bool) -> Option<LastCommit> {
+        Some(LastCommit {
+            before,
+            after,
+            ids: page.iter().map(|s| (*s).to_owned()).collect(),
+            swept,
+        })
+    }
+
+    #[test]
+    fn a_read_is_taken_by_the_commit_of_its_ids_with_the_older_ones() {
+        let p: Prefetches<u32> = Prefetches::default();
+        let key = b"s".to_vec();
+        p.start(key.clone(), ids(&["a"]), || Some(1));
+        p.start(key.clone(), ids(&["b"]), || Some(2));
+        // Beyond two, the oldest goes.
+        p.start(key.clone(), ids(&["c"]), || Some(3));
+        assert_eq!(p.take(&key, ["a"].into_iter()), None);
+        // Other ids: nothing taken, nothing dropped.
+        assert_eq!(p.take(&key, ["x"].into_iter()), None);
+        assert_eq!(p.take(&key, ["c"].into_iter()), Some(3), "b goes with it");
+        assert_eq!(p.take(&key, ["b"].into_iter()), None);
+        assert!(!p.pending(&key));
+        // Same ids in another order are other ids; no read started: nothing kept.
+        p.start(key.clone(), ids(&["a", "b"]), || Some(4));
+        assert_eq!(p.take(&key, ["b", "a"].into_iter()), None);
+        p.start(b"t".to_vec(), ids(&["a"]), || None);
+        assert!(!p.pending(b"t"));
+    }
+
+    #[test]
+    fn a_read_is_usable_only_across_no_commit_or_this_stores_one_commit_without_sweep() {
+        let p: Prefetches<u32> = Prefetches::default();
+        let key = b"s".to_vec();
+        let all = |u: Option<Usable<u8>>| match u {
+            Some(Usable::All(v)) => Some((v.len(), 0)),
+            Some(Usable::Except(v, again)) => Some((v.len(), again.len())),
+            None => None,
+        };
+        // No commit since the read.
+        assert_eq!(all(p.usable(&key, snapshot(7, &["a"]), 7)), Some((1, 0)));
+        // A failed read.
+        assert_eq!(all(p.usable(&key, None, 7)), None);
+        // One commit since: only when it is this store's last one, and did not sweep.
+        let remember = |l| {
+            p.start(key.clone(), ids(&["z"]), || Some(0));
+            p.committed(&key, l);
+        };
+        remember(last(7, 9, &["a", "b"], false));
+        assert_eq!(
+            all(p.usable(&key, snapshot(7, &["a", "c"]), 9)),
+            Some((2, 2))
+        );
+        remember(last(7, 9, &["a"], true));
+        assert_eq!(all(p.usable(&key, snapshot(7, &["a"]), 9)), None, "a sweep");
+        remember(last(8, 9, &["a"], false));
+        assert_eq!(
+            all(p.usable(&key, snapshot(7, &["a"]), 9)),
+            None,
+            "two commits"
+        );
+        remember(last(7, 9, &["a"], false));
+        assert_eq!(
+            all(p.usable(&key, snapshot(7, &["a"]), 10)),
+            None,
+            "another commit"
+        );
+        // The last commit is used once.
+        remember(last(7, 9, &["a"], false));
+        assert!(p.usable(&key, snapshot(7, &[]), 9).is_some());
+        assert!(p.usable(&key, snapshot(7, &[]), 9).is_none());
+        assert_eq!(
+            p.stats(),
+            PrefetchStats {
+                used: 3,
+                not_used: 5
+            }
+        );
+        // Nothing waiting: a commit is not remembered, and the slot goes.
+        while p.take(&key, ["z"].into_iter()).is_some() {}
+        p.committed(&key, last(9, 10, &["a"], false));
+        assert!(p.lock().is_empty());
+    }
+
+    #[test]
+    fn reads_are_kept_for_a_bounded_number_of_streams() {
+        let p: Prefetches<u32> = Prefetches::default();
+        for i in 0..STREAMS + 10 {
+            p.start(format!("s{i}").into_bytes(), ids(&["a"]), || Some(1));
+        }
+        assert_eq!(p.lock().len(), STREAMS);
+        let newest = format!("s{}", STREAMS + 9).into_bytes();
+        assert!(p.pending(&newest));
     }
 }
