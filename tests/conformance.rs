@@ -1097,6 +1097,30 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_ahead_on_a_pool_of_one_connection_neither_deadlock_nor_change_commits() {
+        // The read ahead takes the only idle connection; the commit waits for it to
+        // come back, never the other way round.
+        let store = PostgresStore::connect_with(
+            &server_url(),
+            PostgresOptions::new()
+                .with_schema(unique_schema())
+                .with_pool_size(1),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("connecting to the test PostgreSQL failed: {e}"));
+        let mut handed = Some(store);
+        let mut factory = |open: Open, _faults: Arc<FaultInjector>| {
+            assert_eq!(open, Open::Fresh);
+            let store = handed.take().expect("one store for one check");
+            async move { store }
+        };
+        let check = conformance::pages_told_ahead_commit_the_same(&mut factory);
+        tokio::time::timeout(std::time::Duration::from_secs(60), check)
+            .await
+            .expect("the commits finish");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_prefetch_read_before_a_sweep_is_not_used() {
         use nango_sync::LastAction::Updated;
         use nango_sync::sink::{Commit, FullRead, read_all};
