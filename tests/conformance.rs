@@ -1094,6 +1094,18 @@ mod postgres {
             );
         }
         assert_eq!(stats(store.prefetch_stats()), (8, 1));
+
+        // Outside a tokio runtime the hint starts nothing (and does not panic).
+        let hinted = vec![version_at("r1", 60, Updated)];
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| store.prefetch(&stream, &hinted))
+                .join()
+                .expect("the hint returns")
+        });
+        let out = store.commit(commit(12, 13, hinted)).await.unwrap();
+        assert_eq!(out.counts.updated, 1, "{out:?}");
+        assert_eq!(stats(store.prefetch_stats()), (8, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

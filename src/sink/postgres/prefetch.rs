@@ -26,7 +26,8 @@ pub(super) type Versions = HashMap<String, (StoredVersionBuf, Handle)>;
 pub(super) type Read = JoinHandle<Result<Option<Snapshot<(StoredVersionBuf, Handle)>>>>;
 
 /// Start reading the stored versions of `ids` in the stream `hash` (`sql`: the
-/// statement `prefetch_versions`).
+/// statement `prefetch_versions`). Nothing is started outside a tokio runtime or
+/// without an idle connection.
 pub(super) fn start(
     prefetches: &Prefetches<Read>,
     pool: &PgPool,
@@ -36,8 +37,10 @@ pub(super) fn start(
 ) {
     let (sql, key, wanted) = (sql.clone(), hash.clone(), ids.clone());
     prefetches.start(hash, ids, || {
+        // Outside a tokio runtime there is nothing to run the read on.
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
         let mut conn = pool.try_acquire()?;
-        Some(tokio::spawn(async move {
+        Some(runtime.spawn(async move {
             let rows = sqlx::query(sql)
                 .bind(key)
                 .bind(wanted.iter().map(String::as_str).bind_iter())
