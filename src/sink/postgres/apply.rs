@@ -8,7 +8,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::error::{classify, decode};
 use super::prefetch::Versions;
-use super::rows::{state_from_row, stream_hash, to_i64, to_u64};
+use super::rows::{state_from_row, to_i64, to_u64};
 use super::{BACKEND, PostgresStore};
 use crate::error::{Error, Result};
 use crate::merge::StoredVersionBuf;
@@ -20,7 +20,8 @@ use crate::sink::{Commit, CommitOutcome, StreamState};
 use crate::time::Timestamp;
 
 impl PostgresStore {
-    /// Apply `commit` inside `tx` (the caller commits or rolls back).
+    /// Apply `commit` inside `tx` (the caller commits or rolls back); `hash` is its
+    /// stream's key hash.
     ///
     /// Also returns what the store remembers of the commit for a prefetch of the
     /// stream's next page (`prefetch.rs`), when one waits.
@@ -28,9 +29,9 @@ impl PostgresStore {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         commit: &Commit,
+        hash: &[u8],
     ) -> Result<(CommitOutcome, Option<LastCommit>)> {
-        let hash = stream_hash(&commit.stream);
-        let locked = self.lock_stream(tx, &commit.stream, &hash).await?;
+        let locked = self.lock_stream(tx, &commit.stream, hash).await?;
         let (stream_id, state) = (locked.stream_id, &locked.state);
 
         // The stored versions of the page's ids, in one query, once the cursor is known
@@ -41,7 +42,7 @@ impl PostgresStore {
         // a prefetch while the previous page committed, when it is still good
         // (`prefetch.rs`).
         let mut stored = self
-            .stored_versions(tx, &hash, stream_id, locked.last_seq, commit)
+            .stored_versions(tx, hash, stream_id, locked.last_seq, commit)
             .await?;
         // Each distinct id is looked up once: its version moves out of the map.
         let prepared = commit::prepare(state, commit, |id| {
@@ -172,7 +173,7 @@ impl PostgresStore {
             .await
             .map_err(|e| classify("write stream state", e))?;
         self.faults.before_commit(BACKEND)?;
-        let last = self.prefetches.pending(&hash).then(|| LastCommit {
+        let last = self.prefetches.pending(hash).then(|| LastCommit {
             before: locked.last_seq,
             after: seq,
             ids: commit.records.iter().map(|r| r.id.clone()).collect(),

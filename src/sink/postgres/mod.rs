@@ -503,11 +503,11 @@ impl PostgresStore {
         let mut tx = self.begin().await?;
         // A leased commit is refused before anything is written when its lease is lost
         // (`lease.rs`).
+        let hash = stream_hash(&commit.stream);
         let applied = match self.check_fence(&mut tx, commit).await {
-            Ok(()) => self.apply(&mut tx, commit).await,
+            Ok(()) => self.apply(&mut tx, commit, &hash).await,
             Err(e) => Err(e),
         };
-        let hash = rows::stream_hash(&commit.stream);
         match applied {
             Ok((outcome, last)) => {
                 if let Err(e) = tx.commit().await {
