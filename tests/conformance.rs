@@ -971,6 +971,34 @@ mod postgres {
         record
     }
 
+    /// Commit `held` while another session holds its stream's row, and tell the store
+    /// of the page `next` meanwhile: the read ahead of `next` sees the stream before
+    /// `held` commits (unless the machine takes longer than 300 ms to start it).
+    async fn commit_reading_ahead_while_held(
+        pool: &sqlx::PgPool,
+        store: &Arc<PostgresStore>,
+        held: nango_sync::sink::Commit,
+        next: &[nango_sync::Record],
+    ) -> nango_sync::sink::CommitOutcome {
+        let stream = held.stream.clone();
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT 1 FROM \"{}\".streams FOR UPDATE",
+            store.schema()
+        )))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+        let committing = tokio::spawn({
+            let store = store.clone();
+            async move { store.commit(held).await }
+        });
+        store.prefetch(&stream, next);
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        holder.rollback().await.unwrap();
+        committing.await.unwrap().unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_commit_takes_its_stored_versions_from_a_prefetch_only_while_it_is_good() {
         use nango_sync::LastAction::Updated;
@@ -1009,27 +1037,13 @@ mod postgres {
         // Read ahead while the commit before is held up (another session holds the
         // stream's row): the read sees the stream before that commit, which writes r3.
         // The next commit takes r1's version from the read and reads r3 again.
-        let mut holder = pool.begin().await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT 1 FROM \"{schema}\".streams FOR UPDATE"
-        )))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-        let p3 = vec![version_at("r3", 3, Updated)];
-        let held = tokio::spawn({
-            let (store, c) = (store.clone(), commit(2, 3, p3));
-            async move { store.commit(c).await }
-        });
         let p4 = vec![
             version_at("r3", 4, Updated),
             version_at("r1", 4, Updated),
             added_at("r9", 4),
         ];
-        store.prefetch(&stream, &p4);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        holder.rollback().await.unwrap();
-        let out = held.await.unwrap().unwrap();
+        let p3 = commit(2, 3, vec![version_at("r3", 3, Updated)]);
+        let out = commit_reading_ahead_while_held(&pool, &store, p3, &p4).await;
         assert_eq!(out.counts.updated, 1, "{out:?}");
         let out = store.commit(commit(3, 4, p4)).await.unwrap();
         assert_eq!(
@@ -1140,7 +1154,6 @@ mod postgres {
 
         // The same commits on a store told of the pages ahead and on one that is not.
         let told = Arc::new(connect(PostgresOptions::new().with_schema(unique_schema())).await);
-        let schema = told.schema().to_owned();
         let plain = connect(PostgresOptions::new().with_schema(unique_schema())).await;
         let pool = sqlx::PgPool::connect(&server_url()).await.unwrap();
         let stream = StreamKey::new("conformance", "prefetch", "Ticket");
@@ -1177,21 +1190,10 @@ mod postgres {
         let (swept, f2) = both(commit(2, 3, vec![added_at("s2", 1)], Some((1, true)))).await;
         assert_eq!(swept.swept, 1, "{swept:?}");
         let next = vec![version_at("s3", 5, Updated)];
-        let mut holder = pool.begin().await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT 1 FROM \"{schema}\".streams FOR UPDATE"
-        )))
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-        let sweeping = tokio::spawn({
-            let told = told.clone();
-            async move { told.commit(f2).await }
-        });
-        told.prefetch(&stream, &next);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        holder.rollback().await.unwrap();
-        assert_eq!(sweeping.await.unwrap().unwrap(), swept);
+        assert_eq!(
+            commit_reading_ahead_while_held(&pool, &told, f2, &next).await,
+            swept
+        );
         let (expected, last) = both(commit(3, 4, next, None)).await;
         assert_eq!(told.commit(last).await.unwrap(), expected);
         let stats = told.prefetch_stats();
