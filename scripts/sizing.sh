@@ -7,7 +7,11 @@
 #
 #   store pass records seconds records_per_second peak_rss_mb
 #
-#   scripts/sizing.sh [--bin PATH] [--stores "sqlite sled postgres"] [--dir DIR] N...
+#   scripts/sizing.sh [--bin PATH] [--stores "sqlite sled postgres"] [--dir DIR]
+#                     [--id-order sequential|scattered] N...
+#
+# `--id-order scattered` serves UUID-shaped ids in no order instead of `rec-0000001`...
+# (see `nango-sync bench --help`).
 #
 # Stores are written under DIR (default: a temporary directory) and deleted after each
 # run; postgres needs NANGO_SYNC_TEST_POSTGRES_URL (run under scripts/pg.sh) and uses a
@@ -19,16 +23,18 @@ cd "$(dirname "$0")/.."
 BIN=target/release/nango-sync
 STORES="sqlite sled postgres"
 DIR=""
+ID_ORDER=sequential
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --bin) BIN=$2; shift 2 ;;
         --stores) STORES=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
+        --id-order) ID_ORDER=$2; shift 2 ;;
         *) break ;;
     esac
 done
 if [[ $# -eq 0 ]]; then
-    echo "usage: $0 [--bin PATH] [--stores \"sqlite sled postgres\"] [--dir DIR] RECORDS..." >&2
+    echo "usage: $0 [--bin PATH] [--stores \"sqlite sled postgres\"] [--dir DIR] [--id-order ORDER] RECORDS..." >&2
     exit 2
 fi
 [[ -x "$BIN" ]] || { echo "error: $BIN not found (cargo build --release -p nango-sync-cli)" >&2; exit 1; }
@@ -45,7 +51,7 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for n in "$@"; do
     port=$((20000 + RANDOM % 40000))
     while ! port_free "$port"; do port=$((20000 + RANDOM % 40000)); done
-    "$BIN" dev-server --listen "127.0.0.1:$port" --records "$n" --model Ticket >"$DIR/dev.env" 2>"$DIR/dev.log" &
+    "$BIN" dev-server --listen "127.0.0.1:$port" --records "$n" --model Ticket --id-order "$ID_ORDER" >"$DIR/dev.env" 2>"$DIR/dev.log" &
     dev=$!
     for _ in $(seq 1 600); do
         grep -q '^stream ' "$DIR/dev.env" 2>/dev/null && break
@@ -73,7 +79,7 @@ for n in "$@"; do
                 revision=$((revision + 1))
                 curl -sf -X POST "$NANGO_HOST/_fake/regenerate" \
                     -H "Authorization: Bearer $NANGO_SECRET_KEY" -H 'Content-Type: application/json' \
-                    -d "{\"integration\":\"demo-crm\",\"connection\":\"acme\",\"model\":\"Ticket\",\"count\":$n,\"revision\":$revision}" \
+                    -d "{\"integration\":\"demo-crm\",\"connection\":\"acme\",\"model\":\"Ticket\",\"count\":$n,\"revision\":$revision,\"id_order\":\"$ID_ORDER\"}" \
                     >/dev/null || { echo "error: the dev-server did not regenerate its records" >&2; kill "$dev"; exit 1; }
             fi
             /usr/bin/time -v -o "$DIR/time.txt" "$BIN" sync --sink "$sink" \

@@ -79,7 +79,7 @@ use nango_sync::sink::{self, Commit, FullRead, SharedSink, SinkUrl};
 use nango_sync::{
     Cursor, Engine, NangoClient, RecordsQuery, RetryConfig, SecretKey, StreamKey, SyncOptions,
 };
-use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec};
+use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec, IdOrder};
 
 use crate::bench_raw::RawStore;
 
@@ -106,6 +106,16 @@ pub struct BenchArgs {
     /// Seed of the generated data.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// How the generated ids are formed: `sequential` (`rec-0000001`, ...: each id sorts
+    /// after the one before) or `scattered` (UUID-shaped, in no order). Stores index
+    /// records by id, so the two cost them differently: see the README's sizing section.
+    #[arg(
+        long,
+        default_value = "sequential",
+        value_name = "ORDER",
+        conflicts_with = "upstream"
+    )]
+    id_order: IdOrder,
     /// Keep the stores written instead of removing them at the end.
     #[arg(long)]
     keep: bool,
@@ -221,6 +231,9 @@ struct Report {
     records: usize,
     page_size: u32,
     record_bytes_avg: u64,
+    /// How the fake's ids are formed (`None`: a real upstream's ids, as they are).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_order: Option<&'static str>,
     fresh: Round,
     /// `None` with `--upstream`.
     update: Option<Round>,
@@ -283,6 +296,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
             .context("cannot start the in-process fake Nango")?;
             let spec = GenerateSpec {
                 record_bytes: args.record_bytes,
+                id_order: args.id_order,
                 ..GenerateSpec::new(args.records, 1000)
             };
             progress(&format!("generating {} records", args.records));
@@ -465,6 +479,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         records: usize::try_from(fresh.fetch.records).unwrap_or(usize::MAX),
         page_size,
         record_bytes_avg: bytes / fresh.fetch.records.max(1),
+        id_order: spec.map(|s| s.id_order.name()),
         fresh,
         update,
         no_change,
@@ -804,9 +819,10 @@ async fn drop_schemas(_url: &str, _schemas: &[String]) -> Result<()> {
 fn print_table(out: &mut impl Write, r: &Report) -> Result<()> {
     writeln!(
         out,
-        "nango-sync bench: {} records (~{} bytes each), pages of {}, store {}, upstream {}",
+        "nango-sync bench: {} records (~{} bytes each{}), pages of {}, store {}, upstream {}",
         r.records,
         r.record_bytes_avg,
+        r.id_order.map(|o| format!(", {o} ids")).unwrap_or_default(),
         r.page_size,
         r.backend,
         r.upstream.as_deref().unwrap_or("in-process fake")

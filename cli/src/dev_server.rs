@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use nango_sync::{SecretKey, StreamKey};
 use nango_sync_testkit::fake::ActionScript;
-use nango_sync_testkit::{FakeConfig, FakeNango};
+use nango_sync_testkit::{FakeConfig, FakeNango, GenerateSpec, IdOrder};
 
 /// Arguments of `dev-server`.
 #[derive(Debug, Args)]
@@ -31,6 +31,10 @@ pub struct DevServerArgs {
     /// Models to generate; repeat for several (default: Contact, Company, Deal).
     #[arg(long = "model")]
     models: Vec<String>,
+    /// How the generated ids are formed: `sequential` (`rec-0000001`, ...) or
+    /// `scattered` (UUID-shaped, in no order).
+    #[arg(long, default_value = "sequential", value_name = "ORDER")]
+    id_order: IdOrder,
     /// Use this secret key instead of one derived from the seed.
     #[arg(long, env = "NANGO_DEV_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
@@ -61,7 +65,11 @@ pub async fn run(args: DevServerArgs) -> Result<ExitCode> {
     for model in &models {
         let stream = StreamKey::new(&args.integration, &args.connection, model.as_str());
         stream.validate()?;
-        fake.generate(&stream, args.records, 1000);
+        let spec = GenerateSpec {
+            id_order: args.id_order,
+            ..GenerateSpec::new(args.records, 1000)
+        };
+        fake.generate_with(&stream, spec);
         writeln!(
             out,
             "stream integration={} connection={} model={} records={}",

@@ -56,6 +56,7 @@ fn bench_reports_raw_ceiling_and_ratios_on_sqlite_and_sled() {
         assert_eq!(report["no_change"]["http_requests"], 1, "{report}");
         assert_eq!(report["feed"]["all"]["records"], 2500);
         assert!(report.get("upstream").is_none());
+        assert_eq!(report["id_order"], "sequential");
         // The stores are removed at the end (no --keep).
         let left: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -63,6 +64,58 @@ fn bench_reports_raw_ceiling_and_ratios_on_sqlite_and_sled() {
             .collect();
         assert!(left.is_empty(), "{sink}: left {left:?}");
     }
+}
+
+#[test]
+fn bench_with_scattered_ids_stores_uuid_shaped_ids_out_of_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("b.db");
+    let sink = format!("sqlite://{}", db.display());
+    let report = bench(
+        &[
+            "--sink",
+            &sink,
+            "--records",
+            "1500",
+            "--id-order",
+            "scattered",
+            "--keep",
+        ],
+        &[],
+    );
+    assert_eq!(report["id_order"], "scattered");
+    check_round(&report["fresh"], 1500);
+    check_round(&report["update"], 1500);
+    // The engine's store holds the ids as served; in the order they were inserted (rowid),
+    // they are not in id order.
+    let conn = rusqlite::Connection::open(dir.path().join("b-engine.db")).unwrap();
+    let ids: Vec<String> = conn
+        .prepare("SELECT id FROM nango_records ORDER BY record_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids.len(), 1500);
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+    }
+    let ascending = ids.windows(2).filter(|w| w[0] < w[1]).count();
+    assert!(
+        (500..1000).contains(&ascending),
+        "{ascending} of 1499 in order"
+    );
+    let bad = Command::new(BIN)
+        .args(["bench", "--sink", &sink, "--id-order", "random"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown id order"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
 }
 
 /// A `nango-sync dev-server` process, killed on drop.

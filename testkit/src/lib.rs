@@ -71,8 +71,8 @@ pub mod stores;
 pub mod wait;
 
 pub use fake::{
-    Effect, FakeConfig, FakeNango, FakeRecord, Fault, GenerateSpec, LoggedRequest, WebhookDelivery,
-    WebhookSettings,
+    Effect, FakeConfig, FakeNango, FakeRecord, Fault, GenerateSpec, IdOrder, LoggedRequest,
+    WebhookDelivery, WebhookSettings,
 };
 pub use harness::{Harness, HarnessBuilder, assert_converged, assert_cursor_covered, local_live};
 pub use rng::SplitMix64;

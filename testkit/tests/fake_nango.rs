@@ -709,6 +709,51 @@ async fn control_api_scripts_upstream_changes() {
     .await;
     assert_eq!(r["utc_offset_minutes"], 330);
     assert!(get(&fake, "model=Ticket").await.2.contains("+05:30\""));
+    // Scattered ids: UUID-shaped, updated in place by a regeneration of the same order.
+    let scattered = |extra: Value| {
+        let mut v = target(json!({"model": "Board", "id_order": "scattered"}));
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        v
+    };
+    let r = ok(post("/_fake/generate", scattered(json!({"count": 12})))
+        .await
+        .unwrap())
+    .await;
+    assert_eq!(r["added"], 12);
+    let r = ok(post(
+        "/_fake/regenerate",
+        scattered(json!({"count": 12, "revision": 2})),
+    )
+    .await
+    .unwrap())
+    .await;
+    assert_eq!(
+        (r["updated"].clone(), r["added"].clone()),
+        (json!(12), json!(0))
+    );
+    let board = StreamKey::new("github", "acme-prod", "Board");
+    let ids: Vec<String> = fake.records(&board).into_iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), 12);
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_ne!(sorted, ids, "the records are not served in id order");
+    let r = post(
+        "/_fake/generate",
+        target(json!({"count": 1, "id_order": "random"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("unknown id order"), "{body}");
+    let r = ok(post("/_fake/reset", scattered(json!({}))).await.unwrap()).await;
+    assert_eq!(r["removed"], 12);
     let r = ok(post("/_fake/reset", target(json!({}))).await.unwrap()).await;
     assert_eq!(r["removed"], 27);
     assert_eq!(fake.streams()[0].1, 0);

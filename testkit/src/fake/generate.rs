@@ -238,27 +238,148 @@ fn person(r: &mut SplitMix64, out: &mut String) {
     out.push_str("]}");
 }
 
-/// The id of the `n`th generated record: `rec-0000001`.
-pub(crate) fn generated_id(n: u64) -> String {
-    let mut s = String::with_capacity(12);
-    push_generated_id(&mut s, n);
+/// How the ids of generated records are formed.
+///
+/// Most APIs behind Nango name records either by a number that grows as they are created
+/// or by a random identifier (a UUID). A store indexes records by id, so the two orders
+/// cost a store differently: an id that follows the previous one lands at the end of the
+/// index, a random one anywhere in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IdOrder {
+    /// `rec-0000001`, `rec-0000002`, ...: ids in the order records are generated.
+    #[default]
+    Sequential,
+    /// UUID-shaped ids (`5d1e08c2-3a9f-4b71-9c0e-7f24a1d6e3b8`), each a fixed
+    /// permutation of the record's number: no relation between id order and the order
+    /// records are generated.
+    Scattered,
+}
+
+impl IdOrder {
+    /// The name used by the control API and the command line (`sequential`,
+    /// `scattered`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IdOrder::Sequential => "sequential",
+            IdOrder::Scattered => "scattered",
+        }
+    }
+}
+
+impl std::str::FromStr for IdOrder {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sequential" => Ok(IdOrder::Sequential),
+            "scattered" => Ok(IdOrder::Scattered),
+            other => Err(format!(
+                "unknown id order {other:?} (expected \"sequential\" or \"scattered\")"
+            )),
+        }
+    }
+}
+
+/// The id of the `n`th generated record (`rec-0000001` when sequential).
+pub(crate) fn generated_id(n: u64, order: IdOrder) -> String {
+    let mut s = String::with_capacity(36);
+    push_generated_id(&mut s, n, order);
     s
 }
 
 /// Append [`generated_id`] of `n`.
-pub(crate) fn push_generated_id(out: &mut String, n: u64) {
-    out.push_str("rec-");
-    push_uint_padded(out, n, 7);
+pub(crate) fn push_generated_id(out: &mut String, n: u64, order: IdOrder) {
+    match order {
+        IdOrder::Sequential => {
+            out.push_str("rec-");
+            push_uint_padded(out, n, 7);
+        }
+        IdOrder::Scattered => push_scattered_id(out, n as u32),
+    }
 }
 
-/// The number `n` whose [`generated_id`] is exactly `id`, when it fits in a `u32`.
-pub(crate) fn parse_generated_id(id: &str) -> Option<u32> {
+/// The number and order of the generated id `id`, when it is exactly one (record
+/// numbers fit in a `u32`).
+pub(crate) fn parse_generated_id(id: &str) -> Option<(u32, IdOrder)> {
+    if id.len() == 36 {
+        return parse_scattered_id(id).map(|n| (n, IdOrder::Scattered));
+    }
     let digits = id.strip_prefix("rec-")?;
     let b = digits.as_bytes();
     if b.len() < 7 || (b.len() > 7 && b[0] == b'0') || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().map(|n| (n, IdOrder::Sequential))
+}
+
+/// The multiplicative inverse of the odd `a` modulo 2^32 (Newton's iteration: each step
+/// doubles the number of correct low bits, from 3).
+const fn inverse_mod_2_32(a: u32) -> u32 {
+    let mut x = a;
+    let mut i = 0;
+    while i < 5 {
+        x = x.wrapping_mul(2u32.wrapping_sub(a.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+}
+
+const SCATTER_M1: u32 = 0x9E37_79B1;
+const SCATTER_M2: u32 = 0x85EB_CA77;
+
+/// A bijection of `u32` that spreads consecutive numbers all over the range: xor-shifts
+/// and odd multiplications, each invertible.
+fn scatter(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(SCATTER_M1);
+    x ^= x >> 15;
+    x = x.wrapping_mul(SCATTER_M2);
+    x ^ (x >> 16)
+}
+
+/// The inverse of [`scatter`].
+fn unscatter(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(const { inverse_mod_2_32(SCATTER_M2) });
+    x ^= (x >> 15) ^ (x >> 30);
+    x = x.wrapping_mul(const { inverse_mod_2_32(SCATTER_M1) });
+    x ^ (x >> 16)
+}
+
+/// Append the scattered id of `n`: its first 8 hex digits are `scatter(n)`, the other
+/// 24 follow from them, in the shape of a version 4 UUID.
+fn push_scattered_id(out: &mut String, n: u32) {
+    let head = scatter(n);
+    let mut r = SplitMix64::new(u64::from(head) ^ 0x1D5C_A77E_4ED0_1D00);
+    let (b, c) = (r.next_u64(), r.next_u64());
+    push_hex(out, u64::from(head), 8);
+    out.push('-');
+    push_hex(out, b >> 48, 4);
+    out.push_str("-4");
+    push_hex(out, (b >> 36) & 0xfff, 3);
+    out.push('-');
+    push_hex(out, 8 | ((b >> 34) & 0x3), 1);
+    push_hex(out, (b >> 22) & 0xfff, 3);
+    out.push('-');
+    push_hex(out, c >> 16, 12);
+}
+
+/// Append the low `digits` hex digits of `v`, lower case.
+fn push_hex(out: &mut String, v: u64, digits: u32) {
+    for i in (0..digits).rev() {
+        let d = ((v >> (4 * i)) & 0xf) as u8;
+        out.push(char::from(if d < 10 { b'0' + d } else { b'a' + d - 10 }));
+    }
+}
+
+/// The number whose scattered id is exactly `id`.
+fn parse_scattered_id(id: &str) -> Option<u32> {
+    let head = u32::from_str_radix(id.get(..8)?, 16).ok()?;
+    let n = unscatter(head);
+    let mut again = String::with_capacity(36);
+    push_scattered_id(&mut again, n);
+    (again == id).then_some(n)
 }
 
 /// The mix of a seed, a stream and a revision that, with a record number, determines a
@@ -272,31 +393,49 @@ pub(crate) fn generated_mix(seed: u64, stream_salt: u64, revision: u64) -> u64 {
 #[cfg(test)]
 pub(crate) fn generated_record(seed: u64, stream_salt: u64, n: u64) -> String {
     let mut out = String::with_capacity(900);
-    write_generated(
-        generated_mix(seed, stream_salt, 0),
-        n,
-        DEFAULT_RECORD_BYTES,
-        &mut out,
-    );
+    let kind = GenKind {
+        mix: generated_mix(seed, stream_salt, 0),
+        bytes: DEFAULT_RECORD_BYTES,
+        ids: IdOrder::Sequential,
+    };
+    write_generated(kind, n, &mut out);
     out
 }
 
 /// The default size of a generated record, in bytes (records land within 90 bytes above).
 pub(crate) const DEFAULT_RECORD_BYTES: u32 = 700;
 
-/// Append the payload of generated record number `n` (for `mix`, see [`generated_mix`])
-/// to `out`: compact JSON text of `bytes` to `bytes + 90` bytes (at least about 450,
-/// whatever `bytes` asks).
-pub(crate) fn write_generated(mix: u64, n: u64, bytes: u32, out: &mut String) {
-    let mut r = SplitMix64::new(mix ^ n.wrapping_mul(0xA24B_AED4_963E_E407));
-    let base = out.len();
-    write_body(&mut r, n, bytes as usize, out, base);
+/// What determines a generated payload besides the record's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GenKind {
+    /// The seed, stream and revision mix ([`generated_mix`]).
+    pub(crate) mix: u64,
+    /// The target size in bytes.
+    pub(crate) bytes: u32,
+    /// How the record's id (also its payload's `id`) is formed.
+    pub(crate) ids: IdOrder,
 }
 
-fn write_body(r: &mut SplitMix64, n: u64, bytes: usize, out: &mut String, base: usize) {
+/// Append the payload of generated record number `n` of `kind` to `out`: compact JSON
+/// text of `kind.bytes` to `kind.bytes + 90` bytes (at least about 450, whatever is
+/// asked).
+pub(crate) fn write_generated(kind: GenKind, n: u64, out: &mut String) {
+    let mut r = SplitMix64::new(kind.mix ^ n.wrapping_mul(0xA24B_AED4_963E_E407));
+    let base = out.len();
+    write_body(&mut r, n, kind.ids, kind.bytes as usize, out, base);
+}
+
+fn write_body(
+    r: &mut SplitMix64,
+    n: u64,
+    order: IdOrder,
+    bytes: usize,
+    out: &mut String,
+    base: usize,
+) {
     let l = lists();
     out.push_str("{\"id\":\"");
-    push_generated_id(out, n);
+    push_generated_id(out, n, order);
     out.push_str("\",\"number\":");
     push_uint(out, n);
     out.push_str(",\"title\":\"");
@@ -378,7 +517,10 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(&a).unwrap();
             let obj = v.as_object().unwrap();
             assert_eq!(obj.len(), 18, "{a}");
-            assert_eq!(obj["id"], serde_json::Value::String(generated_id(n)));
+            assert_eq!(
+                obj["id"],
+                serde_json::Value::String(generated_id(n, IdOrder::Sequential))
+            );
             sizes.push(a.len());
         }
         let avg = sizes.iter().sum::<usize>() / sizes.len();
@@ -391,6 +533,7 @@ mod tests {
 
     #[test]
     fn generated_ids_parse_back_exactly() {
+        let seq = IdOrder::Sequential;
         for n in [
             0,
             1,
@@ -401,10 +544,17 @@ mod tests {
             123_456_789,
             u64::from(u32::MAX),
         ] {
-            assert_eq!(parse_generated_id(&generated_id(n)), Some(n as u32), "{n}");
+            for order in [IdOrder::Sequential, IdOrder::Scattered] {
+                assert_eq!(
+                    parse_generated_id(&generated_id(n, order)),
+                    Some((n as u32, order)),
+                    "{n} {order:?}"
+                );
+            }
         }
-        assert_eq!(generated_id(5), "rec-0000005");
-        assert_eq!(generated_id(12_345_678), "rec-12345678");
+        assert_eq!(generated_id(5, seq), "rec-0000005");
+        assert_eq!(generated_id(12_345_678, seq), "rec-12345678");
+        let scattered = generated_id(1, IdOrder::Scattered);
         for other in [
             "rec-12",
             "rec-000001",
@@ -415,8 +565,38 @@ mod tests {
             "Rec-0000001",
             "rec-0000001 ",
             "",
+            "00000000-0000-4000-8000-000000000000",
+            &scattered.to_uppercase(),
+            &format!("{}0", &scattered[..35]),
         ] {
             assert_eq!(parse_generated_id(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn scattered_ids_are_distinct_uuid_shaped_and_out_of_order() {
+        assert_eq!(unscatter(scatter(0)), 0);
+        let mut seen = std::collections::HashSet::new();
+        let mut ascending = 0;
+        let mut previous = String::new();
+        for n in 1..=20_000u64 {
+            let id = generated_id(n, IdOrder::Scattered);
+            let parsed = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(parsed.get_version_num(), 4, "{id}");
+            assert_eq!(parsed.hyphenated().to_string(), id, "lower-case hyphenated");
+            assert!(seen.insert(id.clone()), "{n} repeats {id}");
+            if id > previous {
+                ascending += 1;
+            }
+            previous = id;
+        }
+        // Consecutive numbers land anywhere: about half the ids sort after the one before.
+        assert!(
+            (9_000..11_000).contains(&ascending),
+            "{ascending} of 20000 ids sort after their predecessor"
+        );
+        for x in [1u32, 2, 0x8000_0000, u32::MAX, 0x1234_5678] {
+            assert_eq!(unscatter(scatter(x)), x, "{x}");
         }
     }
 }

@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use super::json::{Normalized, normalize_record, str_lit};
 use super::query::{Issue, RecordsParams, parse_pairs, validate_headers, validate_records_query};
 use super::state::{Pos, RecRef, Renderer, State as Store, decode_cursor};
-use super::{Effect, Fault, GenerateSpec, LoggedRequest, Shared};
+use super::{Effect, Fault, GenerateSpec, IdOrder, LoggedRequest, Shared};
 use nango_sync::record::StreamKey;
 use nango_sync::time::Timestamp;
 
@@ -635,6 +635,7 @@ struct ControlBody {
     count: Option<usize>,
     batch_size: Option<usize>,
     revision: Option<u64>,
+    id_order: Option<String>,
     minutes: Option<i32>,
     status: Option<u16>,
     rate_limited: Option<u64>,
@@ -649,6 +650,13 @@ struct ControlBody {
 }
 
 impl ControlBody {
+    /// `id_order`, sequential when absent.
+    fn id_order(&self) -> Result<IdOrder, String> {
+        self.id_order
+            .as_deref()
+            .map_or(Ok(IdOrder::Sequential), str::parse)
+    }
+
     fn stream(&self) -> Result<StreamKey, String> {
         let need =
             |v: &Option<String>, what: &str| v.clone().ok_or_else(|| format!("missing \"{what}\""));
@@ -754,8 +762,12 @@ fn control_op(shared: &Shared, path: &str, b: &ControlBody) -> Result<Response, 
         ),
         "/_fake/generate" => {
             let key = b.stream()?;
-            let count = b.count.ok_or("missing \"count\"")?;
-            let e = shared.generate(&key, count, b.batch_size.unwrap_or(1000));
+            let mut spec = GenerateSpec::new(
+                b.count.ok_or("missing \"count\"")?,
+                b.batch_size.unwrap_or(1000),
+            );
+            spec.id_order = b.id_order()?;
+            let e = shared.generate_with(&key, spec, false);
             json_response(
                 200,
                 json!({"added": e.added.len(), "updated": e.updated.len(), "deleted": e.deleted.len(), "unchanged": e.unchanged.len()})
@@ -772,6 +784,7 @@ fn control_op(shared: &Shared, path: &str, b: &ControlBody) -> Result<Response, 
                 Some(r) if r > 0 => r,
                 _ => return Err("\"revision\" must be 1 or more (0 is the first one)".into()),
             };
+            spec.id_order = b.id_order()?;
             let e = shared.generate_with(&key, spec, true);
             json_response(
                 200,

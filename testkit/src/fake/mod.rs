@@ -104,8 +104,8 @@
 //! | `POST /_fake/delete` | `ids: [..]` (`{id}` payloads) or `records: [..]` (full payloads) | the effect |
 //! | `POST /_fake/prune` | `ids: [..]` or `until_cursor` | `{"pruned": n}` |
 //! | `POST /_fake/reset` | nothing | hard reset: `{"removed": n}` |
-//! | `POST /_fake/generate` | `count`, optional `batch_size` (default 1000) | `{"added": n, "updated": n, "deleted": n, "unchanged": n}` |
-//! | `POST /_fake/regenerate` | `count`, `revision` (1 or more), optional `batch_size`: generated records `1..=count` saved again with that revision's payloads (a bulk update, [`FakeNango::regenerate`]) | like `generate` |
+//! | `POST /_fake/generate` | `count`, optional `batch_size` (default 1000) and `id_order` (`"sequential"`, the default, or `"scattered"`: [`IdOrder`]) | `{"added": n, "updated": n, "deleted": n, "unchanged": n}` |
+//! | `POST /_fake/regenerate` | `count`, `revision` (1 or more), optional `batch_size` and `id_order` (the one they were generated with): generated records `1..=count` saved again with that revision's payloads (a bulk update, [`FakeNango::regenerate`]) | like `generate` |
 //! | `POST /_fake/connections` | `integration`, `connection` only | `{"internal_connection_id": n}` |
 //! | `GET /_fake/streams` | – | `{"streams": [{integration, connection, model, variant, records, live}]}` |
 //! | `POST /_fake/offset` | `{"minutes": -300}` only | `{"utc_offset_minutes": -300}` |
@@ -144,6 +144,7 @@ mod sync_status;
 mod webhooks;
 pub mod writeback;
 
+pub use generate::IdOrder;
 pub use webhooks::{WebhookDelivery, WebhookSettings, canonical_json};
 pub use writeback::{ActionExecution, ActionFailure, ActionScript, SyncCommand, SyncSchedule};
 
@@ -205,6 +206,10 @@ pub struct GenerateSpec {
     /// The size of each payload in bytes: records land between this and 90 bytes more
     /// (default 700; at least about 450 whatever is asked).
     pub record_bytes: u32,
+    /// How ids are formed (default [`IdOrder::Sequential`]). Give
+    /// [`FakeNango::regenerate`] the order the records were generated with: a record of
+    /// the other order is another record.
+    pub id_order: IdOrder,
 }
 
 impl GenerateSpec {
@@ -215,6 +220,7 @@ impl GenerateSpec {
             batch_size,
             revision: 0,
             record_bytes: generate::DEFAULT_RECORD_BYTES,
+            id_order: IdOrder::Sequential,
         }
     }
 }
@@ -391,6 +397,7 @@ impl Shared {
             batch_size,
             revision,
             record_bytes,
+            id_order,
         } = spec;
         let salt = generate::fnv1a(&[
             &stream.integration,
@@ -399,10 +406,11 @@ impl Shared {
             &stream.variant,
         ]);
         let batch_size = batch_size.max(1);
-        let kind = (
-            generate::generated_mix(self.seed, salt, revision),
-            record_bytes,
-        );
+        let kind = generate::GenKind {
+            mix: generate::generated_mix(self.seed, salt, revision),
+            bytes: record_bytes,
+            ids: id_order,
+        };
         // What happened to each record, and the first number of each batch; the id lists
         // are made at the end, in one go (no id `String` per record while saving).
         let mut outcomes = Vec::with_capacity(count);
@@ -450,7 +458,7 @@ impl Shared {
                 state::Outcome::Updated => &mut effect.updated,
                 state::Outcome::Unchanged => &mut effect.unchanged,
             };
-            list.push(generate::generated_id(k));
+            list.push(generate::generated_id(k, id_order));
         }
         effect
     }

@@ -8,7 +8,7 @@ use std::ops::Bound;
 use base64::Engine as _;
 use uuid::Uuid;
 
-use super::generate;
+use super::generate::{self, GenKind, IdOrder};
 use super::json::{Normalized, push_str_lit};
 use super::{Effect, FakeRecord};
 use nango_sync::record::{Cursor, LastAction, Metadata, StreamKey};
@@ -76,14 +76,12 @@ impl Clock {
 pub(crate) enum Payload {
     /// Normalized JSON text.
     Text(Box<str>),
-    /// Generated record number `n` (see `generate::write_generated`).
+    /// Generated record number `n` of a kind (see `generate::write_generated`).
     Generated {
-        /// The seed, stream and revision mix.
-        mix: u64,
+        /// What determines the payload besides `n`.
+        kind: GenKind,
         /// The record number.
         n: u32,
-        /// The target size in bytes.
-        bytes: u32,
     },
 }
 
@@ -92,8 +90,8 @@ impl Payload {
     pub(crate) fn write(&self, out: &mut String) {
         match self {
             Payload::Text(t) => out.push_str(t),
-            Payload::Generated { mix, n, bytes } => {
-                super::generate::write_generated(*mix, u64::from(*n), *bytes, out)
+            Payload::Generated { kind, n } => {
+                super::generate::write_generated(*kind, u64::from(*n), out)
             }
         }
     }
@@ -114,14 +112,11 @@ impl Payload {
     pub(crate) fn same(&self, other: &Payload) -> bool {
         match (self, other) {
             (Payload::Text(a), Payload::Text(b)) => a == b,
-            (
-                Payload::Generated { mix, n, bytes },
-                Payload::Generated {
-                    mix: m2,
-                    n: n2,
-                    bytes: b2,
-                },
-            ) if (mix, n, bytes) == (m2, n2, b2) => true,
+            (Payload::Generated { kind, n }, Payload::Generated { kind: k2, n: n2 })
+                if (kind, n) == (k2, n2) =>
+            {
+                true
+            }
             _ => self.text() == other.text(),
         }
     }
@@ -189,7 +184,10 @@ impl<'a> RecRef<'a> {
     pub(crate) fn id(&self) -> Cow<'a, str> {
         match self.other() {
             Some(o) => Cow::Borrowed(&o.id),
-            None => Cow::Owned(generate::generated_id(u64::from(self.r.n))),
+            None => Cow::Owned(generate::generated_id(
+                u64::from(self.r.n),
+                self.s.kinds[self.r.body as usize].ids,
+            )),
         }
     }
 
@@ -238,14 +236,10 @@ impl<'a> RecRef<'a> {
     fn saved(&self) -> Cow<'a, Payload> {
         match self.other() {
             Some(o) => Cow::Borrowed(&o.saved),
-            None => {
-                let (mix, bytes) = self.s.kinds[self.r.body as usize];
-                Cow::Owned(Payload::Generated {
-                    mix,
-                    n: self.r.n,
-                    bytes,
-                })
-            }
+            None => Cow::Owned(Payload::Generated {
+                kind: self.s.kinds[self.r.body as usize],
+                n: self.r.n,
+            }),
         }
     }
 
@@ -259,7 +253,8 @@ impl<'a> RecRef<'a> {
             Some(o) => push_str_lit(out, &o.id),
             None => {
                 out.push('"');
-                generate::push_generated_id(out, u64::from(self.r.n));
+                let ids = self.s.kinds[self.r.body as usize].ids;
+                generate::push_generated_id(out, u64::from(self.r.n), ids);
                 out.push('"');
             }
         }
@@ -275,8 +270,8 @@ impl<'a> RecRef<'a> {
             match self.other() {
                 Some(o) => o.saved.write(out),
                 None => {
-                    let (mix, bytes) = self.s.kinds[self.r.body as usize];
-                    generate::write_generated(mix, u64::from(self.r.n), bytes, out);
+                    let kind = self.s.kinds[self.r.body as usize];
+                    generate::write_generated(kind, u64::from(self.r.n), out);
                 }
             }
             // Reopen the object for `_nango_metadata`.
@@ -424,8 +419,8 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<Pos> {
 /// One stream's records.
 ///
 /// Records live in a slab (`recs`, 40 bytes each; a record keeps its slot until a hard
-/// reset). Ids are found through `gen_slots` (indexed by `n` for ids of exactly the
-/// form `rec-NNNNNNN` of generated records) or `other_slots`. The stream order
+/// reset). Ids are found through `gen_slots` (indexed by `n` for ids of exactly a
+/// generated form, `rec-NNNNNNN` or scattered) or `other_slots`. The stream order
 /// `(last_modified_at, uuid)` is an append-only log of entries sorted by that key: every
 /// mutation that moves a record gives it an instant later than every earlier one, so
 /// its new entry goes at the end and its old entry turns stale. Stale entries are
@@ -435,12 +430,14 @@ pub(crate) struct Stream {
     recs: Vec<Rec>,
     /// The instants records refer to (index = `Rec::first_seen` etc).
     times: Vec<i64>,
-    /// `(mix, bytes)` of generated payloads.
-    kinds: Vec<(u64, u32)>,
+    /// The kinds of generated payloads.
+    kinds: Vec<GenKind>,
     others: Vec<OtherBody>,
     /// Unused entries of `others`.
     free_others: Vec<u32>,
-    /// The slot of generated id `n` at index `n` (`NONE`: no such record).
+    /// The slot of generated id `n` at index `n` (`NONE`: no such record), for the
+    /// record of that number generated first (of either id order; a record of the same
+    /// number with ids of the other order is in `other_slots`).
     gen_slots: Vec<u32>,
     other_slots: HashMap<Box<str>, u32>,
     /// Entries sorted by `(times[t], recs[slot].uuid)`, stale ones included.
@@ -506,13 +503,25 @@ impl Stream {
     }
 
     fn slot_of(&self, id: &str) -> Option<u32> {
-        if let Some(n) = generate::parse_generated_id(id)
+        if let Some((n, order)) = generate::parse_generated_id(id)
             && let Some(&slot) = self.gen_slots.get(n as usize)
             && slot != NONE
+            && self.id_order_at(slot) == Some(order)
         {
             return Some(slot);
         }
         self.other_slots.get(id).copied()
+    }
+
+    /// The id order of the generated form of the id of the record at `slot` (`None`: its
+    /// id is of no generated form).
+    fn id_order_at(&self, slot: u32) -> Option<IdOrder> {
+        let body = self.recs[slot as usize].body;
+        if body < OTHER {
+            Some(self.kinds[body as usize].ids)
+        } else {
+            generate::parse_generated_id(&self.others[(body - OTHER) as usize].id).map(|(_, o)| o)
+        }
     }
 
     /// The record with this id.
@@ -616,11 +625,11 @@ impl Stream {
     }
 
     /// The `kinds` index of a generated payload.
-    fn kind(&mut self, mix: u64, bytes: u32) -> u32 {
-        let i = match self.kinds.iter().rposition(|k| *k == (mix, bytes)) {
+    fn kind(&mut self, kind: GenKind) -> u32 {
+        let i = match self.kinds.iter().rposition(|k| *k == kind) {
             Some(i) => i,
             None => {
-                self.kinds.push((mix, bytes));
+                self.kinds.push(kind);
                 self.kinds.len() - 1
             }
         };
@@ -634,8 +643,10 @@ impl Stream {
     fn set_body(&mut self, slot: u32, id: &str, payload: Payload) {
         let old = self.recs[slot as usize].body;
         let generated = match payload {
-            Payload::Generated { mix, n, bytes } if generate::parse_generated_id(id) == Some(n) => {
-                Some((n, self.kind(mix, bytes)))
+            Payload::Generated { kind, n }
+                if generate::parse_generated_id(id) == Some((n, kind.ids)) =>
+            {
+                Some((n, self.kind(kind)))
             }
             _ => None,
         };
@@ -703,7 +714,10 @@ impl Stream {
         });
         self.set_body(slot, id, payload);
         match generate::parse_generated_id(id) {
-            Some(n) if (n as usize) < (2 * self.gen_slots.len()).max(4096) => {
+            Some((n, _))
+                if (n as usize) < (2 * self.gen_slots.len()).max(4096)
+                    && self.gen_slots.get(n as usize).is_none_or(|s| *s == NONE) =>
+            {
                 let n = n as usize;
                 if self.gen_slots.len() <= n {
                     self.gen_slots.resize(n + 1, NONE);
@@ -755,18 +769,18 @@ impl Stream {
         &mut self,
         first: u64,
         count: u64,
-        (mix, bytes): (u64, u32),
+        kind: GenKind,
         clock: &mut Clock,
         outcomes: &mut Vec<Outcome>,
     ) {
         let t = self.intern(clock.tick());
         let mut moved = Vec::with_capacity(count as usize);
-        let mut id = String::with_capacity(12);
+        let mut id = String::with_capacity(36);
         for k in first..first + count {
             id.clear();
-            generate::push_generated_id(&mut id, k);
+            generate::push_generated_id(&mut id, k, kind.ids);
             let n = u32::try_from(k).expect("fewer than 2^32 generated records");
-            let payload = Payload::Generated { mix, n, bytes };
+            let payload = Payload::Generated { kind, n };
             outcomes.push(self.save_one(&id, payload, t, &mut moved));
         }
         self.push_moves(moved);
@@ -1101,8 +1115,11 @@ mod tests {
         let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
         let mut s = Stream::new(9101, "Ticket");
         let mut model = std::collections::BTreeMap::new();
-        let ids: Vec<String> = (1..=40u64)
-            .map(generated_id)
+        // Generated ids of both orders (the same numbers), and others.
+        let orders = [IdOrder::Sequential, IdOrder::Scattered];
+        let ids: Vec<String> = orders
+            .iter()
+            .flat_map(|o| (1..=40u64).map(|k| generated_id(k, *o)))
             .chain(["rec-12", "rec-99999999", "é\"x", "tk-1", "tk-2"].map(String::from))
             .collect();
         for step in 0..3000u64 {
@@ -1122,14 +1139,18 @@ mod tests {
                 35..55 => {
                     let first = 1 + r.below(40);
                     let count = 1 + r.below(10).min(40 - first);
-                    let kind = (r.below(3), 450 + r.below(2) as u32 * 300);
+                    let kind = GenKind {
+                        mix: r.below(3),
+                        bytes: 450 + r.below(2) as u32 * 300,
+                        ids: orders[r.below(2) as usize],
+                    };
                     let mut outcomes = Vec::new();
                     s.save_generated(first, count, kind, &mut clock, &mut outcomes);
                     assert_eq!(outcomes.len() as u64, count);
                     for k in first..first + count {
                         let mut payload = String::new();
-                        write_generated(kind.0, k, kind.1, &mut payload);
-                        model.insert(generated_id(k), (payload, false));
+                        write_generated(kind, k, &mut payload);
+                        model.insert(generated_id(k, kind.ids), (payload, false));
                     }
                 }
                 55..70 => {
@@ -1191,6 +1212,60 @@ mod tests {
     }
 
     #[test]
+    fn generated_records_of_both_id_orders_are_distinct_records() {
+        use super::super::generate::{generated_id, write_generated};
+        let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
+        let mut s = Stream::new(9101, "Ticket");
+        let kind = |ids| GenKind {
+            mix: 7,
+            bytes: 700,
+            ids,
+        };
+        let (seq, scattered) = (kind(IdOrder::Sequential), kind(IdOrder::Scattered));
+        // A scattered id saved by hand first: generating its number updates it.
+        let third = generated_id(3, IdOrder::Scattered);
+        s.save(vec![text(&third, 1)], &mut clock);
+        let mut outcomes = Vec::new();
+        s.save_generated(1, 4, seq, &mut clock, &mut outcomes);
+        s.save_generated(1, 4, scattered, &mut clock, &mut outcomes);
+        use Outcome::{Added, Updated};
+        assert_eq!(
+            outcomes,
+            [Added, Added, Added, Added, Added, Added, Updated, Added]
+        );
+        assert_eq!(s.len(), 8);
+        for k in 1..=4 {
+            for kind in [seq, scattered] {
+                let id = generated_id(k, kind.ids);
+                let mut payload = String::new();
+                write_generated(kind, k, &mut payload);
+                let rec = s.get(&id).expect("found by its id");
+                assert_eq!(rec.id(), id);
+                assert_eq!(rec.saved_text(), payload);
+                assert!(payload.contains(&format!("\"id\":\"{id}\"")), "{payload}");
+            }
+        }
+        // Text saved over one order's record leaves the other's alone.
+        let second = generated_id(2, IdOrder::Scattered);
+        s.save(vec![text(&second, 4)], &mut clock);
+        assert_eq!(s.get(&second).unwrap().saved_text(), text(&second, 4).text);
+        let mut payload = String::new();
+        write_generated(seq, 2, &mut payload);
+        assert_eq!(s.get("rec-0000002").unwrap().saved_text(), payload);
+        outcomes.clear();
+        s.save_generated(1, 4, scattered, &mut clock, &mut outcomes);
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Unchanged,
+                Updated,
+                Outcome::Unchanged,
+                Outcome::Unchanged
+            ]
+        );
+    }
+
+    #[test]
     fn generated_records_turn_into_text_and_back() {
         use super::super::generate::{generated_id, write_generated};
         let mut clock = Clock::new(Some(Timestamp::from_micros(1_700_000_000_000_000)), 1_000);
@@ -1205,8 +1280,13 @@ mod tests {
             ],
             &mut clock,
         );
+        let kind = |mix: u64| GenKind {
+            mix,
+            bytes: 700,
+            ids: IdOrder::Sequential,
+        };
         let mut outcomes = Vec::new();
-        s.save_generated(1, 5, (7, 700), &mut clock, &mut outcomes);
+        s.save_generated(1, 5, kind(7), &mut clock, &mut outcomes);
         assert_eq!(
             outcomes,
             [
@@ -1219,7 +1299,7 @@ mod tests {
         );
         let generated = |k: u64, mix: u64| {
             let mut p = String::new();
-            write_generated(mix, k, 700, &mut p);
+            write_generated(kind(mix), k, &mut p);
             p
         };
         assert_eq!(s.get("rec-0000003").unwrap().saved_text(), generated(3, 7));
@@ -1236,25 +1316,26 @@ mod tests {
         );
         let others = s.others.len();
         outcomes.clear();
-        s.save_generated(2, 1, (7, 700), &mut clock, &mut outcomes);
+        s.save_generated(2, 1, kind(7), &mut clock, &mut outcomes);
         assert_eq!(outcomes, [Outcome::Updated]);
         s.save(vec![text("rec-0000004", 5)], &mut clock);
         assert_eq!(s.others.len(), others);
         // The same generated payload again: unchanged, nothing moves.
         let before: Vec<Pos> = s.ordered().map(|r| r.pos()).collect();
         outcomes.clear();
-        s.save_generated(1, 2, (7, 700), &mut clock, &mut outcomes);
+        s.save_generated(1, 2, kind(7), &mut clock, &mut outcomes);
         assert_eq!(outcomes, [Outcome::Unchanged, Outcome::Unchanged]);
         assert_eq!(before, s.ordered().map(|r| r.pos()).collect::<Vec<_>>());
         // A new revision changes every payload.
         outcomes.clear();
-        s.save_generated(1, 5, (8, 700), &mut clock, &mut outcomes);
+        s.save_generated(1, 5, kind(8), &mut clock, &mut outcomes);
         assert_eq!(outcomes, [Outcome::Updated; 5]);
         // One batch: the last five, ordered by uuid.
         let mut ids: Vec<String> = s.ordered().map(|r| r.id().into_owned()).collect();
         ids.drain(..ids.len() - 5);
         ids.sort();
-        assert_eq!(ids, (1..=5).map(generated_id).collect::<Vec<_>>());
+        let sequential = |k| generated_id(k, IdOrder::Sequential);
+        assert_eq!(ids, (1..=5).map(sequential).collect::<Vec<_>>());
         assert_eq!(s.get("rec-0000001").unwrap().saved_text(), generated(1, 8));
         assert_eq!(s.hard_reset(), 7);
         assert!(s.get("rec-0000001").is_none() && s.ordered().next().is_none());
