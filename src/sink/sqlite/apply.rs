@@ -32,7 +32,12 @@ fn read_stored(
     stream_id: i64,
     commit: &Commit,
 ) -> rusqlite::Result<HashMap<String, Stored<Handle>>> {
-    let ids = feed::id_list(commit.records.iter().map(|r| r.id.as_str()))?;
+    // In index order: each leaf of the key index is read once, in turn (ids in random
+    // order would visit the leaves at random, each more than once).
+    let mut ids: Vec<&str> = commit.records.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids = feed::id_list(ids.into_iter())?;
     let mut select = tx.prepare_cached(
         "SELECT r.id, r.record_id, r.last_modified_at, r.cursor,
                 r.deleted_at IS NOT NULL OR r.last_action = 3, r.pruned_at IS NOT NULL,
@@ -106,6 +111,12 @@ fn seen_live(tx: &Connection, stream_id: i64) -> rusqlite::Result<(u64, Option<S
     })
 }
 
+/// The order a commit's writes are made in: new records by id, then stored ones by
+/// rowid.
+fn write_order<'c>(w: &commit::Write<'c, Handle>) -> (Option<i64>, &'c str) {
+    (w.kind.stored().map(|h| h.rowid), w.record.id.as_str())
+}
+
 /// Apply `commit` on the writer connection.
 pub(super) fn commit(
     conn: &mut Connection,
@@ -171,7 +182,11 @@ pub(super) fn commit(
                  WHERE record_id = ?1",
             )
             .map_err(e)?;
-        for w in prepared.writes() {
+        // New records in id order (their entries in the key index go in leaf by leaf),
+        // stored ones in rowid order (their rows, page by page).
+        let mut writes: Vec<_> = prepared.writes().iter().collect();
+        writes.sort_unstable_by(|a, b| write_order(a).cmp(&write_order(b)));
+        for w in writes {
             written.push((w.record.id.as_str(), w.kind.stored().map(|h| h.seq)));
             let m = &w.record.meta;
             let (first, last, action) = (
@@ -229,9 +244,10 @@ pub(super) fn commit(
             let mut seen = tx
                 .prepare_cached("UPDATE nango_records SET seen_gen = ?2 WHERE record_id = ?1")
                 .map_err(e)?;
-            for s in prepared.seen() {
-                seen.execute(params![s.stored.rowid, generation])
-                    .map_err(e)?;
+            let mut rowids: Vec<i64> = prepared.seen().iter().map(|s| s.stored.rowid).collect();
+            rowids.sort_unstable();
+            for rowid in rowids {
+                seen.execute(params![rowid, generation]).map_err(e)?;
             }
         }
     }
