@@ -78,6 +78,10 @@ impl PostgresStore {
                 WriteKind::KeepPayload { .. } => keeps.push((w.record, w.change)),
             }
         }
+        // Each statement's rows in key order (see `read_stored`).
+        inserts.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+        overwrites.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
+        keeps.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
         for (sql, rows, must_exist) in [
             (&self.sql.insert_records, &inserts, false),
             (&self.sql.update_records, &overwrites, true),
@@ -229,9 +233,14 @@ impl PostgresStore {
         stream_id: i64,
         ids: impl Iterator<Item = &'a str> + Clone + Send + 'a,
     ) -> Result<Versions> {
+        // In key order: the primary key's leaves are visited in turn, each once, however
+        // the page orders its ids.
+        let mut ids: Vec<&str> = ids.collect();
+        ids.sort_unstable();
+        ids.dedup();
         let rows = sqlx::query(self.sql.stored_versions.clone())
             .bind(stream_id)
-            .bind(ids.bind_iter())
+            .bind(ids.iter().copied().bind_iter())
             .fetch_all(&mut **tx)
             .await
             .map_err(|e| classify("read stored versions", e))?;

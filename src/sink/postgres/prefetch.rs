@@ -35,7 +35,11 @@ pub(super) fn start(
     hash: Vec<u8>,
     ids: Vec<String>,
 ) {
-    let (sql, key, wanted) = (sql.clone(), hash.clone(), ids.clone());
+    let (sql, key) = (sql.clone(), hash.clone());
+    // In key order, like the read in the transaction (`apply.rs`).
+    let mut wanted = ids.clone();
+    wanted.sort_unstable();
+    wanted.dedup();
     prefetches.start(hash, ids, || {
         // Outside a tokio runtime there is nothing to run the read on.
         let runtime = tokio::runtime::Handle::try_current().ok()?;
