@@ -25,6 +25,14 @@
 //! record, in batches of 1,000) and, 20 times, the changes of its last commit only (a
 //! read of the newest changes: its cost does not grow with the store).
 //!
+//! # Id order
+//!
+//! The fake's ids are `rec-0000001`, `rec-0000002`, ... by default: each sorts after the
+//! one before, so every store's key index grows at its end. With `--id-order scattered`
+//! they are UUID-shaped and in no order, as many APIs' ids are: each page's new keys land
+//! all over the index. That costs every store more, and more as the store grows (see the
+//! README's sizing section); measure with the order your upstream's ids have.
+//!
 //! # Against a real upstream
 //!
 //! With `--upstream URL` (and `--integration`, `--connection`, `--model`, the secret key
