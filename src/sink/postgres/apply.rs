@@ -231,7 +231,7 @@ impl PostgresStore {
         &self,
         tx: &mut Transaction<'static, Postgres>,
         stream_id: i64,
-        ids: impl Iterator<Item = &'a str> + Clone + Send + 'a,
+        ids: impl Iterator<Item = &'a str> + Send + 'a,
     ) -> Result<Versions> {
         // In key order: the primary key's leaves are visited in turn, each once, however
         // the page orders its ids.

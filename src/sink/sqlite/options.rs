@@ -55,6 +55,12 @@ impl SqliteOptions {
     }
 
     /// Page size of a new database file, in bytes (default 16 KiB).
+    ///
+    /// A commit writes every page it changes whole to the WAL. With ids in no order
+    /// (UUIDs), each new record changes a page of the id index of its own once the store
+    /// holds about a million records, so smaller pages write less: 4 KiB made a first
+    /// sync of 1,000,000 such records 1.25 times faster, and cost 10 to 12% at 100,000
+    /// records (README, sizing).
     pub fn with_page_size(mut self, bytes: u32) -> Self {
         self.page_size = bytes;
         self
