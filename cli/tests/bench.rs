@@ -86,25 +86,33 @@ fn bench_with_scattered_ids_stores_uuid_shaped_ids_out_of_order() {
     assert_eq!(report["id_order"], "scattered");
     check_round(&report["fresh"], 1500);
     check_round(&report["update"], 1500);
-    // The engine's store holds the ids as served; in the order they were inserted (rowid),
-    // they are not in id order.
+    // The engine's store holds the ids as served. Each page (one commit, one `seq`) takes
+    // ids from all over the id range: the two pages' ranges overlap (with ids in order,
+    // a page is a range of its own).
     let conn = rusqlite::Connection::open(dir.path().join("b-engine.db")).unwrap();
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM nango_records ORDER BY record_id")
+    let rows: Vec<(String, i64)> = conn
+        .prepare("SELECT id, seq FROM nango_records")
         .unwrap()
-        .query_map([], |r| r.get(0))
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(ids.len(), 1500);
-    for id in &ids {
+    assert_eq!(rows.len(), 1500);
+    let mut pages: std::collections::BTreeMap<i64, (String, String)> = Default::default();
+    for (id, seq) in &rows {
         let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
         assert_eq!(uuid.get_version_num(), 4, "{id}");
+        let range = pages
+            .entry(*seq)
+            .or_insert_with(|| (id.clone(), id.clone()));
+        range.0 = range.0.clone().min(id.clone());
+        range.1 = range.1.clone().max(id.clone());
     }
-    let ascending = ids.windows(2).filter(|w| w[0] < w[1]).count();
+    let ranges: Vec<_> = pages.values().collect();
+    assert_eq!(ranges.len(), 2, "{pages:?}");
     assert!(
-        (500..1000).contains(&ascending),
-        "{ascending} of 1499 in order"
+        ranges[0].0 < ranges[1].1 && ranges[1].0 < ranges[0].1,
+        "the pages' id ranges overlap: {pages:?}"
     );
     let bad = Command::new(BIN)
         .args(["bench", "--sink", &sink, "--id-order", "random"])
