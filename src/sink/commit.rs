@@ -197,6 +197,18 @@ pub fn check_cursor(state: &StreamState, commit: &Commit) -> Result<()> {
     Ok(())
 }
 
+/// The distinct ids among `ids`, sorted by their bytes: the order of a store's index of
+/// ids (SQLite's `BINARY`, PostgreSQL's `COLLATE "C"`). A statement that reads or writes
+/// them in this order visits the index's leaves in turn, each once, however the page
+/// orders its ids; random ids in page order visit them at random, each more than once.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn ids_in_key_order<'a>(ids: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Prepare `commit` for a stream in `state`.
 ///
 /// `lookup` returns the stored version of an id with the store's handle of its row

@@ -78,7 +78,7 @@ impl PostgresStore {
                 WriteKind::KeepPayload { .. } => keeps.push((w.record, w.change)),
             }
         }
-        // Each statement's rows in key order (see `read_stored`).
+        // Each statement's rows in key order (see `commit::ids_in_key_order`).
         inserts.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
         overwrites.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
         keeps.sort_unstable_by(|a, b| a.0.id.cmp(&b.0.id));
@@ -233,11 +233,7 @@ impl PostgresStore {
         stream_id: i64,
         ids: impl Iterator<Item = &'a str> + Send + 'a,
     ) -> Result<Versions> {
-        // In key order: the primary key's leaves are visited in turn, each once, however
-        // the page orders its ids.
-        let mut ids: Vec<&str> = ids.collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let ids = commit::ids_in_key_order(ids);
         let rows = sqlx::query(self.sql.stored_versions.clone())
             .bind(stream_id)
             .bind(ids.iter().copied().bind_iter())

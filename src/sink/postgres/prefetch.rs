@@ -17,6 +17,7 @@ use super::apply::{Handle, decode_stored};
 use super::error::{classify, decode};
 use crate::error::Result;
 use crate::merge::StoredVersionBuf;
+use crate::sink::commit;
 use crate::sink::prefetch::{Prefetches, Snapshot};
 
 /// Stored versions by id, with their handles.
@@ -36,10 +37,11 @@ pub(super) fn start(
     ids: Vec<String>,
 ) {
     let (sql, key) = (sql.clone(), hash.clone());
-    // In key order, like the read in the transaction (`apply.rs`).
-    let mut wanted = ids.clone();
-    wanted.sort_unstable();
-    wanted.dedup();
+    // In key order, like the read in the transaction.
+    let wanted: Vec<String> = commit::ids_in_key_order(ids.iter().map(String::as_str))
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
     prefetches.start(hash, ids, || {
         // Outside a tokio runtime there is nothing to run the read on.
         let runtime = tokio::runtime::Handle::try_current().ok()?;

@@ -32,11 +32,7 @@ fn read_stored(
     stream_id: i64,
     commit: &Commit,
 ) -> rusqlite::Result<HashMap<String, Stored<Handle>>> {
-    // In index order: each leaf of the key index is read once, in turn (ids in random
-    // order would visit the leaves at random, each more than once).
-    let mut ids: Vec<&str> = commit.records.iter().map(|r| r.id.as_str()).collect();
-    ids.sort_unstable();
-    ids.dedup();
+    let ids = commit::ids_in_key_order(commit.records.iter().map(|r| r.id.as_str()));
     let ids = feed::id_list(ids.into_iter())?;
     let mut select = tx.prepare_cached(
         "SELECT r.id, r.record_id, r.last_modified_at, r.cursor,
