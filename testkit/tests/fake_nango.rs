@@ -615,12 +615,18 @@ async fn control_api_scripts_upstream_changes() {
             .body(body.to_string())
             .send()
     };
-    let target = |extra: Value| {
-        let mut v = json!({"integration": "github", "connection": "acme-prod", "model": "Ticket"});
-        v.as_object_mut()
+    // `base` with the fields of `extra` added or replaced.
+    let merged = |mut base: Value, extra: Value| {
+        base.as_object_mut()
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
-        v
+        base
+    };
+    let target = |extra: Value| {
+        merged(
+            json!({"integration": "github", "connection": "acme-prod", "model": "Ticket"}),
+            extra,
+        )
     };
     let ok = |r: reqwest::Response| async move {
         assert_eq!(r.status(), 200);
@@ -711,11 +717,10 @@ async fn control_api_scripts_upstream_changes() {
     assert!(get(&fake, "model=Ticket").await.2.contains("+05:30\""));
     // Scattered ids: UUID-shaped, updated in place by a regeneration of the same order.
     let scattered = |extra: Value| {
-        let mut v = target(json!({"model": "Board", "id_order": "scattered"}));
-        v.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        v
+        merged(
+            target(json!({"model": "Board", "id_order": "scattered"})),
+            extra,
+        )
     };
     let r = ok(post("/_fake/generate", scattered(json!({"count": 12})))
         .await

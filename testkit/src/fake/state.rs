@@ -435,9 +435,10 @@ pub(crate) struct Stream {
     others: Vec<OtherBody>,
     /// Unused entries of `others`.
     free_others: Vec<u32>,
-    /// The slot of generated id `n` at index `n` (`NONE`: no such record), for the
-    /// record of that number generated first (of either id order; a record of the same
-    /// number with ids of the other order is in `other_slots`).
+    /// The slot of the record whose id is the generated id of `n`, at index `n`
+    /// (`NONE`: no such record): the first one inserted, of either id order (generated,
+    /// or saved with such an id); a record whose id is `n`'s in the other order is in
+    /// `other_slots`.
     gen_slots: Vec<u32>,
     other_slots: HashMap<Box<str>, u32>,
     /// Entries sorted by `(times[t], recs[slot].uuid)`, stale ones included.
