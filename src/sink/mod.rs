@@ -394,6 +394,22 @@ pub trait RecordSink: Debug + Send + Sync + 'static {
         let _ = (stream, records);
     }
 
+    /// Finish the work the store defers past its commits, and wait for it: SQLite
+    /// copies its write-ahead log back into the database file and empties the log;
+    /// sled writes what it holds in memory to disk (under `Durability::Periodic`, the
+    /// commits since its last flush become durable). PostgreSQL and the memory store
+    /// defer nothing, and the default does nothing.
+    ///
+    /// Commits never need it: each is as durable as the store's settings say when it
+    /// returns, and the store catches up on its own. It is for a caller that wants the
+    /// store's files settled (at a quiet moment, before copying them) and for a
+    /// measurement that counts a store's whole cost (`nango-sync bench`). A SQLite
+    /// reader or another process holding an older snapshot past the busy timeout makes
+    /// it fail with a retryable error; nothing is lost.
+    fn flush(&self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// One record by id, tombstones included (see [`StoredRecord::live`]).
     fn get(
         &self,
@@ -717,6 +733,7 @@ pub trait DynRecordSink: Debug + Send + Sync + 'static {
     fn stream_state<'a>(&'a self, stream: &'a StreamKey) -> BoxFuture<'a, Result<StreamState>>;
     fn commit(&self, commit: Commit) -> BoxFuture<'_, Result<CommitOutcome>>;
     fn prefetch(&self, stream: &StreamKey, records: &[Record]);
+    fn flush(&self) -> BoxFuture<'_, Result<()>>;
     fn get<'a>(
         &'a self,
         stream: &'a StreamKey,
@@ -807,6 +824,9 @@ impl<T: RecordSink> DynRecordSink for T {
     }
     fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
         RecordSink::prefetch(self, stream, records)
+    }
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(RecordSink::flush(self))
     }
     fn get<'a>(
         &'a self,
@@ -956,6 +976,9 @@ impl RecordSink for SharedSink {
     }
     fn prefetch(&self, stream: &StreamKey, records: &[Record]) {
         DynRecordSink::prefetch(&**self, stream, records)
+    }
+    async fn flush(&self) -> Result<()> {
+        DynRecordSink::flush(&**self).await
     }
     async fn get(&self, stream: &StreamKey, id: &str) -> Result<Option<StoredRecord>> {
         DynRecordSink::get(&**self, stream, id).await

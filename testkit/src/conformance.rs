@@ -350,6 +350,10 @@ impl<S: RecordSink> RecordSink for Mirrored<S> {
         self.store.prefetch(stream, records);
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.store.flush().await
+    }
+
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         let _order = self.order.lock().await;
         let b = self.store.backend();
@@ -697,6 +701,7 @@ macro_rules! conformance_tests {
             full_read_sweeps_unseen_records,
             successive_full_reads_sweep_what_each_did_not_see,
             pages_told_ahead_commit_the_same,
+            flush_keeps_every_commit,
             seq_is_monotonic_and_per_record,
             list_pages_in_code_point_order,
             stream_status_is_reported,
@@ -1630,6 +1635,61 @@ pub async fn large_commit<F: StoreFactory>(stores: &mut F) {
     assert_eq!(
         st.live_records, N as u64,
         "{b}: live records after large commit"
+    );
+    subject.finish().await;
+}
+
+/// `flush` finishes what the store defers and changes nothing it holds: flushes run
+/// while two streams commit, every commit lands, the store equals the reference after
+/// the last flush, and a commit after it lands too.
+pub async fn flush_keeps_every_commit<F: StoreFactory>(stores: &mut F) {
+    let subject = Subject::fresh(stores).await;
+    let store = subject.store();
+    let b = backend(store);
+    let (s1, s2) = (stream("flush-1"), stream("flush-2"));
+    let (rounds, per_page) = (8i64, 40i64);
+    let filler = "a title long enough to fill pages ".repeat(8);
+    for round in 0..rounds {
+        let records = |prefix: &str| -> Vec<Record> {
+            (0..per_page)
+                .map(|i| added(&format!("{prefix}{round}-{i:02}"), round * 100 + i, &filler))
+                .collect()
+        };
+        let c1 = page(store, &s1, records("a")).await;
+        let c2 = page(store, &s2, records("b")).await;
+        let (o1, o2, flushed) = tokio::join!(store.commit(c1), store.commit(c2), store.flush());
+        for (o, s) in [(o1, &s1), (o2, &s2)] {
+            let o = o.unwrap_or_else(|e| panic!("{b}: a commit beside a flush failed: {e}"));
+            assert_eq!(
+                o.counts,
+                counts(per_page as u64, 0, 0, 0, 0),
+                "{b}: {s}, round {round}"
+            );
+        }
+        flushed.unwrap_or_else(|e| panic!("{b}: a flush beside commits failed: {e}"));
+    }
+    store
+        .flush()
+        .await
+        .unwrap_or_else(|e| panic!("{b}: flush failed: {e}"));
+    for s in [&s1, &s2] {
+        let records = all(store, s, false).await;
+        assert_eq!(
+            records.len() as i64,
+            rounds * per_page,
+            "{b}: {s} after the flush"
+        );
+    }
+    commit_page(
+        store,
+        &s1,
+        vec![updated("a0-00", 10_000, "after the flush")],
+    )
+    .await;
+    assert_eq!(
+        get(store, &s1, "a0-00").await.map(|r| r.payload.to_value()),
+        Some(json!({"id": "a0-00", "title": "after the flush"})),
+        "{b}: a commit after the flush"
     );
     subject.finish().await;
 }

@@ -594,6 +594,14 @@ impl RecordSink for SledStore {
         Ok(outcome)
     }
 
+    async fn flush(&self) -> Result<()> {
+        self.blocking("flush", |inner, _| {
+            inner.db.flush().map_err(sled_err("flush"))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn set_upstream_error(&self, stream: &StreamKey, error: Option<&str>) -> Result<()> {
         let (stream, error) = (stream.clone(), error.map(str::to_owned));
         self.blocking("set_upstream_error", move |inner, _| {

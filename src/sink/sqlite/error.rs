@@ -18,11 +18,7 @@ pub(super) fn sql_err(operation: &str, e: rusqlite::Error) -> Error {
     {
         return Error::damaged(BACKEND, operation, e.to_string());
     }
-    let retryable = matches!(
-        &e,
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    );
+    let retryable = busy_or_locked(&e);
     let detail = match &e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => {
             format!(
@@ -35,6 +31,15 @@ pub(super) fn sql_err(operation: &str, e: rusqlite::Error) -> Error {
         _ => e.to_string(),
     };
     Error::store(BACKEND, operation, retryable, detail)
+}
+
+/// The database was busy or locked: worth retrying.
+pub(super) fn busy_or_locked(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
 }
 
 /// A blocking task that panicked or was cancelled.

@@ -295,6 +295,14 @@ impl RecordSink for SqliteStore {
         .await
     }
 
+    async fn flush(&self) -> Result<()> {
+        let flusher = self.checkpointer.flusher();
+        tokio::task::spawn_blocking(move || flusher.flush())
+            .await
+            .map_err(|e| task_err("flush", e))?
+            .map_err(|f| Error::store(BACKEND, "flush", f.retryable, f.detail))
+    }
+
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome> {
         self.claim().await?;
         let outcome = self
@@ -806,6 +814,80 @@ mod tests {
             .unwrap()
             .len();
         assert!(wal < 6 << 20, "the WAL grew to {wal} bytes");
+    }
+
+    /// `flush` copies the whole WAL back and empties it: a copy of the database file
+    /// alone holds every commit. A reader holding an older snapshot makes it fail,
+    /// retryable and naming the cause, with nothing lost; once the reader is done it
+    /// succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flush_empties_the_wal_or_says_who_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let options = SqliteOptions::default().with_busy_timeout(Duration::from_millis(200));
+        let store = SqliteStore::open_with(&path, options).await.unwrap();
+        let stream = StreamKey::new("github", "acme", "Ticket");
+        let filler = "y".repeat(2000);
+        let mut expected = None;
+        let mut commit_ids = async |from: usize, to: usize| {
+            let records = (from..to)
+                .map(|i| {
+                    let id = format!("r{i:04}");
+                    let payload = format!(r#"{{"id":"{id}","f":"{filler}"}}"#);
+                    record(&id, 10 + i as i64, LastAction::Added, &payload)
+                })
+                .collect();
+            let cursor = Some(Cursor(format!("c{to}")));
+            store
+                .commit(Commit::new(
+                    stream.clone(),
+                    expected.clone(),
+                    cursor.clone(),
+                    records,
+                ))
+                .await
+                .unwrap();
+            expected = cursor;
+        };
+        let wal = dir.path().join("s.db-wal");
+        let wal_len = || std::fs::metadata(&wal).unwrap().len();
+        let rows_in_file_alone = |name: &str| -> i64 {
+            let copy = dir.path().join(name);
+            std::fs::copy(&path, &copy).unwrap();
+            Connection::open(&copy)
+                .unwrap()
+                .query_row("SELECT count(*) FROM nango_records", [], |r| r.get(0))
+                .unwrap()
+        };
+
+        commit_ids(0, 300).await;
+        store.flush().await.unwrap();
+        assert_eq!(wal_len(), 0, "the WAL is emptied");
+        assert_eq!(rows_in_file_alone("copy1.db"), 300);
+
+        commit_ids(300, 400).await;
+        assert!(wal_len() > 0, "a commit after the flush is in the WAL");
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM nango_records", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 400);
+        // A commit after the reader began: the reader's snapshot is older.
+        commit_ids(400, 450).await;
+        let err = store.flush().await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("reader"), "{err}");
+        assert_eq!(store.count(&stream).await.unwrap().live, 450);
+
+        reader.execute_batch("COMMIT").unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(wal_len(), 0, "the WAL is emptied once the reader is done");
+        assert_eq!(rows_in_file_alone("copy2.db"), 450);
+        assert_eq!(
+            store.stream_state(&stream).await.unwrap().cursor,
+            Some(Cursor("c450".into()))
+        );
     }
 
     #[cfg(feature = "fault-injection")]
