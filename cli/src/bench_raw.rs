@@ -143,4 +143,27 @@ impl RawStore {
         }
         Ok(())
     }
+
+    /// Settle what the writes left for later, as the stores' `flush` does: SQLite copies
+    /// its WAL back into the database file and empties it (the same `TRUNCATE`
+    /// checkpoint); sled and PostgreSQL have nothing left (each write flushed or
+    /// committed).
+    pub async fn flush(&mut self) -> Result<()> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            RawStore::Sqlite(conn) => {
+                let busy: i64 = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .context("the raw SQLite checkpoint failed")?;
+                if busy != 0 {
+                    bail!("the raw SQLite checkpoint could not empty the WAL");
+                }
+            }
+            #[cfg(feature = "sled")]
+            RawStore::Sled(_) => {}
+            #[cfg(feature = "postgres")]
+            RawStore::Postgres(..) => {}
+        }
+        Ok(())
+    }
 }
