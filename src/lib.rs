@@ -65,7 +65,7 @@ pub mod sink;
 pub mod time;
 pub mod webhook;
 
-pub use client::{NangoClient, NangoClientBuilder, RecordsQuery, RetryConfig};
+pub use client::{NangoClient, NangoClientBuilder, Pages, RecordsQuery, RetryConfig};
 pub use engine::{Engine, RunReport, SyncOptions};
 pub use error::{BoxError, Error, Result, TransportKind};
 pub use feed::{

@@ -95,6 +95,41 @@ impl Page {
         scan::parse(text)
     }
 
+    /// The `next_cursor` a `/records` body opens with, read without parsing the page:
+    /// Nango writes it first (`{"next_cursor":"...","records":[...]}`), so the next
+    /// page can be asked for while this one is parsed. `None` when the body does not
+    /// open that way, when it is `null` (the last page), or when the string holds an
+    /// escape sequence. A guess until the body is parsed: whoever acts on it checks it
+    /// against the parsed page's `next_cursor`.
+    pub(crate) fn next_cursor_hint(body: &[u8]) -> Option<Cursor> {
+        fn skip_ws(b: &[u8], mut i: usize) -> usize {
+            while b
+                .get(i)
+                .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                i += 1;
+            }
+            i
+        }
+        let mut i = skip_ws(body, 0);
+        for token in [&b"{"[..], b"\"next_cursor\"", b":"] {
+            if !body.get(i..)?.starts_with(token) {
+                return None;
+            }
+            i = skip_ws(body, i + token.len());
+        }
+        let rest = body.get(i..)?.strip_prefix(b"\"")?;
+        let len = rest
+            .iter()
+            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+        if rest[len] != b'"' || len == 0 {
+            return None;
+        }
+        std::str::from_utf8(&rest[..len])
+            .ok()
+            .map(|c| Cursor(c.to_owned()))
+    }
+
     /// The cursor a store should hold after committing this page: `next_cursor`, or on
     /// the last page the last record's cursor; `None` for an empty last page (the
     /// stream's cursor then stays where it was).
@@ -199,6 +234,39 @@ mod tests {
             r#"{{"next_cursor":{next},"records":[{}]}}"#,
             records.join(",")
         )
+    }
+
+    /// The hint is the parsed `next_cursor` wherever Nango's layout is kept, and
+    /// nothing (never a wrong cursor) where it is not.
+    #[test]
+    fn next_cursor_hint_reads_the_opening_cursor_or_nothing() {
+        let hint = |b: &str| Page::next_cursor_hint(b.as_bytes()).map(|c| c.0);
+        let rec = format!(r#"{{"id":"a","_nango_metadata":{META}}}"#);
+        for next in [Some("MjAyNi0xMS0yNnx8YWJj"), None] {
+            let b = body(&[&rec], next);
+            assert_eq!(hint(&b), next.map(str::to_owned), "{b}");
+            assert_eq!(
+                hint(&b),
+                Page::parse(b.as_bytes()).unwrap().next_cursor.map(|c| c.0)
+            );
+        }
+        assert_eq!(
+            hint(" \n{ \"next_cursor\" :\t\"abc=\" ,\"records\":[]}").as_deref(),
+            Some("abc=")
+        );
+        // Not Nango's layout, an escape, an empty or unfinished string, or no JSON.
+        for b in [
+            r#"{"records":[],"next_cursor":"abc"}"#,
+            r#"{"next_cursor":"a\u0062c","records":[]}"#,
+            r#"{"next_cursor":"","records":[]}"#,
+            r#"{"next_cursor":"abc"#,
+            r#"{"next_cursor":null,"records":[]}"#,
+            r#"{"next_cursors":"abc","records":[]}"#,
+            "[]",
+            "",
+        ] {
+            assert_eq!(hint(b), None, "{b}");
+        }
     }
 
     #[test]

@@ -549,8 +549,9 @@ async fn feed_read(sink: &SharedSink) -> Result<FeedRead> {
     })
 }
 
-/// Page through every record, parse, discard. Returns the pass and the bytes of the
-/// payloads seen.
+/// Page through every record, parse, discard, as the engine reads them
+/// ([`NangoClient::pages`]: each next page asked for while this one is parsed). Returns
+/// the pass and the bytes of the payloads seen.
 async fn fetch_ceiling(
     client: &NangoClient,
     stream: &StreamKey,
@@ -559,25 +560,15 @@ async fn fetch_ceiling(
     let began = Instant::now();
     let cpu_began = cpu::seconds();
     let (mut records, mut bytes) = (0u64, 0u64);
-    let mut cursor: Option<Cursor> = None;
-    loop {
-        let page = client
-            .list_records(
-                &RecordsQuery::new(stream)
-                    .cursor(cursor.as_ref())
-                    .limit(page_size),
-            )
-            .await?;
+    let mut pages = client.pages(stream, None, page_size);
+    while let Some(page) = pages.next().await {
+        let page = page?;
         records += page.records.len() as u64;
         bytes += page
             .records
             .iter()
             .map(|r| r.payload.as_str().len() as u64)
             .sum::<u64>();
-        if page.is_last() {
-            break;
-        }
-        cursor = page.next_cursor;
     }
     let mut pass = Pass::new(records, began.elapsed());
     pass.cpu_seconds = cpu::since(cpu_began);

@@ -6,7 +6,8 @@
 //! parses the page without building a JSON tree, and retries what can be retried:
 //! connection errors, timeouts, 5xx, 408 and 429 (waiting `Retry-After`, at least one
 //! second), with exponential backoff and jitter, bounded by an attempt count and a total
-//! deadline.
+//! deadline. [`NangoClient::pages`] reads every page after a cursor the same way, asking
+//! for each next page while it parses the one before ([`Pages`]).
 //!
 //! Beyond records, the client writes back and operates Nango, every call through the
 //! same retry loop, rate budget and error mapping:
@@ -34,6 +35,7 @@ use crate::time::Timestamp;
 pub mod actions;
 mod budget;
 pub mod connections;
+mod pages;
 pub mod proxy;
 pub mod prune;
 mod request;
@@ -44,6 +46,7 @@ pub mod syncs;
 pub use actions::{ActionRequest, ActionWakeups, AsyncAction, WaitOptions};
 pub use budget::{RateBudget, RateLedger, RateObservation};
 pub use connections::{Connection, ConnectionsQuery};
+pub use pages::Pages;
 pub use proxy::{ProxyRequest, ProxyResponse};
 pub use prune::PruneOutcome;
 pub(crate) use retry::OnGiveUp;
@@ -358,41 +361,60 @@ impl NangoClient {
 
     /// Fetch one page of records, retrying retryable failures.
     pub async fn list_records(&self, query: &RecordsQuery<'_>) -> Result<Page> {
-        let url = self.records_url(query)?;
-        let headers = self.stream_headers(query.stream)?;
-        let describe = query.describe();
+        let (url, headers, describe) = self.records_request(query)?;
         self.with_retries(&describe, || async {
-            let resp = self
-                .send(
-                    &describe,
-                    self.inner.http.get(url.clone()).headers(headers.clone()),
-                )
-                .await?;
-            // Nango's own limit, stated on its records answers (not on the proxy's,
-            // whose headers may be the provider's).
-            if let Some(budget) = &self.inner.budget
-                && let Some(o) = RateObservation::from_headers(resp.headers())
-            {
-                budget.observe(o);
-            }
-            let body = self.read_json_body(&describe, resp).await?;
-            Page::parse(&body).map_err(|e| {
-                if e.is_truncated() {
-                    // A body cut short: the connection broke, try again.
-                    Error::Transport {
-                        request: describe.clone(),
-                        kind: TransportKind::Io,
-                        source: Box::new(e),
-                    }
-                } else {
-                    Error::MalformedPage {
-                        request: describe.clone(),
-                        source: e,
-                    }
-                }
-            })
+            self.records_body_once(&url, &headers, &describe)
+                .await?
+                .parse()
         })
         .await
+    }
+
+    /// The body of one `GET /records`, retried as [`NangoClient::list_records`] retries
+    /// its requests, not parsed yet (a body cut short is found, and retried, by whoever
+    /// parses it).
+    pub(crate) async fn records_body(&self, query: &RecordsQuery<'_>) -> Result<RecordsBody> {
+        let (url, headers, describe) = self.records_request(query)?;
+        self.with_retries(&describe, || {
+            self.records_body_once(&url, &headers, &describe)
+        })
+        .await
+    }
+
+    fn records_request(
+        &self,
+        query: &RecordsQuery<'_>,
+    ) -> Result<(reqwest::Url, HeaderMap, String)> {
+        Ok((
+            self.records_url(query)?,
+            self.stream_headers(query.stream)?,
+            query.describe(),
+        ))
+    }
+
+    async fn records_body_once(
+        &self,
+        url: &reqwest::Url,
+        headers: &HeaderMap,
+        describe: &str,
+    ) -> Result<RecordsBody> {
+        let resp = self
+            .send(
+                describe,
+                self.inner.http.get(url.clone()).headers(headers.clone()),
+            )
+            .await?;
+        // Nango's own limit, stated on its records answers (not on the proxy's, whose
+        // headers may be the provider's).
+        if let Some(budget) = &self.inner.budget
+            && let Some(o) = RateObservation::from_headers(resp.headers())
+        {
+            budget.observe(o);
+        }
+        Ok(RecordsBody {
+            bytes: self.read_json_body(describe, resp).await?,
+            describe: describe.to_owned(),
+        })
     }
 
     /// Run `attempt` until it succeeds, fails permanently, or the retry policy gives up.
@@ -603,6 +625,48 @@ impl NangoClient {
             return Err(not_json(describe, status, &content_type, &body));
         }
         Err(nango_error(describe, status, &body, retry_after))
+    }
+}
+
+/// A `GET /records` answer's body, read and not parsed yet.
+pub(crate) struct RecordsBody {
+    bytes: bytes::Bytes,
+    /// The request, for errors.
+    describe: String,
+}
+
+impl std::fmt::Debug for RecordsBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordsBody")
+            .field("request", &self.describe)
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
+}
+
+impl RecordsBody {
+    /// The `next_cursor` the body opens with, unchecked (see `Page::next_cursor_hint`).
+    pub(crate) fn next_cursor_hint(&self) -> Option<Cursor> {
+        Page::next_cursor_hint(&self.bytes)
+    }
+
+    /// The page: a body cut short is a transport error (retryable: the connection
+    /// broke), any other problem [`Error::MalformedPage`].
+    pub(crate) fn parse(&self) -> Result<Page> {
+        Page::parse(&self.bytes).map_err(|e| {
+            if e.is_truncated() {
+                Error::Transport {
+                    request: self.describe.clone(),
+                    kind: TransportKind::Io,
+                    source: Box::new(e),
+                }
+            } else {
+                Error::MalformedPage {
+                    request: self.describe.clone(),
+                    source: e,
+                }
+            }
+        })
     }
 }
 

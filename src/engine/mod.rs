@@ -1,9 +1,10 @@
 //! The sync engine: runs of a stream from its stored cursor to Nango's end.
 //!
 //! A run reads the stream's state, fetches pages with the stored cursor and commits each
-//! page together with its cursor. Page *n+1* is fetched while page *n* is committed (a
-//! bounded pipeline: at most `pipeline_depth + 2` pages in memory). Only
-//! `next_cursor == null` ends a run; short and empty pages do not.
+//! page together with its cursor. Page *n+1* is fetched while page *n* is committed, and
+//! each page's successor is asked for while the page is parsed ([`NangoClient::pages`]):
+//! a bounded pipeline, at most `pipeline_depth + 2` pages in memory and one answer on
+//! its way. Only `next_cursor == null` ends a run; short and empty pages do not.
 //!
 //! A run is a **full re-read with sweep** on the first sync, on request
 //! ([`SyncOptions::full`]), when a previous full re-read was interrupted, and when Nango
@@ -917,23 +918,15 @@ impl RunPlan {
 async fn fetch_rest(
     client: NangoClient,
     stream: StreamKey,
-    mut cursor: Option<Cursor>,
+    cursor: Option<Cursor>,
     page_size: u32,
     tx: mpsc::Sender<Result<Page>>,
 ) {
-    loop {
-        let q = RecordsQuery::new(&stream)
-            .cursor(cursor.as_ref())
-            .limit(page_size);
-        let page = client.list_records(&q).await;
-        let (next, last) = match &page {
-            Ok(p) => (p.next_cursor.clone(), p.is_last()),
-            Err(_) => (None, true),
-        };
-        if tx.send(page).await.is_err() || last {
+    let mut pages = client.pages(&stream, cursor, page_size);
+    while let Some(page) = pages.next().await {
+        if tx.send(page).await.is_err() {
             return;
         }
-        cursor = next;
     }
 }
 
