@@ -82,21 +82,6 @@ mod sled {
         conformance::full_read_sweeps_unseen_records(&mut stores).await;
     }
 
-    /// Copy the files of the sled directory `from` into `to`, as a crash would leave
-    /// them on disk (the store stays open).
-    fn copy_dir(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let entry = entry.unwrap();
-            let target = to.join(entry.file_name());
-            if entry.file_type().unwrap().is_dir() {
-                copy_dir(&entry.path(), &target);
-            } else {
-                std::fs::copy(entry.path(), target).unwrap();
-            }
-        }
-    }
-
     /// Under `Durability::Periodic`, `flush` makes the commits so far durable: a copy of
     /// the directory taken right after it, with the store still open and its own
     /// flushes an hour apart, holds every one of them.
@@ -118,7 +103,7 @@ mod sled {
             commit_page(&store, &stream, records, None).await;
         }
         RecordSink::flush(&store).await.unwrap();
-        copy_dir(&path, &copy);
+        nango_sync_testkit::stores::copy_dir(&path, &copy);
         drop(store);
         let reopened = SledStore::open(&copy).await.unwrap();
         let records = read_all(&reopened, &stream, false).await.unwrap();

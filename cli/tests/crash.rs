@@ -308,27 +308,12 @@ fn snapshots_in_progress(dir: &std::path::Path) -> Vec<String> {
     }
 }
 
-/// Copy a sled directory (files and `blobs/`).
-#[cfg(feature = "sled")]
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Whether sled alone (without this store's recovery) opens the directory: tried on a
 /// copy, so the directory itself is left as the kill left it.
 #[cfg(feature = "sled")]
 fn sled_alone_opens(dir: &std::path::Path) -> bool {
     let copy = tempfile::tempdir().unwrap();
-    copy_dir(dir, copy.path());
+    nango_sync_testkit::stores::copy_dir(dir, copy.path());
     ::sled::open(copy.path()).is_ok()
 }
 

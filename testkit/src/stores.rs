@@ -86,6 +86,32 @@ pub fn fresh_postgres_url() -> String {
     format!("{base}{sep}schema={}", unique_schema())
 }
 
+/// Copy the directory `from` (a sled store, its files and its `blobs/`) into `to`, file
+/// by file, as it is on disk now: taken while the store is open, the copy is what a
+/// crash at that moment would leave.
+///
+/// # Panics
+/// When a file cannot be read or written.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("create {}: {e}", to.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+        let target = to.join(entry.file_name());
+        let is_dir = entry
+            .file_type()
+            .unwrap_or_else(|e| panic!("stat {}: {e}", entry.path().display()))
+            .is_dir();
+        if is_dir {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
 /// A store for one test: the shared handle, the fault injector its options were given,
 /// the URL that opens it again (for `nango_sync::sink::open` or the CLI's `--sink`), and
 /// the temporary directory it lives in, removed when the `TestStore` is dropped.
