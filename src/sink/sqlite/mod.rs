@@ -528,6 +528,35 @@ mod tests {
         }
     }
 
+    /// Commit records `ids` (each added at its time, its payload padded with `filler`) on
+    /// top of the cursor `expected`, which moves to `cursor`.
+    async fn commit_padded(
+        store: &SqliteStore,
+        stream: &StreamKey,
+        expected: &mut Option<Cursor>,
+        ids: impl Iterator<Item = (String, i64)>,
+        filler: &str,
+        cursor: String,
+    ) {
+        let records = ids
+            .map(|(id, t)| {
+                let payload = format!(r#"{{"id":"{id}","f":"{filler}"}}"#);
+                record(&id, t, LastAction::Added, &payload)
+            })
+            .collect();
+        let cursor = Some(Cursor(cursor));
+        store
+            .commit(Commit::new(
+                stream.clone(),
+                expected.clone(),
+                cursor.clone(),
+                records,
+            ))
+            .await
+            .unwrap();
+        *expected = cursor;
+    }
+
     /// A database written by schema 1 (records in a `WITHOUT ROWID` table).
     const SCHEMA_1: &str = "
         CREATE TABLE nango_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -772,24 +801,9 @@ mod tests {
                     let stream = StreamKey::new("github", "acme", format!("M{s}"));
                     let mut expected = None;
                     for c in 0..commits {
-                        let records = (0..per_commit)
-                            .map(|i| {
-                                let id = format!("r{c}-{i}");
-                                let payload = format!(r#"{{"id":"{id}","f":"{filler}"}}"#);
-                                record(&id, 10 + c, LastAction::Added, &payload)
-                            })
-                            .collect();
-                        let cursor = Some(Cursor(format!("c{c}")));
-                        store
-                            .commit(Commit::new(
-                                stream.clone(),
-                                expected.clone(),
-                                cursor.clone(),
-                                records,
-                            ))
-                            .await
-                            .unwrap();
-                        expected = cursor;
+                        let ids = (0..per_commit).map(|i| (format!("r{c}-{i}"), 10 + c));
+                        let cursor = format!("c{c}");
+                        commit_padded(&store, &stream, &mut expected, ids, &filler, cursor).await;
                     }
                     stream
                 })
@@ -830,24 +844,16 @@ mod tests {
         let filler = "y".repeat(2000);
         let mut expected = None;
         let mut commit_ids = async |from: usize, to: usize| {
-            let records = (from..to)
-                .map(|i| {
-                    let id = format!("r{i:04}");
-                    let payload = format!(r#"{{"id":"{id}","f":"{filler}"}}"#);
-                    record(&id, 10 + i as i64, LastAction::Added, &payload)
-                })
-                .collect();
-            let cursor = Some(Cursor(format!("c{to}")));
-            store
-                .commit(Commit::new(
-                    stream.clone(),
-                    expected.clone(),
-                    cursor.clone(),
-                    records,
-                ))
-                .await
-                .unwrap();
-            expected = cursor;
+            let ids = (from..to).map(|i| (format!("r{i:04}"), 10 + i as i64));
+            commit_padded(
+                &store,
+                &stream,
+                &mut expected,
+                ids,
+                &filler,
+                format!("c{to}"),
+            )
+            .await;
         };
         let wal = dir.path().join("s.db-wal");
         let wal_len = || std::fs::metadata(&wal).unwrap().len();
