@@ -73,6 +73,10 @@ pub struct PrefetchStats {
     /// Commits that found a read ahead of their page but read in their transaction:
     /// the stream had changed in a way the read could not follow, or the read failed.
     pub not_used: u64,
+    /// Pages told of for which no read was started: the store had no idle connection
+    /// at that moment (a read ahead never waits for one), or no tokio runtime ran the
+    /// call. Their commits read in their transaction.
+    pub not_made: u64,
 }
 
 /// The reads ahead of one store, per stream (by a key the store chooses), with what it
@@ -83,6 +87,7 @@ pub(crate) struct Prefetches<R> {
     streams: Mutex<HashMap<Vec<u8>, Slot<R>>>,
     used: AtomicU64,
     not_used: AtomicU64,
+    not_made: AtomicU64,
 }
 
 impl<R> Default for Prefetches<R> {
@@ -91,6 +96,7 @@ impl<R> Default for Prefetches<R> {
             streams: Mutex::new(HashMap::new()),
             used: AtomicU64::new(0),
             not_used: AtomicU64::new(0),
+            not_made: AtomicU64::new(0),
         }
     }
 }
@@ -141,6 +147,7 @@ impl<R> Prefetches<R> {
         }
         let slot = streams.entry(key.clone()).or_default();
         let Some(read) = read() else {
+            self.not_made.fetch_add(1, Ordering::Relaxed);
             if slot.pending.is_empty() && slot.last.is_none() {
                 streams.remove(&key);
             }
@@ -222,6 +229,7 @@ impl<R> Prefetches<R> {
         PrefetchStats {
             used: self.used.load(Ordering::Relaxed),
             not_used: self.not_used.load(Ordering::Relaxed),
+            not_made: self.not_made.load(Ordering::Relaxed),
         }
     }
 }
@@ -269,6 +277,10 @@ mod tests {
         assert_eq!(p.take(&key, ["b", "a"].into_iter()), None);
         p.start(b"t".to_vec(), ids(&["a"]), || None);
         assert!(!p.pending(b"t"));
+        // Only the read not started counts as not made; an empty page starts nothing.
+        p.start(b"t".to_vec(), Vec::new(), || None);
+        let stats = p.stats();
+        assert_eq!((stats.used, stats.not_used, stats.not_made), (0, 0, 1));
     }
 
     #[test]
@@ -316,7 +328,8 @@ mod tests {
             p.stats(),
             PrefetchStats {
                 used: 3,
-                not_used: 5
+                not_used: 5,
+                not_made: 0
             }
         );
         // Nothing waiting: a commit is not remembered, and the slot goes.
