@@ -1013,6 +1013,26 @@ mod postgres {
         record
     }
 
+    /// Tell `store` of `page` until it starts a read ahead of it. A read is made only
+    /// with an idle connection at that moment (`PrefetchStats::not_made` counts the
+    /// others), and on a busy machine the connection of the commit before can still be
+    /// on its way back to the pool.
+    async fn tell_until_read(
+        store: &PostgresStore,
+        stream: &nango_sync::StreamKey,
+        page: &[nango_sync::Record],
+    ) {
+        for _ in 0..500 {
+            let before = store.prefetch_stats().not_made;
+            store.prefetch(stream, page);
+            if store.prefetch_stats().not_made == before {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no read ahead started in 5 s: the store's pool never had an idle connection");
+    }
+
     /// Commit `held` while another session holds its stream's row, and tell the store
     /// of the page `next` meanwhile: the read ahead of `next` sees the stream before
     /// `held` commits (unless the machine takes longer than 300 ms to start it).
@@ -1035,7 +1055,7 @@ mod postgres {
             let store = store.clone();
             async move { store.commit(held).await }
         });
-        store.prefetch(&stream, next);
+        tell_until_read(store, &stream, next).await;
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         holder.rollback().await.unwrap();
         committing.await.unwrap().unwrap()
@@ -1071,7 +1091,7 @@ mod postgres {
 
         // Read ahead after the stream's last commit: every version read is current.
         let p2 = vec![version_at("r2", 2, Updated), added_at("r3", 2)];
-        store.prefetch(&stream, &p2);
+        tell_until_read(&store, &stream, &p2).await;
         let out = store.commit(commit(1, 2, p2)).await.unwrap();
         assert_eq!((out.counts.added, out.counts.updated), (1, 1), "{out:?}");
         assert_eq!(stats(store.prefetch_stats()), (1, 0));
@@ -1098,7 +1118,7 @@ mod postgres {
         // Another store commits to the stream between the read and the commit: the
         // read is not used, and the newer version the other store wrote wins.
         let p5 = vec![version_at("r1", 5, Updated)];
-        store.prefetch(&stream, &p5);
+        tell_until_read(&store, &stream, &p5).await;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let out = other
             .commit(commit(4, 4, vec![version_at("r1", 50, Updated)]))
@@ -1112,7 +1132,7 @@ mod postgres {
         assert_eq!(r1.meta.last_modified_at.as_micros(), 50);
 
         // A prefetch of other ids than the commit's is not used, and stays.
-        store.prefetch(&stream, &[added_at("r7", 6)]);
+        tell_until_read(&store, &stream, &[added_at("r7", 6)]).await;
         let out = store
             .commit(commit(5, 6, vec![version_at("r2", 6, Updated)]))
             .await
