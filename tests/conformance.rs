@@ -1013,6 +1013,83 @@ mod postgres {
         record
     }
 
+    #[tokio::test]
+    async fn the_records_tables_fillfactor_is_set_when_asked_and_kept_otherwise() {
+        use nango_sync::sink::Commit;
+        use nango_sync::{Cursor, StreamKey};
+
+        let schema = unique_schema();
+        let created = connect(PostgresOptions::new().with_schema(&schema)).await;
+        assert_eq!(
+            created.records_fillfactor().await.unwrap(),
+            50,
+            "the default"
+        );
+
+        let full = connect(
+            PostgresOptions::new()
+                .with_schema(&schema)
+                .with_fillfactor(100),
+        )
+        .await;
+        assert_eq!(full.records_fillfactor().await.unwrap(), 100);
+        // The store writes and reads as before.
+        let stream = StreamKey::new("conformance", "fillfactor", "Ticket");
+        let page = vec![added_at("f1", 1), added_at("f2", 1)];
+        let out = full
+            .commit(Commit::new(
+                stream.clone(),
+                None,
+                Some(Cursor("c1".into())),
+                page,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(out.counts.added, 2, "{out:?}");
+        assert!(created.get(&stream, "f2").await.unwrap().is_some());
+
+        // A store opened without the option leaves the table's as it is.
+        let again = connect(PostgresOptions::new().with_schema(&schema)).await;
+        assert_eq!(again.records_fillfactor().await.unwrap(), 100);
+
+        // Out of PostgreSQL's range, or on a read-only store: refused before connecting.
+        for (options, want) in [
+            (PostgresOptions::new().with_fillfactor(9), "from 10 to 100"),
+            (
+                PostgresOptions::new().with_fillfactor(101),
+                "from 10 to 100",
+            ),
+            (
+                PostgresOptions::new()
+                    .with_read_only(true)
+                    .with_fillfactor(100),
+                "read-only",
+            ),
+        ] {
+            let e = PostgresStore::connect_with(&server_url(), options.with_schema(&schema))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        assert_eq!(again.records_fillfactor().await.unwrap(), 100);
+
+        // As a parameter of a store URL, beside `schema`.
+        let sep = if server_url().contains('?') { '&' } else { '?' };
+        let url = format!("{}{sep}fillfactor=80&schema={schema}", server_url());
+        nango_sync::sink::open(&url).await.unwrap();
+        assert_eq!(again.records_fillfactor().await.unwrap(), 80);
+        let bad = format!("{}{sep}schema={schema}&fillfactor=most", server_url());
+        let Err(e) = nango_sync::sink::open(&bad).await else {
+            panic!("a fillfactor that is no number is refused");
+        };
+        assert!(
+            e.to_string()
+                .contains("fillfactor must be a number from 10 to 100, not \"most\""),
+            "{e}"
+        );
+        assert_eq!(again.records_fillfactor().await.unwrap(), 80);
+    }
+
     /// Tell `store` of `page` until it starts a read ahead of it. A read is made only
     /// with an idle connection at that moment (`PrefetchStats::not_made` counts the
     /// others), and on a busy machine the connection of the commit before can still be

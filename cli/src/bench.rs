@@ -781,7 +781,7 @@ impl Targets {
                     ceiling: with("ceiling"),
                     engine: with("engine"),
                     kind: Kind::Schemas {
-                        url: base.clone(),
+                        url: nango_sync::sink::split_param(&base, "fillfactor").0,
                         schemas: vec![
                             format!("{schema}_raw"),
                             format!("{schema}_ceiling"),

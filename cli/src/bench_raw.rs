@@ -62,6 +62,8 @@ impl RawStore {
             #[cfg(feature = "postgres")]
             SinkUrl::Postgres(_) => {
                 let (base, schema) = nango_sync::sink::split_schema_param(url);
+                // The store's page setting; the raw ceiling's table keeps PostgreSQL's.
+                let (base, _) = nango_sync::sink::split_param(&base, "fillfactor");
                 let schema = schema.context("the raw target names its schema")?;
                 let quoted = format!("\"{}\"", schema.replace('"', "\"\""));
                 let pool = sqlx::postgres::PgPoolOptions::new()

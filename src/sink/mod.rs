@@ -1152,6 +1152,10 @@ impl SinkUrl {
 
 /// Open the store a URL names (`sqlite://PATH`, `sled://DIR`, `postgres://...`,
 /// `memory://`), creating it when it does not exist.
+///
+/// A PostgreSQL URL takes two parameters of nango-sync's own, taken out before it
+/// connects: `schema=NAME` and `fillfactor=PERCENT` (`PostgresOptions::with_schema` and
+/// `PostgresOptions::with_fillfactor`).
 pub async fn open(url: &str) -> Result<SharedSink> {
     match SinkUrl::parse(url)? {
         SinkUrl::Memory => Ok(Arc::new(MemoryStore::new())),
@@ -1178,9 +1182,19 @@ pub async fn open(url: &str) -> Result<SharedSink> {
         #[cfg(feature = "postgres")]
         SinkUrl::Postgres(url) => {
             let (url, schema) = split_schema_param(&url);
+            let (url, fillfactor) = split_param(&url, "fillfactor");
             let mut options = postgres::PostgresOptions::new();
             if let Some(schema) = schema {
                 options = options.with_schema(schema);
+            }
+            if let Some(f) = fillfactor {
+                let percent = f.parse().map_err(|_| {
+                    Error::invalid(
+                        "sink URL",
+                        format!("fillfactor must be a number from 10 to 100, not {f:?}"),
+                    )
+                })?;
+                options = options.with_fillfactor(percent);
             }
             Ok(Arc::new(
                 postgres::PostgresStore::connect_with(&url, options).await?,
@@ -1230,18 +1244,26 @@ fn sled_url_parts<'a>(url: &str, rest: &'a str) -> Result<(&'a str, Option<u64>)
 /// parameter: the schema holding the store's tables), returning the URL to connect to
 /// and the schema.
 pub fn split_schema_param(url: &str) -> (String, Option<String>) {
+    split_param(url, "schema")
+}
+
+/// Take the query parameter `name` out of a Postgres sink URL, returning the URL without
+/// it and its value (the last one when it is repeated). nango-sync's own parameters,
+/// `schema` and `fillfactor` (see [`open`]), are taken out this way before the URL is
+/// handed to the driver.
+pub fn split_param(url: &str, name: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_string(), None);
     };
-    let mut schema = None;
+    let mut value = None;
     let rest: Vec<&str> = query
         .split('&')
-        .filter(|kv| match kv.strip_prefix("schema=") {
-            Some(v) => {
-                schema = Some(v.to_string());
+        .filter(|kv| match kv.split_once('=') {
+            Some((key, v)) if key == name => {
+                value = Some(v.to_string());
                 false
             }
-            None => !kv.is_empty(),
+            _ => !kv.is_empty(),
         })
         .collect();
     let url = if rest.is_empty() {
@@ -1249,7 +1271,7 @@ pub fn split_schema_param(url: &str) -> (String, Option<String>) {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    (url, schema)
+    (url, value)
 }
 
 /// A commit's mark of full read `generation` (`complete`: its last commit), for tests.
@@ -1281,6 +1303,18 @@ mod tests {
                 "postgres://h/db?sslmode=disable&x=1".into(),
                 Some("s".into())
             )
+        );
+        // Any parameter by its whole name: `schema` is not `schemas`; the last one wins.
+        assert_eq!(
+            split_param(
+                "postgres://h/db?fillfactor=70&schemas=1&fillfactor=100",
+                "fillfactor"
+            ),
+            ("postgres://h/db?schemas=1".into(), Some("100".into()))
+        );
+        assert_eq!(
+            split_schema_param("postgres://h/db?schemas=1"),
+            ("postgres://h/db?schemas=1".into(), None)
         );
     }
 

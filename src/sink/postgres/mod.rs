@@ -228,6 +228,7 @@ impl PostgresStore {
     /// [`Error::Damaged`].
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
         options::validate_schema(&options.schema)?;
+        options::validate_fillfactor(options.fillfactor, options.read_only)?;
         let shown = redact_url(url);
         let connect = PgConnectOptions::from_str(url)
             .map_err(|e| Error::invalid("postgres URL", format!("{shown}: {e}")))?
@@ -247,6 +248,9 @@ impl PostgresStore {
             schema::migrate(&pool, &options.schema, &quoted).await?;
         }
         schema::check_tables(&pool, &options.schema, &quoted).await?;
+        if let Some(fillfactor) = options.fillfactor {
+            schema::set_fillfactor(&pool, &options.schema, &quoted, fillfactor).await?;
+        }
         let mut store = PostgresStore {
             sql: Statements::new(&quoted),
             history: history::Statements::new(&quoted),
@@ -269,6 +273,12 @@ impl PostgresStore {
     /// The schema holding the store's tables.
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// The fillfactor of the records table now, in percent (see
+    /// [`PostgresOptions::with_fillfactor`]).
+    pub async fn records_fillfactor(&self) -> Result<u8> {
+        schema::fillfactor_of(&self.pool, &self.schema).await
     }
 
     /// How the stored versions read ahead for the next page of a stream (see

@@ -16,6 +16,7 @@ pub struct PostgresOptions {
     pub(super) pool_size: u32,
     pub(super) acquire_timeout: Duration,
     pub(super) read_only: bool,
+    pub(super) fillfactor: Option<u8>,
     pub(super) faults: Faults,
 }
 
@@ -26,6 +27,7 @@ impl Default for PostgresOptions {
             pool_size: 8,
             acquire_timeout: Duration::from_secs(30),
             read_only: false,
+            fillfactor: None,
             faults: Faults::default(),
         }
     }
@@ -66,7 +68,46 @@ impl PostgresOptions {
         self
     }
 
+    /// How full PostgreSQL fills the pages of the records table when it inserts rows,
+    /// in percent (10 to 100), set on the table when the store connects. It applies to
+    /// the pages written from then on (`VACUUM FULL` rewrites the others), and the
+    /// table keeps it for every process: give all of a schema's stores the same value,
+    /// or none (none leaves the table's as it is: 50 when the store created it).
+    ///
+    /// Half-full pages leave room to write an updated record beside its old version
+    /// (a heap-only tuple: no index entry). `nango-sync bench` (100,000 records of
+    /// about 740 bytes, 2 cores, 3 alternated rounds) measured:
+    ///
+    /// | fillfactor | first sync, store/raw | update of every record, store/raw |
+    /// |---:|---:|---:|
+    /// | 50 (default) | 0.75-0.80 | 0.87-0.91 |
+    /// | 70 | 0.84-0.86 | 0.73-0.80 |
+    /// | 100 | 0.84-0.93 | 0.72-0.74 |
+    ///
+    /// and a table half the size at 100. For models whose records are written once and
+    /// rarely changed (events, messages, logs), 100 is the better choice. A read-only
+    /// store refuses the option.
+    pub fn with_fillfactor(mut self, percent: u8) -> Self {
+        self.fillfactor = Some(percent);
+        self
+    }
+
     crate::sink::fault::with_faults_option!();
+}
+
+/// Check a fillfactor: PostgreSQL takes 10 to 100 for a table.
+pub(super) fn validate_fillfactor(fillfactor: Option<u8>, read_only: bool) -> Result<()> {
+    match fillfactor {
+        Some(f) if !(10..=100).contains(&f) => Err(Error::invalid(
+            "postgres fillfactor",
+            format!("{f} is not a percentage from 10 to 100"),
+        )),
+        Some(_) if read_only => Err(Error::invalid(
+            "postgres fillfactor",
+            "a read-only store cannot set the records table's fillfactor",
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Check a schema name: `^[a-z_][a-z0-9_]{0,62}$`, not reserved (`pg_*`).
@@ -93,6 +134,22 @@ pub(super) fn validate_schema(schema: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fillfactors_are_validated() {
+        for ok in [None, Some(10), Some(50), Some(100)] {
+            assert!(validate_fillfactor(ok, false).is_ok(), "{ok:?}");
+        }
+        for bad in [Some(0), Some(9), Some(101), Some(255)] {
+            let e = validate_fillfactor(bad, false).unwrap_err().to_string();
+            assert!(e.contains("from 10 to 100"), "{e}");
+        }
+        assert!(validate_fillfactor(None, true).is_ok());
+        let e = validate_fillfactor(Some(100), true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("read-only"), "{e}");
+    }
 
     #[test]
     fn schema_names_are_validated() {

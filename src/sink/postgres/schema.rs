@@ -175,6 +175,61 @@ pub(super) async fn check_version(pool: &PgPool, schema: &str, quoted: &str) -> 
     }
 }
 
+/// The records table's fillfactor (100, PostgreSQL's default, when none is set on it).
+pub(super) async fn fillfactor_of(pool: &PgPool, schema: &str) -> Result<u8> {
+    let value: Option<String> = sqlx::query_scalar(
+        "SELECT (SELECT o.option_value FROM pg_options_to_table(c.reloptions) AS o \
+                 WHERE o.option_name = 'fillfactor') \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = 'records'",
+    )
+    .bind(schema)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| classify(format!("read the fillfactor of {schema}.records"), e))?
+    .flatten();
+    match value {
+        None => Ok(100),
+        Some(v) => v.parse().map_err(|_| {
+            Error::store(
+                BACKEND,
+                format!("read the fillfactor of {schema}.records"),
+                false,
+                format!("the table's fillfactor {v:?} is not a number from 10 to 100"),
+            )
+        }),
+    }
+}
+
+/// Set the records table's fillfactor to `fillfactor` (validated, 10 to 100) when it is
+/// another (`PostgresOptions::with_fillfactor`). The change takes a lock that waits for
+/// no commit (`SHARE UPDATE EXCLUSIVE`) and applies to pages written from then on.
+pub(super) async fn set_fillfactor(
+    pool: &PgPool,
+    schema: &str,
+    quoted: &str,
+    fillfactor: u8,
+) -> Result<()> {
+    let current = fillfactor_of(pool, schema).await?;
+    if current == fillfactor {
+        return Ok(());
+    }
+    // `quoted` is the validated, quoted schema; the fillfactor a number.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "ALTER TABLE {quoted}.records SET (fillfactor = {fillfactor})"
+    )))
+    .execute(pool)
+    .await
+    .map_err(|e| classify(format!("set the fillfactor of {schema}.records"), e))?;
+    tracing::info!(
+        schema,
+        from = current,
+        to = fillfactor,
+        "set the records table's fillfactor (pages written from now on)"
+    );
+    Ok(())
+}
+
 /// The store's tables are there with the columns the store uses, and the commit counter
 /// has its one row; otherwise the schema is damaged.
 pub(super) async fn check_tables(pool: &PgPool, schema: &str, quoted: &str) -> Result<()> {
