@@ -76,12 +76,13 @@ impl PostgresOptions {
     ///
     /// Half-full pages leave room to write an updated record beside its old version
     /// (a heap-only tuple: no index entry). `nango-sync bench` (100,000 records of
-    /// about 740 bytes, 2 cores, 3 alternated rounds) measured:
+    /// about 740 bytes, 2 cores, 3 alternated rounds per value, 6 for 50) measured:
     ///
     /// | fillfactor | first sync, store/raw | update of every record, store/raw |
     /// |---:|---:|---:|
-    /// | 50 (default) | 0.75-0.80 | 0.87-0.91 |
+    /// | 50 (default) | 0.75-0.82 | 0.87-0.95 |
     /// | 70 | 0.84-0.86 | 0.73-0.80 |
+    /// | 80 | 0.86-0.91 | 0.74-0.79 |
     /// | 100 | 0.84-0.93 | 0.72-0.74 |
     ///
     /// and a table half the size at 100. For models whose records are written once and
