@@ -60,7 +60,9 @@
 //!   `-lock`);
 //! - `sled://DIR` → `DIR-raw`, `DIR-ceiling` and `DIR-engine`;
 //! - `postgres://...[?schema=S]` → schemas `S_raw`, `S_ceiling` and `S_engine` (`S`
-//!   defaults to `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first.
+//!   defaults to `nango_sync_bench`), dropped with `DROP SCHEMA ... CASCADE` first;
+//!   a `fillfactor=PERCENT` parameter applies to the store ceiling's and the engine's
+//!   records tables, not to the raw ceiling's plain table.
 //!
 //! They are removed at the end unless `--keep`.
 //!
