@@ -620,6 +620,9 @@ mod imp {
                 #[cfg(feature = "postgres")]
                 SinkUrl::Postgres(url) => {
                     let (url, schema) = sink::split_schema_param(&url);
+                    // The table setting applies where the store is opened to write
+                    // (`sink::open`); the connections here only read and move.
+                    let (url, _) = sink::split_param(&url, "fillfactor");
                     Ok(Place::Postgres {
                         url,
                         schema: schema
