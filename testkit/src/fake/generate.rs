@@ -176,7 +176,7 @@ pub(crate) fn push_uint_padded(out: &mut String, mut v: u64, width: usize) {
         }
     }
     let start = i.min(b.len() - width.min(b.len()));
-    out.push_str(std::str::from_utf8(&b[start..]).expect("ASCII digits"));
+    out.extend(b[start..].iter().map(|&d| char::from(d)));
 }
 
 /// Append the decimal digits of `v`.
@@ -191,7 +191,7 @@ fn push_hex16(out: &mut String, v: u64) {
     for (i, c) in b.iter_mut().enumerate() {
         *c = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
     }
-    out.push_str(std::str::from_utf8(&b).expect("ASCII digits"));
+    out.extend(b.iter().map(|&d| char::from(d)));
 }
 
 /// Append `n` words picked from [`WORDS`], separated by spaces, escaped (no quotes);
