@@ -30,7 +30,7 @@
 //! the settings above. jemalloc runs with [`JEMALLOC_CONF`]: 2 arenas, freed pages given
 //! back after 200 ms, thread caches up to 8 KiB (`_RJEM_MALLOC_CONF` in the environment
 //! overrides any of it). A standalone 1,000,000-record sync (`scripts/sizing.sh`, 4 runs
-//! each, one sitting, alternated with the glibc build):
+//! each, one sitting):
 //!
 //! | store | first sync | update of every record | peak RSS |
 //! |---|---:|---:|---:|
@@ -39,16 +39,17 @@
 //! | SQLite, glibc | 3.7-4.5 s | 4.2-5.7 s | 31-33 MB |
 //! | SQLite, jemalloc | 3.2-5.0 s | 3.9-5.5 s | 35-37 MB |
 //!
-//! In `bench` (sled, 5 alternated runs), CPU per record fell by a third to two fifths
-//! (store ceiling 15.2 to 9.8 us on a first sync, 14.8 to 8.6 on updates) and the fetch
-//! ceiling doubled (357k to 775k records/s); the ratios against the raw ceiling did not
-//! move, since the raw ceiling allocates from jemalloc too. Without the cap of 2 arenas
-//! and the short decay, jemalloc's default peaked at 122-126 MB on sled and 42-48 MB on
-//! SQLite; with freed pages given back at once (`dirty_decay_ms:0`), it was no faster
-//! than glibc (sled 12.5-15.6 s, SQLite 5.2-7.4 s). It is off by default because the sled store's peak then comes close to
-//! 100 MB at 1,000,000 records (99 in one run; 102 in one with a background purge
-//! thread) and SQLite gains nothing measurable; a sled deployment that can spare the memory turns it on
-//! (`cargo install --path cli --features jemalloc`).
+//! In `bench` (sled, 5 alternated runs, with jemalloc's own defaults), CPU per record
+//! fell by a third to two fifths (store ceiling 15.2 to 9.8 us on a first sync, 14.8 to
+//! 8.6 on updates) and the fetch ceiling doubled (357k to 775k records/s); the ratios
+//! against the raw ceiling did not move, since the raw ceiling allocates from jemalloc
+//! too. Without the cap of 2 arenas and the short decay, jemalloc's default peaked at
+//! 122-126 MB on sled and 42-48 MB on SQLite; with freed pages given back at once
+//! (`dirty_decay_ms:0`), it was no faster than glibc (sled 12.5-15.7 s, SQLite
+//! 5.2-7.4 s). It is off by default because the sled store's peak then comes close to 100
+//! MB at 1,000,000 records (99 in one run; 102 in one with a background purge thread) and
+//! SQLite gains nothing measurable; a sled deployment that can spare the memory turns it
+//! on (`cargo install --path cli --features jemalloc`).
 
 /// The allocator of the tool's Rust code, with the `jemalloc` feature.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
