@@ -38,6 +38,8 @@
 //! | sled, jemalloc | 9.2-12.6 s | 7.6-10.6 s | 87-99 MB |
 //! | SQLite, glibc | 3.7-4.5 s | 4.2-5.7 s | 31-33 MB |
 //! | SQLite, jemalloc | 3.2-5.0 s | 3.9-5.5 s | 35-37 MB |
+//! | PostgreSQL 15, glibc (2 runs) | 19.6-27.1 s | 21.3-22.4 s | 32-34 MB |
+//! | PostgreSQL 15, jemalloc (2 runs) | 20.5-21.0 s | 22.4-23.4 s | 32-34 MB |
 //!
 //! In `bench` (sled, 5 alternated runs, with jemalloc's own defaults), CPU per record
 //! fell by a third to two fifths (store ceiling 15.2 to 9.8 us on a first sync, 14.8 to
@@ -48,8 +50,8 @@
 //! (`dirty_decay_ms:0`), it was no faster than glibc (sled 12.5-15.7 s, SQLite
 //! 5.2-7.4 s). It is off by default because the sled store's peak then comes close to 100
 //! MB at 1,000,000 records (99 in one run; 102 in one with a background purge thread) and
-//! SQLite gains nothing measurable; a sled deployment that can spare the memory turns it
-//! on (`cargo install --path cli --features jemalloc`).
+//! SQLite and PostgreSQL gain nothing measurable; a sled deployment that can spare the
+//! memory turns it on (`cargo install --path cli --features jemalloc`).
 
 /// The allocator of the tool's Rust code, with the `jemalloc` feature.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
