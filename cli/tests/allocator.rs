@@ -21,30 +21,31 @@ fn stats(conf: &str) -> String {
     stderr
 }
 
+/// Each of `settings` is printed in `stats`.
+fn assert_printed(stats: &str, settings: &[&str]) {
+    for setting in settings {
+        assert!(stats.contains(setting), "{setting:?} missing:\n{stats}");
+    }
+}
+
 #[test]
 fn the_tool_runs_on_jemalloc_with_its_settings() {
     let s = stats("stats_print:true");
-    assert!(
-        s.contains("jemalloc statistics"),
-        "no jemalloc statistics:\n{s}"
+    assert_printed(
+        &s,
+        &[
+            "jemalloc statistics",
+            "opt.narenas: 2\n",
+            "opt.dirty_decay_ms: 200 ",
+            "opt.muzzy_decay_ms: 0 ",
+            "opt.tcache_max: 8192\n",
+        ],
     );
-    for setting in [
-        "opt.narenas: 2\n",
-        "opt.dirty_decay_ms: 200 ",
-        "opt.muzzy_decay_ms: 0 ",
-        "opt.tcache_max: 8192\n",
-    ] {
-        assert!(s.contains(setting), "{setting:?} missing:\n{s}");
-    }
 }
 
 #[test]
 fn the_environment_overrides_the_tools_settings() {
     let s = stats("stats_print:true,narenas:3");
-    assert!(
-        s.contains("opt.narenas: 3\n"),
-        "narenas not overridden:\n{s}"
-    );
-    // The settings the environment does not name stay the tool's.
-    assert!(s.contains("opt.dirty_decay_ms: 200 "), "{s}");
+    // The one setting the environment names is its own; the others stay the tool's.
+    assert_printed(&s, &["opt.narenas: 3\n", "opt.dirty_decay_ms: 200 "]);
 }
