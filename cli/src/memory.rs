@@ -52,10 +52,17 @@
 //! too. Without the cap of 2 arenas and the short decay, jemalloc's default peaked at
 //! 122-126 MB on sled and 42-48 MB on SQLite; with freed pages given back at once
 //! (`dirty_decay_ms:0`), it was no faster than glibc (sled 12.5-15.7 s, SQLite
-//! 5.2-7.4 s). It is off by default because the sled store's peak then comes close to 100
-//! MB at 1,000,000 records (99 in one run; 102 in one with a background purge thread) and
-//! SQLite and PostgreSQL gain nothing measurable; a sled deployment that can spare the
-//! memory turns it on (`cargo install --path cli --features jemalloc`).
+//! 5.2-7.4 s).
+//!
+//! On a third machine of the same kind, in a later sitting (sled, 1,000,000 records, 2
+//! runs each): first sync 9.0-13.7 s against 20.8-22.6 s on glibc, update 10.0-11.7 s
+//! against 15.8-22.2 s, peak 112-116 MB against 79-93 MB; with `dirty_decay_ms:0`, 83-90
+//! MB but 19.1-22.1 s, as slow as glibc. So the memory jemalloc takes for its speed
+//! varies with the machine, from 5 to 35 MB so far. It is off by default because the
+//! sled store's peak then comes close to 100 MB at 1,000,000 records, or passes it (99
+//! and 102 in the first sitting, 112-116 in the later one), and SQLite and PostgreSQL
+//! gain nothing measurable; a sled deployment that can spare the memory turns it on
+//! (`cargo install --path cli --features jemalloc`).
 
 /// The allocator of the tool's Rust code, with the `jemalloc` feature.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
