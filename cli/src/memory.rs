@@ -57,7 +57,7 @@
 //! On a third machine of the same kind, in a later sitting (sled, 1,000,000 records, 2
 //! runs each): first sync 9.0-13.7 s against 20.8-22.6 s on glibc, update 10.0-11.7 s
 //! against 15.8-22.2 s, peak 112-116 MB against 79-93 MB; with `dirty_decay_ms:0`, 83-90
-//! MB but 19.1-22.1 s, as slow as glibc. So the memory jemalloc takes for its speed
+//! MB but 18.9-22.1 s, as slow as glibc. So the memory jemalloc takes for its speed
 //! varies with the machine, from 5 to 35 MB so far. It is off by default because the
 //! sled store's peak then comes close to 100 MB at 1,000,000 records, or passes it (99
 //! and 102 in the first sitting, 112-116 in the later one), and SQLite and PostgreSQL
