@@ -52,6 +52,8 @@ impl RawStore {
             }
             #[cfg(feature = "sled")]
             SinkUrl::Sled(path) => {
+                // sled makes its directory when missing, whether `create` or not.
+                let _ = create;
                 let db = sled::Config::new()
                     .path(&path)
                     .cache_capacity(nango_sync::sink::sled::SledOptions::DEFAULT_CACHE_CAPACITY)

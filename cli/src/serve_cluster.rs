@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use nango_sync::engine::cluster;
+use nango_sync::engine::instance;
 use nango_sync::engine::scheduler::Scheduler;
 use nango_sync::sink::{SharedSink, SinkUrl};
 
@@ -45,8 +45,8 @@ pub async fn open(url: &str, args: &InstanceArgs) -> Result<Instance> {
     let id = args
         .instance_id
         .clone()
-        .unwrap_or_else(cluster::ClusterConfig::default_instance_id);
-    if !cluster::is_valid_instance_id(&id) {
+        .unwrap_or_else(instance::default_instance_id);
+    if !instance::is_valid_instance_id(&id) {
         bail!("--instance-id {id:?}: 1 to 200 characters without control characters");
     }
     if let SinkUrl::Postgres(_) = SinkUrl::parse(url)? {

@@ -63,11 +63,7 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
 }
 
-/// Whether `id` can name an instance: 1 to 200 characters, none of them a control
-/// character.
-pub fn is_valid_instance_id(id: &str) -> bool {
-    !id.is_empty() && id.chars().count() <= 200 && !id.chars().any(char::is_control)
-}
+pub use super::instance::is_valid_instance_id;
 
 impl ClusterConfig {
     /// An instance `instance` with leases of `lease_ttl`.
@@ -79,15 +75,10 @@ impl ClusterConfig {
     }
 
     /// The host name and the process id (`host-1234`), unique on one machine and
-    /// across machines with distinct host names.
+    /// across machines with distinct host names
+    /// ([`instance::default_instance_id`](super::instance::default_instance_id)).
     pub fn default_instance_id() -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "host".to_string());
-        format!("{host}-{}", std::process::id())
+        super::instance::default_instance_id()
     }
 
     /// Check the id (1 to 200 characters, no control characters) and the lease time

@@ -49,6 +49,7 @@
 
 #[cfg(all(feature = "postgres", feature = "webhook"))]
 pub mod cluster;
+pub mod instance;
 mod operations;
 pub mod outbox;
 #[cfg(feature = "webhook")]
